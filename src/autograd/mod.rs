@@ -1,0 +1,1 @@
+//! autograd (under construction)

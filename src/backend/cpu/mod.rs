@@ -1,0 +1,342 @@
+//! The CPU backend: f32, rayon-parallel, host memory.
+//!
+//! It is both the fast path on machines without a GPU and the independent
+//! reference every CUDA kernel is checked against, so each op here is written
+//! to be read: the math of the op in [`crate::backend`], then the loop order
+//! that makes it fast. Ops live one family per file.
+
+mod conv;
+mod layout;
+mod linear;
+mod loss;
+mod norm;
+mod optim;
+mod pointwise;
+
+use super::{Act, AdamW, Backend, ConvSpec, NormArgs, NormGrads, NormOut, ParamSlot};
+use crate::tensor::{Buffer, DType, Memory, MemoryKind, Shape, Tensor};
+use anyhow::{bail, ensure, Result};
+use std::sync::Arc;
+
+/// Host allocator: 64-byte aligned, zero-initialised blocks.
+struct HostMemory;
+
+const ALIGN: usize = 64;
+
+impl Memory for HostMemory {
+    fn kind(&self) -> MemoryKind {
+        MemoryKind::Host
+    }
+    fn free(&self, addr: u64, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let layout = std::alloc::Layout::from_size_align(bytes, ALIGN).expect("layout");
+        // SAFETY: `addr` came from `alloc_zeroed` with this layout in `host_alloc`.
+        unsafe { std::alloc::dealloc(addr as *mut u8, layout) }
+    }
+}
+
+/// A zeroed host buffer of at least `bytes` bytes (rounded up to the alignment).
+fn host_alloc(mem: &Arc<dyn Memory>, bytes: usize) -> Result<Arc<Buffer>> {
+    let bytes = bytes.div_ceil(ALIGN).max(1) * ALIGN;
+    let layout = std::alloc::Layout::from_size_align(bytes, ALIGN)?;
+    // SAFETY: non-zero size, valid alignment.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    ensure!(
+        !ptr.is_null(),
+        "out of host memory allocating {bytes} bytes"
+    );
+    Ok(Arc::new(Buffer::new(ptr as u64, bytes, mem.clone())))
+}
+
+/// The CPU backend.
+pub struct CpuBackend {
+    mem: Arc<dyn Memory>,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    pub fn new() -> CpuBackend {
+        CpuBackend {
+            mem: Arc::new(HostMemory),
+        }
+    }
+
+    /// A new zeroed f32 tensor (the output of an op).
+    pub(crate) fn out(&self, shape: Shape) -> Result<Tensor> {
+        let buf = host_alloc(&self.mem, shape.numel() * 4)?;
+        Ok(Tensor::from_buffer(shape, DType::F32, buf))
+    }
+}
+
+/// The f32 host view of a tensor, after checking it belongs on this backend.
+pub(crate) fn view<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
+    check(t, what)?;
+    // SAFETY: checked host f32 storage; ops never write their inputs.
+    Ok(unsafe { t.host::<f32>() })
+}
+
+/// The mutable f32 host view of an op's freshly allocated output.
+pub(crate) fn view_mut<'a>(t: &'a Tensor) -> &'a mut [f32] {
+    // SAFETY: called only on outputs an op allocated and has not shared yet,
+    // or on tensors an in-place op (adamw, fill, write) owns by contract.
+    unsafe { t.host_mut::<f32>() }
+}
+
+pub(crate) fn check(t: &Tensor, what: &str) -> Result<()> {
+    ensure!(
+        t.buffer().kind() == MemoryKind::Host,
+        "{what}: tensor is not in host memory (it belongs to another backend)"
+    );
+    ensure!(
+        t.dtype() == DType::F32,
+        "{what}: the cpu backend computes in f32, got {}",
+        t.dtype().name()
+    );
+    Ok(())
+}
+
+pub(crate) fn check_same_shape(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
+    ensure!(
+        a.shape() == b.shape(),
+        "{what}: shapes differ ({} vs {})",
+        a.shape(),
+        b.shape()
+    );
+    Ok(())
+}
+
+pub(crate) fn check_ndhwc(t: &Tensor, what: &str) -> Result<()> {
+    ensure!(
+        t.shape().rank() == 5,
+        "{what}: expected an NDHWC tensor, got shape {}",
+        t.shape()
+    );
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+    fn act_dtype(&self) -> DType {
+        DType::F32
+    }
+
+    fn alloc(&self, shape: Shape, dtype: DType) -> Result<Tensor> {
+        self.zeros(shape, dtype)
+    }
+    fn zeros(&self, shape: Shape, dtype: DType) -> Result<Tensor> {
+        ensure!(
+            dtype == DType::F32,
+            "the cpu backend stores f32 only, asked for {}",
+            dtype.name()
+        );
+        self.out(shape)
+    }
+    fn upload(&self, data: &[f32], shape: Shape, dtype: DType) -> Result<Tensor> {
+        ensure!(
+            data.len() == shape.numel(),
+            "upload: {} values for shape {shape}",
+            data.len()
+        );
+        let t = self.zeros(shape, dtype)?;
+        view_mut(&t).copy_from_slice(data);
+        Ok(t)
+    }
+    fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        Ok(view(t, "download")?.to_vec())
+    }
+    fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        check(t, "write")?;
+        ensure!(
+            data.len() == t.numel(),
+            "write: {} values into shape {}",
+            data.len(),
+            t.shape()
+        );
+        view_mut(t).copy_from_slice(data);
+        Ok(())
+    }
+    fn fill(&self, t: &Tensor, value: f32) -> Result<()> {
+        check(t, "fill")?;
+        view_mut(t).fill(value);
+        Ok(())
+    }
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        if dtype != DType::F32 {
+            bail!(
+                "the cpu backend stores f32 only, asked to cast to {}",
+                dtype.name()
+            );
+        }
+        self.upload(view(x, "cast")?, x.shape(), dtype)
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn conv3d(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        spec: ConvSpec,
+    ) -> Result<Tensor> {
+        conv::conv3d(self, x, w, bias, spec)
+    }
+    fn conv3d_dgrad(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        x_shape: Shape,
+        spec: ConvSpec,
+    ) -> Result<Tensor> {
+        conv::conv3d_dgrad(self, dy, w, x_shape, spec)
+    }
+    fn conv3d_wgrad(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        spec: ConvSpec,
+        with_bias: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        conv::conv3d_wgrad(self, x, dy, spec, with_bias)
+    }
+
+    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        linear::linear(self, x, w, bias)
+    }
+    fn linear_dgrad(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+        linear::linear_dgrad(self, dy, w)
+    }
+    fn linear_wgrad(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        with_bias: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        linear::linear_wgrad(self, x, dy, with_bias)
+    }
+
+    fn norm_fwd(&self, x: &Tensor, args: &NormArgs) -> Result<NormOut> {
+        norm::norm_fwd(self, x, args)
+    }
+    fn norm_bwd(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        stats: &Tensor,
+        args: &NormArgs,
+    ) -> Result<NormGrads> {
+        norm::norm_bwd(self, dy, x, stats, args)
+    }
+
+    fn act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+        pointwise::act(self, x, act)
+    }
+    fn act_bwd(&self, dy: &Tensor, x: &Tensor, act: Act) -> Result<Tensor> {
+        pointwise::act_bwd(self, dy, x, act)
+    }
+    fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
+        pointwise::lincomb(self, terms)
+    }
+    fn add_nc(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        pointwise::add_nc(self, x, v)
+    }
+    fn sum_spatial(&self, x: &Tensor) -> Result<Tensor> {
+        pointwise::sum_spatial(self, x)
+    }
+
+    fn concat_c(&self, xs: &[&Tensor]) -> Result<Tensor> {
+        layout::concat_c(self, xs)
+    }
+    fn slice_c(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        layout::slice_c(self, x, start, len)
+    }
+    fn crop(&self, x: &Tensor, origin: [usize; 3], size: [usize; 3]) -> Result<Tensor> {
+        layout::crop(self, x, origin, size)
+    }
+    fn pad(&self, x: &Tensor, origin: [usize; 3], full: [usize; 3]) -> Result<Tensor> {
+        layout::pad(self, x, origin, full)
+    }
+    fn upsample(&self, x: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
+        layout::upsample(self, x, factor)
+    }
+    fn upsample_bwd(&self, dy: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
+        layout::upsample_bwd(self, dy, factor)
+    }
+    fn maxpool(&self, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
+        layout::maxpool(self, x, window)
+    }
+    fn maxpool_bwd(&self, dy: &Tensor, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
+        layout::maxpool_bwd(self, dy, x, window)
+    }
+
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        loss::softmax(self, x)
+    }
+    fn softmax_bwd(&self, dp: &Tensor, p: &Tensor) -> Result<Tensor> {
+        loss::softmax_bwd(self, dp, p)
+    }
+    fn argmax_c(&self, x: &Tensor) -> Result<Tensor> {
+        loss::argmax_c(self, x)
+    }
+    fn one_hot(&self, labels: &Tensor, classes: usize, on: f32, off: f32) -> Result<Tensor> {
+        loss::one_hot(self, labels, classes, on, off)
+    }
+    fn cross_entropy(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        loss::cross_entropy(self, logits, target)
+    }
+    fn cross_entropy_bwd(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        dloss: &Tensor,
+    ) -> Result<Tensor> {
+        loss::cross_entropy_bwd(self, logits, target, dloss)
+    }
+    fn dice_loss(&self, p: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
+        loss::dice_loss(self, p, target)
+    }
+    fn dice_loss_bwd(
+        &self,
+        p: &Tensor,
+        target: &Tensor,
+        sums: &Tensor,
+        dloss: &Tensor,
+    ) -> Result<Tensor> {
+        loss::dice_loss_bwd(self, p, target, sums, dloss)
+    }
+    fn mse(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        loss::mse(self, a, b)
+    }
+    fn mse_bwd(&self, a: &Tensor, b: &Tensor, dloss: &Tensor) -> Result<Tensor> {
+        loss::mse_bwd(self, a, b, dloss)
+    }
+    fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
+        loss::scalar_lincomb(self, terms)
+    }
+
+    fn adamw_step(&self, slots: &[ParamSlot], hp: &AdamW, lr: f32, step: u64) -> Result<Tensor> {
+        optim::adamw_step(self, slots, hp, lr, step)
+    }
+
+    fn randn(&self, shape: Shape, dtype: DType, seed: u64, offset: u64) -> Result<Tensor> {
+        let t = self.zeros(shape, dtype)?;
+        let out = view_mut(&t);
+        // Parallel over chunks: each chunk's noise depends only on its offset.
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 14;
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, c)| super::philox::fill_normal(c, seed, offset + (i * CHUNK) as u64));
+        Ok(t)
+    }
+}

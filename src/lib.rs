@@ -1,0 +1,23 @@
+//! voxdiff: diffusion models for 3D medical image segmentation on hand-written
+//! CUDA kernels, with a tuned CPU backend and a CPU emulation of the CUDA
+//! execution model. See `docs/` and `../shared/DESIGN.md`-derived
+//! `docs/design.md` for the map; data flows top to bottom:
+//!
+//! - [`pipeline`]: whole jobs (training loops, sliding-window inference, evaluation)
+//! - [`model`]: the exact networks
+//! - [`nn`]: layers
+//! - [`diffusion`]: schedules, q_sample, posteriors, samplers, objectives
+//! - [`autograd`]: the tape
+//! - [`backend`]: the `Backend` trait and its implementations
+//! - [`data`], [`metrics`], [`train`]: I/O and preprocessing, scores, optimisation
+
+pub mod autograd;
+pub mod backend;
+pub mod data;
+pub mod diffusion;
+pub mod metrics;
+pub mod model;
+pub mod nn;
+pub mod pipeline;
+pub mod tensor;
+pub mod train;
