@@ -1,0 +1,122 @@
+//! Shared helpers of the integration tests: seeded random data, tolerant
+//! comparisons that never let NaN pass, and a finite-difference gradient check.
+#![allow(dead_code)]
+
+use voxdiff::backend::cpu::CpuBackend;
+use voxdiff::backend::Backend;
+use voxdiff::tensor::{DType, Shape, Tensor};
+
+/// A small deterministic generator (SplitMix64) so tests need no extra crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+pub fn cpu() -> CpuBackend {
+    CpuBackend::new()
+}
+
+/// Random f32 tensor with values in [lo, hi) on `b`.
+pub fn rand_tensor(b: &dyn Backend, rng: &mut Rng, shape: Shape, lo: f32, hi: f32) -> Tensor {
+    let v = rng.vec(shape.numel(), lo, hi);
+    b.upload(&v, shape, DType::F32).unwrap()
+}
+
+/// Assert `got` matches `want` elementwise: |g − w| ≤ atol + rtol·|w|.
+/// NaN or infinity in `got` always fails.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g} (want {w})");
+        let err = (g as f64 - w).abs();
+        let lim = atol + rtol * w.abs();
+        if err / lim > worst.1 {
+            worst = (i, err / lim);
+        }
+        assert!(err <= lim, "{what}: element {i}: got {g}, want {w} (|err| {err:.3e} > {lim:.3e})");
+    }
+}
+
+/// Same as [`assert_close`] for two f32 slices.
+pub fn assert_close32(what: &str, got: &[f32], want: &[f32], rtol: f64, atol: f64) {
+    let w: Vec<f64> = want.iter().map(|&x| x as f64).collect();
+    assert_close(what, got, &w, rtol, atol);
+}
+
+/// Finite-difference check of a gradient.
+///
+/// `loss(x)` must return the scalar `Σ g ⊙ f(x)` for a fixed upstream `g`,
+/// computed in f64 from the op's f32 output; `analytic` is the backward's
+/// gradient for that `g`. Checks `n_probe` coordinates (all if fewer) with a
+/// central difference of step `h`, to `rtol` relative of the larger of the two
+/// values plus `atol`.
+pub fn fd_check(
+    what: &str,
+    x: &[f32],
+    analytic: &[f32],
+    mut loss: impl FnMut(&[f32]) -> f64,
+    n_probe: usize,
+    h: f32,
+    rtol: f64,
+    atol: f64,
+) {
+    assert_eq!(x.len(), analytic.len(), "{what}: gradient length");
+    let mut rng = Rng::new(0xFD ^ x.len() as u64);
+    let probes: Vec<usize> = if x.len() <= n_probe {
+        (0..x.len()).collect()
+    } else {
+        (0..n_probe).map(|_| rng.below(x.len())).collect()
+    };
+    let mut xp = x.to_vec();
+    for &i in &probes {
+        let orig = xp[i];
+        xp[i] = orig + h;
+        let lp = loss(&xp);
+        xp[i] = orig - h;
+        let lm = loss(&xp);
+        xp[i] = orig;
+        let num = (lp - lm) / (2.0 * h as f64);
+        let ana = analytic[i] as f64;
+        assert!(ana.is_finite(), "{what}[{i}]: analytic gradient is {ana}");
+        let err = (num - ana).abs();
+        let lim = atol + rtol * num.abs().max(ana.abs());
+        assert!(
+            err <= lim,
+            "{what}[{i}]: analytic {ana:.6e} vs numeric {num:.6e} (|err| {err:.3e} > {lim:.3e})"
+        );
+    }
+}
+
+/// `Σ g ⊙ y` in f64.
+pub fn dot(g: &[f32], y: &[f32]) -> f64 {
+    assert_eq!(g.len(), y.len());
+    g.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum()
+}
+
+/// The backends the device-generic tests run on: `cpu` always, plus the
+/// device named by `VOXDIFF_TEST_DEVICE` (e.g. `emu`, `cuda`) when set.
+pub fn test_device() -> Option<String> {
+    std::env::var("VOXDIFF_TEST_DEVICE").ok().filter(|s| !s.is_empty())
+}
