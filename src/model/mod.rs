@@ -1,1 +1,5 @@
-//! model (under construction)
+//! The exact networks, each a struct of layers with a `forward`.
+
+pub mod imgx_unet;
+
+pub use imgx_unet::{ImgxUnet, TimeConditioning, UnetConfig};

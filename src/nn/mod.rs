@@ -1,1 +1,10 @@
-//! nn (under construction)
+//! Layers: parameter storage and initialisation, convolutions, dense layers,
+//! normalisation, the sinusoidal time embedding. Each layer is a struct of
+//! parameter ids with a `forward` that calls the autograd [`Graph`](crate::autograd::Graph).
+
+pub mod layers;
+pub mod params;
+pub mod time;
+
+pub use layers::{Conv, Linear, Norm, NormEpilogue};
+pub use params::{Init, ParamId, ParamStore};

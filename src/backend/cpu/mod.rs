@@ -6,6 +6,7 @@
 //! that makes it fast. Ops live one family per file.
 
 mod conv;
+mod diffusion;
 mod layout;
 mod linear;
 mod loss;
@@ -319,6 +320,12 @@ impl Backend for CpuBackend {
     }
     fn mse_bwd(&self, a: &Tensor, b: &Tensor, dloss: &Tensor) -> Result<Tensor> {
         loss::mse_bwd(self, a, b, dloss)
+    }
+    fn scaled_to_logits(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
+        diffusion::scaled_to_logits(self, x, eps)
+    }
+    fn scaled_to_logits_bwd(&self, dy: &Tensor, x: &Tensor, eps: f32) -> Result<Tensor> {
+        diffusion::scaled_to_logits_bwd(self, dy, x, eps)
     }
     fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
         loss::scalar_lincomb(self, terms)
