@@ -15,6 +15,7 @@ pub mod autograd;
 pub mod backend;
 pub mod data;
 pub mod diffusion;
+pub mod fsutil;
 pub mod metrics;
 pub mod model;
 pub mod nn;

@@ -198,7 +198,8 @@ pub struct ParamSlot<'a> {
 }
 
 /// AdamW hyper-parameters (the learning rate is passed per step).
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamW {
     pub beta1: f32,
     pub beta2: f32,

@@ -1,1 +1,5 @@
-//! pipeline (under construction)
+//! Whole jobs: training loops for each system, inference, evaluation.
+
+pub mod bench;
+pub mod seg_model;
+pub mod train_loop;

@@ -1,0 +1,150 @@
+//! `voxdiff bench`: time the hot ops through the Backend trait on any device
+//! and report time, achieved FLOP/s and bytes/s. Every figure printed was
+//! measured in this run (median of the timed repetitions after a warm-up).
+
+use crate::backend::{Act, Backend, ConvSpec, NormArgs};
+use crate::tensor::{DType, Shape, Tensor};
+use anyhow::Result;
+use std::time::Instant;
+
+/// One measured case.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchResult {
+    pub name: String,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    /// Floating-point operations of one run (multiply-add = 2).
+    pub flops: f64,
+    /// The fewest bytes one run must move (inputs read once, outputs written once).
+    pub bytes: f64,
+}
+
+impl BenchResult {
+    pub fn gflops(&self) -> f64 {
+        self.flops / (self.median_ms * 1e-3) / 1e9
+    }
+    pub fn gbytes(&self) -> f64 {
+        self.bytes / (self.median_ms * 1e-3) / 1e9
+    }
+}
+
+/// Time `f` `reps` times after `warmup` runs; the backend is synchronised
+/// around each run so asynchronous devices are timed honestly.
+pub fn time_it(
+    b: &dyn Backend,
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    b.synchronize()?;
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        b.synchronize()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok((ms[ms.len() / 2], ms[0]))
+}
+
+fn rand_tensor(b: &dyn Backend, shape: Shape, dtype: DType, seed: u64) -> Result<Tensor> {
+    b.randn(shape, dtype, seed, 0)
+}
+
+/// The standard cases: a 3×3×3 32→32 convolution on 1×32×128×128×32
+/// (forward; forward + data and weight gradients) and instance norm
+/// (32 groups) + GELU forward + backward on the same tensor.
+pub fn standard(
+    b: &dyn Backend,
+    dims: [usize; 3],
+    channels: usize,
+    reps: usize,
+) -> Result<Vec<BenchResult>> {
+    let act = b.act_dtype();
+    let esz = act.size() as f64;
+    let x_shape = Shape::ndhwc(1, dims[0], dims[1], dims[2], channels);
+    let x = rand_tensor(b, x_shape, act, 1)?;
+    let spec = ConvSpec::K3;
+    let w = b.upload(
+        &vec![0.01; spec.weight_shape(channels, channels).numel()],
+        spec.weight_shape(channels, channels),
+        DType::F32,
+    )?;
+    let dy = rand_tensor(b, x_shape, act, 2)?;
+    let n = x_shape.numel() as f64;
+    let wbytes = (spec.weight_shape(channels, channels).numel() * 4) as f64;
+    let conv_flops = 2.0 * spec.macs(x_shape, channels) as f64;
+    let mut out = Vec::new();
+
+    let (med, min) = time_it(b, 1, reps, || b.conv3d(&x, &w, None, spec).map(drop))?;
+    out.push(BenchResult {
+        name: format!("conv3d k3 {channels}->{channels} fwd {}", x_shape),
+        median_ms: med,
+        min_ms: min,
+        flops: conv_flops,
+        bytes: 2.0 * n * esz + wbytes,
+    });
+    let (med, min) = time_it(b, 1, reps, || {
+        b.conv3d(&x, &w, None, spec)?;
+        b.conv3d_dgrad(&dy, &w, x_shape, spec)?;
+        b.conv3d_wgrad(&x, &dy, spec, false)?;
+        Ok(())
+    })?;
+    out.push(BenchResult {
+        name: format!("conv3d k3 {channels}->{channels} fwd+bwd {}", x_shape),
+        median_ms: med,
+        min_ms: min,
+        flops: 3.0 * conv_flops,
+        // fwd: x→y; dgrad: dy→dx; wgrad: x, dy → dw.
+        bytes: 6.0 * n * esz + 3.0 * wbytes,
+    });
+
+    let gamma = b.upload(&vec![1.0; channels], Shape::new(&[channels]), DType::F32)?;
+    let beta = b.upload(&vec![0.0; channels], Shape::new(&[channels]), DType::F32)?;
+    let args = NormArgs {
+        groups: channels,
+        eps: 1e-5,
+        gamma: Some(&gamma),
+        beta: Some(&beta),
+        film: None,
+        residual: None,
+        act: Act::Gelu,
+    };
+    let (med, min) = time_it(b, 1, reps, || {
+        let r = b.norm_fwd(&x, &args)?;
+        b.norm_bwd(&dy, &x, &r.stats, &args)?;
+        Ok(())
+    })?;
+    out.push(BenchResult {
+        name: format!("instance norm + GELU fwd+bwd {}", x_shape),
+        median_ms: med,
+        min_ms: min,
+        flops: 30.0 * n,
+        // fwd: read x, write y; bwd: read x and dy, write dx.
+        bytes: 5.0 * n * esz,
+    });
+    Ok(out)
+}
+
+/// Print results as a table.
+pub fn print(results: &[BenchResult], device: &str) {
+    println!("device: {device}");
+    println!(
+        "{:<58} {:>10} {:>10} {:>10} {:>9}",
+        "case", "median ms", "min ms", "GFLOP/s", "GB/s"
+    );
+    for r in results {
+        println!(
+            "{:<58} {:>10.2} {:>10.2} {:>10.1} {:>9.1}",
+            r.name,
+            r.median_ms,
+            r.min_ms,
+            r.gflops(),
+            r.gbytes()
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! The training loop shared by the segmentation systems: draw an example,
+//! compute the loss on a recording graph, backpropagate, apply AdamW, log,
+//! checkpoint. Resumable: the checkpoint holds parameters, moments, the step
+//! and the data position, so a killed run continues where its last
+//! checkpoint left it.
+
+use super::seg_model::{volume_shape, SegModel};
+use crate::autograd::Graph;
+use crate::backend::{AdamW, Backend};
+use crate::train::{checkpoint, LrSchedule, Optimizer, RunLog};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+
+/// One training example: an image patch (already normalised) and its label ids.
+pub struct Example {
+    /// Spatial extents [D, H, W].
+    pub dims: [usize; 3],
+    pub image: Vec<f32>,
+    /// Class ids (0 … K−1) as floats.
+    pub labels: Vec<f32>,
+}
+
+/// An endless, seeded supply of training examples. `position` / `seek` let a
+/// resumed run continue the same sequence.
+pub trait ExampleSource {
+    fn next_example(&mut self) -> Result<Example>;
+    /// Examples drawn so far.
+    fn position(&self) -> u64;
+    /// Continue as if `n` examples had been drawn.
+    fn seek(&mut self, n: u64) -> Result<()>;
+}
+
+/// Optimisation settings of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimiser updates of the whole run.
+    pub steps: u64,
+    /// Stop early after this many minutes (checkpointing first); 0 = no limit.
+    pub max_minutes: f64,
+    pub lr: LrSchedule,
+    pub adamw: AdamW,
+    /// Seed of the noise and time-step draws.
+    pub seed: u64,
+    pub log_every: u64,
+    pub checkpoint_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 1000,
+            max_minutes: 0.0,
+            lr: LrSchedule::default(),
+            adamw: AdamW {
+                weight_decay: 1e-8,
+                ..AdamW::default()
+            },
+            seed: 0,
+            log_every: 10,
+            checkpoint_every: 100,
+        }
+    }
+}
+
+/// File names inside a run folder.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const LOG: &str = "log.jsonl";
+
+/// What a finished (or time-limited) run did.
+pub struct TrainSummary {
+    pub steps_done: u64,
+    pub first_loss: Option<f32>,
+    pub last_loss: Option<f32>,
+    pub seconds: f64,
+}
+
+/// Time step for update `step` of a run with seed `seed`: uniform over 0..T.
+fn draw_t(seed: u64, step: u64, timesteps: usize) -> usize {
+    let mut z = seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5851_F42D_4C95_7F2D;
+    z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    ((z ^ (z >> 32)) % timesteps as u64) as usize
+}
+
+/// Train `model` in `run_dir` (which must exist). With `resume`, continue
+/// from the run's checkpoint. `progress` shows a progress bar on stderr.
+pub fn train(
+    b: &dyn Backend,
+    model: &SegModel,
+    cfg: &TrainConfig,
+    source: &mut dyn ExampleSource,
+    run_dir: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<TrainSummary> {
+    let mut opt = Optimizer::new(b, &model.ps, cfg.adamw)?;
+    let ckpt_path = run_dir.join(CHECKPOINT);
+    if resume {
+        let ck = checkpoint::load(&ckpt_path, b, &model.ps, Some(&mut opt))
+            .with_context(|| format!("resuming from {}", ckpt_path.display()))?;
+        let pos = ck
+            .extra
+            .get("data_position")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(ck.step);
+        source.seek(pos)?;
+    }
+    let mut log = RunLog::open(&run_dir.join(LOG))?;
+    let start_step = opt.step;
+    let bar = progress.then(|| {
+        let pb = indicatif::ProgressBar::new(cfg.steps);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.set_position(start_step);
+        pb
+    });
+    let save = |opt: &Optimizer, source: &dyn ExampleSource| -> Result<()> {
+        let extra = serde_json::json!({ "data_position": source.position() });
+        checkpoint::save(&ckpt_path, b, &model.ps, Some(opt), &extra)
+    };
+    let t0 = Instant::now();
+    let (mut first_loss, mut last_loss) = (None, None);
+    let timesteps = model.timesteps();
+    while opt.step < cfg.steps {
+        if cfg.max_minutes > 0.0 && t0.elapsed().as_secs_f64() > cfg.max_minutes * 60.0 {
+            break;
+        }
+        let step = opt.step;
+        let ex = source.next_example()?;
+        let image = b.upload(&ex.image, volume_shape(ex.dims, 1), b.act_dtype())?;
+        let labels = b.upload(&ex.labels, volume_shape(ex.dims, 1), b.act_dtype())?;
+        let mask = b.one_hot(&labels, model.classes, 1.0, 0.0)?;
+        let t = draw_t(cfg.seed, step, timesteps);
+        let mut g = Graph::train(b);
+        let loss = model.loss(&mut g, &image, &mask, t, cfg.seed, step)?;
+        let grads = g.backward(&loss, model.ps.len())?;
+        let lr = cfg.lr.at(step);
+        let norm = opt.update(b, &model.ps, &grads, lr)?;
+        let done = opt.step;
+        let log_now =
+            done % cfg.log_every.max(1) == 0 || done == cfg.steps || done == start_step + 1;
+        if log_now {
+            let l = b.download(&loss.t)?[0];
+            let n = b.download(&norm)?[0];
+            if !l.is_finite() || !n.is_finite() {
+                bail!(
+                    "training diverged at step {done}: loss {l}, gradient norm {n} (the last checkpoint in {} is intact)",
+                    run_dir.display()
+                );
+            }
+            first_loss.get_or_insert(l);
+            last_loss = Some(l);
+            log.write(&serde_json::json!({
+                "step": done, "loss": l, "grad_norm": n, "lr": lr, "t": t,
+                "seconds": t0.elapsed().as_secs_f64(),
+            }))?;
+            if let Some(pb) = &bar {
+                pb.set_message(format!("loss {l:.4}"));
+            }
+        }
+        if let Some(pb) = &bar {
+            pb.set_position(done);
+        }
+        if done % cfg.checkpoint_every.max(1) == 0 {
+            save(&opt, source)?;
+        }
+    }
+    save(&opt, source)?;
+    if let Some(pb) = bar {
+        pb.finish();
+    }
+    Ok(TrainSummary {
+        steps_done: opt.step - start_step,
+        first_loss,
+        last_loss,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
