@@ -615,15 +615,21 @@ fn generate_registry(
     writeln!(s, "pub const NVRTC_OPTIONS: &[&str] = &{opts:?};").unwrap();
     writeln!(
         s,
-        "/// `kernels/common.cuh`, embedded for the run-time NVRTC fallback."
+        "/// The headers of `kernels/` (name, text), embedded for the run-time NVRTC fallback."
     )
     .unwrap();
-    writeln!(
-        s,
-        "pub const COMMON_CUH: &str = include_str!({});",
-        q(&kernels_dir.join("common.cuh"))
-    )
-    .unwrap();
+    let mut headers: Vec<PathBuf> = std::fs::read_dir(kernels_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("cuh"))
+        .collect();
+    headers.sort();
+    writeln!(s, "pub const HEADERS: &[(&str, &str)] = &[").unwrap();
+    for h in &headers {
+        let name = h.file_name().unwrap().to_str().unwrap();
+        writeln!(s, "    ({name:?}, include_str!({})),", q(h)).unwrap();
+    }
+    writeln!(s, "];").unwrap();
     writeln!(s).unwrap();
 
     // Family
@@ -741,6 +747,22 @@ fn generate_registry(
         writeln!(
             s,
             "            Kernel::{} => {:?},",
+            variant_name(&k.name),
+            k.name
+        )
+        .unwrap();
+    }
+    writeln!(s, "        }}\n    }}").unwrap();
+    writeln!(s, "    /// [`Kernel::name`] as a C string.").unwrap();
+    writeln!(
+        s,
+        "    pub fn c_name(self) -> &'static std::ffi::CStr {{\n        match self {{"
+    )
+    .unwrap();
+    for k in kernels {
+        writeln!(
+            s,
+            "            Kernel::{} => c{:?},",
             variant_name(&k.name),
             k.name
         )
