@@ -562,6 +562,9 @@ extern "C" int vd_emu_launch(void (*thunk)(void**), const char* name, const unsi
     return 0;
 }
 
+// Threads the block pool uses (VOXDIFF_EMU_THREADS, default: the core count).
+extern "C" unsigned vd_emu_pool_threads() { return pool().threads; }
+
 // Measures the raw fiber switch: ns per switch over `iters` round trips.
 extern "C" double vd_emu_switch_ns(long iters) {
     struct PingPong {

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use voxdiff::backend::gpu::cuda::Cuda;
 use voxdiff::backend::gpu::device::{Device, DeviceKind, KernelArgs, LaunchConfig};
 use voxdiff::backend::gpu::emu::Emu;
 use voxdiff::backend::gpu::registry::Kernel;
-use voxdiff::backend::gpu::{open_device, GpuBackend};
+use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::tensor::Buffer;
 
 /// The device the tests run on: `VOXDIFF_TEST_DEVICE=cuda[:N]` selects a GPU,
@@ -15,7 +16,12 @@ use voxdiff::tensor::Buffer;
 pub fn device() -> Arc<dyn Device> {
     match std::env::var("VOXDIFF_TEST_DEVICE") {
         Ok(s) if s.starts_with("cuda") => {
-            open_device(&s).expect("VOXDIFF_TEST_DEVICE names a CUDA device")
+            let ordinal = s.strip_prefix("cuda:").map_or(0, |n| {
+                n.parse().expect("VOXDIFF_TEST_DEVICE=cuda:<ordinal>")
+            });
+            Arc::new(
+                Cuda::with_poison(ordinal, true).expect("VOXDIFF_TEST_DEVICE names a CUDA device"),
+            )
         }
         _ => Arc::new(Emu::with_shuffle(None)),
     }

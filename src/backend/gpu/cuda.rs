@@ -70,6 +70,27 @@ pub fn probe() -> Result<usize> {
     Ok(count as usize)
 }
 
+/// `cuda:N name (sm_XY)` of every GPU the driver sees, without opening them.
+pub fn list_devices() -> Result<Vec<String>> {
+    let count = probe()?;
+    no_panic("listing devices", || {
+        let mut out = Vec::new();
+        for i in 0..count {
+            let dev = result::device::get(i as i32).map_err(driver_err("getting a device"))?;
+            let name =
+                result::device::get_name(dev).map_err(driver_err("reading a device name"))?;
+            // SAFETY: a device handle the driver just returned.
+            let cc = |a| unsafe { result::device::get_attribute(dev, a) };
+            let major = cc(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+                .map_err(driver_err("reading the compute capability"))?;
+            let minor = cc(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+                .map_err(driver_err("reading the compute capability"))?;
+            out.push(format!("cuda:{i} {name} (sm_{major}{minor})"));
+        }
+        Ok(out)
+    })
+}
+
 /// The stream-ordered memory pool of the device.
 struct CudaMemory {
     ctx: Arc<CudaContext>,
@@ -106,6 +127,8 @@ pub struct Cuda {
     /// Dynamic shared memory each function has been opted in to, by `Kernel::index`.
     shared_limit: Vec<AtomicU32>,
     label: String,
+    /// Fill new allocations with 0xFF bytes (NaN as f32 and bf16), as Emu does.
+    poison: bool,
     /// Where the loaded code came from, per family (for `voxdiff info`).
     code_origin: Vec<(Family, String)>,
 }
@@ -113,14 +136,20 @@ pub struct Cuda {
 impl Cuda {
     /// Opens GPU `ordinal`.
     pub fn new(ordinal: usize) -> Result<Cuda> {
+        Cuda::with_poison(ordinal, false)
+    }
+
+    /// Opens GPU `ordinal`; with `poison`, every allocation is filled with 0xFF
+    /// bytes (NaN as f32 and bf16) so tests catch elements a kernel never wrote.
+    pub fn with_poison(ordinal: usize, poison: bool) -> Result<Cuda> {
         let count = probe()?;
         if ordinal >= count {
             bail!("cuda:{ordinal} does not exist: the driver reports {count} GPU(s)");
         }
-        no_panic("opening the device", || Cuda::open(ordinal))
+        no_panic("opening the device", || Cuda::open(ordinal, poison))
     }
 
-    fn open(ordinal: usize) -> Result<Cuda> {
+    fn open(ordinal: usize, poison: bool) -> Result<Cuda> {
         let ctx = CudaContext::new(ordinal).map_err(driver_err("creating the context"))?;
         let (major, minor) = ctx
             .compute_capability()
@@ -197,6 +226,7 @@ impl Cuda {
                 pool: PoolHandle(pool),
             }),
             label: format!("cuda:{ordinal} {name} (sm_{major}{minor})"),
+            poison,
             shared_limit: Kernel::ALL
                 .iter()
                 .map(|_| AtomicU32::new(DEFAULT_SHARED_LIMIT))
@@ -288,7 +318,11 @@ impl Device for Cuda {
             result::mem_pool::alloc_async(self.mem.pool.0, bytes, self.stream.cu_stream())
         }
         .map_err(|e| anyhow!("cuda: allocating {bytes} bytes: {e}"))?;
-        Ok(Arc::new(Buffer::new(ptr, bytes, self.mem.clone())))
+        let buf = Arc::new(Buffer::new(ptr, bytes, self.mem.clone()));
+        if self.poison {
+            self.memset(ptr, 0xFF, bytes)?;
+        }
+        Ok(buf)
     }
     fn memcpy_htod(&self, dst: u64, src: &[u8]) -> Result<()> {
         self.bind()?;

@@ -31,6 +31,13 @@ extern "C" {
         errcap: usize,
     ) -> c_int;
     fn vd_emu_switch_ns(iters: std::ffi::c_long) -> f64;
+    fn vd_emu_pool_threads() -> u32;
+}
+
+/// OS threads that run a grid's blocks (`VOXDIFF_EMU_THREADS`, default: the core count).
+pub fn pool_threads() -> u32 {
+    // SAFETY: starts the pool if needed and reads its size.
+    unsafe { vd_emu_pool_threads() }
 }
 
 /// Raw cost of one fiber context switch, in ns (measured over `iters` round trips).
