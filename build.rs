@@ -81,6 +81,8 @@ fn main() {
     let ptx_dir = out_dir.join("ptx");
     std::fs::create_dir_all(&ptx_dir).unwrap();
     let toolchain = find_toolchain(&manifest);
+    // Wall time of each phase, written to $OUT_DIR/build-times.txt.
+    let mut times: Vec<(&str, f64)> = Vec::new();
     let mut nvrtc_version = None;
     let mut ptxas_version = None;
     let mut ptxas_table: BTreeMap<(String, &str), PtxasInfo> = BTreeMap::new();
@@ -88,10 +90,14 @@ fn main() {
         Some(tc) => {
             let nvrtc = Nvrtc::load(&tc.lib_dir);
             nvrtc_version = Some(nvrtc.version());
+            let t = std::time::Instant::now();
             compile_all_ptx(&nvrtc, tc, &kernels_dir, &families, &ptx_dir);
+            times.push(("nvrtc", t.elapsed().as_secs_f64()));
             if let Some(ptxas) = &tc.ptxas {
                 ptxas_version = Some(tool_version(ptxas));
+                let t = std::time::Instant::now();
                 ptxas_table = run_ptxas_all(ptxas, &families, &ptx_dir);
+                times.push(("ptxas", t.elapsed().as_secs_f64()));
                 for k in &kernels {
                     for (_, sm) in ARCHS {
                         assert!(
@@ -126,7 +132,14 @@ fn main() {
     );
     std::fs::write(out_dir.join("kernels.rs"), registry).unwrap();
 
+    let t = std::time::Instant::now();
     build_emulation(&manifest, &out_dir, &families, &kernels);
+    times.push(("emulation library", t.elapsed().as_secs_f64()));
+    let report: String = times
+        .iter()
+        .map(|(k, v)| format!("{k}: {v:.2} s\n"))
+        .collect();
+    std::fs::write(out_dir.join("build-times.txt"), report).unwrap();
 }
 
 // ------------------------------------------------------------------ sources
@@ -200,9 +213,6 @@ fn find_entry_points(family: &str, path: &Path, src: &str) -> Vec<KernelDecl> {
         let before = rest[..pos].trim_end();
         let after = &rest[pos + "__global__".len()..];
         rest = after;
-        if before.ends_with("#define") || before.ends_with("define") {
-            continue;
-        }
         assert!(
             before.ends_with("extern \"C\""),
             "{}: every __global__ function is an extern \"C\" entry point (found one without)",
@@ -257,25 +267,22 @@ fn camel(family: &str) -> String {
 
 // ---------------------------------------------------------------- toolchain
 
+/// `$VOXDIFF_CUDA_ROOT` when set (authoritative: a root without NVRTC means a
+/// build without NVRTC), else the project's `.toolchain/cuda/nvidia/cu13`.
 fn find_toolchain(manifest: &Path) -> Option<Toolchain> {
-    let mut roots = Vec::new();
-    if let Ok(root) = std::env::var("VOXDIFF_CUDA_ROOT") {
-        if !root.is_empty() {
-            roots.push(PathBuf::from(root));
-        }
-    }
-    roots.push(manifest.join(".toolchain/cuda/nvidia/cu13"));
-    for root in roots {
-        for lib in ["lib", "lib64"] {
-            let lib_dir = root.join(lib);
-            if nvrtc_path(&lib_dir).is_some() && root.join("include/cuda_bf16.h").exists() {
-                let ptxas = root.join("bin/ptxas");
-                return Some(Toolchain {
-                    lib_dir,
-                    include_dir: root.join("include"),
-                    ptxas: ptxas.exists().then_some(ptxas),
-                });
-            }
+    let root = match std::env::var("VOXDIFF_CUDA_ROOT") {
+        Ok(r) if !r.is_empty() => PathBuf::from(r),
+        _ => manifest.join(".toolchain/cuda/nvidia/cu13"),
+    };
+    for lib in ["lib", "lib64"] {
+        let lib_dir = root.join(lib);
+        if nvrtc_path(&lib_dir).is_some() && root.join("include/cuda_bf16.h").exists() {
+            let ptxas = root.join("bin/ptxas");
+            return Some(Toolchain {
+                lib_dir,
+                include_dir: root.join("include"),
+                ptxas: ptxas.exists().then_some(ptxas),
+            });
         }
     }
     None
@@ -908,9 +915,8 @@ fn build_emulation(
     let kernels_dir = manifest.join("kernels");
     let gen_dir = out_dir.join("emu");
     std::fs::create_dir_all(&gen_dir).unwrap();
-    let mut build = cc::Build::new();
-    build
-        .cpp(true)
+    let mut base = cc::Build::new();
+    base.cpp(true)
         .std("c++17")
         .opt_level(2)
         .include(&kernels_dir)
@@ -920,9 +926,14 @@ fn build_emulation(
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-unused-function")
         .flag_if_supported("-Wno-unknown-pragmas")
-        .warnings(true)
-        .file(kernels_dir.join("emu/runtime.cpp"))
-        .file(kernels_dir.join("emu/warp.cpp"));
+        // Probe every page of a large stack frame, so a fiber's stack overflow
+        // always hits its guard page instead of jumping over it.
+        .flag_if_supported("-fstack-clash-protection")
+        .warnings(true);
+    let mut files = vec![
+        kernels_dir.join("emu/runtime.cpp"),
+        kernels_dir.join("emu/warp.cpp"),
+    ];
     for (family, path) in families {
         let mut tu = String::new();
         writeln!(
@@ -948,7 +959,31 @@ fn build_emulation(
         }
         let file = gen_dir.join(format!("{family}.emu.cpp"));
         std::fs::write(&file, tu).unwrap();
-        build.file(file);
+        files.push(file);
     }
-    build.compile("voxdiff_emu");
+    // One compiler per translation unit, NUM_JOBS at a time (cc alone compiles
+    // them one after another), then one archive.
+    let jobs: usize = std::env::var("NUM_JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or(2)
+        .max(1);
+    let mut objects = Vec::new();
+    for batch in files.chunks(jobs) {
+        let outs: Vec<Vec<PathBuf>> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|f| {
+                    let mut b = base.clone();
+                    b.file(f);
+                    s.spawn(move || b.compile_intermediates())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        objects.extend(outs.into_iter().flatten());
+    }
+    let mut archive = base.clone();
+    archive.objects(&objects);
+    archive.compile("voxdiff_emu");
 }

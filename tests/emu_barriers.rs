@@ -283,3 +283,37 @@ fn shuffled_order_gives_the_same_results() {
         assert_eq!(bits(&got.1), bits(&base.1), "block sums, seed {seed}");
     }
 }
+
+/// A kernel dereferencing a wild pointer crashes the process (as on a GPU the
+/// context would be lost), but first names the kernel, block and thread. Runs
+/// in a child process: this test re-executes itself with VOXDIFF_EMU_CRASH_CHILD.
+#[test]
+fn invalid_access_in_a_kernel_is_reported() {
+    const NAME: &str = "invalid_access_in_a_kernel_is_reported";
+    if std::env::var("VOXDIFF_EMU_CRASH_CHILD").is_ok() {
+        let dev: Arc<dyn Device> = Arc::new(Emu::with_shuffle(None));
+        let yb = poisoned::<f32>(&dev, 64);
+        // x = address 16: unmapped.
+        let mut args = KernelArgs::new().u64(16).buffer(&yb).i32(64);
+        let _ = dev.launch(
+            Kernel::SelftestBlockReverse,
+            LaunchConfig::linear(1, 64),
+            &mut args,
+        );
+        unreachable!("the launch must have crashed");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env("VOXDIFF_EMU_CRASH_CHILD", "1")
+        .output()
+        .expect("re-running the test binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the child survived a wild pointer:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("voxdiff emu: invalid memory access in kernel vd_selftest_block_reverse, block (0,0,0), thread (0,0,0), address 0x10"),
+        "child stderr:\n{stderr}"
+    );
+}

@@ -578,7 +578,6 @@ extern "C" double vd_emu_switch_ns(long iters) {
     pp = &state;
     Fiber& f = state.fiber;
     ensure_stack(f);
-    Worker& w = worker();
     // A fiber body that switches straight back, `iters` times.
     struct Body {
         static void run(Fiber* self) {
@@ -599,7 +598,6 @@ extern "C" double vd_emu_switch_ns(long iters) {
     sp[5] = sp[6] = nullptr;
     sp[7] = reinterpret_cast<void*>(&vd_emu_fiber_start);
     f.sp = sp;
-    (void)w;
     auto t0 = std::chrono::steady_clock::now();
     for (long i = 0; i < iters; ++i) vd_emu_switch(&state.main_sp, f.sp);
     auto t1 = std::chrono::steady_clock::now();
