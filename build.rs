@@ -826,7 +826,7 @@ fn generate_registry(
     .unwrap();
     writeln!(
         s,
-        "/// parameters' sizes and alignments as the C++ compiler sees them."
+        "/// parameters' sizes and kinds as the C++ compiler sees them."
     )
     .unwrap();
     writeln!(s, "#[derive(Clone, Copy)]").unwrap();
@@ -852,7 +852,7 @@ fn generate_registry(
         .unwrap();
         writeln!(
             s,
-            "    fn vdemu_params_{}(sizes: *mut u32, aligns: *mut u32, cap: i32) -> i32;",
+            "    fn vdemu_params_{}(sizes: *mut u32, kinds: *mut u32, cap: i32) -> i32;",
             k.name
         )
         .unwrap();
@@ -951,8 +951,8 @@ fn build_emulation(
             .unwrap();
             writeln!(
                 tu,
-                "extern \"C\" int vdemu_params_{n}(unsigned* sizes, unsigned* aligns, int cap) \
-                 {{ return vd_emu::param_layout(&{n}, sizes, aligns, cap); }}",
+                "extern \"C\" int vdemu_params_{n}(unsigned* sizes, unsigned* kinds, int cap) \
+                 {{ return vd_emu::param_layout(&{n}, sizes, kinds, cap); }}",
                 n = k.name
             )
             .unwrap();

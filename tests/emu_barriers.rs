@@ -294,7 +294,7 @@ fn invalid_access_in_a_kernel_is_reported() {
         let dev: Arc<dyn Device> = Arc::new(Emu::with_shuffle(None));
         let yb = poisoned::<f32>(&dev, 64);
         // x = address 16: unmapped.
-        let mut args = KernelArgs::new().u64(16).buffer(&yb).i32(64);
+        let mut args = KernelArgs::new().ptr(16).buffer(&yb).i32(64);
         let _ = dev.launch(
             Kernel::SelftestBlockReverse,
             LaunchConfig::linear(1, 64),

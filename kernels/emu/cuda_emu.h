@@ -130,15 +130,21 @@ template <typename... A>
 inline void invoke(void (*kernel)(A...), void** args) {
     invoke_impl(kernel, args, std::index_sequence_for<A...>{});
 }
-// Sizes and alignments of the kernel's parameters; returns their count.
+// The kind of a kernel parameter, as the launch checks it: 0 pointer,
+// 1 floating point, 2 integer, 3 anything else (a struct passed by value).
+template <typename T>
+constexpr unsigned param_kind() {
+    return std::is_pointer<T>::value ? 0u : std::is_floating_point<T>::value ? 1u : std::is_integral<T>::value ? 2u : 3u;
+}
+// Sizes and kinds of the kernel's parameters; returns their count.
 template <typename... A>
-inline int param_layout(void (*)(A...), unsigned* sizes, unsigned* aligns, int cap) {
+inline int param_layout(void (*)(A...), unsigned* sizes, unsigned* kinds, int cap) {
     constexpr int n = sizeof...(A);
     const unsigned s[n + 1] = {static_cast<unsigned>(sizeof(A))..., 0};
-    const unsigned a[n + 1] = {static_cast<unsigned>(alignof(A))..., 0};
+    const unsigned k[n + 1] = {param_kind<std::remove_cv_t<A>>()..., 0};
     for (int i = 0; i < n && i < cap; ++i) {
         sizes[i] = s[i];
-        aligns[i] = a[i];
+        kinds[i] = k[i];
     }
     return n;
 }

@@ -91,6 +91,28 @@ pub fn check_config(kernel: Kernel, cfg: &LaunchConfig) -> Result<()> {
     Ok(())
 }
 
+/// What a kernel parameter is, as the C++ compiler reports it (the check
+/// cannot tell `float` from `int` by size alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    Pointer,
+    Float,
+    Integer,
+    /// A struct passed by value.
+    Struct,
+}
+
+impl ParamKind {
+    fn from_code(c: u32) -> ParamKind {
+        match c {
+            0 => ParamKind::Pointer,
+            1 => ParamKind::Float,
+            2 => ParamKind::Integer,
+            _ => ParamKind::Struct,
+        }
+    }
+}
+
 const MAX_ARGS: usize = 24;
 const ARG_WORDS: usize = 64;
 
@@ -98,9 +120,9 @@ const ARG_WORDS: usize = 64;
 /// parameter to a copy of its value. The same packing drives the emulator
 /// (its launch table unpacks the pointers into the kernel's typed parameters).
 ///
-/// Push the arguments in the kernel's parameter order; each value's size is
-/// checked at launch against the parameter sizes the C++ compiler reports for
-/// the kernel, so a wrong count or type is an error, never a corrupt launch.
+/// Push the arguments in the kernel's parameter order; at launch, each value's
+/// kind and size are checked against the parameters as the C++ compiler
+/// reports them, so a wrong count or type is an error, never a corrupt launch.
 /// ```ignore
 /// let mut args = KernelArgs::new().tensor(&x).tensor(&y).i64(n as i64);
 /// device.launch(Kernel::ElementwiseCastF32Bf16, cfg, &mut args)?;
@@ -110,6 +132,7 @@ pub struct KernelArgs {
     words: [u64; ARG_WORDS],
     offsets: [u16; MAX_ARGS],
     sizes: [u16; MAX_ARGS],
+    kinds: [ParamKind; MAX_ARGS],
     len: usize,
     used_words: usize,
     ptrs: [*mut c_void; MAX_ARGS],
@@ -131,6 +154,7 @@ impl KernelArgs {
             words: [0; ARG_WORDS],
             offsets: [0; MAX_ARGS],
             sizes: [0; MAX_ARGS],
+            kinds: [ParamKind::Struct; MAX_ARGS],
             len: 0,
             used_words: 0,
             ptrs: [std::ptr::null_mut(); MAX_ARGS],
@@ -139,7 +163,7 @@ impl KernelArgs {
     }
 
     /// Appends the bytes of one parameter (8-byte aligned slot).
-    fn push_bytes(mut self, bytes: &[u8]) -> KernelArgs {
+    fn push_bytes(mut self, kind: ParamKind, bytes: &[u8]) -> KernelArgs {
         let words = bytes.len().div_ceil(8).max(1);
         if self.len == MAX_ARGS || self.used_words + words > ARG_WORDS {
             self.overflow = true;
@@ -149,6 +173,7 @@ impl KernelArgs {
         dst[..bytes.len()].copy_from_slice(bytes);
         self.offsets[self.len] = self.used_words as u16;
         self.sizes[self.len] = bytes.len() as u16;
+        self.kinds[self.len] = kind;
         self.len += 1;
         self.used_words += words;
         self
@@ -156,26 +181,30 @@ impl KernelArgs {
 
     /// A tensor's device address (a `T*` parameter).
     pub fn tensor(self, t: &Tensor) -> KernelArgs {
-        self.u64(t.addr())
+        self.ptr(t.addr())
     }
     /// A buffer's device address (a `T*` parameter).
     pub fn buffer(self, b: &Buffer) -> KernelArgs {
-        self.u64(b.addr())
+        self.ptr(b.addr())
+    }
+    /// A raw device address (a `T*` parameter).
+    pub fn ptr(self, addr: u64) -> KernelArgs {
+        self.push_bytes(ParamKind::Pointer, &addr.to_ne_bytes())
     }
     pub fn f32(self, v: f32) -> KernelArgs {
-        self.push_bytes(&v.to_ne_bytes())
+        self.push_bytes(ParamKind::Float, &v.to_ne_bytes())
     }
     pub fn i32(self, v: i32) -> KernelArgs {
-        self.push_bytes(&v.to_ne_bytes())
+        self.push_bytes(ParamKind::Integer, &v.to_ne_bytes())
     }
     pub fn u32(self, v: u32) -> KernelArgs {
-        self.push_bytes(&v.to_ne_bytes())
+        self.push_bytes(ParamKind::Integer, &v.to_ne_bytes())
     }
     pub fn i64(self, v: i64) -> KernelArgs {
-        self.push_bytes(&v.to_ne_bytes())
+        self.push_bytes(ParamKind::Integer, &v.to_ne_bytes())
     }
     pub fn u64(self, v: u64) -> KernelArgs {
-        self.push_bytes(&v.to_ne_bytes())
+        self.push_bytes(ParamKind::Integer, &v.to_ne_bytes())
     }
     /// A struct passed by value: `T` is `#[repr(C)]`, mirrors the C++ struct
     /// field by field, and has an alignment of at most 8.
@@ -184,7 +213,7 @@ impl KernelArgs {
             std::mem::align_of::<T>() <= 8,
             "kernel parameter structs are at most 8-byte aligned"
         );
-        self.push_bytes(bytemuck::bytes_of(v))
+        self.push_bytes(ParamKind::Struct, bytemuck::bytes_of(v))
     }
 
     pub fn len(&self) -> usize {
@@ -193,9 +222,11 @@ impl KernelArgs {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    /// Size in bytes of each parameter.
-    pub fn sizes(&self) -> Vec<usize> {
-        self.sizes[..self.len].iter().map(|&s| s as usize).collect()
+    /// (kind, size in bytes) of each parameter.
+    pub fn layout(&self) -> Vec<(ParamKind, usize)> {
+        (0..self.len)
+            .map(|i| (self.kinds[i], self.sizes[i] as usize))
+            .collect()
     }
 
     /// The `void**` array for a launch (valid until `self` moves or changes).
@@ -209,34 +240,37 @@ impl KernelArgs {
     }
 }
 
-/// The kernel's parameter sizes as the C++ compiler laid them out (the
-/// emulation library is linked into every build, whatever the device).
-pub fn param_sizes(kernel: Kernel) -> &'static [usize] {
-    static TABLE: OnceLock<Vec<Vec<usize>>> = OnceLock::new();
+/// The kernel's parameters, (kind, size in bytes), as the C++ compiler sees
+/// them (the emulation library is linked into every build, whatever the device).
+pub fn param_layout(kernel: Kernel) -> &'static [(ParamKind, usize)] {
+    static TABLE: OnceLock<Vec<Vec<(ParamKind, usize)>>> = OnceLock::new();
     let table = TABLE.get_or_init(|| {
         Kernel::ALL
             .iter()
             .map(|k| {
                 let entry = k.emu_entry();
                 let mut sizes = [0u32; MAX_ARGS];
-                let mut aligns = [0u32; MAX_ARGS];
+                let mut kinds = [0u32; MAX_ARGS];
                 // SAFETY: writes at most MAX_ARGS entries to each array.
                 let n = unsafe {
-                    (entry.params)(sizes.as_mut_ptr(), aligns.as_mut_ptr(), MAX_ARGS as i32)
+                    (entry.params)(sizes.as_mut_ptr(), kinds.as_mut_ptr(), MAX_ARGS as i32)
                 } as usize;
                 assert!(
                     n <= MAX_ARGS,
                     "{} has {n} parameters (max {MAX_ARGS})",
                     k.name()
                 );
-                sizes[..n].iter().map(|&s| s as usize).collect()
+                (0..n)
+                    .map(|i| (ParamKind::from_code(kinds[i]), sizes[i] as usize))
+                    .collect()
             })
             .collect()
     });
     &table[kernel.index()]
 }
 
-/// Checks the packed arguments against the kernel's parameters.
+/// Checks the packed arguments against the kernel's parameters: count, kind
+/// (pointer / float / integer / struct) and size of each.
 pub fn check_args(kernel: Kernel, args: &KernelArgs) -> Result<()> {
     if args.overflow {
         bail!(
@@ -245,11 +279,11 @@ pub fn check_args(kernel: Kernel, args: &KernelArgs) -> Result<()> {
             ARG_WORDS * 8
         );
     }
-    let want = param_sizes(kernel);
-    let got = args.sizes();
+    let want = param_layout(kernel);
+    let got = args.layout();
     if got.as_slice() != want {
         bail!(
-            "{}: arguments of sizes {got:?} bytes do not match the kernel's parameters {want:?}",
+            "{}: arguments {got:?} do not match the kernel's parameters {want:?} (kind, bytes)",
             kernel.name()
         );
     }
