@@ -123,9 +123,19 @@ const ARG_WORDS: usize = 64;
 /// Push the arguments in the kernel's parameter order; at launch, each value's
 /// kind and size are checked against the parameters as the C++ compiler
 /// reports them, so a wrong count or type is an error, never a corrupt launch.
-/// ```ignore
-/// let mut args = KernelArgs::new().tensor(&x).tensor(&y).i64(n as i64);
-/// device.launch(Kernel::ElementwiseCastF32Bf16, cfg, &mut args)?;
+/// ```
+/// use voxdiff::backend::gpu::device::{Device, KernelArgs, LaunchConfig};
+/// use voxdiff::backend::gpu::{emu::Emu, registry::Kernel};
+/// let dev = Emu::new();
+/// let n = 100;
+/// let y = dev.alloc(4 * n)?;
+/// // vd_elementwise_fill_f32(float* y, float value, i64 n)
+/// let mut args = KernelArgs::new().buffer(&y).f32(1.5).i64(n as i64);
+/// dev.launch(Kernel::ElementwiseFillF32, LaunchConfig::linear(1, 256), &mut args)?;
+/// let mut out = vec![0u8; 4 * n];
+/// dev.memcpy_dtoh(&mut out, y.addr())?;
+/// assert!(out.chunks(4).all(|b| f32::from_ne_bytes(b.try_into().unwrap()) == 1.5));
+/// # Ok::<(), anyhow::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct KernelArgs {

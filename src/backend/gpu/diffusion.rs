@@ -26,7 +26,7 @@ impl GpuBackend {
         if n == 0 {
             return Ok(y);
         }
-        let philox_blocks = (offset + n + 3) / 4 - offset / 4;
+        let philox_blocks = (offset + n).div_ceil(4) - offset / 4;
         let grid = philox_blocks
             .div_ceil(RANDN_THREADS as u64)
             .clamp(1, RANDN_MAX_BLOCKS) as u32;

@@ -44,7 +44,7 @@ struct LincombArgs {
 
 fn check_vector_aligned(t: &Tensor, what: &str) -> Result<()> {
     ensure!(
-        t.addr() % 16 == 0,
+        t.addr().is_multiple_of(16),
         "{what}: tensor at {:#x} is not 16-byte aligned (the kernel uses 16-byte vector accesses)",
         t.addr()
     );
