@@ -272,3 +272,11 @@ extern "C" __global__ void vd_selftest_barriers(int* __restrict__ counter, int r
     }
     counter[blockIdx.x * blockDim.x + t] = s[t];
 }
+
+// A 256 KiB local array: more than an emulated thread's stack (128 KiB by
+// default), so the guard page below the fiber's stack must catch it.
+extern "C" __global__ void vd_selftest_stack_overflow(float* __restrict__ y, int n) {
+    float big[64 * 1024];
+    for (int i = 0; i < n; ++i) big[i] = (float)i;
+    y[threadIdx.x] = big[n - 1 - (int)threadIdx.x % n];
+}

@@ -284,13 +284,29 @@ fn shuffled_order_gives_the_same_results() {
     }
 }
 
+/// Runs `kernel` with `args` on Emu in a child process (this test binary,
+/// re-executed for test `name` with VOXDIFF_EMU_CRASH_CHILD set) and returns
+/// the child's stderr after checking that it crashed.
+fn crash_in_child(name: &str, child: impl FnOnce()) -> String {
+    if std::env::var("VOXDIFF_EMU_CRASH_CHILD").is_ok() {
+        child();
+        unreachable!("the launch must have crashed");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("VOXDIFF_EMU_CRASH_CHILD", "1")
+        .output()
+        .expect("re-running the test binary");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the child did not crash:\n{stderr}");
+    stderr
+}
+
 /// A kernel dereferencing a wild pointer crashes the process (as on a GPU the
-/// context would be lost), but first names the kernel, block and thread. Runs
-/// in a child process: this test re-executes itself with VOXDIFF_EMU_CRASH_CHILD.
+/// context would be lost), but first names the kernel, block and thread.
 #[test]
 fn invalid_access_in_a_kernel_is_reported() {
-    const NAME: &str = "invalid_access_in_a_kernel_is_reported";
-    if std::env::var("VOXDIFF_EMU_CRASH_CHILD").is_ok() {
+    let stderr = crash_in_child("invalid_access_in_a_kernel_is_reported", || {
         let dev: Arc<dyn Device> = Arc::new(Emu::with_shuffle(None));
         let yb = poisoned::<f32>(&dev, 64);
         // x = address 16: unmapped.
@@ -300,20 +316,31 @@ fn invalid_access_in_a_kernel_is_reported() {
             LaunchConfig::linear(1, 64),
             &mut args,
         );
-        unreachable!("the launch must have crashed");
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-        .env("VOXDIFF_EMU_CRASH_CHILD", "1")
-        .output()
-        .expect("re-running the test binary");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    });
     assert!(
-        !out.status.success(),
-        "the child survived a wild pointer:\n{stderr}"
+        stderr.contains(
+            "voxdiff emu: invalid memory access in kernel vd_selftest_block_reverse, block (0,0,0), \
+             thread (0,0,0), address 0x10"
+        ),
+        "child stderr:\n{stderr}"
     );
+}
+
+/// A thread whose frame outgrows its fiber stack hits the guard page below it.
+#[test]
+fn fiber_stack_overflow_hits_the_guard_page() {
+    let stderr = crash_in_child("fiber_stack_overflow_hits_the_guard_page", || {
+        let dev: Arc<dyn Device> = Arc::new(Emu::with_shuffle(None));
+        let yb = poisoned::<f32>(&dev, 32);
+        let mut args = KernelArgs::new().buffer(&yb).i32(64 * 1024);
+        let _ = dev.launch(
+            Kernel::SelftestStackOverflow,
+            LaunchConfig::linear(1, 32),
+            &mut args,
+        );
+    });
     assert!(
-        stderr.contains("voxdiff emu: invalid memory access in kernel vd_selftest_block_reverse, block (0,0,0), thread (0,0,0), address 0x10"),
+        stderr.contains("voxdiff emu: fiber stack overflow (raise VOXDIFF_EMU_STACK_KIB) in kernel vd_selftest_stack_overflow"),
         "child stderr:\n{stderr}"
     );
 }

@@ -313,12 +313,13 @@ void crash_handler(int sig, siginfo_t* info, void* uctx) {
         const Fiber& f = *w->running;
         const unsigned char* a = static_cast<const unsigned char*>(info->si_addr);
         bool guard = a >= f.mapping && a < f.mapping + page_size();
+        // No allocation here: the fault may have happened inside malloc.
         char buf[512];
         int len = snprintf(buf, sizeof buf,
-                           "voxdiff emu: %s in kernel %s, block (%u,%u,%u), %s, address %p\n",
+                           "voxdiff emu: %s in kernel %s, block (%u,%u,%u), thread (%u,%u,%u), address %p\n",
                            guard ? "fiber stack overflow (raise VOXDIFF_EMU_STACK_KIB)" : "invalid memory access",
-                           w->launch->name, w->block_idx.x, w->block_idx.y, w->block_idx.z,
-                           thread_label(f.ts).c_str(), info->si_addr);
+                           w->launch->name, w->block_idx.x, w->block_idx.y, w->block_idx.z, f.ts.thread_idx.x,
+                           f.ts.thread_idx.y, f.ts.thread_idx.z, info->si_addr);
         if (len > 0) {
             ssize_t ignored = write(2, buf, (size_t)len < sizeof buf ? (size_t)len : sizeof buf - 1);
             (void)ignored;
