@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Version, build features and the devices found.
+    /// Version, build features, the devices found and each kernel's resources.
     Info,
     /// Time the hot ops (3x3x3 convolution, instance norm) on a device.
     Bench(BenchArgs),
@@ -50,7 +50,7 @@ fn main() -> Result<()> {
     }
     match cli.cmd {
         Cmd::Info => {
-            println!("voxdiff {}", env!("CARGO_PKG_VERSION"));
+            info();
             Ok(())
         }
         Cmd::Bench(a) => {
@@ -63,5 +63,77 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `voxdiff info`: what this binary was built with and what it can run on.
+fn info() {
+    use voxdiff::backend::gpu::registry::{
+        ptxas_info, Family, Kernel, NVRTC_AT_BUILD, PTXAS_AT_BUILD, PTX_ARCHS,
+    };
+    use voxdiff::backend::gpu::{cuda, emu};
+
+    println!("voxdiff {}", env!("CARGO_PKG_VERSION"));
+    println!("build:");
+    match NVRTC_AT_BUILD {
+        Some(v) => println!(
+            "  NVRTC at build: yes ({v}); PTX for {} of {} kernel families",
+            PTX_ARCHS.join(", "),
+            Family::ALL.len()
+        ),
+        None => println!(
+            "  NVRTC at build: no (sources embedded; CUDA compiles them at run time with the machine's NVRTC)"
+        ),
+    }
+    match PTXAS_AT_BUILD {
+        Some(v) => println!("  ptxas at build: {v}"),
+        None => println!("  ptxas at build: no (no register/spill report)"),
+    }
+    println!("devices:");
+    println!(
+        "  cpu: available ({} threads)",
+        rayon::current_num_threads()
+    );
+    println!(
+        "  emu: available (CUDA execution model on the CPU; blocks over {} threads)",
+        emu::pool_threads()
+    );
+    match cuda::list_devices() {
+        Ok(gpus) => {
+            println!("  CUDA driver: present, {} GPU(s)", gpus.len());
+            for g in gpus {
+                println!("    {g}");
+            }
+        }
+        Err(e) => println!("  CUDA driver: {e:#}"),
+    }
+    if PTXAS_AT_BUILD.is_some() {
+        println!(
+            "kernels ({}; registers, static shared memory bytes, spill store/load bytes):",
+            Kernel::ALL.len()
+        );
+        let width = Kernel::ALL
+            .iter()
+            .map(|k| k.name().len())
+            .max()
+            .unwrap_or(0);
+        println!("  {:width$}  {:>20}  {:>20}", "kernel", "sm_80", "sm_90");
+        for &k in Kernel::ALL {
+            let cell = |sm: &str| match ptxas_info(k, sm) {
+                Some(i) => format!(
+                    "{:>3} r {:>6} B {:>3}/{:<3}",
+                    i.registers, i.shared_bytes, i.spill_store_bytes, i.spill_load_bytes
+                ),
+                None => "-".to_string(),
+            };
+            println!(
+                "  {:width$}  {:>20}  {:>20}",
+                k.name(),
+                cell("sm_80"),
+                cell("sm_90")
+            );
+        }
+    } else {
+        println!("kernels: {} (no ptxas report)", Kernel::ALL.len());
     }
 }

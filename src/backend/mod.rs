@@ -18,6 +18,7 @@
 //! - Bad arguments (mismatched shapes, wrong dtypes) are errors, not panics.
 
 pub mod cpu;
+pub mod gpu;
 pub mod philox;
 
 use crate::tensor::{DType, Shape, Tensor};

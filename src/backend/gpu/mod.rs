@@ -1,0 +1,157 @@
+//! The gpu backend: the CUDA kernels of `kernels/*.cu`, driven from Rust
+//! against the [`device::Device`] interface, so the same host code runs on a
+//! real GPU ([`cuda::Cuda`]) and on the CPU emulation ([`emu::Emu`]).
+//!
+//! Layout: one Rust file per kernel family, next to one `.cu` per family —
+//! `elementwise.rs` ↔ `kernels/elementwise.cu`, `diffusion.rs` ↔
+//! `kernels/diffusion.cu`, … Each Rust file adds the family's ops to
+//! [`GpuBackend`] as inherent methods: check arguments, allocate outputs,
+//! compute the launch geometry (documented next to the launch), pack the
+//! arguments, launch. `registry.rs` is the generated kernel enum.
+//!
+//! Dtypes: activations are bf16 by default ([`GpuBackend::act_dtype`]) with f32
+//! accumulation inside kernels; parameters, statistics and scalars are f32.
+
+pub mod cuda;
+pub mod device;
+pub mod diffusion;
+pub mod elementwise;
+pub mod emu;
+pub mod registry;
+
+use crate::tensor::{DType, MemoryKind, Shape, Tensor};
+use anyhow::{bail, ensure, Context, Result};
+use device::{Device, DeviceKind};
+use std::sync::Arc;
+
+/// Opens a device by name: `emu`, `cuda` (= `cuda:0`) or `cuda:N`.
+pub fn open_device(spec: &str) -> Result<Arc<dyn Device>> {
+    let spec = spec.trim();
+    match spec {
+        "emu" => Ok(Arc::new(emu::Emu::new())),
+        "cuda" => Ok(Arc::new(cuda::Cuda::new(0)?)),
+        s if s.starts_with("cuda:") => {
+            let n: usize = s[5..]
+                .parse()
+                .with_context(|| format!("device `{s}`: expected cuda:<ordinal>"))?;
+            Ok(Arc::new(cuda::Cuda::new(n)?))
+        }
+        other => bail!("unknown gpu device `{other}` (emu, cuda, cuda:N)"),
+    }
+}
+
+/// The gpu backend over one device.
+pub struct GpuBackend {
+    device: Arc<dyn Device>,
+    act_dtype: DType,
+}
+
+impl GpuBackend {
+    /// Activations in bf16.
+    pub fn new(device: Arc<dyn Device>) -> GpuBackend {
+        GpuBackend::with_act_dtype(device, DType::BF16)
+    }
+    pub fn with_act_dtype(device: Arc<dyn Device>, act_dtype: DType) -> GpuBackend {
+        GpuBackend { device, act_dtype }
+    }
+    /// The emulated GPU (fiber order from `VOXDIFF_EMU_SHUFFLE`).
+    pub fn emu() -> GpuBackend {
+        GpuBackend::new(Arc::new(emu::Emu::new()))
+    }
+    /// GPU `ordinal`; an error on a machine without a driver or GPU.
+    pub fn cuda(ordinal: usize) -> Result<GpuBackend> {
+        Ok(GpuBackend::new(Arc::new(cuda::Cuda::new(ordinal)?)))
+    }
+
+    pub fn device(&self) -> &Arc<dyn Device> {
+        &self.device
+    }
+    pub fn name(&self) -> String {
+        self.device.name()
+    }
+    pub fn act_dtype(&self) -> DType {
+        self.act_dtype
+    }
+
+    fn memory_kind(&self) -> MemoryKind {
+        match self.device.kind() {
+            DeviceKind::Cuda => MemoryKind::Cuda,
+            DeviceKind::Emu => MemoryKind::Host,
+        }
+    }
+
+    /// Checks that `t` lives in this device's memory.
+    pub(crate) fn check(&self, t: &Tensor, what: &str) -> Result<()> {
+        ensure!(
+            t.buffer().kind() == self.memory_kind(),
+            "{what}: tensor {t:?} is not in {} memory (it belongs to another backend)",
+            self.device.name()
+        );
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------- memory
+    /// Uninitialised storage (poisoned with NaN on Emu).
+    pub fn alloc(&self, shape: Shape, dtype: DType) -> Result<Tensor> {
+        let buf = self.device.alloc(shape.numel() * dtype.size())?;
+        Ok(Tensor::from_buffer(shape, dtype, buf))
+    }
+    pub fn zeros(&self, shape: Shape, dtype: DType) -> Result<Tensor> {
+        let t = self.alloc(shape, dtype)?;
+        self.device.memset(t.addr(), 0, t.bytes())?;
+        Ok(t)
+    }
+    /// Copies host data, converted to `dtype` (bf16: round to nearest even), into a new tensor.
+    pub fn upload(&self, data: &[f32], shape: Shape, dtype: DType) -> Result<Tensor> {
+        ensure!(
+            data.len() == shape.numel(),
+            "upload: {} values for shape {shape}",
+            data.len()
+        );
+        let t = self.alloc(shape, dtype)?;
+        self.write(&t, data)?;
+        Ok(t)
+    }
+    /// Copies a tensor to the host as f32 (bf16 widens exactly).
+    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        self.check(t, "download")?;
+        match t.dtype() {
+            DType::F32 => {
+                let mut out = vec![0f32; t.numel()];
+                self.device
+                    .memcpy_dtoh(bytemuck::cast_slice_mut(&mut out), t.addr())?;
+                Ok(out)
+            }
+            DType::BF16 => {
+                let mut raw = vec![half::bf16::ZERO; t.numel()];
+                self.device
+                    .memcpy_dtoh(bytemuck::cast_slice_mut(&mut raw), t.addr())?;
+                Ok(raw.into_iter().map(f32::from).collect())
+            }
+        }
+    }
+    /// Overwrites a tensor with host data (in place).
+    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        self.check(t, "write")?;
+        ensure!(
+            data.len() == t.numel(),
+            "write: {} values into shape {}",
+            data.len(),
+            t.shape()
+        );
+        match t.dtype() {
+            DType::F32 => self
+                .device
+                .memcpy_htod(t.addr(), bytemuck::cast_slice(data)),
+            DType::BF16 => {
+                let raw: Vec<half::bf16> = data.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                self.device
+                    .memcpy_htod(t.addr(), bytemuck::cast_slice(&raw))
+            }
+        }
+    }
+    /// Waits until all queued work is done.
+    pub fn synchronize(&self) -> Result<()> {
+        self.device.synchronize()
+    }
+}
