@@ -12,11 +12,19 @@
 //! Dtypes: activations are bf16 by default ([`GpuBackend::act_dtype`]) with f32
 //! accumulation inside kernels; parameters, statistics and scalars are f32.
 
+mod backend_impl;
+pub mod conv;
 pub mod cuda;
 pub mod device;
 pub mod diffusion;
 pub mod elementwise;
 pub mod emu;
+pub mod layout;
+pub mod linear;
+pub mod loss;
+pub mod norm;
+pub mod optim;
+pub mod pointwise;
 pub mod registry;
 
 use crate::tensor::{DType, MemoryKind, Shape, Tensor};
