@@ -15,6 +15,8 @@ struct Cli {
 enum Cmd {
     /// Version, build features and the devices found.
     Info,
+    /// Score predicted label maps against references (per-class CSV + JSON summary).
+    Evaluate(voxdiff::pipeline::evaluate::EvaluateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -24,5 +26,6 @@ fn main() -> anyhow::Result<()> {
             println!("voxdiff {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Cmd::Evaluate(args) => voxdiff::pipeline::evaluate::run(&args),
     }
 }

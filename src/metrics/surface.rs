@@ -23,12 +23,35 @@ use super::edt::squared_edt;
 use super::surfel::{neighbour_codes, SurfelTable};
 
 /// How surfaces are found and weighted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SurfaceConvention {
+    /// Surfels on the corner grid weighted by marching-cubes area (DeepMind).
     #[default]
+    #[value(name = "deepmind")]
     DeepMind,
+    /// Surface voxels counted with weight 1 (ImgX-DiffSeg).
+    #[value(name = "voxelcount")]
     VoxelCount,
+}
+
+impl SurfaceConvention {
+    pub fn name(self) -> &'static str {
+        match self {
+            SurfaceConvention::DeepMind => "deepmind",
+            SurfaceConvention::VoxelCount => "voxelcount",
+        }
+    }
 }
 
 /// Directed distances (mm) with their weights, each list sorted by distance

@@ -1,1 +1,3 @@
-//! pipeline (under construction)
+//! Whole jobs: training loops, sliding-window inference, evaluation.
+
+pub mod evaluate;
