@@ -4,13 +4,20 @@
 //! abdomen phantom, and PNG overlays. See `docs/data.md`.
 
 pub mod affine;
+pub mod augment;
 pub mod crop;
+pub mod dataset;
 pub mod intensity;
 pub mod labels;
+pub mod loader;
 pub mod nifti_io;
 pub mod orient;
+pub mod overlay;
+pub mod patch;
+pub mod phantom;
 pub mod resample;
 pub mod rng;
+pub mod sliding;
 pub mod volume;
 
 pub use affine::Affine;
