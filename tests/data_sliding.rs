@@ -242,3 +242,38 @@ fn prediction_at_another_spacing_resamples_back_onto_the_input_grid() {
         "agreement with the full-resolution prediction {agree}"
     );
 }
+
+#[test]
+fn multi_channel_input_windows_carry_every_channel() {
+    // Two input channels (value, −value); the predictor returns channel 0 −
+    // channel 1 = 2·value: the aggregate must be 2·value everywhere, padding
+    // included (an axis shorter than the patch).
+    let dims = [3, 10, 11];
+    let vals: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|i| i as f32)
+        .collect();
+    let two: Vec<f32> = vals.iter().flat_map(|&v| [v, -v]).collect();
+    for agg in [
+        Aggregation::Mean,
+        Aggregation::CentreStitch,
+        Aggregation::Gaussian { sigma_scale: 0.125 },
+    ] {
+        let sw = SlidingWindow {
+            patch: [4, 6, 6],
+            overlap: 0.5,
+            aggregation: agg,
+        };
+        let out = sw
+            .run_channels(&two, dims, 2, 1, 0.0, |p, _| {
+                Ok(p.chunks(2).map(|c| c[0] - c[1]).collect())
+            })
+            .unwrap();
+        for (i, (&o, &v)) in out.iter().zip(&vals).enumerate() {
+            assert!(
+                (o - 2.0 * v).abs() <= 1e-4 * v.max(1.0),
+                "{agg:?} voxel {i}: {o} vs {}",
+                2.0 * v
+            );
+        }
+    }
+}

@@ -62,6 +62,47 @@ pub fn extract_raw(
     out
 }
 
+/// [`extract_raw`] for a `[D, H, W, C]` array (channels innermost): each
+/// in-bounds row span is `W·C` contiguous values.
+pub fn extract_raw_channels(
+    src: &[f32],
+    dims: [usize; 3],
+    channels: usize,
+    origin: [i64; 3],
+    size: [usize; 3],
+    fill: f32,
+) -> Vec<f32> {
+    if channels == 1 {
+        return extract_raw(src, dims, origin, size, fill);
+    }
+    let c = channels;
+    let [sd, sh, sw] = size;
+    let mut out = vec![fill; sd * sh * sw * c];
+    let [d, h, w] = dims.map(|v| v as i64);
+    let x0 = origin[2].max(0);
+    let x1 = (origin[2] + sw as i64).min(w);
+    if x1 <= x0 {
+        return out;
+    }
+    for od in 0..sd {
+        let z = origin[0] + od as i64;
+        if z < 0 || z >= d {
+            continue;
+        }
+        for oh in 0..sh {
+            let y = origin[1] + oh as i64;
+            if y < 0 || y >= h {
+                continue;
+            }
+            let s = ((z * h + y) * w + x0) as usize * c;
+            let o = ((od * sh + oh) * sw + (x0 - origin[2]) as usize) * c;
+            let n = (x1 - x0) as usize * c;
+            out[o..o + n].copy_from_slice(&src[s..s + n]);
+        }
+    }
+    out
+}
+
 /// The origin that centres a box of `size` on extents `dims`:
 /// `floor((n − s) / 2)` per axis (negative when padding).
 pub fn centre_origin(dims: [usize; 3], size: [usize; 3]) -> [i64; 3] {

@@ -443,6 +443,16 @@ fn header_for(vol: &Volume, opt: WriteOptions) -> NiftiHeader {
         hdr.pixdim[2] = vol.spacing[1] as f32;
         hdr.pixdim[3] = vol.spacing[0] as f32;
     }
+    if vol
+        .source
+        .as_ref()
+        .is_some_and(|s| s.datatype != opt.datatype)
+    {
+        // A display range meant for the source (e.g. a CT window) does not
+        // fit another kind of data (e.g. a label map written from it).
+        hdr.cal_min = 0.0;
+        hdr.cal_max = 0.0;
+    }
     hdr.sizeof_hdr = 348;
     hdr.dim = [3, w as u16, h as u16, d as u16, 1, 1, 1, 1];
     hdr.datatype = opt.datatype.code();

@@ -16,7 +16,7 @@
 //!   so each voxel is written exactly once, from the part of a patch farthest
 //!   from its borders.
 
-use super::crop::extract_raw;
+use super::crop::extract_raw_channels;
 use anyhow::{ensure, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -90,11 +90,27 @@ impl SlidingWindow {
         dims: [usize; 3],
         channels: usize,
         pad_value: f32,
+        predict: impl FnMut(&[f32], &Window) -> Result<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        self.run_channels(image, dims, 1, channels, pad_value, predict)
+    }
+
+    /// As [`SlidingWindow::run`] for a `[D, H, W, in_channels]` input (e.g.
+    /// an image with coordinate channels); each patch handed to `predict` is
+    /// `[pd, ph, pw, in_channels]`.
+    pub fn run_channels(
+        &self,
+        image: &[f32],
+        dims: [usize; 3],
+        in_channels: usize,
+        channels: usize,
+        pad_value: f32,
         mut predict: impl FnMut(&[f32], &Window) -> Result<Vec<f32>>,
     ) -> Result<Vec<f32>> {
         ensure!(
-            image.len() == dims.iter().product::<usize>(),
-            "sliding window: image size"
+            image.len() == dims.iter().product::<usize>() * in_channels,
+            "sliding window: {} input values for extents {dims:?} × {in_channels} channels",
+            image.len()
         );
         ensure!(
             self.patch.iter().all(|&p| p > 0),
@@ -109,7 +125,7 @@ impl SlidingWindow {
         let pd = self.padded_dims(dims);
         let padded;
         let src: &[f32] = if pd != dims {
-            padded = extract_raw(image, dims, [0; 3], pd, pad_value);
+            padded = extract_raw_channels(image, dims, in_channels, [0; 3], pd, pad_value);
             &padded
         } else {
             image
@@ -117,7 +133,7 @@ impl SlidingWindow {
         let mut agg = Aggregator::new(pd, channels, self.patch, self.overlap, self.aggregation);
         for win in self.windows(dims) {
             let o = win.origin.map(|v| v as i64);
-            let patch = extract_raw(src, pd, o, self.patch, pad_value);
+            let patch = extract_raw_channels(src, pd, in_channels, o, self.patch, pad_value);
             let y = predict(&patch, &win)?;
             ensure!(
                 y.len() == self.patch.iter().product::<usize>() * channels,
