@@ -178,19 +178,13 @@ impl Augment {
             }
         }
         if self.noise_prob > 0.0 && self.noise_std > 0.0 && rng.bernoulli(self.noise_prob) {
-            // Noise from its own stream so its length does not shift other draws.
-            let mut nr = Rng::derive(rng.next_u64(), &[0x0153]);
-            let sd = self.noise_std;
-            for pair in x.chunks_mut(2) {
-                // Box–Muller gives two normals per draw.
-                let u1 = nr.f64().max(1e-300);
-                let u2 = nr.f64();
-                let rad = (-2.0 * u1.ln()).sqrt() * sd;
-                let th = std::f64::consts::TAU * u2;
-                pair[0] += (rad * th.cos()) as f32;
-                if pair.len() > 1 {
-                    pair[1] += (rad * th.sin()) as f32;
-                }
+            // Counter-based Philox normals (f32 Box–Muller, the stream the
+            // devices use), keyed by a draw so the patch's other draws stay put.
+            let mut noise = vec![0f32; x.len()];
+            crate::backend::philox::fill_normal(&mut noise, rng.next_u64(), 0);
+            let sd = self.noise_std as f32;
+            for (v, n) in x.iter_mut().zip(&noise) {
+                *v += sd * n;
             }
         }
     }
