@@ -277,3 +277,45 @@ fn multi_channel_input_windows_carry_every_channel() {
         }
     }
 }
+
+#[test]
+fn oblique_lps_mr_prediction_goes_through_ras_and_back_onto_its_grid() {
+    let Some(data) = data_dir() else { return };
+    let path = data.join("mr_prostate/ProstateX-0000_t2_tse_tra.nii.gz");
+    let mr = read_nifti(&path).unwrap();
+    assert_eq!(mr.affine.orientation_code(), "LPS");
+    let (canon, reo) = voxdiff::data::orient::to_canonical(&mr);
+    assert_eq!(canon.affine.orientation_code(), "RAS");
+    // A per-voxel predictor in the canonical frame: bright (> 300) vs dark.
+    let onehot = |p: &[f32]| -> Vec<f32> {
+        p.iter()
+            .flat_map(|&v| if v > 300.0 { [0.0, 1.0] } else { [1.0, 0.0] })
+            .collect()
+    };
+    let sw = SlidingWindow {
+        patch: [16, 96, 96],
+        overlap: 0.25,
+        aggregation: Aggregation::Gaussian { sigma_scale: 0.125 },
+    };
+    let probs = sw
+        .run(&canon.data, canon.dims, 2, 0.0, |p, _| Ok(onehot(p)))
+        .unwrap();
+    let pred_canon = canon.with_data(argmax_channels(&probs, 2));
+    let pred = reo.undo(&pred_canon, &mr.affine).unwrap();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mr_pred.nii.gz");
+    write_nifti_with(&pred, &out, WriteOptions::plain(DataType::U8)).unwrap();
+    let back = read_nifti(&out).unwrap();
+    back.check_same_grid(&mr, 0.0).unwrap();
+    let want: Vec<f32> = mr
+        .data
+        .iter()
+        .map(|&v| if v > 300.0 { 1.0 } else { 0.0 })
+        .collect();
+    assert_eq!(back.data, want);
+    let h = voxdiff::data::nifti_io::read_header(&out).unwrap();
+    let src = &mr.source.as_ref().unwrap().header;
+    assert_eq!(
+        (h.qform_code, h.sform_code, h.srow_x, h.quatern_b),
+        (src.qform_code, src.sform_code, src.srow_x, src.quatern_b)
+    );
+}
