@@ -251,3 +251,49 @@ fn evaluate_rejects_mismatched_grids() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn evaluate_voxelcount_surfaces_and_raw_label_ids() {
+    let Some(dir) = data_dir() else { return };
+    let ct = dir.join("ct_abdomen");
+    let out = tmp("voxelcount");
+    let res = Command::new(env!("CARGO_BIN_EXE_voxdiff"))
+        .args(["evaluate", "--pred"])
+        .arg(ct.join("example_seg_fast.nii.gz"))
+        .arg("--gt")
+        .arg(ct.join("example_seg.nii.gz"))
+        .args(["--surface", "voxelcount", "--tolerance", "2.5", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let csv = std::fs::read_to_string(out.join("per_class.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert!(header.contains(&"nsd_2.5mm"), "{header:?}");
+    // Without a class map every id present in either map is a class.
+    let ids = |p: &Path| voxdiff::data::labels::present_ids(&voxdiff::data::read_nifti(p).unwrap());
+    let mut all = ids(&ct.join("example_seg.nii.gz"));
+    all.extend(ids(&ct.join("example_seg_fast.nii.gz")));
+    all.sort();
+    all.dedup();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), all.len());
+    // Spleen (id 1): Dice does not depend on the surface convention.
+    let spleen = rows.iter().find(|r| r[2] == "label_1").unwrap();
+    let dice: f64 = spleen[header.iter().position(|h| *h == "dice").unwrap()]
+        .parse()
+        .unwrap();
+    assert!(close(dice, 0.9773608636411277));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["surface_convention"], "voxelcount");
+    let _ = std::fs::remove_dir_all(&out);
+}
