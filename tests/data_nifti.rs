@@ -279,3 +279,36 @@ fn quaternion_round_trip_for_rotations_with_both_handedness() {
     ]);
     assert!(Quatern::from_affine(&flip).to_affine().max_abs_diff(&flip) < 1e-12);
 }
+
+#[test]
+fn four_d_files_read_as_channels() {
+    use voxdiff::data::nifti_io::{encode, interleave_channels, read_nifti_channels};
+    let dir = tmp("4d");
+    // Three 2×3×4 volumes stored as NIfTI dim = [4, 4, 3, 2, 3]: the file
+    // layout [t][k][j][i] equals a 6×3×4 volume's, so encode that and patch
+    // the header's dims.
+    let (d, h, w, k) = (2usize, 3usize, 4usize, 3usize);
+    let data: Vec<f32> = (0..d * h * w * k).map(|i| i as f32 * 0.5).collect();
+    let v = Volume::new(data.clone(), [k * d, h, w], [2.0, 1.0, 1.0]).unwrap();
+    let mut bytes = encode(&v, WriteOptions::plain(DataType::F32)).unwrap();
+    for (field, val) in [(0usize, 4i16), (3, d as i16), (4, k as i16)] {
+        bytes[40 + 2 * field..42 + 2 * field].copy_from_slice(&val.to_le_bytes());
+    }
+    let p = dir.join("coords.nii");
+    std::fs::write(&p, &bytes).unwrap();
+    let chans = read_nifti_channels(&p).unwrap();
+    assert_eq!(chans.len(), k);
+    for (c, vol) in chans.iter().enumerate() {
+        assert_eq!(vol.dims, [d, h, w]);
+        assert_eq!(vol.data, data[c * d * h * w..(c + 1) * d * h * w]);
+    }
+    let inter = interleave_channels(&chans).unwrap();
+    assert_eq!(inter[5 * k + 2], chans[2].data[5]);
+    // The single-volume reader refuses it and says what to use.
+    let e = format!("{:#}", read_nifti(&p).unwrap_err());
+    assert!(
+        e.contains("coords.nii") && e.contains("dim[4] = 3") && e.contains("read_nifti_channels"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

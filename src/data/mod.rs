@@ -11,6 +11,7 @@ pub mod intensity;
 pub mod labels;
 pub mod loader;
 pub mod nifti_io;
+pub mod nifti_write;
 pub mod orient;
 pub mod overlay;
 pub mod patch;
