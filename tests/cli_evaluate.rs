@@ -297,3 +297,41 @@ fn evaluate_voxelcount_surfaces_and_raw_label_ids() {
     assert_eq!(summary["surface_convention"], "voxelcount");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn evaluate_writes_overlays_of_the_prediction_on_the_scan() {
+    let Some(dir) = data_dir() else { return };
+    let ct = dir.join("ct_abdomen");
+    let out = tmp("overlay");
+    let res = Command::new(env!("CARGO_BIN_EXE_voxdiff"))
+        .args(["evaluate", "--pred"])
+        .arg(ct.join("example_seg_fast.nii.gz"))
+        .arg("--gt")
+        .arg(ct.join("example_seg.nii.gz"))
+        .arg("--classes")
+        .arg(ct.join("btcv13_to_totalseg_ids.json"))
+        .arg("--image")
+        .arg(ct.join("example_ct_sm.nii.gz"))
+        .args(["--overlay-slices", "4", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let png = out.join("overlays/example_seg.png");
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    // Four axial slices of 122 (W) × 101 (H) side by side, RGB.
+    assert_eq!((info.width, info.height), (4 * 122, 101));
+    let coloured = buf
+        .chunks(3)
+        .filter(|p| !(p[0] == p[1] && p[1] == p[2]))
+        .count();
+    assert!(coloured > 1000, "{coloured} coloured pixels");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -8,6 +8,7 @@
 //! prints the per-class means.
 
 use crate::data::nifti_io::atomic_write;
+use crate::data::overlay::write_overlay;
 use crate::data::{labels::present_ids, read_nifti, ClassMap, Volume};
 use crate::metrics::summary::Stat;
 use crate::metrics::{label_metrics, ClassMetrics, MetricOptions, SurfaceConvention};
@@ -38,6 +39,44 @@ pub struct EvaluateArgs {
     /// Output folder for per_class.csv and summary.json.
     #[arg(long, default_value = "evaluation")]
     pub out: PathBuf,
+    /// The scan (file, or folder paired by case name, `_0000` allowed): also
+    /// write `<out>/overlays/<case>.png`, the prediction on a few axial slices.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Number of slices in each overlay.
+    #[arg(long, default_value_t = 6)]
+    pub overlay_slices: usize,
+}
+
+/// The scan of a case: `image` itself, or `<image>/<case>[_0000].nii[.gz]`.
+fn image_for(image: &Path, case: &str) -> Result<PathBuf> {
+    if !image.is_dir() {
+        return Ok(image.to_path_buf());
+    }
+    for name in [
+        format!("{case}.nii.gz"),
+        format!("{case}_0000.nii.gz"),
+        format!("{case}.nii"),
+        format!("{case}_0000.nii"),
+    ] {
+        let p = image.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("--image {}: no scan for case {case}", image.display())
+}
+
+/// A display window from the 0.5th and 99.5th percentiles of the scan.
+fn auto_window(v: &Volume) -> crate::data::intensity::Window {
+    let mut s: Vec<f32> = v.data.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return crate::data::intensity::Window::new(0.0, 1.0);
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+    let (lo, hi) = (at(0.005), at(0.995));
+    crate::data::intensity::Window::new(lo, if hi > lo { hi } else { lo + 1.0 })
 }
 
 /// The metric columns, in output order.
@@ -238,6 +277,24 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         let gt = read_nifti(g)?;
         let res = evaluate_case(&pred, &gt, map.as_ref(), &opt)
             .with_context(|| format!("case {case}"))?;
+        if let Some(img) = &args.image {
+            let scan = read_nifti(image_for(img, case)?)?;
+            let shown = match map.as_ref() {
+                Some(m) => m.remap(&pred)?,
+                None => pred.clone(),
+            };
+            let dir = args.out.join("overlays");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("{}: cannot create", dir.display()))?;
+            write_overlay(
+                &scan,
+                &shown,
+                auto_window(&scan),
+                args.overlay_slices,
+                dir.join(format!("{case}.png")),
+            )
+            .with_context(|| format!("case {case}"))?;
+        }
         for (class_id, class, m) in res {
             rows.push(Row {
                 case: case.clone(),
