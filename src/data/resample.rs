@@ -18,7 +18,7 @@ use rayon::prelude::*;
 pub enum Interp {
     /// Trilinear (images).
     Linear,
-    /// Nearest neighbour, ties rounding half away from zero (label maps).
+    /// Nearest neighbour, ties rounding up (`⌊x + ½⌋`) (label maps).
     Nearest,
 }
 
@@ -140,14 +140,23 @@ fn fetch(
     src[(z as usize * h + y as usize) * w + x as usize]
 }
 
+/// ⌊x⌋ as an integer without a libm call (the default x86-64 target has no
+/// SSE4.1 `roundsd`); exact for |x| < 2⁶³.
+#[inline]
+fn floor_i64(x: f64) -> i64 {
+    let t = x as i64;
+    t - ((t as f64) > x) as i64
+}
+
 /// Trilinear sample at fractional index `p = [d, h, w]`.
 #[inline]
 pub fn sample_linear(src: &[f32], dims: [usize; 3], p: [f64; 3], outside: Outside) -> f32 {
-    let fz = p[0].floor();
-    let fy = p[1].floor();
-    let fx = p[2].floor();
-    let (tz, ty, tx) = ((p[0] - fz) as f32, (p[1] - fy) as f32, (p[2] - fx) as f32);
-    let (z0, y0, x0) = (fz as i64, fy as i64, fx as i64);
+    let (z0, y0, x0) = (floor_i64(p[0]), floor_i64(p[1]), floor_i64(p[2]));
+    let (tz, ty, tx) = (
+        (p[0] - z0 as f64) as f32,
+        (p[1] - y0 as f64) as f32,
+        (p[2] - x0 as f64) as f32,
+    );
     let [d, h, w] = dims;
     // Fast path: the 2×2×2 neighbourhood is inside.
     if z0 >= 0
@@ -183,9 +192,9 @@ pub fn sample_nearest(src: &[f32], dims: [usize; 3], p: [f64; 3], outside: Outsi
     fetch(
         src,
         dims,
-        p[0].round() as i64,
-        p[1].round() as i64,
-        p[2].round() as i64,
+        floor_i64(p[0] + 0.5),
+        floor_i64(p[1] + 0.5),
+        floor_i64(p[2] + 0.5),
         outside,
     )
 }
