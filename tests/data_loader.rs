@@ -253,3 +253,23 @@ fn samples_and_volumes_upload_as_ndhwc_tensors() {
     assert_eq!(c1.data[100], -vol.data[100]);
     assert!(Volume::from_tensor(&b, &t2, 2, vol).is_err());
 }
+
+#[test]
+fn loader_prepares_samples_while_the_consumer_is_busy() {
+    let cs = cases(2);
+    let mut cfg = config(2, 0.5, Augment::ct_default());
+    cfg.prefetch = 3;
+    let mut loader = Loader::new(cs, cfg).unwrap();
+    // A "training step" that takes a while: meanwhile both workers fill
+    // their queues (2 workers × 3 samples).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let t = std::time::Instant::now();
+    for i in 0..6 {
+        assert_eq!(loader.next_sample().unwrap().index, i);
+    }
+    let waited = t.elapsed();
+    assert!(
+        waited < std::time::Duration::from_millis(200),
+        "ready samples took {waited:?} to hand over"
+    );
+}
