@@ -23,6 +23,8 @@ enum Cmd {
     Info,
     /// Time the hot ops (3x3x3 convolution, instance norm) on a device.
     Bench(BenchArgs),
+    /// Score predicted label maps against references (per-class CSV + JSON summary).
+    Evaluate(voxdiff::pipeline::evaluate::EvaluateArgs),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +65,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Evaluate(args) => voxdiff::pipeline::evaluate::run(&args),
     }
 }
 

@@ -1,1 +1,27 @@
-//! data (under construction)
+//! Everything between a scan on disk and a tensor: NIfTI I/O with geometry,
+//! preprocessing, datasets and splits, patch sampling, augmentation, a
+//! prefetching loader, sliding-window inference geometry, a synthetic
+//! abdomen phantom, and PNG overlays. See `docs/data.md`.
+
+pub mod affine;
+pub mod augment;
+pub mod crop;
+pub mod dataset;
+pub mod intensity;
+pub mod labels;
+pub mod loader;
+pub mod nifti_io;
+pub mod nifti_write;
+pub mod orient;
+pub mod overlay;
+pub mod patch;
+pub mod phantom;
+pub mod resample;
+pub mod rng;
+pub mod sliding;
+pub mod volume;
+
+pub use affine::Affine;
+pub use labels::ClassMap;
+pub use nifti_io::{read_nifti, write_nifti, write_nifti_with, WriteOptions};
+pub use volume::{DataType, Volume};

@@ -1,0 +1,412 @@
+//! `voxdiff evaluate`: score predicted label maps against references.
+//!
+//! For one pair of files or two folders paired by file name: both maps are
+//! read, checked to lie on the same grid, remapped through the class map (if
+//! given), and scored per class ([`crate::metrics`]). Writes
+//! `<out>/per_class.csv` (one row per case and class) and
+//! `<out>/summary.json` (nan-mean ± sd and counts per class and overall), and
+//! prints the per-class means.
+
+use crate::data::nifti_io::atomic_write;
+use crate::data::overlay::write_overlay;
+use crate::data::{labels::present_ids, read_nifti, ClassMap, Volume};
+use crate::metrics::summary::Stat;
+use crate::metrics::{label_metrics, ClassMetrics, MetricOptions, SurfaceConvention};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvaluateArgs {
+    /// Predicted label map (.nii / .nii.gz), or a folder of them.
+    #[arg(long)]
+    pub pred: PathBuf,
+    /// Reference label map, or a folder paired with --pred by file name.
+    #[arg(long)]
+    pub gt: PathBuf,
+    /// Class map JSON turning label ids into classes (see docs/data.md);
+    /// without it, every non-zero id present is a class of its own.
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
+    /// NSD tolerances in mm (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    pub tolerance: Vec<f64>,
+    /// How surfaces are measured: deepmind (surfel areas) or voxelcount (ImgX).
+    #[arg(long, value_enum, default_value = "deepmind")]
+    pub surface: SurfaceConvention,
+    /// Output folder for per_class.csv and summary.json.
+    #[arg(long, default_value = "evaluation")]
+    pub out: PathBuf,
+    /// The scan (file, or folder paired by case name, `_0000` allowed): also
+    /// write `<out>/overlays/<case>.png`, the prediction on a few axial slices.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Number of slices in each overlay.
+    #[arg(long, default_value_t = 6)]
+    pub overlay_slices: usize,
+}
+
+/// The scan of a case: `image` itself, or `<image>/<case>[_0000].nii[.gz]`.
+fn image_for(image: &Path, case: &str) -> Result<PathBuf> {
+    if !image.is_dir() {
+        return Ok(image.to_path_buf());
+    }
+    for name in [
+        format!("{case}.nii.gz"),
+        format!("{case}_0000.nii.gz"),
+        format!("{case}.nii"),
+        format!("{case}_0000.nii"),
+    ] {
+        let p = image.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("--image {}: no scan for case {case}", image.display())
+}
+
+/// A display window from the 0.5th and 99.5th percentiles of the scan.
+fn auto_window(v: &Volume) -> crate::data::intensity::Window {
+    let mut s: Vec<f32> = v.data.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return crate::data::intensity::Window::new(0.0, 1.0);
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+    let (lo, hi) = (at(0.005), at(0.995));
+    crate::data::intensity::Window::new(lo, if hi > lo { hi } else { lo + 1.0 })
+}
+
+/// The metric columns, in output order.
+fn metric_names(tol: &[f64]) -> Vec<String> {
+    let mut v = vec!["dice".to_string(), "iou".to_string()];
+    for t in tol {
+        v.push(format!("nsd_{}mm", fmt_tol(*t)));
+    }
+    v.extend(["hd95", "hd100", "assd", "centroid_mm"].map(String::from));
+    v
+}
+
+fn fmt_tol(t: f64) -> String {
+    if t.fract() == 0.0 {
+        format!("{}", t as i64)
+    } else {
+        format!("{t}")
+    }
+}
+
+fn metric_values(m: &ClassMetrics) -> Vec<f64> {
+    let mut v = vec![m.dice, m.iou];
+    v.extend(&m.nsd);
+    v.extend([m.hd95, m.hd100, m.assd, m.centroid_mm]);
+    v
+}
+
+fn is_nifti(p: &Path) -> bool {
+    let n = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    n.ends_with(".nii") || n.ends_with(".nii.gz")
+}
+
+/// Case name of a file: its name without .nii / .nii.gz.
+pub fn case_name(p: &Path) -> String {
+    let n = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    n.trim_end_matches(".gz")
+        .trim_end_matches(".nii")
+        .to_string()
+}
+
+/// (case, pred, gt) triples.
+fn pair_cases(pred: &Path, gt: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+    match (pred.is_dir(), gt.is_dir()) {
+        (false, false) => {
+            ensure!(pred.is_file(), "--pred {}: no such file", pred.display());
+            ensure!(gt.is_file(), "--gt {}: no such file", gt.display());
+            Ok(vec![(case_name(gt), pred.to_path_buf(), gt.to_path_buf())])
+        }
+        (true, true) => {
+            let list = |d: &Path| -> Result<BTreeMap<String, PathBuf>> {
+                let mut m = BTreeMap::new();
+                for e in
+                    std::fs::read_dir(d).with_context(|| format!("{}: cannot list", d.display()))?
+                {
+                    let p = e?.path();
+                    if p.is_file() && is_nifti(&p) {
+                        m.insert(case_name(&p), p);
+                    }
+                }
+                Ok(m)
+            };
+            let (ps, gs) = (list(pred)?, list(gt)?);
+            ensure!(
+                !gs.is_empty(),
+                "--gt {}: no .nii / .nii.gz files",
+                gt.display()
+            );
+            let missing: Vec<&String> = gs.keys().filter(|k| !ps.contains_key(*k)).collect();
+            ensure!(
+                missing.is_empty(),
+                "--pred {}: no prediction for {} reference case(s): {:?}",
+                pred.display(),
+                missing.len(),
+                missing
+            );
+            Ok(gs
+                .into_iter()
+                .map(|(k, g)| (k.clone(), ps[&k].clone(), g))
+                .collect())
+        }
+        _ => bail!(
+            "--pred {} and --gt {} must both be files or both be folders",
+            pred.display(),
+            gt.display()
+        ),
+    }
+}
+
+/// One row of the per-class table.
+pub struct Row {
+    pub case: String,
+    pub class_id: u32,
+    pub class: String,
+    pub m: ClassMetrics,
+}
+
+/// Score one case: (class id, name, metrics) per class.
+pub fn evaluate_case(
+    pred: &Volume,
+    gt: &Volume,
+    map: Option<&ClassMap>,
+    opt: &MetricOptions,
+) -> Result<Vec<(u32, String, ClassMetrics)>> {
+    gt.check_same_grid(pred, 1e-3)?;
+    let (gt_c, pred_c, classes): (Volume, Volume, Vec<(u32, String)>) = match map {
+        Some(m) => (
+            m.remap(gt)?,
+            m.remap(pred)?,
+            m.names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i as u32 + 1, n.clone()))
+                .collect(),
+        ),
+        None => {
+            let mut ids: Vec<i64> = present_ids(gt);
+            ids.extend(present_ids(pred));
+            ids.sort();
+            ids.dedup();
+            for v in gt.data.iter().chain(&pred.data) {
+                ensure!(
+                    v.fract() == 0.0 && *v >= 0.0,
+                    "label value {v} is not a non-negative integer id ({} / {})",
+                    gt.name(),
+                    pred.name()
+                );
+            }
+            (
+                gt.clone(),
+                pred.clone(),
+                ids.iter()
+                    .map(|&i| (i as u32, format!("label_{i}")))
+                    .collect(),
+            )
+        }
+    };
+    let ids: Vec<u32> = classes.iter().map(|c| c.0).collect();
+    let ms = label_metrics(&gt_c.data, &pred_c.data, gt_c.dims, gt_c.spacing, &ids, opt);
+    Ok(classes
+        .into_iter()
+        .zip(ms)
+        .map(|((id, n), m)| (id, n, m))
+        .collect())
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.is_nan() {
+        "nan".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+fn num_json(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+fn stat_json(s: &Stat) -> Value {
+    json!({"mean": num_json(s.mean), "sd": num_json(s.sd), "n": s.n, "skipped": s.skipped})
+}
+
+pub fn run(args: &EvaluateArgs) -> Result<()> {
+    ensure!(
+        !args.tolerance.is_empty(),
+        "--tolerance: give at least one value"
+    );
+    for t in &args.tolerance {
+        ensure!(
+            t.is_finite() && *t >= 0.0,
+            "--tolerance {t}: must be a non-negative number of mm"
+        );
+    }
+    let map = args.classes.as_ref().map(ClassMap::read).transpose()?;
+    let opt = MetricOptions {
+        tolerances_mm: args.tolerance.clone(),
+        convention: args.surface,
+    };
+    let cases = pair_cases(&args.pred, &args.gt)?;
+    let mut rows: Vec<Row> = Vec::new();
+    for (case, p, g) in &cases {
+        let pred = read_nifti(p)?;
+        let gt = read_nifti(g)?;
+        let res = evaluate_case(&pred, &gt, map.as_ref(), &opt)
+            .with_context(|| format!("case {case}"))?;
+        if let Some(img) = &args.image {
+            let scan = read_nifti(image_for(img, case)?)?;
+            let shown = match map.as_ref() {
+                Some(m) => m.remap(&pred)?,
+                None => pred.clone(),
+            };
+            let dir = args.out.join("overlays");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("{}: cannot create", dir.display()))?;
+            write_overlay(
+                &scan,
+                &shown,
+                auto_window(&scan),
+                args.overlay_slices,
+                dir.join(format!("{case}.png")),
+            )
+            .with_context(|| format!("case {case}"))?;
+        }
+        for (class_id, class, m) in res {
+            rows.push(Row {
+                case: case.clone(),
+                class_id,
+                class,
+                m,
+            });
+        }
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("--out {}: cannot create", args.out.display()))?;
+    let names = metric_names(&args.tolerance);
+
+    // per_class.csv
+    let mut csv = String::new();
+    csv.push_str("case,class_id,class,gt_voxels,pred_voxels,");
+    csv.push_str(&names.join(","));
+    csv.push('\n');
+    for r in &rows {
+        let vals: Vec<String> = metric_values(&r.m).into_iter().map(fmt_num).collect();
+        csv.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            r.case,
+            r.class_id,
+            r.class,
+            r.m.gt_voxels,
+            r.m.pred_voxels,
+            vals.join(",")
+        ));
+    }
+    let csv_path = args.out.join("per_class.csv");
+    atomic_write(&csv_path, |f| f.write_all(csv.as_bytes()))?;
+
+    // summary.json: per class (in class order) and overall.
+    let mut order: Vec<(u32, String)> = Vec::new();
+    for r in &rows {
+        if !order.iter().any(|(_, n)| n == &r.class) {
+            order.push((r.class_id, r.class.clone()));
+        }
+    }
+    let mut per_class = Map::new();
+    for (id, name) in &order {
+        let mine: Vec<&Row> = rows.iter().filter(|r| &r.class == name).collect();
+        let mut entry = Map::new();
+        entry.insert("class_id".into(), json!(id));
+        for (k, metric) in names.iter().enumerate() {
+            let vals: Vec<f64> = mine.iter().map(|r| metric_values(&r.m)[k]).collect();
+            entry.insert(metric.clone(), stat_json(&Stat::of(&vals)));
+        }
+        per_class.insert(name.clone(), Value::Object(entry));
+    }
+    let mut overall = Map::new();
+    for (k, metric) in names.iter().enumerate() {
+        let vals: Vec<f64> = rows.iter().map(|r| metric_values(&r.m)[k]).collect();
+        overall.insert(metric.clone(), stat_json(&Stat::of(&vals)));
+    }
+    let summary = json!({
+        "cases": cases.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+        "class_map": args.classes.as_ref().map(|p| p.display().to_string()),
+        "surface_convention": args.surface.name(),
+        "tolerances_mm": args.tolerance,
+        "metrics": names,
+        "class_order": order.iter().map(|o| o.1.clone()).collect::<Vec<_>>(),
+        "per_class": per_class,
+        "overall": overall,
+        "note": "mean and sd (population) over finite values; n counts them, skipped counts NaN (absent or undefined)",
+    });
+    let json_path = args.out.join("summary.json");
+    let text = serde_json::to_string_pretty(&summary)?;
+    atomic_write(&json_path, |f| f.write_all(text.as_bytes()))?;
+
+    // Console table of means.
+    println!("{} case(s), surfaces: {}", cases.len(), args.surface.name());
+    print!("{:<30}", "class");
+    for n in &names {
+        print!(" {n:>11}");
+    }
+    println!();
+    let show = |label: &str, stats: &dyn Fn(usize) -> Stat| {
+        print!("{label:<30}");
+        for k in 0..names.len() {
+            let s = stats(k);
+            print!(
+                " {:>11}",
+                if s.n == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.4}", s.mean)
+                }
+            );
+        }
+        println!();
+    };
+    for (_, name) in &order {
+        let mine: Vec<&Row> = rows.iter().filter(|r| &r.class == name).collect();
+        show(name, &|k| {
+            Stat::of(
+                &mine
+                    .iter()
+                    .map(|r| metric_values(&r.m)[k])
+                    .collect::<Vec<_>>(),
+            )
+        });
+    }
+    show("overall", &|k| {
+        Stat::of(
+            &rows
+                .iter()
+                .map(|r| metric_values(&r.m)[k])
+                .collect::<Vec<_>>(),
+        )
+    });
+    println!("wrote {} and {}", csv_path.display(), json_path.display());
+    Ok(())
+}
