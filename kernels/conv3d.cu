@@ -1,0 +1,440 @@
+// 3D convolution as implicit GEMM over NDHWC tensors: forward, data gradient
+// and weight gradient of every ConvSpec (src/backend/gpu/conv.rs picks the
+// kernel and the index mapping of each case and documents the launches).
+//
+// The GEMM of a forward or data-gradient kernel:
+//   out[m, co] = bias[co] + Σ_{k = (tap, ci)} A[m, k] · B[k, co]
+// with M = the rows (voxels, batch included), N = output channels and
+// K = taps · input channels, k = tap · Cin + ci (ci fastest). A is gathered from
+// the input activation through an index mapping (zero where the mapping leaves
+// the input: padding, or a tap that does not land on an input voxel), B is the
+// f32 weight read through three strides (so the data gradient uses the
+// forward's weight tensor transposed and without a copy).
+//
+// Two mappings (template parameter SCATTER):
+// - gather (SCATTER = false): row m is an output voxel o = (n, od, oh, ow);
+//   for tap t = (td, th, tw) and each spatial dim, q = o·a + t·b + c; the input
+//   voxel is q / e when q ≥ 0, q ≡ 0 (mod e) and q / e < in, else A is 0.
+//     regular forward:            a = s, b = 1,  c = −pad_lo, e = 1
+//     data gradient (any spec but kernel == stride):
+//                                 a = 1, b = −1, c = pad_lo,  e = s
+//     data gradient, transposed:  a = s, b = 1,  c = 0,       e = 1
+// - scatter (SCATTER = true): a kernel of the kernel == stride family, where
+//   every output voxel receives exactly one tap. The grid's z index is the tap
+//   t; row m is an input voxel i, A[m, ci] = x[i, ci] (K = Cin), and the row is
+//   written to the output voxel o = i·a + t·b + c (rows that land outside the
+//   output are dropped).
+//     transposed forward:                      a = s, b = 1, c = 0
+//     data gradient of kernel == stride convs: a = s, b = 1, c = −pad_lo
+//
+// Tiling (both mappings, and the weight gradient below): a block of 256
+// threads computes a 64 × 64 tile of `out` (VD_CONV_BM rows × VD_CONV_BN
+// channels). The K loop takes VD_CONV_BK = 16 columns per step: each thread
+// gathers 4 elements of A and 4 of B into registers, converts them to f32, the
+// block stages them in shared memory (A as [k][m], B as [k][n]), and each
+// thread accumulates its 4 × 4 micro-tile (rows 4·ty.., channels 4·tx..) with
+// 16 · 16 fused multiply-adds per step. The loaders and the step are separate
+// functions so a tensor-core step can replace the FMA step locally.
+//
+// The weight gradient, per tap group z (regular convs: one group of all taps;
+// transposed: one group per tap):
+//   dw[t, ci, co] = Σ_v A[(t, ci), v] · B[v, co]
+// is a GEMM with M = taps_per_group · Cin, N = Cout, K = N · voxels of the
+// iteration space, split into K ranges across blocks (grid y). Each block writes
+// its partial tile to a workspace; vd_conv3d_wgrad_reduce sums the partials in
+// split order (deterministic, no atomics) and the bias gradient alongside.
+#include "common.cuh"
+
+#define VD_CONV_BM 64
+#define VD_CONV_BN 64
+#define VD_CONV_BK 16
+#define VD_CONV_THREADS 256
+// Row pitches of the staged tiles: +4 floats keeps rows 16-byte aligned for the
+// float4 reads and spreads the column stores of the gather over banks.
+#define VD_CONV_APITCH (VD_CONV_BM + 4)
+#define VD_CONV_BPITCH (VD_CONV_BN + 4)
+
+VD_DEVICE float vd_conv_load(const float* p, i64 i) { return p[i]; }
+VD_DEVICE float vd_conv_load(const bf16* p, i64 i) { return bf16_to_f32(p[i]); }
+VD_DEVICE void vd_conv_store(float* p, i64 i, float v) { p[i] = v; }
+VD_DEVICE void vd_conv_store(bf16* p, i64 i, float v) { p[i] = f32_to_bf16(v); }
+
+// ------------------------------------------------------------ the FMA core
+// One K step of A and B staged in shared memory, f32.
+struct VdConvFmaTile {
+    float a[VD_CONV_BK][VD_CONV_APITCH];  // a[k][m]
+    float b[VD_CONV_BK][VD_CONV_BPITCH];  // b[k][n]
+};
+
+// acc[i][j] += Σ_k a[k][4·ty + i] · b[k][4·tx + j], k ascending.
+VD_DEVICE void vd_conv_fma_step(const VdConvFmaTile& s, float acc[4][4], int ty, int tx) {
+#pragma unroll
+    for (int kk = 0; kk < VD_CONV_BK; ++kk) {
+        const float4 a4 = vd_load_f32x4(&s.a[kk][ty * 4]);
+        const float4 b4 = vd_load_f32x4(&s.b[kk][tx * 4]);
+        const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+        const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+}
+
+// The K-column state of a loader thread: k = tap · cin + ci, with the tap's
+// coordinates (td, th, tw) in a kernel of extents kd × kh × kw.
+struct VdConvKState {
+    int tap, td, th, tw, ci;
+};
+
+// Moves k forward by `step` columns (the tap coordinates carry like digits).
+VD_DEVICE void vd_conv_k_advance(VdConvKState& s, int step, int cin, int kh, int kw) {
+    s.ci += step;
+    while (s.ci >= cin) {
+        s.ci -= cin;
+        ++s.tap;
+        if (++s.tw == kw) {
+            s.tw = 0;
+            if (++s.th == kh) {
+                s.th = 0;
+                ++s.td;
+            }
+        }
+    }
+}
+
+// q = o·a + t·b + c on one axis; the input index q / e, or −1 when q is not an
+// input voxel (before the start, between strided positions, or past the end).
+VD_DEVICE int vd_conv_map_axis(int q, int e, int in) {
+    if (q < 0) return -1;
+    const int i = q / e;
+    return (i * e == q && i < in) ? i : -1;
+}
+
+// Mirrors `ConvGemmArgs` in src/backend/gpu/conv.rs.
+struct VdConvArgs {
+    const void* x;      // GEMM input activation [n, in_d, in_h, in_w, cin]
+    const float* w;     // weight, element (t, ci, co) at t·w_tap + ci·w_ci + co·w_co
+    const float* bias;  // [cout] or null
+    void* y;            // output [n, out_d, out_h, out_w, cout]
+    int n;
+    int cin;   // channels of x
+    int cout;  // channels of y
+    int rows;  // GEMM M: n · out voxels (gather) or n · in voxels (scatter)
+    int in_dims[3];
+    int out_dims[3];
+    int kernel[3];  // tap extents
+    int map_a[3];   // the index mapping q = o·a + t·b + c, input q / e (see top)
+    int map_b[3];
+    int map_c[3];
+    int map_e[3];
+    int w_tap;
+    int w_ci;
+    int w_co;
+};
+
+// Forward / data-gradient implicit GEMM. Grid (ceil(M / 64), ceil(N / 64),
+// 1 for gather or taps for scatter), 256 threads.
+template <typename T, bool SCATTER>
+VD_DEVICE void vd_conv_implicit_gemm(const VdConvArgs a) {
+    __shared__ __align__(16) VdConvFmaTile tile;
+    const T* __restrict__ x = static_cast<const T*>(a.x);
+    const float* __restrict__ w = a.w;
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int m0 = blockIdx.x * VD_CONV_BM, n0 = blockIdx.y * VD_CONV_BN;
+    const int cin = a.cin, cout = a.cout;
+    const int in_d = a.in_dims[0], in_h = a.in_dims[1], in_w = a.in_dims[2];
+    const int out_d = a.out_dims[0], out_h = a.out_dims[1], out_w = a.out_dims[2];
+    const int kd = a.kernel[0], kh = a.kernel[1], kw = a.kernel[2];
+    // Gather walks every tap along K; scatter has one tap (the grid's z) and K = cin.
+    const int k_kh = SCATTER ? 1 : kh, k_kw = SCATTER ? 1 : kw;
+    const int taps_k = SCATTER ? 1 : kd * kh * kw;
+    const int z_tap = SCATTER ? (int)blockIdx.z : 0;
+    const int zt_d = z_tap / (kh * kw), zt_h = (z_tap / kw) % kh, zt_w = z_tap % kw;
+
+    // Loader roles: this thread stages K column lk of A for rows lr + 16j, and of
+    // B for channels lr + 16j (j = 0..3).
+    const int lk = tid % VD_CONV_BK, lr = tid / VD_CONV_BK;
+    // Per loaded row: the flat voxel base (n · in voxels in gather, the input voxel
+    // in scatter; −1 past the last row) and, in gather, o·a + c per axis.
+    int row_base[4], row_qd[4], row_qh[4], row_qw[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int m = m0 + lr + 16 * j;
+        row_base[j] = -1;
+        row_qd[j] = row_qh[j] = row_qw[j] = 0;
+        if (m < a.rows) {
+            if (SCATTER) {
+                row_base[j] = m;
+            } else {
+                const int ow = m % out_w, oh = (m / out_w) % out_h, od = (m / (out_w * out_h)) % out_d;
+                const int nn = m / (out_w * out_h * out_d);
+                row_base[j] = nn * in_d * in_h * in_w;
+                row_qd[j] = od * a.map_a[0] + a.map_c[0];
+                row_qh[j] = oh * a.map_a[1] + a.map_c[1];
+                row_qw[j] = ow * a.map_a[2] + a.map_c[2];
+            }
+        }
+    }
+    VdConvKState ks = {0, 0, 0, 0, 0};
+    vd_conv_k_advance(ks, lk, cin, k_kh, k_kw);
+
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    const int k_total = taps_k * cin;
+    for (int k0 = 0; k0 < k_total; k0 += VD_CONV_BK) {
+        // Gather this step's A and B elements into registers.
+        float av[4], bv[4];
+        const bool k_ok = ks.tap < taps_k;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            av[j] = 0.0f;
+            if (k_ok && row_base[j] >= 0) {
+                if (SCATTER) {
+                    av[j] = vd_conv_load(x, (i64)row_base[j] * cin + ks.ci);
+                } else {
+                    const int id = vd_conv_map_axis(row_qd[j] + ks.td * a.map_b[0], a.map_e[0], in_d);
+                    const int ih = vd_conv_map_axis(row_qh[j] + ks.th * a.map_b[1], a.map_e[1], in_h);
+                    const int iw = vd_conv_map_axis(row_qw[j] + ks.tw * a.map_b[2], a.map_e[2], in_w);
+                    if (id >= 0 && ih >= 0 && iw >= 0)
+                        av[j] = vd_conv_load(x, ((i64)row_base[j] + (id * in_h + ih) * in_w + iw) * cin + ks.ci);
+                }
+            }
+        }
+        const i64 w_row = (i64)(SCATTER ? z_tap : ks.tap) * a.w_tap + (i64)ks.ci * a.w_ci;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int co = n0 + lr + 16 * j;
+            bv[j] = (k_ok && co < cout) ? w[w_row + (i64)co * a.w_co] : 0.0f;
+        }
+        vd_conv_k_advance(ks, VD_CONV_BK, cin, k_kh, k_kw);
+
+        __syncthreads();  // the previous step's tile has been consumed
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            tile.a[lk][lr + 16 * j] = av[j];
+            tile.b[lk][lr + 16 * j] = bv[j];
+        }
+        __syncthreads();
+        vd_conv_fma_step(tile, acc, ty, tx);
+    }
+
+    // Epilogue: bias, conversion, store. Row 4·ty + i, channels 4·tx + j.
+    T* __restrict__ y = static_cast<T*>(a.y);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int m = m0 + ty * 4 + i;
+        if (m >= a.rows) continue;
+        i64 out_vox = m;
+        if (SCATTER) {
+            const int iw = m % in_w, ih = (m / in_w) % in_h, id = (m / (in_w * in_h)) % in_d;
+            const int nn = m / (in_w * in_h * in_d);
+            const int od = id * a.map_a[0] + zt_d * a.map_b[0] + a.map_c[0];
+            const int oh = ih * a.map_a[1] + zt_h * a.map_b[1] + a.map_c[1];
+            const int ow = iw * a.map_a[2] + zt_w * a.map_b[2] + a.map_c[2];
+            if (od < 0 || od >= out_d || oh < 0 || oh >= out_h || ow < 0 || ow >= out_w) continue;
+            out_vox = (((i64)nn * out_d + od) * out_h + oh) * out_w + ow;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int co = n0 + tx * 4 + j;
+            if (co >= cout) continue;
+            const float v = acc[i][j] + (a.bias ? a.bias[co] : 0.0f);
+            vd_conv_store(y, out_vox * cout + co, v);
+        }
+    }
+}
+
+extern "C" __global__ void vd_conv3d_gather_f32(VdConvArgs a) { vd_conv_implicit_gemm<float, false>(a); }
+extern "C" __global__ void vd_conv3d_gather_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, false>(a); }
+extern "C" __global__ void vd_conv3d_scatter_f32(VdConvArgs a) { vd_conv_implicit_gemm<float, true>(a); }
+extern "C" __global__ void vd_conv3d_scatter_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, true>(a); }
+
+// ------------------------------------------------------------ weight gradient
+// Mirrors `ConvWgradArgs` in src/backend/gpu/conv.rs.
+struct VdConvWgradArgs {
+    const void* x;   // [n, x dims, cin]
+    const void* dy;  // [n, dy dims, cout]
+    float* ws;       // partial dw: [splits][taps · cin][cout]
+    float* ws_bias;  // partial db: [splits][tap groups][cout], or null
+    int n;
+    int cin;
+    int cout;
+    int taps_m;   // taps per tap group (regular: all; transposed: 1, the tap is blockIdx.z)
+    int x_dims[3];
+    int dy_dims[3];
+    int kernel[3];
+    int stride[3];
+    int pad[3];   // pad_lo (regular)
+    int n_tiles;  // channel tiles: grid.x = M tiles · n_tiles
+    int k_total;  // GEMM K: n · voxels of the iteration space (dy for regular, x for transposed)
+    int k_chunk;  // K per split, a multiple of VD_CONV_BK
+};
+
+// One block: M tile blockIdx.x / n_tiles, channel tile blockIdx.x % n_tiles,
+// K range [blockIdx.y · k_chunk, + k_chunk), tap group blockIdx.z.
+// Regular: the iteration voxel v is a dy voxel o, A[(t, ci), v] = x[o·s + t − pad, ci]
+// (0 in the padding), B[v, co] = dy[o, co]. Transposed: v is an x voxel i,
+// A = x[i, ci], B = dy[i·s + t, co] with t = blockIdx.z.
+template <typename T, bool TRANSPOSED>
+VD_DEVICE void vd_conv_wgrad_partial(const VdConvWgradArgs a) {
+    __shared__ __align__(16) VdConvFmaTile tile;
+    const T* __restrict__ x = static_cast<const T*>(a.x);
+    const T* __restrict__ dy = static_cast<const T*>(a.dy);
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int mt = blockIdx.x / a.n_tiles, nt = blockIdx.x % a.n_tiles;
+    const int m0 = mt * VD_CONV_BM, n0 = nt * VD_CONV_BN;
+    const int split = blockIdx.y, z = blockIdx.z;
+    const int cin = a.cin, cout = a.cout;
+    const int rows = a.taps_m * cin;
+    const int x_d = a.x_dims[0], x_h = a.x_dims[1], x_w = a.x_dims[2];
+    const int y_d = a.dy_dims[0], y_h = a.dy_dims[1], y_w = a.dy_dims[2];
+    const int kh = a.kernel[1], kw = a.kernel[2];
+    const int s_d = a.stride[0], s_h = a.stride[1], s_w = a.stride[2];
+    // The iteration space: dy voxels (regular) or x voxels (transposed).
+    const int v_d = TRANSPOSED ? x_d : y_d, v_h = TRANSPOSED ? x_h : y_h, v_w = TRANSPOSED ? x_w : y_w;
+
+    // Loader roles: A row lm and B channel lm, K columns lk + 4j (j = 0..3).
+    const int lm = tid % 64, lk = tid / 64;
+    const int m = m0 + lm;
+    const bool m_ok = m < rows;
+    const int ci = m_ok ? m % cin : 0;
+    const int tap = z * a.taps_m + (m_ok ? m / cin : 0);
+    const int td = tap / (kh * kw), th = (tap / kw) % kh, tw = tap % kw;
+    // Regular: x position = o·s + (t − pad).
+    const int off_d = td - a.pad[0], off_h = th - a.pad[1], off_w = tw - a.pad[2];
+    const int co_l = n0 + lm;
+    const bool co_ok = co_l < cout;
+
+    const int k_begin = split * a.k_chunk;
+    const int k_end = min(k_begin + a.k_chunk, a.k_total);
+    // Voxel state of the thread's 4 K columns: flat k and (vn, vd, vh, vw).
+    int kv[4], vn[4], vd[4], vh[4], vw[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int k = k_begin + lk + 4 * j;
+        kv[j] = k;
+        vw[j] = k % v_w;
+        vh[j] = (k / v_w) % v_h;
+        vd[j] = (k / (v_w * v_h)) % v_d;
+        vn[j] = k / (v_w * v_h * v_d);
+    }
+    const bool bias_block = a.ws_bias != nullptr && mt == 0;
+
+    float acc[4][4], bsum[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        bsum[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    }
+
+    for (int k0 = k_begin; k0 < k_end; k0 += VD_CONV_BK) {
+        float av[4], bv[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            av[j] = 0.0f;
+            bv[j] = 0.0f;
+            if (kv[j] < k_end) {
+                if (TRANSPOSED) {
+                    if (m_ok) av[j] = vd_conv_load(x, (i64)kv[j] * cin + ci);
+                    if (co_ok) {
+                        const i64 o = (((i64)vn[j] * y_d + vd[j] * s_d + td) * y_h + vh[j] * s_h + th) * y_w +
+                                      vw[j] * s_w + tw;
+                        bv[j] = vd_conv_load(dy, o * cout + co_l);
+                    }
+                } else {
+                    if (m_ok) {
+                        const int qd = vd[j] * s_d + off_d, qh = vh[j] * s_h + off_h, qw = vw[j] * s_w + off_w;
+                        if (qd >= 0 && qd < x_d && qh >= 0 && qh < x_h && qw >= 0 && qw < x_w)
+                            av[j] = vd_conv_load(x, ((((i64)vn[j] * x_d + qd) * x_h + qh) * x_w + qw) * cin + ci);
+                    }
+                    if (co_ok) bv[j] = vd_conv_load(dy, (i64)kv[j] * cout + co_l);
+                }
+            }
+            // Next step: K columns move by VD_CONV_BK voxels.
+            kv[j] += VD_CONV_BK;
+            vw[j] += VD_CONV_BK;
+            while (vw[j] >= v_w) {
+                vw[j] -= v_w;
+                if (++vh[j] == v_h) {
+                    vh[j] = 0;
+                    if (++vd[j] == v_d) {
+                        vd[j] = 0;
+                        ++vn[j];
+                    }
+                }
+            }
+        }
+        __syncthreads();  // the previous step's tile has been consumed
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            tile.a[lk + 4 * j][lm] = av[j];
+            tile.b[lk + 4 * j][lm] = bv[j];
+        }
+        __syncthreads();
+        vd_conv_fma_step(tile, acc, ty, tx);
+        if (bias_block && ty == 0) {
+#pragma unroll
+            for (int kk = 0; kk < VD_CONV_BK; ++kk)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) bsum[j] += tile.b[kk][tx * 4 + j];
+        }
+    }
+
+    // Every element of the partial tile is written (zeros for an empty K range).
+    const i64 w_rows = (i64)gridDim.z * rows;  // taps · cin
+    float* ws = a.ws + ((i64)split * w_rows + (i64)z * rows) * cout;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int mm = m0 + ty * 4 + i;
+        if (mm >= rows) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int co = n0 + tx * 4 + j;
+            if (co < cout) ws[(i64)mm * cout + co] = acc[i][j];
+        }
+    }
+    if (bias_block && ty == 0) {
+        float* wb = a.ws_bias + ((i64)split * gridDim.z + z) * cout;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int co = n0 + tx * 4 + j;
+            if (co < cout) wb[co] = bsum[j];
+        }
+    }
+}
+
+extern "C" __global__ void vd_conv3d_wgrad_f32(VdConvWgradArgs a) { vd_conv_wgrad_partial<float, false>(a); }
+extern "C" __global__ void vd_conv3d_wgrad_bf16(VdConvWgradArgs a) { vd_conv_wgrad_partial<bf16, false>(a); }
+extern "C" __global__ void vd_conv3d_wgrad_transposed_f32(VdConvWgradArgs a) {
+    vd_conv_wgrad_partial<float, true>(a);
+}
+extern "C" __global__ void vd_conv3d_wgrad_transposed_bf16(VdConvWgradArgs a) {
+    vd_conv_wgrad_partial<bf16, true>(a);
+}
+
+// dw[i] = Σ_{s < splits} ws[s · w_elems + i] (split order), and when db is not
+// null db[co] = Σ_{p < bias_parts} ws_bias[p · cout + co] (p = split · groups + z).
+// Grid-stride over w_elems + cout outputs, one per thread.
+extern "C" __global__ void vd_conv3d_wgrad_reduce(const float* __restrict__ ws, const float* __restrict__ ws_bias,
+                                                  float* __restrict__ dw, float* __restrict__ db, i64 w_elems,
+                                                  int splits, int bias_parts, int cout) {
+    const i64 total = w_elems + (db ? cout : 0);
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        float s = 0.0f;
+        if (i < w_elems) {
+            for (int p = 0; p < splits; ++p) s += ws[(i64)p * w_elems + i];
+            dw[i] = s;
+        } else {
+            const int co = (int)(i - w_elems);
+            for (int p = 0; p < bias_parts; ++p) s += ws_bias[(i64)p * cout + co];
+            db[co] = s;
+        }
+    }
+}
