@@ -30,11 +30,13 @@
 // Tiling (both mappings, and the weight gradient below): a block of 256
 // threads computes a 64 × 64 tile of `out` (VD_CONV_BM rows × VD_CONV_BN
 // channels). The K loop takes VD_CONV_BK = 16 columns per step: each thread
-// gathers 4 elements of A and 4 of B into registers, converts them to f32, the
-// block stages them in shared memory (A as [k][m], B as [k][n]), and each
-// thread accumulates its 4 × 4 micro-tile (rows 4·ty.., channels 4·tx..) with
-// 16 · 16 fused multiply-adds per step. The loaders and the step are separate
-// functions so a tensor-core step can replace the FMA step locally.
+// gathers 4 elements of A and 4 of B into registers (the loader), the block
+// stages them in shared memory and a compute core multiplies the staged tiles
+// into the accumulators (the step), f32 accumulation throughout:
+// - VdConvFmaCore (f32 activations): tiles in f32, each thread a 4 × 4
+//   micro-tile, 16 · 16 fused multiply-adds per step;
+// - VdConvMmaCore (bf16 activations): tiles in bf16, ldmatrix +
+//   mma.sync.m16n8k16 per warp (the forward's f32 weights round to bf16).
 //
 // The weight gradient, per tap group z (regular convs: one group of all taps;
 // transposed: one group per tap):
@@ -59,27 +61,101 @@ VD_DEVICE float vd_conv_load(const bf16* p, i64 i) { return bf16_to_f32(p[i]); }
 VD_DEVICE void vd_conv_store(float* p, i64 i, float v) { p[i] = v; }
 VD_DEVICE void vd_conv_store(bf16* p, i64 i, float v) { p[i] = f32_to_bf16(v); }
 
-// ------------------------------------------------------------ the FMA core
-// One K step of A and B staged in shared memory, f32.
-struct VdConvFmaTile {
-    float a[VD_CONV_BK][VD_CONV_APITCH];  // a[k][m]
-    float b[VD_CONV_BK][VD_CONV_BPITCH];  // b[k][n]
-};
+// ------------------------------------------------------------ compute cores
+// A core owns the staged tiles of one K step (`Smem`), the block's
+// accumulators as a per-thread 4 × 4 set, and the step that multiplies the
+// staged tiles into them. The loaders call stage_a(m, k) / stage_b(k, n); the
+// epilogue reads value(i, j) for the tile row row(i) and channel col(j)
+// (i, j in 0..3, compile-time constants in unrolled loops).
 
-// acc[i][j] += Σ_k a[k][4·ty + i] · b[k][4·tx + j], k ascending.
-VD_DEVICE void vd_conv_fma_step(const VdConvFmaTile& s, float acc[4][4], int ty, int tx) {
-#pragma unroll
-    for (int kk = 0; kk < VD_CONV_BK; ++kk) {
-        const float4 a4 = vd_load_f32x4(&s.a[kk][ty * 4]);
-        const float4 b4 = vd_load_f32x4(&s.b[kk][tx * 4]);
-        const float av[4] = {a4.x, a4.y, a4.z, a4.w};
-        const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
+// FMA core (f32): thread (ty, tx) = (tid / 16, tid % 16) owns rows 4·ty + i and
+// channels 4·tx + j; one step is 16 × 16 fused multiply-adds per thread.
+struct VdConvFmaCore {
+    struct Smem {
+        float a[VD_CONV_BK][VD_CONV_APITCH];  // a[k][m]
+        float b[VD_CONV_BK][VD_CONV_BPITCH];  // b[k][n]
+    };
+    float acc[4][4];
+    int ty, tx;
+
+    VD_DEVICE void init() {
+        ty = (int)threadIdx.x / 16;
+        tx = (int)threadIdx.x % 16;
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+            for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
     }
-}
+    VD_DEVICE static void stage_a(Smem& s, int m, int k, float v) { s.a[k][m] = v; }
+    VD_DEVICE static void stage_b(Smem& s, int k, int n, float v) { s.b[k][n] = v; }
+    // acc[i][j] += Σ_k a[k][4·ty + i] · b[k][4·tx + j], k ascending.
+    VD_DEVICE void step(const Smem& s) {
+#pragma unroll
+        for (int kk = 0; kk < VD_CONV_BK; ++kk) {
+            const float4 a4 = vd_load_f32x4(&s.a[kk][ty * 4]);
+            const float4 b4 = vd_load_f32x4(&s.b[kk][tx * 4]);
+            const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+            const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+    }
+    VD_DEVICE int row(int i) const { return ty * 4 + i; }
+    VD_DEVICE int col(int j) const { return tx * 4 + j; }
+    VD_DEVICE float value(int i, int j) const { return acc[i][j]; }
+};
+
+// Tensor-core core (bf16 operands, f32 accumulation): warp w computes rows
+// 32·(w % 2) .. +32 and channels 16·(w / 2) .. +16 of the 64 × 64 tile as 2 × 2
+// m16n8 tiles; one step (K = 16) is two ldmatrix.x4 of A, one ldmatrix.x4 of B
+// and four mma.sync.m16n8k16 per warp. A is staged [m][k] and B [n][k] (k
+// contiguous, rows padded to 24 elements = 48 bytes: 16-byte aligned for
+// ldmatrix and conflict-free across the 8 rows of a matrix). Operands are
+// rounded to bf16 when staged (activations already are; f32 weights round to
+// nearest even). Accumulator fragment (PTX ISA m16n8 C layout), lane
+// l = 4g + q: acc[mi][ni][2h + e] is row 16·mi + g + 8h, column 8·ni + 2q + e.
+#define VD_CONV_KPITCH (VD_CONV_BK + 8)
+struct VdConvMmaCore {
+    struct Smem {
+        bf16 a[VD_CONV_BM][VD_CONV_KPITCH];  // a[m][k]
+        bf16 b[VD_CONV_BN][VD_CONV_KPITCH];  // b[n][k]
+    };
+    float acc[2][2][4];
+    int wm, wn, lane;
+
+    VD_DEVICE void init() {
+        lane = (int)vd_lane();
+        wm = (int)vd_warp() % 2;
+        wn = (int)vd_warp() / 2;
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+    }
+    VD_DEVICE static void stage_a(Smem& s, int m, int k, float v) { s.a[m][k] = f32_to_bf16(v); }
+    VD_DEVICE static void stage_b(Smem& s, int k, int n, float v) { s.b[n][k] = f32_to_bf16(v); }
+    VD_DEVICE void step(const Smem& s) {
+        u32 a[2][4], b[4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+            // matrices: rows 0-7 / 8-15 × k 0-7, then × k 8-15
+            vd_ldmatrix_x4(a[mi], &s.a[wm * 32 + mi * 16 + lane % 16][(lane / 16) * 8]);
+        // matrices: n-tile 0 × k 0-7 / 8-15, n-tile 1 × k 0-7 / 8-15
+        vd_ldmatrix_x4(b, &s.b[wn * 16 + (lane / 16) * 8 + lane % 8][((lane / 8) % 2) * 8]);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 2; ++ni) vd_mma_bf16_16816(acc[mi][ni], a[mi], &b[2 * ni], acc[mi][ni]);
+    }
+    // i = 2·mi + h, j = 2·ni + e.
+    VD_DEVICE int row(int i) const { return wm * 32 + (i / 2) * 16 + lane / 4 + (i % 2) * 8; }
+    VD_DEVICE int col(int j) const { return wn * 16 + (j / 2) * 8 + (lane % 4) * 2 + j % 2; }
+    VD_DEVICE float value(int i, int j) const { return acc[i / 2][j / 2][(i % 2) * 2 + j % 2]; }
+};
 
 // The K-column state of a loader thread: k = tap · cin + ci, with the tap's
 // coordinates (td, th, tw) in a kernel of extents kd × kh × kw.
@@ -135,12 +211,12 @@ struct VdConvArgs {
 
 // Forward / data-gradient implicit GEMM. Grid (ceil(M / 64), ceil(N / 64),
 // 1 for gather or taps for scatter), 256 threads.
-template <typename T, bool SCATTER>
+template <typename T, bool SCATTER, typename Core>
 VD_DEVICE void vd_conv_implicit_gemm(const VdConvArgs a) {
-    __shared__ __align__(16) VdConvFmaTile tile;
+    __shared__ __align__(16) typename Core::Smem tile;
     const T* __restrict__ x = static_cast<const T*>(a.x);
     const float* __restrict__ w = a.w;
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int tid = threadIdx.x;
     const int m0 = blockIdx.x * VD_CONV_BM, n0 = blockIdx.y * VD_CONV_BN;
     const int cin = a.cin, cout = a.cout;
     const int in_d = a.in_dims[0], in_h = a.in_dims[1], in_w = a.in_dims[2];
@@ -179,11 +255,8 @@ VD_DEVICE void vd_conv_implicit_gemm(const VdConvArgs a) {
     VdConvKState ks = {0, 0, 0, 0, 0};
     vd_conv_k_advance(ks, lk, cin, k_kh, k_kw);
 
-    float acc[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    Core core;
+    core.init();
 
     const int k_total = taps_k * cin;
     for (int k0 = 0; k0 < k_total; k0 += VD_CONV_BK) {
@@ -216,18 +289,18 @@ VD_DEVICE void vd_conv_implicit_gemm(const VdConvArgs a) {
         __syncthreads();  // the previous step's tile has been consumed
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            tile.a[lk][lr + 16 * j] = av[j];
-            tile.b[lk][lr + 16 * j] = bv[j];
+            Core::stage_a(tile, lr + 16 * j, lk, av[j]);
+            Core::stage_b(tile, lk, lr + 16 * j, bv[j]);
         }
         __syncthreads();
-        vd_conv_fma_step(tile, acc, ty, tx);
+        core.step(tile);
     }
 
-    // Epilogue: bias, conversion, store. Row 4·ty + i, channels 4·tx + j.
+    // Epilogue: bias, conversion, store of the thread's 4 rows × 4 channels.
     T* __restrict__ y = static_cast<T*>(a.y);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int m = m0 + ty * 4 + i;
+        const int m = m0 + core.row(i);
         if (m >= a.rows) continue;
         i64 out_vox = m;
         if (SCATTER) {
@@ -241,18 +314,21 @@ VD_DEVICE void vd_conv_implicit_gemm(const VdConvArgs a) {
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int co = n0 + tx * 4 + j;
+            const int co = n0 + core.col(j);
             if (co >= cout) continue;
-            const float v = acc[i][j] + (a.bias ? a.bias[co] : 0.0f);
+            const float v = core.value(i, j) + (a.bias ? a.bias[co] : 0.0f);
             vd_conv_store(y, out_vox * cout + co, v);
         }
     }
 }
 
-extern "C" __global__ void vd_conv3d_gather_f32(VdConvArgs a) { vd_conv_implicit_gemm<float, false>(a); }
-extern "C" __global__ void vd_conv3d_gather_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, false>(a); }
-extern "C" __global__ void vd_conv3d_scatter_f32(VdConvArgs a) { vd_conv_implicit_gemm<float, true>(a); }
-extern "C" __global__ void vd_conv3d_scatter_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, true>(a); }
+// f32 activations on the FMA core, bf16 activations on tensor cores.
+extern "C" __global__ void vd_conv3d_gather_f32(VdConvArgs a) {
+    vd_conv_implicit_gemm<float, false, VdConvFmaCore>(a);
+}
+extern "C" __global__ void vd_conv3d_gather_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, false, VdConvMmaCore>(a); }
+extern "C" __global__ void vd_conv3d_scatter_f32(VdConvArgs a) { vd_conv_implicit_gemm<float, true, VdConvFmaCore>(a); }
+extern "C" __global__ void vd_conv3d_scatter_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, true, VdConvMmaCore>(a); }
 
 // ------------------------------------------------------------ weight gradient
 // Mirrors `ConvWgradArgs` in src/backend/gpu/conv.rs.
@@ -280,12 +356,13 @@ struct VdConvWgradArgs {
 // Regular: the iteration voxel v is a dy voxel o, A[(t, ci), v] = x[o·s + t − pad, ci]
 // (0 in the padding), B[v, co] = dy[o, co]. Transposed: v is an x voxel i,
 // A = x[i, ci], B = dy[i·s + t, co] with t = blockIdx.z.
-template <typename T, bool TRANSPOSED>
+template <typename T, bool TRANSPOSED, typename Core>
 VD_DEVICE void vd_conv_wgrad_partial(const VdConvWgradArgs a) {
-    __shared__ __align__(16) VdConvFmaTile tile;
+    __shared__ __align__(16) typename Core::Smem tile;
+    __shared__ float bias_part[4][VD_CONV_BN];
     const T* __restrict__ x = static_cast<const T*>(a.x);
     const T* __restrict__ dy = static_cast<const T*>(a.dy);
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int tid = threadIdx.x;
     const int mt = blockIdx.x / a.n_tiles, nt = blockIdx.x % a.n_tiles;
     const int m0 = mt * VD_CONV_BM, n0 = nt * VD_CONV_BN;
     const int split = blockIdx.y, z = blockIdx.z;
@@ -325,13 +402,12 @@ VD_DEVICE void vd_conv_wgrad_partial(const VdConvWgradArgs a) {
     }
     const bool bias_block = a.ws_bias != nullptr && mt == 0;
 
-    float acc[4][4], bsum[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        bsum[i] = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-    }
+    Core core;
+    core.init();
+    // Bias partial (blocks of the first M tile): each thread sums the dy values
+    // it loads (channel lm, K columns lk + 4j); the 4 threads of a channel are
+    // summed in lk order at the end.
+    float bsum = 0.0f;
 
     for (int k0 = k_begin; k0 < k_end; k0 += VD_CONV_BK) {
         float av[4], bv[4];
@@ -373,17 +449,12 @@ VD_DEVICE void vd_conv_wgrad_partial(const VdConvWgradArgs a) {
         __syncthreads();  // the previous step's tile has been consumed
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            tile.a[lk + 4 * j][lm] = av[j];
-            tile.b[lk + 4 * j][lm] = bv[j];
+            Core::stage_a(tile, lm, lk + 4 * j, av[j]);
+            Core::stage_b(tile, lk + 4 * j, lm, bv[j]);
+            bsum += bv[j];
         }
         __syncthreads();
-        vd_conv_fma_step(tile, acc, ty, tx);
-        if (bias_block && ty == 0) {
-#pragma unroll
-            for (int kk = 0; kk < VD_CONV_BK; ++kk)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) bsum[j] += tile.b[kk][tx * 4 + j];
-        }
+        core.step(tile);
     }
 
     // Every element of the partial tile is written (zeros for an empty K range).
@@ -391,31 +462,35 @@ VD_DEVICE void vd_conv_wgrad_partial(const VdConvWgradArgs a) {
     float* ws = a.ws + ((i64)split * w_rows + (i64)z * rows) * cout;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int mm = m0 + ty * 4 + i;
+        const int mm = m0 + core.row(i);
         if (mm >= rows) continue;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int co = n0 + tx * 4 + j;
-            if (co < cout) ws[(i64)mm * cout + co] = acc[i][j];
+            const int co = n0 + core.col(j);
+            if (co < cout) ws[(i64)mm * cout + co] = core.value(i, j);
         }
     }
-    if (bias_block && ty == 0) {
-        float* wb = a.ws_bias + ((i64)split * gridDim.z + z) * cout;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int co = n0 + tx * 4 + j;
-            if (co < cout) wb[co] = bsum[j];
+    if (bias_block) {  // uniform per block
+        bias_part[lk][lm] = bsum;
+        __syncthreads();
+        if (tid < VD_CONV_BN && n0 + tid < cout) {
+            float* wb = a.ws_bias + ((i64)split * gridDim.z + z) * cout;
+            wb[n0 + tid] = ((bias_part[0][tid] + bias_part[1][tid]) + bias_part[2][tid]) + bias_part[3][tid];
         }
     }
 }
 
-extern "C" __global__ void vd_conv3d_wgrad_f32(VdConvWgradArgs a) { vd_conv_wgrad_partial<float, false>(a); }
-extern "C" __global__ void vd_conv3d_wgrad_bf16(VdConvWgradArgs a) { vd_conv_wgrad_partial<bf16, false>(a); }
+extern "C" __global__ void vd_conv3d_wgrad_f32(VdConvWgradArgs a) {
+    vd_conv_wgrad_partial<float, false, VdConvFmaCore>(a);
+}
+extern "C" __global__ void vd_conv3d_wgrad_bf16(VdConvWgradArgs a) {
+    vd_conv_wgrad_partial<bf16, false, VdConvMmaCore>(a);
+}
 extern "C" __global__ void vd_conv3d_wgrad_transposed_f32(VdConvWgradArgs a) {
-    vd_conv_wgrad_partial<float, true>(a);
+    vd_conv_wgrad_partial<float, true, VdConvFmaCore>(a);
 }
 extern "C" __global__ void vd_conv3d_wgrad_transposed_bf16(VdConvWgradArgs a) {
-    vd_conv_wgrad_partial<bf16, true>(a);
+    vd_conv_wgrad_partial<bf16, true, VdConvMmaCore>(a);
 }
 
 // dw[i] = Σ_{s < splits} ws[s · w_elems + i] (split order), and when db is not

@@ -394,3 +394,47 @@ fn conv_rejects_bad_arguments() {
         "{err:#}"
     );
 }
+
+/// The bf16 kernels run their step on tensor cores: their PTX (both targets)
+/// holds mma.sync m16n8k16 and ldmatrix, the f32 kernels' does not.
+#[test]
+fn bf16_kernels_use_tensor_cores_in_ptx() {
+    use voxdiff::backend::gpu::registry::{Kernel, NVRTC_AT_BUILD, PTX_ARCHS};
+    if NVRTC_AT_BUILD.is_none() {
+        assert!(
+            std::env::var("VOXDIFF_REQUIRE_NVRTC").map_or(true, |v| v != "1"),
+            "VOXDIFF_REQUIRE_NVRTC=1 but the build had no NVRTC"
+        );
+        eprintln!("SKIPPED: built without NVRTC, no PTX to inspect");
+        return;
+    }
+    let conv: Vec<Kernel> = Kernel::ALL
+        .iter()
+        .copied()
+        .filter(|k| k.name().starts_with("vd_conv3d_") && !k.name().ends_with("_reduce"))
+        .collect();
+    assert_eq!(
+        conv.len(),
+        8,
+        "gather, scatter, wgrad, wgrad_transposed × f32, bf16"
+    );
+    for k in conv {
+        for arch in 0..PTX_ARCHS.len() {
+            let ptx = k.family().ptx(arch).unwrap();
+            let start = ptx
+                .find(&format!(".entry {}(", k.name()))
+                .unwrap_or_else(|| panic!("{} missing from the PTX", k.name()));
+            let body = &ptx[start..];
+            let body = &body[..body[1..].find(".entry ").map_or(body.len(), |e| e + 1)];
+            let tensor_cores = body.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
+                && body.contains("ldmatrix.sync.aligned.m8n8.x4");
+            assert_eq!(
+                tensor_cores,
+                k.name().ends_with("_bf16"),
+                "{} on {}: tensor-core instructions present = {tensor_cores}",
+                k.name(),
+                PTX_ARCHS[arch]
+            );
+        }
+    }
+}

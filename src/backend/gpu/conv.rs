@@ -32,17 +32,24 @@
 //! # Launch geometry
 //!
 //! - gather / scatter: blocks of [`CONV_THREADS`] = 256 threads compute a
-//!   [`CONV_BM`] × [`CONV_BN`] = 64 voxels × 64 channels output tile (each
-//!   thread a 4 × 4 micro-tile: voxels `4·(t / 16)..`, channels `4·(t % 16)..`);
-//!   the K loop stages [`CONV_BK`] = 16 columns of A and B per step in 8704
-//!   bytes of static shared memory (each thread gathers 4 + 4 elements), two
-//!   barriers per step. Grid `(ceil(M / 64), ceil(N / 64), 1 | taps)`.
-//! - wgrad partial: the same tile and step over (tap, ci) rows × Cout; grid
+//!   [`CONV_BM`] × [`CONV_BN`] = 64 voxels × 64 channels output tile. The K
+//!   loop stages [`CONV_BK`] = 16 columns of A and B per step (each thread
+//!   gathers 4 + 4 elements: K column `t % 16`, rows/channels `t / 16 + 16j`),
+//!   two barriers per step, then the compute core runs the step:
+//!   f32 activations on the FMA core (each thread a 4 × 4 micro-tile, rows
+//!   `4·(t / 16)..`, channels `4·(t % 16)..`; tiles in f32, 8704 bytes of
+//!   static shared memory), bf16 activations on tensor cores (8 warps in a
+//!   2 × 4 grid, each 32 voxels × 16 channels = 2 × 2 `mma.sync.m16n8k16`
+//!   per step from ldmatrix.x4 fragments; tiles in bf16, 6144 bytes). Grid
+//!   `(ceil(M / 64), ceil(N / 64), 1 | taps)`.
+//! - wgrad partial: the same tile, step and cores over (tap, ci) rows × Cout
+//!   (loader: row/channel `t % 64`, K columns `t / 64 + 4j`); grid
 //!   `(M tiles · N tiles, splits, tap groups)`. `splits` is chosen so the grid
 //!   has about [`WGRAD_TARGET_BLOCKS`] blocks (4 per SM of an H100) but each
 //!   split keeps at least [`WGRAD_MIN_STEPS`] K steps; workspace
-//!   `splits · taps · Cin · Cout` f32 (+ `splits · groups · Cout` for the bias).
-//!   Blocks of the first M tile also sum their dy tile's columns (bias).
+//!   `splits · taps · Cin · Cout` f32 (+ `splits · groups · Cout` for the
+//!   bias). Blocks of the first M tile also sum the dy values they load (the
+//!   bias partial, 1 KiB more shared memory for the in-block sum).
 //! - wgrad reduce: one thread per weight (and bias) element, blocks of 256,
 //!   grid `ceil(elements / 256)` capped at 4096 (grid-stride beyond).
 //!
@@ -57,9 +64,11 @@
 //! ([`conv_min_bytes`]). Example, the 32→32 3×3×3 layer of the ImgX UNet at
 //! 1×32×128×128 bf16: 29.0 GFLOP per pass against 67 MB, arithmetic intensity
 //! ≈ 430 FLOP/byte, so compute-bound on an H100 (≈ 267 FLOP/byte at 800 TFLOP/s
-//! and 3 TB/s): floor ≈ 36 µs. The kernels here use FMA on f32 (this FMA path
-//! reaches at most the f32 FMA peak, ≈ 67 TFLOP/s on an H100 SXM); the tensor-core path is the next
-//! step. The weight gradient also moves the workspace: `2 · splits · |dw|`.
+//! and 3 TB/s): floor ≈ 36 µs. The f32 path can reach at most the f32 FMA peak
+//! (≈ 67 TFLOP/s on an H100 SXM); the bf16 path uses tensor cores but stages
+//! every element through registers with one 16-column step between two
+//! barriers (no cp.async pipeline yet), so it is far from the floor. The
+//! weight gradient also moves the workspace: `2 · splits · |dw|` f32.
 
 use super::device::{KernelArgs, LaunchConfig};
 use super::registry::Kernel;
