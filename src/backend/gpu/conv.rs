@@ -424,7 +424,14 @@ impl GpuBackend {
         let grid = [
             i32_of(rows.div_ceil(CONV_BM) as i64, "row tiles")? as u32,
             i32_of(ys.c().div_ceil(CONV_BN) as i64, "channel tiles")? as u32,
-            if plan.scatter { taps as u32 } else { 1 },
+            if plan.scatter {
+                u32::try_from(taps)
+                    .ok()
+                    .filter(|&t| t <= 65535)
+                    .context("more than 65535 taps")?
+            } else {
+                1
+            },
         ];
         let kernel = match (plan.scatter, x.dtype()) {
             (false, DType::F32) => Kernel::Conv3dGatherF32,
@@ -473,6 +480,8 @@ impl GpuBackend {
         } else {
             (1, taps, ys.n() * ys.voxels())
         };
+        // The kernel steps its voxel counters up to 4·CONV_BK past k_total.
+        i32_of((k_total + 4 * CONV_BK) as i64, "voxels")?;
         let (m_tiles, n_tiles) = ((taps_m * cin).div_ceil(CONV_BM), cout.div_ceil(CONV_BN));
         let tiles = m_tiles * n_tiles * groups;
         let max_splits = k_total.div_ceil(CONV_BK * WGRAD_MIN_STEPS);
@@ -516,7 +525,10 @@ impl GpuBackend {
             grid: [
                 i32_of((m_tiles * n_tiles) as i64, "tiles")? as u32,
                 splits as u32,
-                groups as u32,
+                u32::try_from(groups)
+                    .ok()
+                    .filter(|&g| g <= 65535)
+                    .context("more than 65535 taps")?,
             ],
             block: [CONV_THREADS, 1, 1],
             shared_bytes: 0,
