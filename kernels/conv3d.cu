@@ -37,6 +37,9 @@
 //   micro-tile, 16 · 16 fused multiply-adds per step;
 // - VdConvMmaCore (bf16 activations): tiles in bf16, ldmatrix +
 //   mma.sync.m16n8k16 per warp (the forward's f32 weights round to bf16).
+// The cores live in conv3d_tiles.cuh. For bf16 with GEMM input channels a
+// multiple of 8, the forward / data-gradient loader is a two-stage cp.async
+// pipeline of 32-column steps instead (see "cp.async pipeline" below).
 //
 // The weight gradient, per tap group z (regular convs: one group of all taps;
 // transposed: one group per tap):
@@ -45,147 +48,7 @@
 // iteration space, split into K ranges across blocks (grid y). Each block writes
 // its partial tile to a workspace; vd_conv3d_wgrad_reduce sums the partials in
 // split order (deterministic, no atomics) and the bias gradient alongside.
-#include "common.cuh"
-
-#define VD_CONV_BM 64
-#define VD_CONV_BN 64
-#define VD_CONV_BK 16
-#define VD_CONV_THREADS 256
-// Row pitches of the staged tiles: +4 floats keeps rows 16-byte aligned for the
-// float4 reads and spreads the column stores of the gather over banks.
-#define VD_CONV_APITCH (VD_CONV_BM + 4)
-#define VD_CONV_BPITCH (VD_CONV_BN + 4)
-
-VD_DEVICE float vd_conv_load(const float* p, i64 i) { return p[i]; }
-VD_DEVICE float vd_conv_load(const bf16* p, i64 i) { return bf16_to_f32(p[i]); }
-VD_DEVICE void vd_conv_store(float* p, i64 i, float v) { p[i] = v; }
-VD_DEVICE void vd_conv_store(bf16* p, i64 i, float v) { p[i] = f32_to_bf16(v); }
-
-// ------------------------------------------------------------ compute cores
-// A core owns the staged tiles of one K step (`Smem`), the block's
-// accumulators as a per-thread 4 × 4 set, and the step that multiplies the
-// staged tiles into them. The loaders call stage_a(m, k) / stage_b(k, n); the
-// epilogue reads value(i, j) for the tile row row(i) and channel col(j)
-// (i, j in 0..3, compile-time constants in unrolled loops).
-
-// FMA core (f32): thread (ty, tx) = (tid / 16, tid % 16) owns rows 4·ty + i and
-// channels 4·tx + j; one step is 16 × 16 fused multiply-adds per thread.
-struct VdConvFmaCore {
-    struct Smem {
-        float a[VD_CONV_BK][VD_CONV_APITCH];  // a[k][m]
-        float b[VD_CONV_BK][VD_CONV_BPITCH];  // b[k][n]
-    };
-    float acc[4][4];
-    int ty, tx;
-
-    VD_DEVICE void init() {
-        ty = (int)threadIdx.x / 16;
-        tx = (int)threadIdx.x % 16;
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-    }
-    VD_DEVICE static void stage_a(Smem& s, int m, int k, float v) { s.a[k][m] = v; }
-    VD_DEVICE static void stage_b(Smem& s, int k, int n, float v) { s.b[k][n] = v; }
-    // acc[i][j] += Σ_k a[k][4·ty + i] · b[k][4·tx + j], k ascending.
-    VD_DEVICE void step(const Smem& s) {
-#pragma unroll
-        for (int kk = 0; kk < VD_CONV_BK; ++kk) {
-            const float4 a4 = vd_load_f32x4(&s.a[kk][ty * 4]);
-            const float4 b4 = vd_load_f32x4(&s.b[kk][tx * 4]);
-            const float av[4] = {a4.x, a4.y, a4.z, a4.w};
-            const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-        }
-    }
-    VD_DEVICE int row(int i) const { return ty * 4 + i; }
-    VD_DEVICE int col(int j) const { return tx * 4 + j; }
-    VD_DEVICE float value(int i, int j) const { return acc[i][j]; }
-};
-
-// Tensor-core core (bf16 operands, f32 accumulation): warp w computes rows
-// 32·(w % 2) .. +32 and channels 16·(w / 2) .. +16 of the 64 × 64 tile as 2 × 2
-// m16n8 tiles; one step (K = 16) is two ldmatrix.x4 of A, one ldmatrix.x4 of B
-// and four mma.sync.m16n8k16 per warp. A is staged [m][k] and B [n][k] (k
-// contiguous, rows padded to 24 elements = 48 bytes: 16-byte aligned for
-// ldmatrix and conflict-free across the 8 rows of a matrix). Operands are
-// rounded to bf16 when staged (activations already are; f32 weights round to
-// nearest even). Accumulator fragment (PTX ISA m16n8 C layout), lane
-// l = 4g + q: acc[mi][ni][2h + e] is row 16·mi + g + 8h, column 8·ni + 2q + e.
-#define VD_CONV_KPITCH (VD_CONV_BK + 8)
-struct VdConvMmaCore {
-    struct Smem {
-        bf16 a[VD_CONV_BM][VD_CONV_KPITCH];  // a[m][k]
-        bf16 b[VD_CONV_BN][VD_CONV_KPITCH];  // b[n][k]
-    };
-    float acc[2][2][4];
-    int wm, wn, lane;
-
-    VD_DEVICE void init() {
-        lane = (int)vd_lane();
-        wm = (int)vd_warp() % 2;
-        wn = (int)vd_warp() / 2;
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < 2; ++ni)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
-    }
-    VD_DEVICE static void stage_a(Smem& s, int m, int k, float v) { s.a[m][k] = f32_to_bf16(v); }
-    VD_DEVICE static void stage_b(Smem& s, int k, int n, float v) { s.b[n][k] = f32_to_bf16(v); }
-    VD_DEVICE void step(const Smem& s) {
-        u32 a[2][4], b[4];
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-            // matrices: rows 0-7 / 8-15 × k 0-7, then × k 8-15
-            vd_ldmatrix_x4(a[mi], &s.a[wm * 32 + mi * 16 + lane % 16][(lane / 16) * 8]);
-        // matrices: n-tile 0 × k 0-7 / 8-15, n-tile 1 × k 0-7 / 8-15
-        vd_ldmatrix_x4(b, &s.b[wn * 16 + (lane / 16) * 8 + lane % 8][((lane / 8) % 2) * 8]);
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < 2; ++ni) vd_mma_bf16_16816(acc[mi][ni], a[mi], &b[2 * ni], acc[mi][ni]);
-    }
-    // i = 2·mi + h, j = 2·ni + e.
-    VD_DEVICE int row(int i) const { return wm * 32 + (i / 2) * 16 + lane / 4 + (i % 2) * 8; }
-    VD_DEVICE int col(int j) const { return wn * 16 + (j / 2) * 8 + (lane % 4) * 2 + j % 2; }
-    VD_DEVICE float value(int i, int j) const { return acc[i / 2][j / 2][(i % 2) * 2 + j % 2]; }
-};
-
-// The K-column state of a loader thread: k = tap · cin + ci, with the tap's
-// coordinates (td, th, tw) in a kernel of extents kd × kh × kw.
-struct VdConvKState {
-    int tap, td, th, tw, ci;
-};
-
-// Moves k forward by `step` columns (the tap coordinates carry like digits).
-VD_DEVICE void vd_conv_k_advance(VdConvKState& s, int step, int cin, int kh, int kw) {
-    s.ci += step;
-    while (s.ci >= cin) {
-        s.ci -= cin;
-        ++s.tap;
-        if (++s.tw == kw) {
-            s.tw = 0;
-            if (++s.th == kh) {
-                s.th = 0;
-                ++s.td;
-            }
-        }
-    }
-}
-
-// q = o·a + t·b + c on one axis; the input index q / e, or −1 when q is not an
-// input voxel (before the start, between strided positions, or past the end).
-VD_DEVICE int vd_conv_map_axis(int q, int e, int in) {
-    if (q < 0) return -1;
-    const int i = q / e;
-    return (i * e == q && i < in) ? i : -1;
-}
+#include "conv3d_tiles.cuh"
 
 // Mirrors `ConvGemmArgs` in src/backend/gpu/conv.rs.
 struct VdConvArgs {
@@ -209,95 +72,62 @@ struct VdConvArgs {
     int w_co;
 };
 
-// Forward / data-gradient implicit GEMM. Grid (ceil(M / 64), ceil(N / 64),
-// 1 for gather or taps for scatter), 256 threads.
+// The loader's view of one GEMM row m: the flat voxel base (gather: n · input
+// voxels; scatter: the input voxel itself; −1 past the last row) and, in
+// gather, o·a + c per axis.
+struct VdConvRow {
+    int base, qd, qh, qw;
+};
+
+template <bool SCATTER>
+VD_DEVICE VdConvRow vd_conv_row(const VdConvArgs a, int m) {
+    VdConvRow r = {-1, 0, 0, 0};
+    if (m >= a.rows) return r;
+    if (SCATTER) {
+        r.base = m;
+    } else {
+        const int out_d = a.out_dims[0], out_h = a.out_dims[1], out_w = a.out_dims[2];
+        const int ow = m % out_w, oh = (m / out_w) % out_h, od = (m / (out_w * out_h)) % out_d;
+        r.base = m / (out_w * out_h * out_d) * (a.in_dims[0] * a.in_dims[1] * a.in_dims[2]);
+        r.qd = od * a.map_a[0] + a.map_c[0];
+        r.qh = oh * a.map_a[1] + a.map_c[1];
+        r.qw = ow * a.map_a[2] + a.map_c[2];
+    }
+    return r;
+}
+
+// Element offset of A[m, k] in x for the row `r` and K column `ks`, or −1 when
+// it is zero (past the last row, past K, outside the input).
+template <bool SCATTER>
+VD_DEVICE i64 vd_conv_a_offset(const VdConvArgs a, const VdConvRow r, const VdConvKState ks, int taps_k) {
+    if (r.base < 0 || ks.tap >= taps_k) return -1;
+    if (SCATTER) return (i64)r.base * a.cin + ks.ci;
+    const int in_d = a.in_dims[0], in_h = a.in_dims[1], in_w = a.in_dims[2];
+    const int id = vd_conv_map_axis(r.qd + ks.td * a.map_b[0], a.map_e[0], in_d);
+    const int ih = vd_conv_map_axis(r.qh + ks.th * a.map_b[1], a.map_e[1], in_h);
+    const int iw = vd_conv_map_axis(r.qw + ks.tw * a.map_b[2], a.map_e[2], in_w);
+    if (id < 0 || ih < 0 || iw < 0) return -1;
+    return ((i64)r.base + (id * in_h + ih) * in_w + iw) * a.cin + ks.ci;
+}
+
+// The scatter tap of this block (grid z) as (td, th, tw).
+VD_DEVICE void vd_conv_z_tap(const VdConvArgs a, int& td, int& th, int& tw) {
+    const int t = blockIdx.z, kh = a.kernel[1], kw = a.kernel[2];
+    td = t / (kh * kw);
+    th = (t / kw) % kh;
+    tw = t % kw;
+}
+
+// Epilogue of the forward / data-gradient kernels: bias, conversion and store
+// of the thread's 4 rows × 4 channels of the tile at (m0, n0). Gather rows are
+// output voxels; scatter rows are input voxels written to o = i·a + t·b + c.
 template <typename T, bool SCATTER, typename Core>
-VD_DEVICE void vd_conv_implicit_gemm(const VdConvArgs a) {
-    __shared__ __align__(16) typename Core::Smem tile;
-    const T* __restrict__ x = static_cast<const T*>(a.x);
-    const float* __restrict__ w = a.w;
-    const int tid = threadIdx.x;
-    const int m0 = blockIdx.x * VD_CONV_BM, n0 = blockIdx.y * VD_CONV_BN;
-    const int cin = a.cin, cout = a.cout;
+VD_DEVICE void vd_conv_epilogue(const VdConvArgs a, const Core& core, int m0, int n0) {
+    T* __restrict__ y = static_cast<T*>(a.y);
     const int in_d = a.in_dims[0], in_h = a.in_dims[1], in_w = a.in_dims[2];
     const int out_d = a.out_dims[0], out_h = a.out_dims[1], out_w = a.out_dims[2];
-    const int kd = a.kernel[0], kh = a.kernel[1], kw = a.kernel[2];
-    // Gather walks every tap along K; scatter has one tap (the grid's z) and K = cin.
-    const int k_kh = SCATTER ? 1 : kh, k_kw = SCATTER ? 1 : kw;
-    const int taps_k = SCATTER ? 1 : kd * kh * kw;
-    const int z_tap = SCATTER ? (int)blockIdx.z : 0;
-    const int zt_d = z_tap / (kh * kw), zt_h = (z_tap / kw) % kh, zt_w = z_tap % kw;
-
-    // Loader roles: this thread stages K column lk of A for rows lr + 16j, and of
-    // B for channels lr + 16j (j = 0..3).
-    const int lk = tid % VD_CONV_BK, lr = tid / VD_CONV_BK;
-    // Per loaded row: the flat voxel base (n · in voxels in gather, the input voxel
-    // in scatter; −1 past the last row) and, in gather, o·a + c per axis.
-    int row_base[4], row_qd[4], row_qh[4], row_qw[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int m = m0 + lr + 16 * j;
-        row_base[j] = -1;
-        row_qd[j] = row_qh[j] = row_qw[j] = 0;
-        if (m < a.rows) {
-            if (SCATTER) {
-                row_base[j] = m;
-            } else {
-                const int ow = m % out_w, oh = (m / out_w) % out_h, od = (m / (out_w * out_h)) % out_d;
-                const int nn = m / (out_w * out_h * out_d);
-                row_base[j] = nn * in_d * in_h * in_w;
-                row_qd[j] = od * a.map_a[0] + a.map_c[0];
-                row_qh[j] = oh * a.map_a[1] + a.map_c[1];
-                row_qw[j] = ow * a.map_a[2] + a.map_c[2];
-            }
-        }
-    }
-    VdConvKState ks = {0, 0, 0, 0, 0};
-    vd_conv_k_advance(ks, lk, cin, k_kh, k_kw);
-
-    Core core;
-    core.init();
-
-    const int k_total = taps_k * cin;
-    for (int k0 = 0; k0 < k_total; k0 += VD_CONV_BK) {
-        // Gather this step's A and B elements into registers.
-        float av[4], bv[4];
-        const bool k_ok = ks.tap < taps_k;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            av[j] = 0.0f;
-            if (k_ok && row_base[j] >= 0) {
-                if (SCATTER) {
-                    av[j] = vd_conv_load(x, (i64)row_base[j] * cin + ks.ci);
-                } else {
-                    const int id = vd_conv_map_axis(row_qd[j] + ks.td * a.map_b[0], a.map_e[0], in_d);
-                    const int ih = vd_conv_map_axis(row_qh[j] + ks.th * a.map_b[1], a.map_e[1], in_h);
-                    const int iw = vd_conv_map_axis(row_qw[j] + ks.tw * a.map_b[2], a.map_e[2], in_w);
-                    if (id >= 0 && ih >= 0 && iw >= 0)
-                        av[j] = vd_conv_load(x, ((i64)row_base[j] + (id * in_h + ih) * in_w + iw) * cin + ks.ci);
-                }
-            }
-        }
-        const i64 w_row = (i64)(SCATTER ? z_tap : ks.tap) * a.w_tap + (i64)ks.ci * a.w_ci;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int co = n0 + lr + 16 * j;
-            bv[j] = (k_ok && co < cout) ? w[w_row + (i64)co * a.w_co] : 0.0f;
-        }
-        vd_conv_k_advance(ks, VD_CONV_BK, cin, k_kh, k_kw);
-
-        __syncthreads();  // the previous step's tile has been consumed
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            Core::stage_a(tile, lr + 16 * j, lk, av[j]);
-            Core::stage_b(tile, lk, lr + 16 * j, bv[j]);
-        }
-        __syncthreads();
-        core.step(tile);
-    }
-
-    // Epilogue: bias, conversion, store of the thread's 4 rows × 4 channels.
-    T* __restrict__ y = static_cast<T*>(a.y);
+    int zt_d = 0, zt_h = 0, zt_w = 0;
+    if (SCATTER) vd_conv_z_tap(a, zt_d, zt_h, zt_w);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int m = m0 + core.row(i);
@@ -315,20 +145,159 @@ VD_DEVICE void vd_conv_implicit_gemm(const VdConvArgs a) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int co = n0 + core.col(j);
-            if (co >= cout) continue;
+            if (co >= a.cout) continue;
             const float v = core.value(i, j) + (a.bias ? a.bias[co] : 0.0f);
-            vd_conv_store(y, out_vox * cout + co, v);
+            vd_conv_store(y, out_vox * a.cout + co, v);
         }
     }
+}
+
+// Forward / data-gradient implicit GEMM with the register loader (any channel
+// count). Grid (ceil(M / 64), ceil(N / 64), 1 for gather or taps for scatter),
+// 256 threads; VD_CONV_BK = 16 columns per step.
+template <typename T, bool SCATTER, typename Core>
+VD_DEVICE void vd_conv_implicit_gemm(const VdConvArgs a) {
+    __shared__ __align__(16) typename Core::Smem tile;
+    const T* __restrict__ x = static_cast<const T*>(a.x);
+    const float* __restrict__ w = a.w;
+    const int tid = threadIdx.x;
+    const int m0 = blockIdx.x * VD_CONV_BM, n0 = blockIdx.y * VD_CONV_BN;
+    const int cin = a.cin, cout = a.cout;
+    // Gather walks every tap along K; scatter has one tap (the grid's z) and K = cin.
+    const int k_kh = SCATTER ? 1 : a.kernel[1], k_kw = SCATTER ? 1 : a.kernel[2];
+    const int taps_k = SCATTER ? 1 : a.kernel[0] * a.kernel[1] * a.kernel[2];
+    const int z_tap = SCATTER ? (int)blockIdx.z : 0;
+
+    // Loader roles: this thread stages K column lk of A for rows lr + 16j, and of
+    // B for channels lr + 16j (j = 0..3).
+    const int lk = tid % VD_CONV_BK, lr = tid / VD_CONV_BK;
+    VdConvRow rows[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) rows[j] = vd_conv_row<SCATTER>(a, m0 + lr + 16 * j);
+    VdConvKState ks = {0, 0, 0, 0, 0};
+    vd_conv_k_advance(ks, lk, cin, k_kh, k_kw);
+
+    Core core;
+    core.init();
+
+    const int k_total = taps_k * cin;
+    for (int k0 = 0; k0 < k_total; k0 += VD_CONV_BK) {
+        // Gather this step's A and B elements into registers.
+        float av[4], bv[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 off = vd_conv_a_offset<SCATTER>(a, rows[j], ks, taps_k);
+            av[j] = off >= 0 ? vd_conv_load(x, off) : 0.0f;
+        }
+        const bool k_ok = ks.tap < taps_k;
+        const i64 w_row = (i64)(SCATTER ? z_tap : ks.tap) * a.w_tap + (i64)ks.ci * a.w_ci;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int co = n0 + lr + 16 * j;
+            bv[j] = (k_ok && co < cout) ? w[w_row + (i64)co * a.w_co] : 0.0f;
+        }
+        vd_conv_k_advance(ks, VD_CONV_BK, cin, k_kh, k_kw);
+
+        __syncthreads();  // the previous step's tile has been consumed
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            Core::stage_a(tile, lr + 16 * j, lk, av[j]);
+            Core::stage_b(tile, lk, lr + 16 * j, bv[j]);
+        }
+        __syncthreads();
+        core.step(tile);
+    }
+    vd_conv_epilogue<T, SCATTER>(a, core, m0, n0);
 }
 
 // f32 activations on the FMA core, bf16 activations on tensor cores.
 extern "C" __global__ void vd_conv3d_gather_f32(VdConvArgs a) {
     vd_conv_implicit_gemm<float, false, VdConvFmaCore>(a);
 }
-extern "C" __global__ void vd_conv3d_gather_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, false, VdConvMmaCore>(a); }
+extern "C" __global__ void vd_conv3d_gather_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, false, VdConvMmaCore16>(a); }
 extern "C" __global__ void vd_conv3d_scatter_f32(VdConvArgs a) { vd_conv_implicit_gemm<float, true, VdConvFmaCore>(a); }
-extern "C" __global__ void vd_conv3d_scatter_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, true, VdConvMmaCore>(a); }
+extern "C" __global__ void vd_conv3d_scatter_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, true, VdConvMmaCore16>(a); }
+
+// ------------------------------------------------- bf16, cp.async pipeline
+// When the GEMM's input channels are a multiple of 8 (every UNet layer but the
+// first), a K chunk of 8 columns is 16 contiguous bytes of one input voxel, so
+// A moves global → shared with cp.async (zero-filled where the mapping leaves
+// the input) and B from a bf16 copy of the weight packed by
+// vd_conv3d_pack_weights as bt[tap][n][ci] (the data gradient's transpose is
+// done by the packing). Steps of VD_CONV_ABK = 32 columns, two stages: the
+// copies of step s + 1 are in flight while the tensor cores work on step s.
+// Loader roles: row / channel tid / 4, 8-column chunk tid % 4 (one 16-byte
+// copy of A and one of B per thread per step).
+#define VD_CONV_ABK 32
+typedef VdConvMmaCore<VD_CONV_ABK> VdConvMmaCore32;
+
+template <bool SCATTER>
+VD_DEVICE void vd_conv_implicit_gemm_async(const VdConvArgs a, const bf16* __restrict__ bt) {
+    __shared__ __align__(16) VdConvMmaCore32::Smem tiles[2];
+    const bf16* __restrict__ x = static_cast<const bf16*>(a.x);
+    const int tid = threadIdx.x;
+    const int m0 = blockIdx.x * VD_CONV_BM, n0 = blockIdx.y * VD_CONV_BN;
+    const int cin = a.cin, cout = a.cout;
+    const int k_kh = SCATTER ? 1 : a.kernel[1], k_kw = SCATTER ? 1 : a.kernel[2];
+    const int taps_k = SCATTER ? 1 : a.kernel[0] * a.kernel[1] * a.kernel[2];
+    const int z_tap = SCATTER ? (int)blockIdx.z : 0;
+
+    const int lr = tid / 4, lc = (tid % 4) * 8;
+    const VdConvRow row = vd_conv_row<SCATTER>(a, m0 + lr);
+    const int co = n0 + lr;
+    VdConvKState ks = {0, 0, 0, 0, 0};
+    vd_conv_k_advance(ks, lc, cin, k_kh, k_kw);
+
+    VdConvMmaCore32 core;
+    core.init();
+
+    const int steps = (taps_k * cin + VD_CONV_ABK - 1) / VD_CONV_ABK;
+    int stage = 0;
+    // Issues the copies of the loader's K chunk into `s` and moves to the next step.
+    auto issue = [&](VdConvMmaCore32::Smem& s) {
+        const i64 off = vd_conv_a_offset<SCATTER>(a, row, ks, taps_k);
+        vd_cp_async<16>(&s.a[lr][lc], off >= 0 ? x + off : x, off >= 0);
+        const bool b_ok = ks.tap < taps_k && co < cout;
+        const i64 b_off = ((i64)(SCATTER ? z_tap : ks.tap) * cout + co) * cin + ks.ci;
+        vd_cp_async<16>(&s.b[lr][lc], b_ok ? bt + b_off : bt, b_ok);
+        vd_cp_async_commit();
+        vd_conv_k_advance(ks, VD_CONV_ABK, cin, k_kh, k_kw);
+    };
+    issue(tiles[0]);
+    for (int s = 0; s < steps; ++s) {
+        if (s + 1 < steps)
+            issue(tiles[stage ^ 1]);
+        else
+            vd_cp_async_commit();  // an empty group keeps "all but the newest" meaning step s
+        vd_cp_async_wait<1>();
+        __syncthreads();  // step s has landed for every thread
+        core.step(tiles[stage]);
+        __syncthreads();  // the tile is consumed before step s + 2 overwrites it
+        stage ^= 1;
+    }
+    vd_conv_epilogue<bf16, SCATTER>(a, core, m0, n0);
+}
+
+extern "C" __global__ void vd_conv3d_gather_async_bf16(VdConvArgs a, const bf16* __restrict__ bt) {
+    vd_conv_implicit_gemm_async<false>(a, bt);
+}
+extern "C" __global__ void vd_conv3d_scatter_async_bf16(VdConvArgs a, const bf16* __restrict__ bt) {
+    vd_conv_implicit_gemm_async<true>(a, bt);
+}
+
+// bt[(t · n_out + n) · n_in + c] = bf16(w[t · w_tap + c · w_ci + n · w_co]) for
+// t < taps, n < n_out (the GEMM's N), c < n_in (the GEMM's input channels):
+// the B operand of the cp.async kernels. One element per thread, grid-stride.
+extern "C" __global__ void vd_conv3d_pack_weights(VdConvArgs a, bf16* __restrict__ bt, int taps) {
+    const i64 total = (i64)taps * a.cout * a.cin;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const int c = (int)(i % a.cin);
+        const int n = (int)((i / a.cin) % a.cout);
+        const int t = (int)(i / ((i64)a.cin * a.cout));
+        bt[i] = f32_to_bf16(a.w[(i64)t * a.w_tap + (i64)c * a.w_ci + (i64)n * a.w_co]);
+    }
+}
 
 // ------------------------------------------------------------ weight gradient
 // Mirrors `ConvWgradArgs` in src/backend/gpu/conv.rs.
@@ -484,13 +453,13 @@ extern "C" __global__ void vd_conv3d_wgrad_f32(VdConvWgradArgs a) {
     vd_conv_wgrad_partial<float, false, VdConvFmaCore>(a);
 }
 extern "C" __global__ void vd_conv3d_wgrad_bf16(VdConvWgradArgs a) {
-    vd_conv_wgrad_partial<bf16, false, VdConvMmaCore>(a);
+    vd_conv_wgrad_partial<bf16, false, VdConvMmaCore16>(a);
 }
 extern "C" __global__ void vd_conv3d_wgrad_transposed_f32(VdConvWgradArgs a) {
     vd_conv_wgrad_partial<float, true, VdConvFmaCore>(a);
 }
 extern "C" __global__ void vd_conv3d_wgrad_transposed_bf16(VdConvWgradArgs a) {
-    vd_conv_wgrad_partial<bf16, true, VdConvMmaCore>(a);
+    vd_conv_wgrad_partial<bf16, true, VdConvMmaCore16>(a);
 }
 
 // dw[i] = Σ_{s < splits} ws[s · w_elems + i] (split order), and when db is not

@@ -338,6 +338,44 @@ fn conv_general_kernels_and_strides() {
     );
 }
 
+/// Channel counts that are multiples of 8 take the cp.async pipeline for bf16
+/// (forward and data gradient, whichever side's channels are the GEMM's input),
+/// including K tails shorter than a step (72 = 2·32 + 8 columns) and channel
+/// tiles that are not full (40).
+#[test]
+fn conv_channels_multiple_of_8() {
+    use voxdiff::backend::gpu::conv::gemm_kernel;
+    use voxdiff::backend::gpu::registry::Kernel;
+    assert_eq!(
+        gemm_kernel(false, DType::BF16, 16, 256),
+        Kernel::Conv3dGatherAsyncBf16
+    );
+    assert_eq!(
+        gemm_kernel(true, DType::BF16, 8, 512),
+        Kernel::Conv3dScatterAsyncBf16
+    );
+    assert_eq!(
+        gemm_kernel(false, DType::BF16, 12, 256),
+        Kernel::Conv3dGatherBf16
+    );
+    assert_eq!(
+        gemm_kernel(false, DType::F32, 16, 256),
+        Kernel::Conv3dGatherF32
+    );
+    run_cases(
+        &[
+            case([3, 3, 3], [1, 1, 1], false, [2, 3, 5, 7, 16], 24),
+            case([3, 3, 3], [1, 1, 1], false, [1, 3, 5, 7, 8], 8),
+            case([2, 2, 2], [2, 2, 2], false, [1, 3, 5, 7, 8], 16),
+            case([2, 2, 2], [2, 2, 2], true, [1, 3, 5, 7, 24], 8),
+            case([1, 3, 3], [1, 1, 1], false, [2, 1, 7, 9, 8], 40),
+            case([3, 3, 3], [2, 2, 2], false, [1, 3, 5, 7, 8], 8),
+            case([1, 1, 1], [1, 1, 1], false, [1, 3, 5, 7, 72], 8),
+        ],
+        true,
+    );
+}
+
 #[test]
 fn conv_without_bias() {
     run_cases(
@@ -361,6 +399,8 @@ fn conv_shuffled_fiber_order() {
             case([3, 3, 3], [1, 1, 1], false, [2, 3, 5, 7, 17], 5),
             case([2, 2, 2], [2, 2, 2], false, [1, 3, 5, 7, 3], 17),
             case([2, 2, 2], [2, 2, 2], true, [1, 3, 5, 7, 5], 3),
+            case([3, 3, 3], [1, 1, 1], false, [1, 3, 5, 7, 16], 8),
+            case([2, 2, 2], [2, 2, 2], true, [1, 3, 5, 7, 8], 16),
         ]
         .iter()
         .enumerate()
@@ -401,7 +441,8 @@ fn conv_rejects_bad_arguments() {
 }
 
 /// The bf16 kernels run their step on tensor cores: their PTX (both targets)
-/// holds mma.sync m16n8k16 and ldmatrix, the f32 kernels' does not.
+/// holds mma.sync m16n8k16 and ldmatrix, the f32 kernels' does not; the
+/// `_async_` kernels load through cp.async.
 #[test]
 fn bf16_kernels_use_tensor_cores_in_ptx() {
     use voxdiff::backend::gpu::registry::{Kernel, NVRTC_AT_BUILD, PTX_ARCHS};
@@ -416,12 +457,16 @@ fn bf16_kernels_use_tensor_cores_in_ptx() {
     let conv: Vec<Kernel> = Kernel::ALL
         .iter()
         .copied()
-        .filter(|k| k.name().starts_with("vd_conv3d_") && !k.name().ends_with("_reduce"))
+        .filter(|k| {
+            k.name().starts_with("vd_conv3d_")
+                && !k.name().ends_with("_reduce")
+                && !k.name().ends_with("_pack_weights")
+        })
         .collect();
     assert_eq!(
         conv.len(),
-        8,
-        "gather, scatter, wgrad, wgrad_transposed × f32, bf16"
+        10,
+        "gather, scatter, wgrad, wgrad_transposed × f32, bf16; gather_async, scatter_async"
     );
     for k in conv {
         for arch in 0..PTX_ARCHS.len() {
@@ -433,6 +478,14 @@ fn bf16_kernels_use_tensor_cores_in_ptx() {
             let body = &body[..body[1..].find(".entry ").map_or(body.len(), |e| e + 1)];
             let tensor_cores = body.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
                 && body.contains("ldmatrix.sync.aligned.m8n8.x4");
+            let async_copies = body.contains("cp.async.cg.shared.global");
+            assert_eq!(
+                async_copies,
+                k.name().contains("_async_"),
+                "{} on {}: cp.async present = {async_copies}",
+                k.name(),
+                PTX_ARCHS[arch]
+            );
             assert_eq!(
                 tensor_cores,
                 k.name().ends_with("_bf16"),

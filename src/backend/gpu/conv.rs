@@ -42,6 +42,14 @@
 //!   2 × 4 grid, each 32 voxels × 16 channels = 2 × 2 `mma.sync.m16n8k16`
 //!   per step from ldmatrix.x4 fragments; tiles in bf16, 6144 bytes). Grid
 //!   `(ceil(M / 64), ceil(N / 64), 1 | taps)`.
+//! - bf16 with GEMM input channels a multiple of 8 (every UNet layer but the
+//!   first): `vd_conv3d_pack_weights` first writes the weight as bf16
+//!   `[tap][N][Cin]` (one thread per element, the data gradient's transpose
+//!   included), then the `_async_` kernels run the same tile and tensor-core
+//!   step with 32-column steps in a two-stage cp.async pipeline: each thread
+//!   copies one 16-byte chunk (8 channels of one voxel, zero-filled outside the
+//!   input) of A and one of B per step, the copies of step s + 1 in flight
+//!   during the mma of step s; 20480 bytes of static shared memory.
 //! - wgrad partial: the same tile, step and cores over (tap, ci) rows × Cout
 //!   (loader: row/channel `t % 64`, K columns `t / 64 + 4j`); grid
 //!   `(M tiles · N tiles, splits, tap groups)`. `splits` is chosen so the grid
@@ -65,10 +73,12 @@
 //! 1×32×128×128 bf16: 29.0 GFLOP per pass against 67 MB, arithmetic intensity
 //! ≈ 430 FLOP/byte, so compute-bound on an H100 (≈ 267 FLOP/byte at 800 TFLOP/s
 //! and 3 TB/s): floor ≈ 36 µs. The f32 path can reach at most the f32 FMA peak
-//! (≈ 67 TFLOP/s on an H100 SXM); the bf16 path uses tensor cores but stages
-//! every element through registers with one 16-column step between two
-//! barriers (no cp.async pipeline yet), so it is far from the floor. The
-//! weight gradient also moves the workspace: `2 · splits · |dw|` f32.
+//! (≈ 67 TFLOP/s on an H100 SXM). The bf16 forward / data gradient uses tensor
+//! cores fed by cp.async, but with a 64 × 64 tile, two stages and 4 mma per
+//! warp per 16 columns it is not tuned (no GPU to measure on here); the bf16
+//! weight gradient still stages through registers. Packing the weight adds
+//! `|w|·(4 + 2)` bytes per call. The weight gradient also moves the workspace:
+//! `2 · splits · |dw|` f32.
 
 use super::device::{KernelArgs, LaunchConfig};
 use super::registry::Kernel;
@@ -219,6 +229,22 @@ fn weight_channels(w: &Tensor, spec: ConvSpec, what: &str) -> Result<(usize, usi
     );
     ensure!(s.numel() > 0, "{what}: empty shape {s:?}");
     Ok((s.dims()[3], s.dims()[4]))
+}
+
+/// The forward / data-gradient kernel for a GEMM input activation of `dtype`
+/// with `cin` channels at address `addr`: f32 on the FMA core; bf16 on tensor
+/// cores, through the cp.async pipeline when every 8-channel chunk is 16
+/// contiguous, 16-byte aligned bytes (`cin % 8 == 0`), else the register loader.
+pub fn gemm_kernel(scatter: bool, dtype: DType, cin: usize, addr: u64) -> Kernel {
+    let vector = cin.is_multiple_of(8) && addr.is_multiple_of(16);
+    match (scatter, dtype, vector) {
+        (false, DType::F32, _) => Kernel::Conv3dGatherF32,
+        (true, DType::F32, _) => Kernel::Conv3dScatterF32,
+        (false, DType::BF16, false) => Kernel::Conv3dGatherBf16,
+        (true, DType::BF16, false) => Kernel::Conv3dScatterBf16,
+        (false, DType::BF16, true) => Kernel::Conv3dGatherAsyncBf16,
+        (true, DType::BF16, true) => Kernel::Conv3dScatterAsyncBf16,
+    }
 }
 
 impl GpuBackend {
@@ -433,18 +459,39 @@ impl GpuBackend {
                 1
             },
         ];
-        let kernel = match (plan.scatter, x.dtype()) {
-            (false, DType::F32) => Kernel::Conv3dGatherF32,
-            (false, DType::BF16) => Kernel::Conv3dGatherBf16,
-            (true, DType::F32) => Kernel::Conv3dScatterF32,
-            (true, DType::BF16) => Kernel::Conv3dScatterBf16,
-        };
         let cfg = LaunchConfig {
             grid,
             block: [CONV_THREADS, 1, 1],
             shared_bytes: 0,
         };
-        let mut kargs = KernelArgs::new().pod(&args);
+        let kernel = gemm_kernel(plan.scatter, x.dtype(), xs.c(), x.addr());
+        if !matches!(
+            kernel,
+            Kernel::Conv3dGatherAsyncBf16 | Kernel::Conv3dScatterAsyncBf16
+        ) {
+            let mut kargs = KernelArgs::new().pod(&args);
+            return self.device().launch(kernel, cfg, &mut kargs);
+        }
+        // The cp.async kernels read B as bf16 bt[tap][n][ci], packed here from the
+        // f32 weight through the plan's strides: one thread per element, blocks
+        // of 256, grid capped at 4096 (grid-stride beyond).
+        let packed = taps * ys.c() * xs.c();
+        let bt = self.alloc(Shape::new(&[packed]), DType::BF16)?;
+        let blocks = packed
+            .div_ceil(REDUCE_THREADS as usize)
+            .clamp(1, REDUCE_MAX_BLOCKS) as u32;
+        let mut pargs = KernelArgs::new()
+            .pod(&args)
+            .tensor(&bt)
+            .i32(i32_of(taps as i64, "taps")?);
+        self.device()
+            .launch(
+                Kernel::Conv3dPackWeights,
+                LaunchConfig::linear(blocks, REDUCE_THREADS),
+                &mut pargs,
+            )
+            .context("packing the weight as bf16")?;
+        let mut kargs = KernelArgs::new().pod(&args).tensor(&bt);
         self.device().launch(kernel, cfg, &mut kargs)
     }
 
