@@ -230,24 +230,24 @@ VD_DEVICE void vd_norm_du(int act, const float xm[VEC], const float a[VEC], cons
     for (int j = 0; j < VEC; ++j) dyv[j] *= vd_act_grad(act, fmaf(xm[j], a[j], b[j]) + rv[j]);
 }
 
-// Per-(n, chunk, c) partial sums (S1, S2) = (Σ du, Σ du·x̂); thread (tx, ty)
-// sums its rows (Σ du·(x − μ), times r at the end), a tree over ty in shared
-// memory (2·bx·by·VEC floats) adds the column's by sums, ty == 0 writes the
-// partial. With a residual, du (the residual's gradient) is stored here.
+// Per-(n, chunk, c) partial sums (Σ du, Σ du·(x − μ)) (the merge multiplies
+// the second by r to get S2); thread (tx, ty) sums its rows, a tree over ty in
+// shared memory (2·bx·by·VEC floats) adds the column's by sums, ty == 0 writes
+// the partial. With a residual, du (the residual's gradient) is stored here.
 template <typename T, int VEC>
 VD_DEVICE void vd_norm_bwd_reduce(const VdNormArgs p) {
     VD_DYNAMIC_SMEM(float, sm);
     const VdRowTile t = vd_row_tile(p.rows, p.rows_per_chunk, p.lanes);
     const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
-    float s1[VEC], s2[VEC], rstd[VEC];
+    float s1[VEC], s2[VEC];
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) s1[j] = 0.0f, s2[j] = 0.0f, rstd[j] = 0.0f;
+    for (int j = 0; j < VEC; ++j) s1[j] = 0.0f, s2[j] = 0.0f;
     if (t.active) {
         float mean[VEC], a[VEC], b[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const VdNormCoef e = vd_norm_coef(p, t.n, t.col * VEC + j);
-            mean[j] = e.mean, rstd[j] = e.rstd, a[j] = e.a, b[j] = e.b;
+            mean[j] = e.mean, a[j] = e.a, b[j] = e.b;
         }
         const i64 base = t.n * p.rows * p.c + t.col * VEC;
         const T* x = static_cast<const T*>(p.x) + base;
@@ -292,7 +292,7 @@ VD_DEVICE void vd_norm_bwd_reduce(const VdNormArgs p) {
     if (ty == 0 && t.active) {
         float* out = p.partial + ((t.n * p.chunks + blockIdx.x) * p.c + t.col * VEC) * 2;
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) out[2 * j] = s1[j], out[2 * j + 1] = s2[j] * rstd[j];
+        for (int j = 0; j < VEC; ++j) out[2 * j] = s1[j], out[2 * j + 1] = s2[j];
     }
 }
 extern "C" __global__ void vd_norm_bwd_reduce_f32x8(const VdNormArgs p) { vd_norm_bwd_reduce<float, 8>(p); }
@@ -305,7 +305,8 @@ extern "C" __global__ void vd_norm_bwd_reduce_bf16x1(const VdNormArgs p) { vd_no
 // min(cpg, T) channels side by side, slices = the largest power of two with
 // slices·slots ≤ T. For each tile of `slots` channels and each sample n (in
 // order): thread (slice, slot) sums the partials of chunks slice, slice +
-// slices, …; a tree over slices (shared memory) gives S1, S2 of the channel;
+// slices, …; a tree over slices (shared memory) gives S1 and Σ du·(x − μ) of
+// the channel, times r = S2;
 // slice 0 writes dshift, dscale, accumulates dγ, dβ over n and leaves k·S1,
 // k·S2 in shared memory, which thread 0 adds in channel order into
 // moments[n, g]. Finally moments are divided by M. Shared: 4·T floats.
@@ -345,6 +346,7 @@ extern "C" __global__ void vd_norm_bwd_merge(const VdNormArgs p) {
                 __syncthreads();
             }
             if (valid && slice == 0) {
+                s2 *= p.stats[((i64)n * p.groups + g) * 2 + 1];  // Σ du·(x − μ) → S2 = Σ du·x̂
                 const i64 nc = (i64)n * p.c + c;
                 const float sc1 = p.scale ? 1.0f + p.scale[nc] : 1.0f;
                 if (p.dshift) p.dshift[nc] = s1;

@@ -190,7 +190,7 @@ fn rejects_bad_arguments() {
     let x = b.zeros(Shape::ndhwc(1, 3, 4, 5, 2), DType::BF16).unwrap();
     let other = b.zeros(Shape::ndhwc(1, 3, 4, 4, 2), DType::BF16).unwrap();
     let f32x = b.zeros(Shape::ndhwc(1, 3, 4, 5, 2), DType::F32).unwrap();
-    let msg = |r: anyhow::Result<Tensor>| format!("{:#}", r.err().expect("an error"));
+    let msg = |r: anyhow::Result<Tensor>| format!("{:#}", r.expect_err("an error"));
     assert!(msg(b.concat_c(&[&x, &other])).contains("tensor 1"));
     assert!(msg(b.concat_c(&[&x, &f32x])).contains("dtype"));
     assert!(msg(b.slice_c(&x, 1, 2)).contains("outside"));

@@ -167,15 +167,12 @@ fn rejects_bad_arguments() {
     let b = &p.gpu;
     let x = b.zeros(Shape::ndhwc(2, 1, 2, 3, 4), DType::BF16).unwrap();
     let v = b.zeros(Shape::new(&[2, 5]), DType::F32).unwrap();
-    let e = b.add_nc(&x, &v).err().expect("wrong [N, C]");
+    let e = b.add_nc(&x, &v).expect_err("wrong [N, C]");
     assert!(format!("{e:#}").contains("add_nc: v"), "{e:#}");
     let y = b.zeros(Shape::ndhwc(2, 1, 2, 3, 5), DType::BF16).unwrap();
-    let e = b
-        .act_bwd(&y, &x, Act::Relu)
-        .err()
-        .expect("mismatched shapes");
+    let e = b.act_bwd(&y, &x, Act::Relu).expect_err("mismatched shapes");
     assert!(format!("{e:#}").contains("act_bwd"), "{e:#}");
     let flat = b.zeros(Shape::new(&[24]), DType::BF16).unwrap();
-    let e = b.sum_spatial(&flat).err().expect("not NDHWC");
+    let e = b.sum_spatial(&flat).expect_err("not NDHWC");
     assert!(format!("{e:#}").contains("NDHWC"), "{e:#}");
 }

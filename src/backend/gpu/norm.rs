@@ -35,8 +35,21 @@
 //!   (or du) and writes dx: 5·n·e without a residual, 7·n·e with one (storing
 //!   du saves re-reading dy and the residual). Floor 3·n·e (4·n·e): x and dy
 //!   read once, dx (and du) written.
-//! - The workspaces (f32 partials 8·N·chunks·C bytes, twice) and the
-//!   per-channel vectors are O(N·C·chunks), ≤ 8 KiB per channel.
+//! - The workspaces (f32 partials 8·N·chunks·C bytes, written and read once
+//!   per direction) and the per-channel vectors are O(N·C·chunks), ≤ 8 KiB
+//!   per channel.
+//!
+//! Example, the first level of the ImgX UNet at batch one (1×32×128×128, 32
+//! channels, bf16: 32 MiB): vec 8, block 4 × 64, 1024 chunks of 512 rows,
+//! partials 256 KiB (0.8 % of the traffic). Forward 3 × 32 MiB = 101 MB →
+//! 34 µs at 3.0 TB/s (floor, x read once: 22 µs); backward 5 × 32 MiB =
+//! 168 MB → 56 µs (with a residual 7 ×: 78 µs; floor 34 µs). Modelled, not
+//! measured: no GPU was available.
+//!
+//! Registers (ptxas, sm_90): the 8-channel passes hold 8 channels × 3–6
+//! coefficients per thread and use 66–104 registers (2–3 blocks of 256 per
+//! SM); capping them at 80 (`__launch_bounds__(256, 3)`) spills, so they are
+//! left uncapped.
 //!
 //! FLOPs: ~5 per element forward plus the activation (GELU ≈ 15 and an exp),
 //! ~10 backward plus the activation's derivative — below what an H100 affords
