@@ -18,9 +18,9 @@
 //!
 //! backward:
 //! 1. `bwd_reduce_*` (RowTiles; shared `2·bx·by·vec` floats): partial
-//!    (Σ du, Σ du·x̂) `[N, chunks, C, 2]`; with a residual, stores du (= dresidual).
+//!    (Σ du, Σ du·(x − μ)) `[N, chunks, C, 2]`; with a residual, stores du (= dresidual).
 //! 2. `bwd_merge` (grid G, 256 threads, shared 4·256 floats): dγ, dβ, dscale,
-//!    dshift and the group moments (m1, m2) `[N, G, 2]`.
+//!    dshift and the group moments (m1, m2) `[N, G, 2]` (S2 = r·Σ du·(x − μ)).
 //! 3. `bwd_dx_*` (RowTiles): dx (du read back when stored, else recomputed).
 //!
 //! # Bytes (the op is memory-bound)
@@ -41,10 +41,15 @@
 //!
 //! Example, the first level of the ImgX UNet at batch one (1×32×128×128, 32
 //! channels, bf16: 32 MiB): vec 8, block 4 × 64, 1024 chunks of 512 rows,
-//! partials 256 KiB (0.8 % of the traffic). Forward 3 × 32 MiB = 101 MB →
+//! partials 256 KiB (< 1 % of the traffic). Forward 3 × 32 MiB = 101 MB →
 //! 34 µs at 3.0 TB/s (floor, x read once: 22 µs); backward 5 × 32 MiB =
 //! 168 MB → 56 µs (with a residual 7 ×: 78 µs; floor 34 µs). Modelled, not
 //! measured: no GPU was available.
+//!
+//! The merges run N·G blocks (forward) and G blocks (backward), each reading
+//! `chunks·cpg` partials: for instance norm and the usual 8–32 groups that is
+//! a few KiB per block, but a single group over many channels (G = 1,
+//! C = 256: 256 K partials on one SM, tens of µs) would want a third stage.
 //!
 //! Registers (ptxas, sm_90): the 8-channel passes hold 8 channels × 3–6
 //! coefficients per thread and use 66–104 registers (2–3 blocks of 256 per
