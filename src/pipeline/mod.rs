@@ -2,5 +2,9 @@
 
 pub mod bench;
 pub mod evaluate;
+pub mod plot;
+pub mod seg_config;
+pub mod seg_data;
 pub mod seg_model;
+pub mod seg_train;
 pub mod train_loop;
