@@ -55,7 +55,10 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64)
         if err / lim > worst.1 {
             worst = (i, err / lim);
         }
-        assert!(err <= lim, "{what}: element {i}: got {g}, want {w} (|err| {err:.3e} > {lim:.3e})");
+        assert!(
+            err <= lim,
+            "{what}: element {i}: got {g}, want {w} (|err| {err:.3e} > {lim:.3e})"
+        );
     }
 }
 
@@ -118,5 +121,7 @@ pub fn dot(g: &[f32], y: &[f32]) -> f64 {
 /// The backends the device-generic tests run on: `cpu` always, plus the
 /// device named by `VOXDIFF_TEST_DEVICE` (e.g. `emu`, `cuda`) when set.
 pub fn test_device() -> Option<String> {
-    std::env::var("VOXDIFF_TEST_DEVICE").ok().filter(|s| !s.is_empty())
+    std::env::var("VOXDIFF_TEST_DEVICE")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
