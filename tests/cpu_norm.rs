@@ -161,6 +161,10 @@ fn forward_matches_reference_over_shapes_and_groups() {
             (5, vec![1, 5]),
             (17, vec![1, 17]),
             (33, vec![1, 3, 11, 33]),
+            // channel tiles of 8, 16 and 32 lanes, one or several per row
+            (8, vec![1, 8]),
+            (48, vec![1, 6, 48]),
+            (96, vec![4, 96]),
         ] {
             let sh = Shape::ndhwc(n, d, h, w, c);
             for &g in groups {
@@ -202,6 +206,7 @@ fn forward_matches_reference_across_many_blocks() {
         (Shape::ndhwc(2, 8, 64, 45, 3), 3),
         (Shape::ndhwc(1, 5, 30, 31, 32), 8),
         (Shape::ndhwc(2, 3, 17, 19, 64), 64),
+        (Shape::ndhwc(1, 2, 9, 11, 256), 32),
     ] {
         let o = random_opt(&mut rng, sh, true, true, true, true);
         check_forward(sh, groups, &o, Act::Silu, 9, (-2.0, 3.0));
@@ -382,6 +387,8 @@ fn backward_matches_finite_differences_over_shapes() {
         (Shape::ndhwc(1, 1, 3, 5, 17), 17),
         (Shape::ndhwc(2, 1, 3, 4, 33), 11),
         (Shape::ndhwc(1, 2, 40, 30, 32), 8), // several blocks
+        (Shape::ndhwc(2, 1, 3, 5, 16), 16),
+        (Shape::ndhwc(1, 1, 2, 5, 96), 12),
     ] {
         let mut rng = Rng::new(seed);
         let o = random_opt(&mut rng, sh, true, true, true, true);

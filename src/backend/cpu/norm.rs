@@ -35,8 +35,7 @@
 //! The pre-activation `u` is recomputed from x and the stats, never stored.
 //!
 //! # Statistics
-//! Each task walks its block in sub-chunks of [`SUB_ELEMS`] elements (they
-//! stay in L1): per channel a sum → sub-chunk mean m, then a second sweep over
+//! Each task walks its block in sub-chunks of ≈ 32 KiB (they stay in L1): per channel a sum → sub-chunk mean m, then a second sweep over
 //! the cached sub-chunk for `Σ(x − m)` and `Σ(x − m)²` (the corrected two-pass
 //! formula), merged into per-channel f64 (count, mean, M2) with Chan's update.
 //! Blocks and channels of a group are then combined exactly in f64:
@@ -47,7 +46,9 @@
 //! y is accurate even when |μ| ≫ σ. The stats tensor holds μ rounded to f32
 //! (the contract), so the backward's x̂ carries a relative error of about
 //! |μ|·2⁻²⁴/σ: negligible for activations (|μ|/σ ≲ 10³), 1e-2 at |μ|/σ ≈ 10⁵.
-use super::pointwise::{check_nc, dispatch_act, with_simd, Activation};
+mod tiles;
+
+use super::pointwise::{check_nc, dispatch_act, with_simd};
 use super::{check, check_ndhwc, view, view_mut, CpuBackend};
 use crate::backend::{NormArgs, NormGrads, NormOut};
 use crate::tensor::{Shape, Tensor};
@@ -57,8 +58,6 @@ use std::ops::Range;
 
 /// Elements per parallel task (256 KiB of f32: fits the per-core L2).
 const BLOCK_ELEMS: usize = 1 << 16;
-/// Elements per statistics sub-chunk (16 KiB: stays in L1 for the second sweep).
-const SUB_ELEMS: usize = 1 << 12;
 
 /// Extents and task decomposition of one norm call.
 struct Geom {
@@ -239,56 +238,19 @@ impl Coefs {
     fn row<'a>(v: &'a [f32], n: usize, c: usize) -> &'a [f32] {
         &v[n * c..(n + 1) * c]
     }
+    /// The coefficients of sample n, as the tile kernels take them.
+    fn sample(&self, n: usize, c: usize) -> tiles::Coef<'_> {
+        tiles::Coef {
+            mean: Self::row(&self.mean, n, c),
+            mean_lo: Self::row(&self.mean_lo, n, c),
+            rstd: Self::row(&self.rstd, n, c),
+            a: Self::row(&self.a, n, c),
+            b: Self::row(&self.b, n, c),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- forward
-
-/// Per-channel (mean, M2) of a block of rows, into `out` = [mean[0..c], m2[0..c]]
-/// (f64), by sub-chunks as described in the module docs.
-#[inline(always)]
-fn block_moments(x: &[f32], c: usize, out: &mut [f64]) {
-    let (mean, m2) = out.split_at_mut(c);
-    mean.fill(0.0);
-    m2.fill(0.0);
-    let mut s = vec![0f32; c];
-    let mut e = vec![0f32; c];
-    let mut q = vec![0f32; c];
-    let mut count = 0f64;
-    for sub in x.chunks((SUB_ELEMS / c).max(1) * c) {
-        let rows = sub.len() / c;
-        s.fill(0.0);
-        for row in sub.chunks_exact(c) {
-            for (a, &v) in s.iter_mut().zip(row) {
-                *a += v;
-            }
-        }
-        let inv = 1.0 / rows as f32;
-        for a in s.iter_mut() {
-            *a *= inv; // s now holds the sub-chunk mean
-        }
-        e.fill(0.0);
-        q.fill(0.0);
-        for row in sub.chunks_exact(c) {
-            for (((ea, qa), &v), &m) in e.iter_mut().zip(q.iter_mut()).zip(row).zip(&s) {
-                let d = v - m;
-                *ea += d;
-                *qa += d * d;
-            }
-        }
-        // Chan's merge of (count, mean, m2) with the sub-chunk's corrected moments.
-        let nb = rows as f64;
-        let total = count + nb;
-        for ci in 0..c {
-            let eb = e[ci] as f64;
-            let mb = s[ci] as f64 + eb / nb;
-            let m2b = q[ci] as f64 - eb * eb / nb;
-            let delta = mb - mean[ci];
-            mean[ci] += delta * nb / total;
-            m2[ci] += m2b + delta * delta * count * nb / total;
-        }
-        count = total;
-    }
-}
 
 /// Statistics pass: `[N, G, 2]` (μ, r) in f64.
 fn statistics(g: &Geom, x: &[f32], eps: f32) -> Vec<f64> {
@@ -299,10 +261,10 @@ fn statistics(g: &Geom, x: &[f32], eps: f32) -> Vec<f64> {
         .enumerate()
         .for_each(|(t, out)| {
             let (_, r) = g.task(t);
-            with_simd(
+            tiles::dispatch_width!(c, W => with_simd(
                 #[inline(always)]
-                || block_moments(&x[r], c, out),
-            );
+                || tiles::block_moments::<W>(&x[r], c, out),
+            ));
         });
     let mut stats = vec![0f64; g.n * g.groups * 2];
     let m = g.group_size();
@@ -334,42 +296,6 @@ fn statistics(g: &Geom, x: &[f32], eps: f32) -> Vec<f64> {
     stats
 }
 
-/// `y = act((x − μ)·a + b (+ res))` over a block of rows, x − μ as
-/// `(x − mean) − mean_lo`.
-#[inline(always)]
-fn normalize<A: Activation>(
-    x: &[f32],
-    res: Option<&[f32]>,
-    y: &mut [f32],
-    (mean, lo, a, b): (&[f32], &[f32], &[f32], &[f32]),
-) {
-    let c = mean.len();
-    // Re-sliced to length c so the inner loops carry no bounds checks.
-    let (lo, a, b) = (&lo[..c], &a[..c], &b[..c]);
-    match res {
-        None => {
-            for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                let (yr, xr) = (&mut yr[..c], &xr[..c]);
-                for ci in 0..c {
-                    yr[ci] = A::f(((xr[ci] - mean[ci]) - lo[ci]) * a[ci] + b[ci]);
-                }
-            }
-        }
-        Some(res) => {
-            for ((yr, xr), rr) in y
-                .chunks_exact_mut(c)
-                .zip(x.chunks_exact(c))
-                .zip(res.chunks_exact(c))
-            {
-                let (yr, xr, rr) = (&mut yr[..c], &xr[..c], &rr[..c]);
-                for ci in 0..c {
-                    yr[ci] = A::f(((xr[ci] - mean[ci]) - lo[ci]) * a[ci] + b[ci] + rr[ci]);
-                }
-            }
-        }
-    }
-}
-
 pub fn norm_fwd(b: &CpuBackend, x: &Tensor, args: &NormArgs) -> Result<NormOut> {
     let (g, inp) = validate("norm_fwd", x, args)?;
     let stats = statistics(&g, inp.x, args.eps);
@@ -379,14 +305,12 @@ pub fn norm_fwd(b: &CpuBackend, x: &Tensor, args: &NormArgs) -> Result<NormOut> 
     dispatch_act!(args.act, A => {
         tasks.into_par_iter().enumerate().for_each(|(t, yc)| {
             let (n, r) = g.task(t);
-            let coef = (
-                Coefs::row(&co.mean, n, g.c),
-                Coefs::row(&co.mean_lo, n, g.c),
-                Coefs::row(&co.a, n, g.c),
-                Coefs::row(&co.b, n, g.c),
-            );
             let res = inp.residual.map(|s| &s[r.clone()]);
-            with_simd(#[inline(always)] || normalize::<A>(&inp.x[r], res, yc, coef));
+            let coef = co.sample(n, g.c);
+            tiles::dispatch_width!(g.c, W => with_simd(
+                #[inline(always)]
+                || tiles::normalize::<A, W>(&inp.x[r], res, yc, coef),
+            ));
         })
     });
     let st = b.out_uninit(Shape::new(&[g.n, g.groups, 2]))?;
@@ -397,120 +321,6 @@ pub fn norm_fwd(b: &CpuBackend, x: &Tensor, args: &NormArgs) -> Result<NormOut> 
 }
 
 // --------------------------------------------------------------- backward
-
-/// Per-(n, c) row views of the coefficients the backward passes use.
-#[derive(Clone, Copy)]
-struct BwdRow<'a> {
-    mean: &'a [f32],
-    rstd: &'a [f32],
-    a: &'a [f32],
-    b: &'a [f32],
-}
-
-/// Reduction pass over a block: `out` = [S1[0..c], S2[0..c]] (f64). With a
-/// residual, `res_du` = (residual, du output): `du = dy·act'(u)` is stored
-/// there (it is `dresidual`). f32 lanes per sub-chunk of ≤ 256 rows, added
-/// into f64 in order.
-#[inline(always)]
-fn grad_sums<A: Activation>(
-    dy: &[f32],
-    x: &[f32],
-    mut res_du: Option<(&[f32], &mut [f32])>,
-    co: BwdRow,
-    out: &mut [f64],
-) {
-    let c = co.mean.len();
-    // Re-sliced to length c so the inner loops carry no bounds checks.
-    let (mean, rstd, a, b) = (co.mean, &co.rstd[..c], &co.a[..c], &co.b[..c]);
-    out.fill(0.0);
-    let mut s1 = vec![0f32; c];
-    let mut s2 = vec![0f32; c];
-    let sub = 256 * c;
-    for (si, (dys, xs)) in dy.chunks(sub).zip(x.chunks(sub)).enumerate() {
-        let (s1, s2) = (&mut s1[..c], &mut s2[..c]);
-        s1.fill(0.0);
-        s2.fill(0.0);
-        let span = si * sub..si * sub + xs.len();
-        match res_du.as_mut() {
-            Some((res, du)) => {
-                let rows = dys
-                    .chunks_exact(c)
-                    .zip(xs.chunks_exact(c))
-                    .zip(res[span.clone()].chunks_exact(c))
-                    .zip(du[span].chunks_exact_mut(c));
-                for (((gr, xr), rr), dr) in rows {
-                    let (gr, xr, rr, dr) = (&gr[..c], &xr[..c], &rr[..c], &mut dr[..c]);
-                    for ci in 0..c {
-                        let d = xr[ci] - mean[ci];
-                        let du = gr[ci] * A::df(d * a[ci] + b[ci] + rr[ci]);
-                        dr[ci] = du;
-                        s1[ci] += du;
-                        s2[ci] += du * (d * rstd[ci]);
-                    }
-                }
-            }
-            None => {
-                for (gr, xr) in dys.chunks_exact(c).zip(xs.chunks_exact(c)) {
-                    let (gr, xr) = (&gr[..c], &xr[..c]);
-                    for ci in 0..c {
-                        let d = xr[ci] - mean[ci];
-                        let du = gr[ci] * A::df(d * a[ci] + b[ci]);
-                        s1[ci] += du;
-                        s2[ci] += du * (d * rstd[ci]);
-                    }
-                }
-            }
-        }
-        for ci in 0..c {
-            out[ci] += s1[ci] as f64;
-            out[c + ci] += s2[ci] as f64;
-        }
-    }
-}
-
-/// Gradient pass over a block: `dx = P·du + Q·(x − μ) + R`, with du read from
-/// `du` (written by the reduction pass) or recomputed as `dy·act'(u)`.
-#[inline(always)]
-fn grad_input<A: Activation>(
-    dy: &[f32],
-    x: &[f32],
-    du: Option<&[f32]>,
-    dx: &mut [f32],
-    co: BwdRow,
-    (p, q, r): (&[f32], &[f32], &[f32]),
-) {
-    let c = co.mean.len();
-    let (mean, a, b) = (co.mean, &co.a[..c], &co.b[..c]);
-    let (p, q, r) = (&p[..c], &q[..c], &r[..c]);
-    match du {
-        Some(du) => {
-            for ((o, xr), gr) in dx
-                .chunks_exact_mut(c)
-                .zip(x.chunks_exact(c))
-                .zip(du.chunks_exact(c))
-            {
-                let (o, xr, gr) = (&mut o[..c], &xr[..c], &gr[..c]);
-                for ci in 0..c {
-                    o[ci] = p[ci] * gr[ci] + q[ci] * (xr[ci] - mean[ci]) + r[ci];
-                }
-            }
-        }
-        None => {
-            for ((o, xr), gr) in dx
-                .chunks_exact_mut(c)
-                .zip(x.chunks_exact(c))
-                .zip(dy.chunks_exact(c))
-            {
-                let (o, xr, gr) = (&mut o[..c], &xr[..c], &gr[..c]);
-                for ci in 0..c {
-                    let d = xr[ci] - mean[ci];
-                    let du = gr[ci] * A::df(d * a[ci] + b[ci]);
-                    o[ci] = p[ci] * du + q[ci] * d + r[ci];
-                }
-            }
-        }
-    }
-}
 
 pub fn norm_bwd(
     b: &CpuBackend,
@@ -537,12 +347,6 @@ pub fn norm_bwd(
     );
     let co = Coefs::new(&g, sts, &inp);
     let c = g.c;
-    let row = |n: usize| BwdRow {
-        mean: Coefs::row(&co.mean, n, c),
-        rstd: Coefs::row(&co.rstd, n, c),
-        a: Coefs::row(&co.a, n, c),
-        b: Coefs::row(&co.b, n, c),
-    };
 
     // Pass 1: S1, S2 per task (and du into dresidual when there is a residual).
     let dres = match inp.residual {
@@ -562,7 +366,11 @@ pub fn norm_bwd(
             .for_each(|(t, (out, du))| {
                 let (n, r) = g.task(t);
                 let res_du = inp.residual.map(|s| &s[r.clone()]).zip(du);
-                with_simd(#[inline(always)] || grad_sums::<A>(&dys[r.clone()], &inp.x[r], res_du, row(n), out));
+                let coef = co.sample(n, c);
+                tiles::dispatch_width!(c, W => with_simd(
+                    #[inline(always)]
+                    || tiles::grad_sums::<A, W>(&dys[r.clone()], &inp.x[r], res_du, coef, out),
+                ));
             })
     });
     // S1, S2 per (n, c), blocks combined in order.
@@ -619,7 +427,11 @@ pub fn norm_bwd(
                 Coefs::row(&q, n, c),
                 Coefs::row(&r, n, c),
             );
-            with_simd(#[inline(always)] || grad_input::<A>(&dys[rg.clone()], &inp.x[rg], du, dxc, row(n), pqr));
+            let coef = co.sample(n, c);
+            tiles::dispatch_width!(c, W => with_simd(
+                #[inline(always)]
+                || tiles::grad_input::<A, W>(&dys[rg.clone()], &inp.x[rg], du, dxc, coef, pqr),
+            ));
         })
     });
 

@@ -1,0 +1,289 @@
+//! The loop nests of the norm passes over one block of NDHWC rows.
+//!
+//! Channels are processed in tiles of `W` lanes (`W` = the widest of 32, 16,
+//! 8 dividing C, else 1), a compile-time width, so each tile's values,
+//! coefficients and accumulators are fixed-size arrays LLVM keeps in vector
+//! registers. Elementwise passes walk rows outer, tiles inner. Reducing passes
+//! walk a sub-chunk of rows that stays in L1 once per tile (tiles outer, rows
+//! inner), so every accumulator lives in a register across the rows, then
+//! fold the sub-chunk's f32 lanes into the block's f64 totals.
+use crate::backend::cpu::pointwise::Activation;
+
+/// Rows per reducing sub-chunk: about 32 KiB of f32 (L1-resident).
+pub(super) fn sub_rows(c: usize) -> usize {
+    ((1 << 13) / c).max(1)
+}
+
+/// `dispatch_width!(c, W => body)`: evaluate `body` with the const `W` bound
+/// to the widest tile (32, 16, 8 or 1 lanes) that divides `c`.
+macro_rules! dispatch_width {
+    ($c:expr, $W:ident => $body:expr) => {{
+        let c: usize = $c;
+        if c % 32 == 0 {
+            const $W: usize = 32;
+            $body
+        } else if c % 16 == 0 {
+            const $W: usize = 16;
+            $body
+        } else if c % 8 == 0 {
+            const $W: usize = 8;
+            $body
+        } else {
+            const $W: usize = 1;
+            $body
+        }
+    }};
+}
+pub(super) use dispatch_width;
+
+#[inline(always)]
+fn load<const W: usize>(s: &[f32], off: usize) -> [f32; W] {
+    let mut v = [0f32; W];
+    v.copy_from_slice(&s[off..off + W]);
+    v
+}
+
+#[inline(always)]
+fn store<const W: usize>(d: &mut [f32], off: usize, v: [f32; W]) {
+    d[off..off + W].copy_from_slice(&v);
+}
+
+/// One sample's per-channel coefficients (each of length C): see the module
+/// docs of `norm` for the math.
+#[derive(Clone, Copy)]
+pub(super) struct Coef<'a> {
+    pub mean: &'a [f32],
+    pub mean_lo: &'a [f32],
+    pub rstd: &'a [f32],
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+}
+
+/// Per-channel (mean, M2) of a block of rows into `out` = [mean[0..c], m2[0..c]]
+/// (f64). Per sub-chunk and tile: sum → sub-chunk mean m, then Σ(x − m) and
+/// Σ(x − m)² (corrected two-pass), merged into the totals with Chan's update.
+#[inline(always)]
+pub(super) fn block_moments<const W: usize>(x: &[f32], c: usize, out: &mut [f64]) {
+    let (mean, m2) = out.split_at_mut(c);
+    mean.fill(0.0);
+    m2.fill(0.0);
+    let mut count = 0f64;
+    for sub in x.chunks(sub_rows(c) * c) {
+        let rows = sub.len() / c;
+        let nb = rows as f64;
+        let total = count + nb;
+        for t in (0..c).step_by(W) {
+            let mut s = [0f32; W];
+            for row in sub.chunks_exact(c) {
+                let v = load::<W>(row, t);
+                for j in 0..W {
+                    s[j] += v[j];
+                }
+            }
+            let inv = 1.0 / rows as f32;
+            let mut m = [0f32; W];
+            for j in 0..W {
+                m[j] = s[j] * inv;
+            }
+            let (mut e, mut q) = ([0f32; W], [0f32; W]);
+            for row in sub.chunks_exact(c) {
+                let v = load::<W>(row, t);
+                for j in 0..W {
+                    let d = v[j] - m[j];
+                    e[j] += d;
+                    q[j] += d * d;
+                }
+            }
+            for j in 0..W {
+                let eb = e[j] as f64;
+                let mb = m[j] as f64 + eb / nb;
+                let m2b = q[j] as f64 - eb * eb / nb;
+                let delta = mb - mean[t + j];
+                mean[t + j] += delta * nb / total;
+                m2[t + j] += m2b + delta * delta * count * nb / total;
+            }
+        }
+        count = total;
+    }
+}
+
+/// One tile of the forward epilogue: `act(((v − mean) − mean_lo)·a + b + r)`.
+#[inline(always)]
+fn epilogue<A: Activation, const W: usize>(
+    v: [f32; W],
+    r: [f32; W],
+    co: Coef,
+    t: usize,
+) -> [f32; W] {
+    let (m, lo) = (load::<W>(co.mean, t), load::<W>(co.mean_lo, t));
+    let (a, b) = (load::<W>(co.a, t), load::<W>(co.b, t));
+    let mut y = [0f32; W];
+    for j in 0..W {
+        y[j] = A::f(((v[j] - m[j]) - lo[j]) * a[j] + b[j] + r[j]);
+    }
+    y
+}
+
+/// `y = act(((x − mean) − mean_lo)·a + b (+ res))`, rows outer, tiles inner.
+#[inline(always)]
+pub(super) fn normalize<A: Activation, const W: usize>(
+    x: &[f32],
+    res: Option<&[f32]>,
+    y: &mut [f32],
+    co: Coef,
+) {
+    let c = co.mean.len();
+    match res {
+        None => {
+            for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                for t in (0..c).step_by(W) {
+                    store(yr, t, epilogue::<A, W>(load(xr, t), [0.0; W], co, t));
+                }
+            }
+        }
+        Some(res) => {
+            let rows = y.chunks_exact_mut(c).zip(x.chunks_exact(c));
+            for ((yr, xr), rr) in rows.zip(res.chunks_exact(c)) {
+                for t in (0..c).step_by(W) {
+                    store(yr, t, epilogue::<A, W>(load(xr, t), load(rr, t), co, t));
+                }
+            }
+        }
+    }
+}
+
+/// The tile coefficients of the backward's du: (mean, rstd, a, b).
+type DuCoef<const W: usize> = ([f32; W], [f32; W], [f32; W], [f32; W]);
+
+/// `du = g·act'((v − mean)·a + b + r)`, accumulating `S1 += du`, `S2 += du·x̂`.
+#[inline(always)]
+fn du_step<A: Activation, const W: usize>(
+    g: [f32; W],
+    v: [f32; W],
+    r: [f32; W],
+    (m, rs, a, b): DuCoef<W>,
+    s1: &mut [f32; W],
+    s2: &mut [f32; W],
+) -> [f32; W] {
+    let mut du = [0f32; W];
+    for j in 0..W {
+        let d = v[j] - m[j];
+        du[j] = g[j] * A::df(d * a[j] + b[j] + r[j]);
+        s1[j] += du[j];
+        s2[j] += du[j] * (d * rs[j]);
+    }
+    du
+}
+
+/// Reduction pass of the backward over a block: `out` = [S1[0..c], S2[0..c]]
+/// (f64), `S1 = Σ du`, `S2 = Σ du·x̂`, `du = dy·act'(u)`, recomputing
+/// `u = (x − mean)·a + b (+ res)`. With a residual, `res_du` = (residual, du
+/// output) and du is stored (it is `dresidual`).
+#[inline(always)]
+pub(super) fn grad_sums<A: Activation, const W: usize>(
+    dy: &[f32],
+    x: &[f32],
+    mut res_du: Option<(&[f32], &mut [f32])>,
+    co: Coef,
+    out: &mut [f64],
+) {
+    let c = co.mean.len();
+    out.fill(0.0);
+    let sub = sub_rows(c) * c;
+    for (si, (dys, xs)) in dy.chunks(sub).zip(x.chunks(sub)).enumerate() {
+        let span = si * sub..si * sub + xs.len();
+        for t in (0..c).step_by(W) {
+            let k: DuCoef<W> = (
+                load(co.mean, t),
+                load(co.rstd, t),
+                load(co.a, t),
+                load(co.b, t),
+            );
+            let (mut s1, mut s2) = ([0f32; W], [0f32; W]);
+            match res_du.as_mut() {
+                Some((res, du)) => {
+                    let rows = dys.chunks_exact(c).zip(xs.chunks_exact(c));
+                    let rows = rows
+                        .zip(res[span.clone()].chunks_exact(c))
+                        .zip(du[span.clone()].chunks_exact_mut(c));
+                    for (((gr, xr), rr), dr) in rows {
+                        let (g, v, r) = (load(gr, t), load(xr, t), load(rr, t));
+                        store(dr, t, du_step::<A, W>(g, v, r, k, &mut s1, &mut s2));
+                    }
+                }
+                None => {
+                    for (gr, xr) in dys.chunks_exact(c).zip(xs.chunks_exact(c)) {
+                        let (g, v) = (load(gr, t), load(xr, t));
+                        du_step::<A, W>(g, v, [0.0; W], k, &mut s1, &mut s2);
+                    }
+                }
+            }
+            for j in 0..W {
+                out[t + j] += s1[j] as f64;
+                out[c + t + j] += s2[j] as f64;
+            }
+        }
+    }
+}
+
+/// The per-channel factors of the gradient pass, each of length C.
+pub(super) type Pqr<'a> = (&'a [f32], &'a [f32], &'a [f32]);
+
+/// One tile of `dx = P·du + Q·(v − mean) + R`.
+#[inline(always)]
+fn dx_tile<const W: usize>(v: [f32; W], du: [f32; W], m: [f32; W], pqr: Pqr, t: usize) -> [f32; W] {
+    let (p, q, r) = (
+        load::<W>(pqr.0, t),
+        load::<W>(pqr.1, t),
+        load::<W>(pqr.2, t),
+    );
+    let mut dx = [0f32; W];
+    for j in 0..W {
+        dx[j] = p[j] * du[j] + q[j] * (v[j] - m[j]) + r[j];
+    }
+    dx
+}
+
+/// Gradient pass of the backward over a block: `dx = P·du + Q·(x − mean) + R`
+/// with du read from `du` (stored by the reduction pass) or recomputed as
+/// `dy·act'(u)` (with the same expression as [`grad_sums`]). Rows outer,
+/// tiles inner.
+#[inline(always)]
+pub(super) fn grad_input<A: Activation, const W: usize>(
+    dy: &[f32],
+    x: &[f32],
+    du: Option<&[f32]>,
+    dx: &mut [f32],
+    co: Coef,
+    pqr: Pqr,
+) {
+    let c = co.mean.len();
+    match du {
+        Some(du) => {
+            let rows = dx.chunks_exact_mut(c).zip(x.chunks_exact(c));
+            for ((o, xr), gr) in rows.zip(du.chunks_exact(c)) {
+                for t in (0..c).step_by(W) {
+                    let m = load::<W>(co.mean, t);
+                    store(o, t, dx_tile::<W>(load(xr, t), load(gr, t), m, pqr, t));
+                }
+            }
+        }
+        None => {
+            let rows = dx.chunks_exact_mut(c).zip(x.chunks_exact(c));
+            for ((o, xr), gr) in rows.zip(dy.chunks_exact(c)) {
+                for t in (0..c).step_by(W) {
+                    let k: DuCoef<W> = (
+                        load(co.mean, t),
+                        load(co.rstd, t),
+                        load(co.a, t),
+                        load(co.b, t),
+                    );
+                    let (v, g) = (load::<W>(xr, t), load::<W>(gr, t));
+                    let (mut s1, mut s2) = ([0f32; W], [0f32; W]); // unused sums
+                    let du = du_step::<A, W>(g, v, [0.0; W], k, &mut s1, &mut s2);
+                    store(o, t, dx_tile::<W>(v, du, k.0, pqr, t));
+                }
+            }
+        }
+    }
+}
