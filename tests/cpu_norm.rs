@@ -397,6 +397,108 @@ fn backward_matches_finite_differences_over_shapes() {
     }
 }
 
+/// The backward in f64 from the math of the module docs (for tensors too
+/// large for finite differences everywhere): returns dx.
+fn norm_bwd_ref(
+    x: &[f32],
+    dy: &[f32],
+    sh: Shape,
+    groups: usize,
+    eps: f32,
+    o: &Opt,
+    act: Act,
+) -> Vec<f64> {
+    let (n, v, c) = (sh.n(), sh.voxels(), sh.c());
+    let cpg = c / groups;
+    let (u, stats) = norm_ref(x, sh, groups, eps, o, Act::Identity);
+    let mut dx = vec![0f64; x.len()];
+    let h = 1e-6;
+    for ni in 0..n {
+        for g in 0..groups {
+            let (mean, rstd) = (
+                stats[(ni * groups + g) * 2],
+                stats[(ni * groups + g) * 2 + 1],
+            );
+            let idx = |vi: usize, ci: usize| (ni * v + vi) * c + g * cpg + ci;
+            let k = |ch: usize| {
+                o.gamma.as_ref().map_or(1.0, |v| v[ch] as f64)
+                    * o.film
+                        .as_ref()
+                        .map_or(1.0, |(s, _)| 1.0 + s[ni * c + ch] as f64)
+            };
+            // dx̂ = dy·act'(u)·k; dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))
+            let (mut m1, mut m2) = (0f64, 0f64);
+            let mut dxhat = vec![0f64; v * cpg];
+            for vi in 0..v {
+                for ci in 0..cpg {
+                    let i = idx(vi, ci);
+                    let d_act = (act_f64(act, u[i] + h) - act_f64(act, u[i] - h)) / (2.0 * h);
+                    let dh = dy[i] as f64 * d_act * k(g * cpg + ci);
+                    let xhat = (x[i] as f64 - mean) * rstd;
+                    dxhat[vi * cpg + ci] = dh;
+                    m1 += dh;
+                    m2 += dh * xhat;
+                }
+            }
+            let m = (v * cpg) as f64;
+            for vi in 0..v {
+                for ci in 0..cpg {
+                    let i = idx(vi, ci);
+                    let xhat = (x[i] as f64 - mean) * rstd;
+                    dx[i] = rstd * (dxhat[vi * cpg + ci] - m1 / m - xhat * m2 / m);
+                }
+            }
+        }
+    }
+    dx
+}
+
+/// A 16 MiB tensor: outputs this large take the streaming-store path.
+#[test]
+fn large_tensors_match_reference_forward_and_backward() {
+    let sh = Shape::ndhwc(1, 16, 64, 64, 64);
+    for (act, res) in [(Act::Gelu, false), (Act::Relu, false), (Act::Silu, true)] {
+        let b = cpu();
+        let mut rng = Rng::new(21);
+        let x = rng.vec(sh.numel(), -2.0, 3.0);
+        let dy = rng.vec(sh.numel(), -1.0, 1.0);
+        let o = random_opt(&mut rng, sh, true, true, true, res);
+        let (xt, dyt) = (
+            b.upload(&x, sh, DType::F32).unwrap(),
+            b.upload(&dy, sh, DType::F32).unwrap(),
+        );
+        let (y, dx, dres) = with_args(&b, sh, 16, 1e-5, &o, act, |a| {
+            let out = b.norm_fwd(&xt, a).unwrap();
+            let gr = b.norm_bwd(&dyt, &xt, &out.stats, a).unwrap();
+            let dres = gr.dresidual.map(|t| b.download(&t).unwrap());
+            (
+                b.download(&out.y).unwrap(),
+                b.download(&gr.dx).unwrap(),
+                dres,
+            )
+        });
+        let (y_ref, _) = norm_ref(&x, sh, 16, 1e-5, &o, act);
+        assert_close(&format!("large y {act:?}"), &y, &y_ref, 2e-5, 2e-5);
+        let dx_ref = norm_bwd_ref(&x, &dy, sh, 16, 1e-5, &o, act);
+        assert_close(&format!("large dx {act:?}"), &dx, &dx_ref, 1e-4, 1e-5);
+        if let Some(dres) = dres {
+            let (u, _) = norm_ref(&x, sh, 16, 1e-5, &o, Act::Identity);
+            let want: Vec<f64> = u
+                .iter()
+                .zip(&dy)
+                .map(|(&u, &g)| g as f64 * (act_f64(act, u + 1e-6) - act_f64(act, u - 1e-6)) / 2e-6)
+                .collect();
+            assert_close(
+                &format!("large dresidual {act:?}"),
+                &dres,
+                &want,
+                1e-4,
+                1e-5,
+            );
+        }
+    }
+}
+
 #[test]
 fn nan_in_x_propagates_to_its_group_only() {
     let b = cpu();

@@ -27,10 +27,14 @@
 //! the thread count or scheduling.
 //! - forward: (1) statistics — read x; (2) normalise + epilogue — read x
 //!   (+ residual), write y. Minimum traffic 3 tensors (4 with a residual).
-//! - backward: (1) reduction — read x, dy (+ residual unless act is the
-//!   identity) and, when a residual is given, write `dresidual = du`;
-//!   (2) gradient — read x and dy (or the just written du), write dx.
-//!   Minimum traffic 5 tensors without a residual.
+//! - backward: (1) reduction — read x, dy (+ residual) and, when a residual
+//!   is given, write `dresidual = du`; (2) gradient — read x and dy (or the
+//!   stored du), write dx. Minimum traffic 5 tensors without a residual. For
+//!   SiLU and GELU, whose derivative costs more than a pass over memory here,
+//!   pass 1 also stores du into the dx buffer and pass 2 overwrites it in
+//!   place (6 tensors, one derivative per element instead of two).
+//! - outputs of ≥ 16 MiB are written with non-temporal stores (no
+//!   read-for-ownership of lines about to be overwritten).
 //!
 //! The pre-activation `u` is recomputed from x and the stats, never stored.
 //!
@@ -48,9 +52,9 @@
 //! |μ|·2⁻²⁴/σ: negligible for activations (|μ|/σ ≲ 10³), 1e-2 at |μ|/σ ≈ 10⁵.
 mod tiles;
 
-use super::pointwise::{check_nc, dispatch_act, with_simd};
+use super::pointwise::{check_nc, dispatch_act, should_stream, with_simd};
 use super::{check, check_ndhwc, view, view_mut, CpuBackend};
-use crate::backend::{NormArgs, NormGrads, NormOut};
+use crate::backend::{Act, NormArgs, NormGrads, NormOut};
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -301,6 +305,7 @@ pub fn norm_fwd(b: &CpuBackend, x: &Tensor, args: &NormArgs) -> Result<NormOut> 
     let stats = statistics(&g, inp.x, args.eps);
     let co = Coefs::new(&g, &stats, &inp);
     let y = b.out_uninit(x.shape())?;
+    let nt = should_stream(y.numel());
     let tasks = g.split(view_mut(&y));
     dispatch_act!(args.act, A => {
         tasks.into_par_iter().enumerate().for_each(|(t, yc)| {
@@ -309,7 +314,7 @@ pub fn norm_fwd(b: &CpuBackend, x: &Tensor, args: &NormArgs) -> Result<NormOut> 
             let coef = co.sample(n, g.c);
             tiles::dispatch_width!(g.c, W => with_simd(
                 #[inline(always)]
-                || tiles::normalize::<A, W>(&inp.x[r], res, yc, coef),
+                || tiles::normalize::<A, W>(&inp.x[r], res, yc, coef, nt),
             ));
         })
     });
@@ -347,15 +352,20 @@ pub fn norm_bwd(
     );
     let co = Coefs::new(&g, sts, &inp);
     let c = g.c;
+    let nt = should_stream(x.numel());
 
-    // Pass 1: S1, S2 per task (and du into dresidual when there is a residual).
+    // Pass 1: S1, S2 per task; du is stored when there is a residual (it is
+    // dresidual) or when act' is costly (into dx, overwritten in pass 2).
     let dres = match inp.residual {
         Some(_) => Some(b.out_uninit(x.shape())?),
         None => None,
     };
-    let du_tasks: Vec<Option<&mut [f32]>> = match &dres {
-        Some(t) => g.split(view_mut(t)).into_iter().map(Some).collect(),
-        None => (0..g.tasks()).map(|_| None).collect(),
+    let dx = b.out_uninit(x.shape())?;
+    let du_in_dx = dres.is_none() && matches!(args.act, Act::Silu | Act::Gelu);
+    let du_tasks: Vec<Option<&mut [f32]>> = match (&dres, du_in_dx) {
+        (Some(t), _) => g.split(view_mut(t)).into_iter().map(Some).collect(),
+        (None, true) => g.split(view_mut(&dx)).into_iter().map(Some).collect(),
+        (None, false) => (0..g.tasks()).map(|_| None).collect(),
     };
     let mut partial = vec![0f64; g.tasks() * 2 * c];
     dispatch_act!(args.act, A => {
@@ -365,11 +375,11 @@ pub fn norm_bwd(
             .enumerate()
             .for_each(|(t, (out, du))| {
                 let (n, r) = g.task(t);
-                let res_du = inp.residual.map(|s| &s[r.clone()]).zip(du);
+                let res = inp.residual.map(|s| &s[r.clone()]);
                 let coef = co.sample(n, c);
                 tiles::dispatch_width!(c, W => with_simd(
                     #[inline(always)]
-                    || tiles::grad_sums::<A, W>(&dys[r.clone()], &inp.x[r], res_du, coef, out),
+                    || tiles::grad_sums::<A, W>(&dys[r.clone()], &inp.x[r], res, du, coef, out, nt),
                 ));
             })
     });
@@ -412,7 +422,6 @@ pub fn norm_bwd(
     }
 
     // Pass 2: dx.
-    let dx = b.out_uninit(x.shape())?;
     let dx_tasks = g.split(view_mut(&dx));
     let du_all: Option<&[f32]> = match &dres {
         Some(t) => Some(view(t, "norm_bwd: dresidual")?),
@@ -421,7 +430,11 @@ pub fn norm_bwd(
     dispatch_act!(args.act, A => {
         dx_tasks.into_par_iter().enumerate().for_each(|(t, dxc)| {
             let (n, rg) = g.task(t);
-            let du = du_all.map(|d| &d[rg.clone()]);
+            let src = match du_all {
+                Some(d) => tiles::DuSource::Read(&d[rg.clone()]),
+                None if du_in_dx => tiles::DuSource::InPlace,
+                None => tiles::DuSource::Recompute(&dys[rg.clone()]),
+            };
             let pqr = (
                 Coefs::row(&p, n, c),
                 Coefs::row(&q, n, c),
@@ -430,7 +443,7 @@ pub fn norm_bwd(
             let coef = co.sample(n, c);
             tiles::dispatch_width!(c, W => with_simd(
                 #[inline(always)]
-                || tiles::grad_input::<A, W>(&dys[rg.clone()], &inp.x[rg], du, dxc, coef, pqr),
+                || tiles::grad_input::<A, W>(&inp.x[rg], src, dxc, coef, pqr, nt),
             ));
         })
     });

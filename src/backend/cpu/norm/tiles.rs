@@ -7,7 +7,7 @@
 //! walk a sub-chunk of rows that stays in L1 once per tile (tiles outer, rows
 //! inner), so every accumulator lives in a register across the rows, then
 //! fold the sub-chunk's f32 lanes into the block's f64 totals.
-use crate::backend::cpu::pointwise::Activation;
+use crate::backend::cpu::pointwise::{store_tile, stream_fence, Activation};
 
 /// Rows per reducing sub-chunk: about 32 KiB of f32 (L1-resident).
 pub(super) fn sub_rows(c: usize) -> usize {
@@ -36,6 +36,7 @@ macro_rules! dispatch_width {
 }
 pub(super) use dispatch_width;
 
+/// The W values at `s[off..off + W]`.
 #[inline(always)]
 fn load<const W: usize>(s: &[f32], off: usize) -> [f32; W] {
     let mut v = [0f32; W];
@@ -43,9 +44,10 @@ fn load<const W: usize>(s: &[f32], off: usize) -> [f32; W] {
     v
 }
 
+/// Store a tile at `d[off..off + W]`, streaming (non-temporal) when `nt`.
 #[inline(always)]
-fn store<const W: usize>(d: &mut [f32], off: usize, v: [f32; W]) {
-    d[off..off + W].copy_from_slice(&v);
+fn store<const W: usize>(d: &mut [f32], off: usize, v: [f32; W], nt: bool) {
+    store_tile::<W>(&mut d[off..], &v, nt);
 }
 
 /// One sample's per-channel coefficients (each of length C): see the module
@@ -74,8 +76,8 @@ pub(super) fn block_moments<const W: usize>(x: &[f32], c: usize, out: &mut [f64]
         let total = count + nb;
         for t in (0..c).step_by(W) {
             let mut s = [0f32; W];
-            for row in sub.chunks_exact(c) {
-                let v = load::<W>(row, t);
+            for r in 0..rows {
+                let v = load::<W>(sub, r * c + t);
                 for j in 0..W {
                     s[j] += v[j];
                 }
@@ -86,8 +88,8 @@ pub(super) fn block_moments<const W: usize>(x: &[f32], c: usize, out: &mut [f64]
                 m[j] = s[j] * inv;
             }
             let (mut e, mut q) = ([0f32; W], [0f32; W]);
-            for row in sub.chunks_exact(c) {
-                let v = load::<W>(row, t);
+            for r in 0..rows {
+                let v = load::<W>(sub, r * c + t);
                 for j in 0..W {
                     let d = v[j] - m[j];
                     e[j] += d;
@@ -107,53 +109,48 @@ pub(super) fn block_moments<const W: usize>(x: &[f32], c: usize, out: &mut [f64]
     }
 }
 
-/// One tile of the forward epilogue: `act(((v − mean) − mean_lo)·a + b + r)`.
-#[inline(always)]
-fn epilogue<A: Activation, const W: usize>(
-    v: [f32; W],
-    r: [f32; W],
-    co: Coef,
-    t: usize,
-) -> [f32; W] {
-    let (m, lo) = (load::<W>(co.mean, t), load::<W>(co.mean_lo, t));
-    let (a, b) = (load::<W>(co.a, t), load::<W>(co.b, t));
-    let mut y = [0f32; W];
-    for j in 0..W {
-        y[j] = A::f(((v[j] - m[j]) - lo[j]) * a[j] + b[j] + r[j]);
-    }
-    y
-}
-
-/// `y = act(((x − mean) − mean_lo)·a + b (+ res))`, rows outer, tiles inner.
+/// `y = act(((x − mean) − mean_lo)·a + b (+ res))`, rows outer, tiles inner;
+/// y written with streaming stores when `nt`.
 #[inline(always)]
 pub(super) fn normalize<A: Activation, const W: usize>(
     x: &[f32],
     res: Option<&[f32]>,
     y: &mut [f32],
     co: Coef,
+    nt: bool,
 ) {
     let c = co.mean.len();
-    match res {
-        None => {
-            for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                for t in (0..c).step_by(W) {
-                    store(yr, t, epilogue::<A, W>(load(xr, t), [0.0; W], co, t));
-                }
+    for (row, (yr, xr)) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)).enumerate() {
+        for t in (0..c).step_by(W) {
+            let v = load::<W>(xr, t);
+            let r = match res {
+                Some(res) => load::<W>(res, row * c + t),
+                None => [0.0; W],
+            };
+            let (m, lo) = (load::<W>(co.mean, t), load::<W>(co.mean_lo, t));
+            let (a, b) = (load::<W>(co.a, t), load::<W>(co.b, t));
+            let mut out = [0f32; W];
+            for j in 0..W {
+                out[j] = A::f(((v[j] - m[j]) - lo[j]) * a[j] + b[j] + r[j]);
             }
-        }
-        Some(res) => {
-            let rows = y.chunks_exact_mut(c).zip(x.chunks_exact(c));
-            for ((yr, xr), rr) in rows.zip(res.chunks_exact(c)) {
-                for t in (0..c).step_by(W) {
-                    store(yr, t, epilogue::<A, W>(load(xr, t), load(rr, t), co, t));
-                }
-            }
+            store(yr, t, out, nt);
         }
     }
+    stream_fence(nt);
 }
 
 /// The tile coefficients of the backward's du: (mean, rstd, a, b).
 type DuCoef<const W: usize> = ([f32; W], [f32; W], [f32; W], [f32; W]);
+
+#[inline(always)]
+fn du_coef<const W: usize>(co: &Coef, t: usize) -> DuCoef<W> {
+    (
+        load(co.mean, t),
+        load(co.rstd, t),
+        load(co.a, t),
+        load(co.b, t),
+    )
+}
 
 /// `du = g·act'((v − mean)·a + b + r)`, accumulating `S1 += du`, `S2 += du·x̂`.
 #[inline(always)]
@@ -177,45 +174,36 @@ fn du_step<A: Activation, const W: usize>(
 
 /// Reduction pass of the backward over a block: `out` = [S1[0..c], S2[0..c]]
 /// (f64), `S1 = Σ du`, `S2 = Σ du·x̂`, `du = dy·act'(u)`, recomputing
-/// `u = (x − mean)·a + b (+ res)`. With a residual, `res_du` = (residual, du
-/// output) and du is stored (it is `dresidual`).
+/// `u = (x − mean)·a + b (+ res)`. When `du_out` is given, du is stored there
+/// (streamed when `nt`) for the gradient pass.
 #[inline(always)]
 pub(super) fn grad_sums<A: Activation, const W: usize>(
     dy: &[f32],
     x: &[f32],
-    mut res_du: Option<(&[f32], &mut [f32])>,
+    res: Option<&[f32]>,
+    mut du_out: Option<&mut [f32]>,
     co: Coef,
     out: &mut [f64],
+    nt: bool,
 ) {
     let c = co.mean.len();
     out.fill(0.0);
     let sub = sub_rows(c) * c;
     for (si, (dys, xs)) in dy.chunks(sub).zip(x.chunks(sub)).enumerate() {
         let span = si * sub..si * sub + xs.len();
+        let res = res.map(|r| &r[span.clone()]);
+        let mut dus = du_out.as_deref_mut().map(|d| &mut d[span]);
         for t in (0..c).step_by(W) {
-            let k: DuCoef<W> = (
-                load(co.mean, t),
-                load(co.rstd, t),
-                load(co.a, t),
-                load(co.b, t),
-            );
+            let k = du_coef::<W>(&co, t);
             let (mut s1, mut s2) = ([0f32; W], [0f32; W]);
-            match res_du.as_mut() {
-                Some((res, du)) => {
-                    let rows = dys.chunks_exact(c).zip(xs.chunks_exact(c));
-                    let rows = rows
-                        .zip(res[span.clone()].chunks_exact(c))
-                        .zip(du[span.clone()].chunks_exact_mut(c));
-                    for (((gr, xr), rr), dr) in rows {
-                        let (g, v, r) = (load(gr, t), load(xr, t), load(rr, t));
-                        store(dr, t, du_step::<A, W>(g, v, r, k, &mut s1, &mut s2));
-                    }
-                }
-                None => {
-                    for (gr, xr) in dys.chunks_exact(c).zip(xs.chunks_exact(c)) {
-                        let (g, v) = (load(gr, t), load(xr, t));
-                        du_step::<A, W>(g, v, [0.0; W], k, &mut s1, &mut s2);
-                    }
+            for off in (t..xs.len()).step_by(c) {
+                let r = match res {
+                    Some(res) => load::<W>(res, off),
+                    None => [0.0; W],
+                };
+                let du = du_step::<A, W>(load(dys, off), load(xs, off), r, k, &mut s1, &mut s2);
+                if let Some(d) = dus.as_deref_mut() {
+                    store(d, off, du, nt);
                 }
             }
             for j in 0..W {
@@ -224,66 +212,57 @@ pub(super) fn grad_sums<A: Activation, const W: usize>(
             }
         }
     }
+    stream_fence(nt);
 }
 
 /// The per-channel factors of the gradient pass, each of length C.
 pub(super) type Pqr<'a> = (&'a [f32], &'a [f32], &'a [f32]);
 
-/// One tile of `dx = P·du + Q·(v − mean) + R`.
-#[inline(always)]
-fn dx_tile<const W: usize>(v: [f32; W], du: [f32; W], m: [f32; W], pqr: Pqr, t: usize) -> [f32; W] {
-    let (p, q, r) = (
-        load::<W>(pqr.0, t),
-        load::<W>(pqr.1, t),
-        load::<W>(pqr.2, t),
-    );
-    let mut dx = [0f32; W];
-    for j in 0..W {
-        dx[j] = p[j] * du[j] + q[j] * (v[j] - m[j]) + r[j];
-    }
-    dx
+/// Where the gradient pass finds du.
+#[derive(Clone, Copy)]
+pub(super) enum DuSource<'a> {
+    /// Recompute `du = dy·act'(u)` from dy (cheap activations, no residual).
+    Recompute(&'a [f32]),
+    /// Read du from this buffer (the `dresidual` output).
+    Read(&'a [f32]),
+    /// The dx buffer holds du (stored by the reduction pass): overwrite it.
+    InPlace,
 }
 
-/// Gradient pass of the backward over a block: `dx = P·du + Q·(x − mean) + R`
-/// with du read from `du` (stored by the reduction pass) or recomputed as
-/// `dy·act'(u)` (with the same expression as [`grad_sums`]). Rows outer,
-/// tiles inner.
+/// Gradient pass of the backward over a block: `dx = P·du + Q·(x − mean) + R`.
+/// Rows outer, tiles inner; dx streamed when `nt` (except in place, where the
+/// lines were just read and a plain store costs no extra read).
 #[inline(always)]
 pub(super) fn grad_input<A: Activation, const W: usize>(
-    dy: &[f32],
     x: &[f32],
-    du: Option<&[f32]>,
+    src: DuSource,
     dx: &mut [f32],
     co: Coef,
-    pqr: Pqr,
+    (p, q, r): Pqr,
+    nt: bool,
 ) {
     let c = co.mean.len();
-    match du {
-        Some(du) => {
-            let rows = dx.chunks_exact_mut(c).zip(x.chunks_exact(c));
-            for ((o, xr), gr) in rows.zip(du.chunks_exact(c)) {
-                for t in (0..c).step_by(W) {
-                    let m = load::<W>(co.mean, t);
-                    store(o, t, dx_tile::<W>(load(xr, t), load(gr, t), m, pqr, t));
+    let nt = nt && !matches!(src, DuSource::InPlace);
+    for (row, (o, xr)) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).enumerate() {
+        for t in (0..c).step_by(W) {
+            let v = load::<W>(xr, t);
+            let k = du_coef::<W>(&co, t);
+            let du = match src {
+                DuSource::Recompute(dy) => {
+                    let g = load::<W>(dy, row * c + t);
+                    let (mut s1, mut s2) = ([0f32; W], [0f32; W]); // sums unused here
+                    du_step::<A, W>(g, v, [0.0; W], k, &mut s1, &mut s2)
                 }
+                DuSource::Read(du) => load::<W>(du, row * c + t),
+                DuSource::InPlace => load::<W>(o, t),
+            };
+            let (pv, qv, rv) = (load::<W>(p, t), load::<W>(q, t), load::<W>(r, t));
+            let mut d = [0f32; W];
+            for j in 0..W {
+                d[j] = pv[j] * du[j] + qv[j] * (v[j] - k.0[j]) + rv[j];
             }
-        }
-        None => {
-            let rows = dx.chunks_exact_mut(c).zip(x.chunks_exact(c));
-            for ((o, xr), gr) in rows.zip(dy.chunks_exact(c)) {
-                for t in (0..c).step_by(W) {
-                    let k: DuCoef<W> = (
-                        load(co.mean, t),
-                        load(co.rstd, t),
-                        load(co.a, t),
-                        load(co.b, t),
-                    );
-                    let (v, g) = (load::<W>(xr, t), load::<W>(gr, t));
-                    let (mut s1, mut s2) = ([0f32; W], [0f32; W]); // unused sums
-                    let du = du_step::<A, W>(g, v, [0.0; W], k, &mut s1, &mut s2);
-                    store(o, t, dx_tile::<W>(v, du, k.0, pqr, t));
-                }
-            }
+            store(o, t, d, nt);
         }
     }
+    stream_fence(nt);
 }
