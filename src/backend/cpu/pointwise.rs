@@ -274,20 +274,98 @@ pub(super) use dispatch_act;
 
 // ---------------------------------------------------------------------- ops
 
+/// An elementwise function of K inputs, as a type: the hot loops call it
+/// without closures, so it is compiled inside the SIMD-enabled caller.
+trait ElemMap<const K: usize>: Sync {
+    fn apply(&self, v: [f32; K]) -> f32;
+}
+
+/// `act(x)`.
+struct ActValue<A>(std::marker::PhantomData<A>);
+/// `dy · act'(x)` of (dy, x).
+struct ActGrad<A>(std::marker::PhantomData<A>);
+/// `Σ_i coef_i · x_i`, summed left to right.
+struct LinComb<const K: usize>([f32; K]);
+
+impl<A: Activation + Sync> ElemMap<1> for ActValue<A> {
+    #[inline(always)]
+    fn apply(&self, v: [f32; 1]) -> f32 {
+        A::f(v[0])
+    }
+}
+impl<A: Activation + Sync> ElemMap<2> for ActGrad<A> {
+    #[inline(always)]
+    fn apply(&self, v: [f32; 2]) -> f32 {
+        v[0] * A::df(v[1])
+    }
+}
+impl<const K: usize> ElemMap<K> for LinComb<K> {
+    #[inline(always)]
+    fn apply(&self, v: [f32; K]) -> f32 {
+        let mut acc = self.0[0] * v[0];
+        for i in 1..K {
+            acc += self.0[i] * v[i];
+        }
+        acc
+    }
+}
+
+/// Lanes per tile of [`map_chunk`].
+const LANES: usize = 16;
+
+/// `out[e] = m(ins[0][e], …)` over one chunk, [`LANES`] at a time, streaming
+/// the stores when `nt`.
+#[inline(always)]
+fn map_chunk<const K: usize, M: ElemMap<K>>(m: &M, ins: [&[f32]; K], out: &mut [f32], nt: bool) {
+    let full = out.len() / LANES * LANES;
+    for off in (0..full).step_by(LANES) {
+        let mut v = [[0f32; LANES]; K];
+        for i in 0..K {
+            v[i].copy_from_slice(&ins[i][off..off + LANES]);
+        }
+        let mut o = [0f32; LANES];
+        for j in 0..LANES {
+            let mut lanes = [0f32; K];
+            for i in 0..K {
+                lanes[i] = v[i][j];
+            }
+            o[j] = m.apply(lanes);
+        }
+        store_tile::<LANES>(&mut out[off..], &o, nt);
+    }
+    for e in full..out.len() {
+        let mut lanes = [0f32; K];
+        for i in 0..K {
+            lanes[i] = ins[i][e];
+        }
+        out[e] = m.apply(lanes);
+    }
+    stream_fence(nt);
+}
+
+/// Run `m` elementwise over inputs of `out.len()` elements, in parallel
+/// chunks of [`CHUNK`] (each 64-byte aligned, so streaming stores apply to
+/// large outputs).
+fn map_elementwise<const K: usize, M: ElemMap<K>>(m: M, ins: [&[f32]; K], out: &mut [f32]) {
+    let nt = should_stream(out.len());
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, oc)| {
+        let lo = ci * CHUNK;
+        let mut part: [&[f32]; K] = [&[]; K];
+        for i in 0..K {
+            part[i] = &ins[i][lo..lo + oc.len()];
+        }
+        with_simd(
+            #[inline(always)]
+            || map_chunk(&m, part, oc, nt),
+        )
+    });
+}
+
 /// `y = act(x)` elementwise, any shape.
 pub fn act(b: &CpuBackend, x: &Tensor, act: Act) -> Result<Tensor> {
     let xs = view(x, "act: x")?;
     let y = b.out_uninit(x.shape())?;
-    let ys = view_mut(&y);
-    dispatch_act!(act, A => {
-        ys.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(yc, xc)| {
-            with_simd(#[inline(always)] || {
-                for (o, &i) in yc.iter_mut().zip(xc) {
-                    *o = A::f(i);
-                }
-            })
-        })
-    });
+    dispatch_act!(act, A => map_elementwise(ActValue::<A>(Default::default()), [xs], view_mut(&y)));
     Ok(y)
 }
 
@@ -297,18 +375,7 @@ pub fn act_bwd(b: &CpuBackend, dy: &Tensor, x: &Tensor, act: Act) -> Result<Tens
     let xs = view(x, "act_bwd: x")?;
     check_same_shape(dy, x, "act_bwd: dy vs x")?;
     let dx = b.out_uninit(x.shape())?;
-    let dxs = view_mut(&dx);
-    dispatch_act!(act, A => {
-        dxs.par_chunks_mut(CHUNK)
-            .zip(dys.par_chunks(CHUNK).zip(xs.par_chunks(CHUNK)))
-            .for_each(|(o, (g, i))| {
-                with_simd(#[inline(always)] || {
-                    for ((o, &g), &i) in o.iter_mut().zip(g).zip(i) {
-                        *o = g * A::df(i);
-                    }
-                })
-            })
-    });
+    dispatch_act!(act, A => map_elementwise(ActGrad::<A>(Default::default()), [dys, xs], view_mut(&dx)));
     Ok(dx)
 }
 
@@ -333,39 +400,17 @@ pub fn lincomb(b: &CpuBackend, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
     }
     let c: Vec<f32> = terms.iter().map(|t| t.0).collect();
     let y = b.out_uninit(shape)?;
-    let ys = view_mut(&y);
-    ys.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, out)| {
-        let lo = ci * CHUNK;
-        let hi = lo + out.len();
-        let x: Vec<&[f32]> = xs.iter().map(|s| &s[lo..hi]).collect();
-        with_simd(
-            #[inline(always)]
-            || match x.len() {
-                1 => {
-                    for (o, &a) in out.iter_mut().zip(x[0]) {
-                        *o = c[0] * a;
-                    }
-                }
-                2 => {
-                    for ((o, &a), &bb) in out.iter_mut().zip(x[0]).zip(x[1]) {
-                        *o = c[0] * a + c[1] * bb;
-                    }
-                }
-                3 => {
-                    for (((o, &a), &bb), &cc) in out.iter_mut().zip(x[0]).zip(x[1]).zip(x[2]) {
-                        *o = c[0] * a + c[1] * bb + c[2] * cc;
-                    }
-                }
-                _ => {
-                    for ((((o, &a), &bb), &cc), &dd) in
-                        out.iter_mut().zip(x[0]).zip(x[1]).zip(x[2]).zip(x[3])
-                    {
-                        *o = c[0] * a + c[1] * bb + c[2] * cc + c[3] * dd;
-                    }
-                }
-            },
-        )
-    });
+    let out = view_mut(&y);
+    match xs.len() {
+        1 => map_elementwise(LinComb([c[0]]), [xs[0]], out),
+        2 => map_elementwise(LinComb([c[0], c[1]]), [xs[0], xs[1]], out),
+        3 => map_elementwise(LinComb([c[0], c[1], c[2]]), [xs[0], xs[1], xs[2]], out),
+        _ => map_elementwise(
+            LinComb([c[0], c[1], c[2], c[3]]),
+            [xs[0], xs[1], xs[2], xs[3]],
+            out,
+        ),
+    }
     Ok(y)
 }
 
