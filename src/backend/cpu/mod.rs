@@ -163,7 +163,8 @@ pub(crate) fn view<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
 }
 
 /// The mutable f32 host view of an op's freshly allocated output.
-pub(crate) fn view_mut<'a>(t: &'a Tensor) -> &'a mut [f32] {
+#[allow(clippy::mut_from_ref)]
+pub(crate) fn view_mut(t: &Tensor) -> &mut [f32] {
     // SAFETY: called only on outputs an op allocated and has not shared yet,
     // or on tensors an in-place op (adamw, fill, write) owns by contract.
     unsafe { t.host_mut::<f32>() }

@@ -128,7 +128,7 @@ fn validate<'a>(op: &str, x: &'a Tensor, args: &NormArgs<'a>) -> Result<(Geom, I
     let sh = x.shape();
     let c = sh.c();
     ensure!(
-        args.groups >= 1 && c % args.groups == 0,
+        args.groups >= 1 && c.is_multiple_of(args.groups),
         "{op}: groups = {} must divide the {c} channels of x ({sh})",
         args.groups
     );
@@ -239,7 +239,7 @@ impl Coefs {
         }
         co
     }
-    fn row<'a>(v: &'a [f32], n: usize, c: usize) -> &'a [f32] {
+    fn row(v: &[f32], n: usize, c: usize) -> &[f32] {
         &v[n * c..(n + 1) * c]
     }
     /// The coefficients of sample n, as the tile kernels take them.

@@ -84,9 +84,11 @@ pub fn adamw_step(
         sq += parts.iter().sum::<f64>();
     }
     let norm = sq.sqrt();
+    // A NaN norm takes the clipping branch, so it poisons every update.
     let clip = match hp.max_grad_norm {
-        Some(mx) if !(norm < mx as f64) => (mx as f64 / norm) as f32,
-        _ => 1.0,
+        Some(mx) if norm < mx as f64 => 1.0,
+        Some(mx) => (mx as f64 / norm) as f32,
+        None => 1.0,
     };
 
     // Pass 2: the update.

@@ -74,7 +74,7 @@ pub(super) fn should_stream(elems: usize) -> bool {
 pub(super) fn store_tile<const W: usize>(d: &mut [f32], v: &[f32; W], stream: bool) {
     let d = &mut d[..W];
     #[cfg(target_arch = "x86_64")]
-    if stream && W % 4 == 0 && (d.as_ptr() as usize) % 16 == 0 {
+    if stream && W.is_multiple_of(4) && (d.as_ptr() as usize).is_multiple_of(16) {
         use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
         for j in (0..W).step_by(4) {
             // SAFETY: d[j..j + 4] is in bounds (W % 4 == 0) and 16-byte
@@ -109,15 +109,8 @@ pub(super) fn stream_fence(stream: bool) {
 /// NaN out.
 #[inline(always)]
 pub(super) fn exp_f32(x: f32) -> f32 {
-    // Comparisons written so NaN falls through unchanged.
-    let x = if x > 88.0 {
-        88.0
-    } else if x < -87.0 {
-        -87.0
-    } else {
-        x
-    };
-    exp_in_range(x)
+    // f32::clamp passes NaN through.
+    exp_in_range(x.clamp(-87.0, 88.0))
 }
 
 /// [`exp_f32`] without the clamp: valid for x in [-87.3, 88.7] (k = round(x·log2 e)
@@ -237,13 +230,7 @@ impl Activation for GeluAct {
 /// Clamp to [-10, 10]; NaN passes through.
 #[inline(always)]
 fn clamp10(x: f32) -> f32 {
-    if x > 10.0 {
-        10.0
-    } else if x < -10.0 {
-        -10.0
-    } else {
-        x
-    }
+    x.clamp(-10.0, 10.0)
 }
 
 /// `dispatch_act!(act, A => body)`: evaluate `body` with the type alias `A`
@@ -303,8 +290,8 @@ impl<const K: usize> ElemMap<K> for LinComb<K> {
     #[inline(always)]
     fn apply(&self, v: [f32; K]) -> f32 {
         let mut acc = self.0[0] * v[0];
-        for i in 1..K {
-            acc += self.0[i] * v[i];
+        for (&c, &x) in self.0.iter().zip(&v).skip(1) {
+            acc += c * x;
         }
         acc
     }
