@@ -1,0 +1,183 @@
+//! The two register-blocked micro-kernels every convolution reduces to, their
+//! arguments, and the choice of instruction set.
+//!
+//! Both compute a small output tile held in registers as `R` rows × `NV`
+//! vectors of 16 f32 lanes by broadcasting one operand and loading the other as
+//! whole vectors (an outer-product update per reduction step):
+//!
+//! - [`RowTile`] (forward and data gradient): `y[j, n] = bias[n] +
+//!   Σ_rows Σ_{q<k} a_row[j·astride + q] · b_row[q, n]` for `R` output voxels
+//!   `j` of one output row and `NV·16` channels `n`. `a_row` is an input row
+//!   (NDHWC, so the `k = KW·C` values one output voxel reads along W are
+//!   contiguous and consecutive output voxels start `astride = stride_w·C`
+//!   apart — implicit GEMM without im2col); `b_row` is a packed weight panel
+//!   `[k][NV·16]`. Loop order: rows, q, then the `R × NV` FMAs.
+//! - [`WgradTile`] (weight gradient): `acc[j, n] += Σ_{t<count} a[t·astride + j]
+//!   · b[t·bstride + n]` for `R` consecutive reduction coordinates `j` (input
+//!   channels of one tap) and `NV·16` output channels `n`, summing over `count`
+//!   output voxels `t` of a row; the accumulator tile lives in memory between
+//!   rows and in registers during one.
+//!
+//! The last vector of a tile may be partial: `lanes_last` lanes are stored
+//! (and, for the weight gradient, loaded); packed weight panels are
+//! zero-padded so the forward never needs masked loads.
+#[cfg(target_arch = "x86_64")]
+use super::kernel_avx512;
+use super::kernel_portable;
+use anyhow::{bail, Result};
+use std::sync::OnceLock;
+
+/// Largest tile height: 14 rows × 2 vectors = 28 accumulators of the 32 zmm
+/// registers, leaving room for the two weight vectors and one broadcast.
+pub(super) const MAX_R: usize = 14;
+
+/// The instruction set the micro-kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Isa {
+    /// AVX-512F intrinsics, 16-lane zmm registers.
+    Avx512,
+    /// Plain Rust over `[f32; 16]` lanes (auto-vectorised for the build target).
+    Portable,
+}
+
+impl Isa {
+    /// Tallest tile this ISA runs efficiently (the portable path keeps its
+    /// accumulators small enough for 16 SSE/NEON registers to matter less).
+    pub(super) fn max_rows(self) -> usize {
+        match self {
+            Isa::Avx512 => MAX_R,
+            Isa::Portable => 4,
+        }
+    }
+}
+
+/// The environment variable that overrides instruction-set detection:
+/// `avx512`, `portable`, or `auto` (the default when unset).
+pub(super) const ISA_ENV: &str = "VOXDIFF_CPU_ISA";
+
+/// The ISA convolutions use, chosen once per process: AVX-512F when the CPU has
+/// it, else the portable kernels; [`ISA_ENV`] overrides it (tests use that to
+/// run the portable path on AVX-512 machines).
+pub(super) fn isa() -> Result<Isa> {
+    static CHOICE: OnceLock<Result<Isa, String>> = OnceLock::new();
+    let choice = CHOICE.get_or_init(|| {
+        let detected = avx512_available();
+        match std::env::var(ISA_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(if detected { Isa::Avx512 } else { Isa::Portable }),
+            Ok("portable") => Ok(Isa::Portable),
+            Ok("avx512") if detected => Ok(Isa::Avx512),
+            Ok("avx512") => Err(format!(
+                "{ISA_ENV}=avx512 but this CPU does not support AVX-512F"
+            )),
+            Ok(other) => Err(format!(
+                "{ISA_ENV}={other:?} is not one of auto, avx512, portable"
+            )),
+        }
+    });
+    match choice {
+        Ok(isa) => Ok(*isa),
+        Err(e) => bail!("{e}"),
+    }
+}
+
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One input row of a [`RowTile`]: where its `a` values start and the packed
+/// weight panel `[k][NV·16]` they multiply.
+#[derive(Clone, Copy)]
+pub(super) struct RowOperand {
+    pub a: *const f32,
+    pub b: *const f32,
+}
+
+/// Arguments of the forward/data-gradient tile (see the module docs).
+pub(super) struct RowTile<'a> {
+    pub rows: &'a [RowOperand],
+    /// Reduction length per row (`KW · C_in`).
+    pub k: usize,
+    /// Distance in floats between the `a` values of consecutive output voxels.
+    pub astride: usize,
+    /// Output of voxel 0, channel 0 of the tile.
+    pub y: *mut f32,
+    /// Distance in floats between consecutive output voxels in `y`.
+    pub ystride: usize,
+    /// `NV·16` bias values (zero-padded), or null for none.
+    pub bias: *const f32,
+    /// Valid lanes of the last vector (1..=16).
+    pub lanes_last: usize,
+}
+
+/// Arguments of the weight-gradient tile (see the module docs).
+pub(super) struct WgradTile {
+    /// Accumulator element `[0, 0]`; row `j` starts at `acc + j·ld`.
+    pub acc: *mut f32,
+    pub ld: usize,
+    /// `a[t·astride + j]` for reduction step `t` and tile row `j`.
+    pub a: *const f32,
+    pub astride: usize,
+    /// `b[t·bstride + n]`.
+    pub b: *const f32,
+    pub bstride: usize,
+    /// Number of reduction steps.
+    pub count: usize,
+    /// Valid lanes of the last vector (1..=16).
+    pub lanes_last: usize,
+}
+
+pub(super) type RowTileFn = unsafe fn(&RowTile);
+pub(super) type WgradTileFn = unsafe fn(&WgradTile);
+
+/// The forward tile for `r` rows (1..=`Isa::max_rows`) and `nv` vectors (1 or 2).
+pub(super) fn row_tile_fn(isa: Isa, r: usize, nv: usize) -> RowTileFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => kernel_avx512::row_tile_fn(r, nv),
+        // Never chosen off x86-64 (`isa` only returns Avx512 where detected).
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx512 => kernel_portable::row_tile_fn(r, nv),
+        Isa::Portable => kernel_portable::row_tile_fn(r, nv),
+    }
+}
+
+/// The weight-gradient tile for `r` rows (1..=`Isa::max_rows`) and `nv` vectors.
+pub(super) fn wgrad_tile_fn(isa: Isa, r: usize, nv: usize) -> WgradTileFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => kernel_avx512::wgrad_tile_fn(r, nv),
+        // Never chosen off x86-64 (`isa` only returns Avx512 where detected).
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx512 => kernel_portable::wgrad_tile_fn(r, nv),
+        Isa::Portable => kernel_portable::wgrad_tile_fn(r, nv),
+    }
+}
+
+/// Lane mask of the last vector of a tile with `lanes` valid lanes.
+#[inline]
+pub(super) fn lane_mask(lanes: usize) -> u16 {
+    debug_assert!((1..=16).contains(&lanes));
+    ((1u32 << lanes) - 1) as u16
+}
+
+/// Split `len` into `ceil(len / max)` nearly equal consecutive pieces
+/// `(start, size)`, so no piece is much smaller than the others (none when
+/// `len == 0`).
+pub(super) fn balanced_split(len: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let pieces = len.div_ceil(max.max(1));
+    let base = len.checked_div(pieces).unwrap_or(0);
+    let extra = len.checked_rem(pieces).unwrap_or(0);
+    (0..pieces).scan(0usize, move |start, i| {
+        let size = base + usize::from(i < extra);
+        let s = *start;
+        *start += size;
+        Some((s, size))
+    })
+}

@@ -1,0 +1,150 @@
+//! Weight panels for the row engine, packed once per call.
+//!
+//! The output channels are cut into blocks of 32 (two vectors) with one last
+//! block of 1..=32 channels (one vector when it has at most 16). Block `b`
+//! holds, for every input row `(kd, kh)` of the kernel, the panel
+//! `[q = kw·C_in + ci][NV·16]` with zeros past the last valid channel, so a
+//! tile reads one contiguous, aligned, full-width vector per reduction step.
+
+/// 64-byte aligned, zero-initialised f32 storage (aligned vector loads never
+/// split a cache line).
+pub(super) struct AlignedBuf {
+    data: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub(super) fn zeros(len: usize) -> AlignedBuf {
+        let data = vec![0f32; len + 16];
+        let start = data.as_ptr().align_offset(64).min(16);
+        AlignedBuf { data, start, len }
+    }
+    pub(super) fn as_slice(&self) -> &[f32] {
+        &self.data[self.start..self.start + self.len]
+    }
+    pub(super) fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.data[self.start..self.start + self.len]
+    }
+}
+
+/// One block of output channels.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Block {
+    /// First output channel of the block.
+    pub n0: usize,
+    /// Vectors per tile row (1 or 2); the panel width is `16·nv`.
+    pub nv: usize,
+    /// Valid channels (1..=16·nv).
+    pub width: usize,
+    /// Offset of the block's panels in [`Packed::data`].
+    pub offset: usize,
+    /// Offset of the block's zero-padded bias in [`Packed::bias`].
+    pub bias_offset: usize,
+}
+
+impl Block {
+    /// Valid lanes of the last vector.
+    pub fn lanes_last(&self) -> usize {
+        self.width - 16 * (self.nv - 1)
+    }
+}
+
+/// Cut `channels` into blocks of at most 32 (see the module docs).
+pub(super) fn channel_blocks(channels: usize) -> Vec<(usize, usize, usize)> {
+    let mut blocks = Vec::new();
+    let mut n0 = 0;
+    while n0 < channels {
+        let width = (channels - n0).min(32);
+        blocks.push((n0, width.div_ceil(16), width));
+        n0 += width;
+    }
+    blocks
+}
+
+/// The packed weights (and bias) of one pass of the row engine.
+pub(super) struct Packed {
+    pub data: AlignedBuf,
+    pub bias: Option<AlignedBuf>,
+    pub blocks: Vec<Block>,
+    /// Reduction length per kernel row: `KW · C_in`.
+    pub k: usize,
+}
+
+impl Packed {
+    /// Pack a kernel of extents `kernel` from `C_in = cin` to `C_out = cout`
+    /// channels whose tap `(kd, kh, kw)` weight from input channel `ci` to
+    /// output channel `co` is `weight(kd, kh, kw, ci, co)`; `bias(co)` if given.
+    pub(super) fn new(
+        kernel: [usize; 3],
+        cin: usize,
+        cout: usize,
+        weight: impl Fn(usize, usize, usize, usize, usize) -> f32,
+        bias: Option<&dyn Fn(usize) -> f32>,
+    ) -> Packed {
+        let [kd_n, kh_n, kw_n] = kernel;
+        let k = kw_n * cin;
+        let mut blocks = Vec::new();
+        let mut total = 0;
+        let mut bias_total = 0;
+        for (n0, nv, width) in channel_blocks(cout) {
+            blocks.push(Block {
+                n0,
+                nv,
+                width,
+                offset: total,
+                bias_offset: bias_total,
+            });
+            total += kd_n * kh_n * k * 16 * nv;
+            bias_total += 16 * nv;
+        }
+        let mut data = AlignedBuf::zeros(total);
+        let out = data.as_mut_slice();
+        for blk in &blocks {
+            let nb = 16 * blk.nv;
+            for kd in 0..kd_n {
+                for kh in 0..kh_n {
+                    let panel = blk.offset + (kd * kh_n + kh) * k * nb;
+                    for kw in 0..kw_n {
+                        for ci in 0..cin {
+                            let row = panel + (kw * cin + ci) * nb;
+                            for n in 0..blk.width {
+                                out[row + n] = weight(kd, kh, kw, ci, blk.n0 + n);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let bias = bias.map(|f| {
+            let mut b = AlignedBuf::zeros(bias_total);
+            let out = b.as_mut_slice();
+            for blk in &blocks {
+                for n in 0..blk.width {
+                    out[blk.bias_offset + n] = f(blk.n0 + n);
+                }
+            }
+            b
+        });
+        Packed {
+            data,
+            bias,
+            blocks,
+            k,
+        }
+    }
+
+    /// The panel of kernel row `(kd, kh)` (index `kd·KH + kh`) of block `blk`.
+    pub(super) fn panel(&self, blk: &Block, kernel_row: usize) -> *const f32 {
+        let off = blk.offset + kernel_row * self.k * 16 * blk.nv;
+        self.data.as_slice()[off..].as_ptr()
+    }
+
+    /// The padded bias of block `blk`, or null.
+    pub(super) fn bias_ptr(&self, blk: &Block) -> *const f32 {
+        match &self.bias {
+            Some(b) => b.as_slice()[blk.bias_offset..].as_ptr(),
+            None => std::ptr::null(),
+        }
+    }
+}
