@@ -11,6 +11,39 @@ use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::backend::{Backend, ConvSpec};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
+/// Layers of the 3D UNets (channels 32/64/128/256 at a 128×128×32 patch) and
+/// of the 2D models, timed once each before criterion runs.
+const SURVEY: &[(&str, ConvSpec, [usize; 4], usize)] = &[
+    ("k3 2→32 first", ConvSpec::K3, [32, 128, 128, 2], 32),
+    ("k3 64→64", ConvSpec::K3, [16, 64, 64, 64], 64),
+    ("k3 128→128", ConvSpec::K3, [8, 32, 32, 128], 128),
+    ("k3 256→256", ConvSpec::K3, [4, 16, 16, 256], 256),
+    ("down2 32→64", ConvSpec::DOWN2, [32, 128, 128, 32], 64),
+    ("up2 64→32", ConvSpec::UP2, [16, 64, 64, 64], 32),
+    ("k1 32→3 head", ConvSpec::K1, [32, 128, 128, 32], 3),
+    ("k133 64→64 2D", ConvSpec::K133, [1, 256, 256, 64], 64),
+    (
+        "down 1×2×2 64→128",
+        ConvSpec {
+            kernel: [1, 2, 2],
+            stride: [1, 2, 2],
+            transposed: false,
+        },
+        [1, 256, 256, 64],
+        128,
+    ),
+    (
+        "up 1×2×2 128→64",
+        ConvSpec {
+            kernel: [1, 2, 2],
+            stride: [1, 2, 2],
+            transposed: true,
+        },
+        [1, 128, 128, 128],
+        64,
+    ),
+];
+
 struct Setup {
     b: CpuBackend,
     x: Tensor,
@@ -21,11 +54,9 @@ struct Setup {
     flops: u64,
 }
 
-fn setup() -> Setup {
+fn setup(spec: ConvSpec, x_shape: Shape, cout: usize) -> Setup {
     let b = CpuBackend::new();
-    let spec = ConvSpec::K3;
-    let x_shape = Shape::ndhwc(1, 32, 128, 128, 32);
-    let (cin, cout) = (32, 32);
+    let cin = x_shape.c();
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut rand = |n: usize| -> Vec<f32> {
         (0..n)
@@ -47,7 +78,9 @@ fn setup() -> Setup {
     let bias = b
         .upload(&rand(cout), Shape::new(&[cout]), DType::F32)
         .unwrap();
-    let y_shape = x_shape.with_c(cout);
+    let y_shape = x_shape
+        .with_spatial(spec.out_spatial(x_shape.spatial()))
+        .with_c(cout);
     let dy = b
         .upload(&rand(y_shape.numel()), y_shape, DType::F32)
         .unwrap();
@@ -109,7 +142,7 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> (Duration, Duration) {
 }
 
 fn bench(c: &mut Criterion) {
-    let s = setup();
+    let s = setup(ConvSpec::K3, Shape::ndhwc(1, 32, 128, 128, 32), 32);
     println!(
         "conv3d 3×3×3 32→32 on 1×32×128×128×32, {} ({:.1} GFLOP per pass)",
         s.b.name(),
@@ -138,6 +171,27 @@ fn bench(c: &mut Criterion) {
         best_of(5, || drop(std::hint::black_box(s.wgrad()))),
     );
     report("fwd+bwd", 3, best_of(5, || s.fwd_bwd()));
+
+    println!("layer survey (best of 3; wall ms, GFLOP/s, and GFLOP per cpu-second):");
+    for &(name, spec, [d, h, w, cin], cout) in SURVEY {
+        let l = setup(spec, Shape::ndhwc(1, d, h, w, cin), cout);
+        let f = l.flops as f64;
+        let cell = |(wall, cpu): (Duration, Duration)| {
+            format!(
+                "{:7.2} ms {:4.0} {:4.0}",
+                wall.as_secs_f64() * 1e3,
+                f / wall.as_secs_f64() / 1e9,
+                f / cpu.as_secs_f64() / 1e9
+            )
+        };
+        println!(
+            "  {name:<18} {:5.2} GFLOP  fwd {}  dgrad {}  wgrad {}",
+            f / 1e9,
+            cell(best_of(3, || drop(std::hint::black_box(l.fwd())))),
+            cell(best_of(3, || drop(std::hint::black_box(l.dgrad())))),
+            cell(best_of(3, || drop(std::hint::black_box(l.wgrad())))),
+        );
+    }
 
     let mut g = c.benchmark_group("conv3d_k3_32to32_1x32x128x128");
     g.sample_size(10).measurement_time(Duration::from_secs(8));

@@ -14,9 +14,9 @@
 //!   `[k][NV·16]`. Loop order: rows, q, then the `R × NV` FMAs.
 //! - [`WgradTile`] (weight gradient): `acc[j, n] += Σ_{t<count} a[t·astride + j]
 //!   · b[t·bstride + n]` for `R` consecutive reduction coordinates `j` (input
-//!   channels of one tap) and `NV·16` output channels `n`, summing over `count`
-//!   output voxels `t` of a row; the accumulator tile lives in memory between
-//!   rows and in registers during one.
+//!   channels of one tap) and `NV·16` output channels `n`, summing over the
+//!   output voxels `t` of several rows (segments); the accumulator tile lives
+//!   in memory between calls and in registers during one.
 //!
 //! The last vector of a tile may be partial: `lanes_last` lanes are stored
 //! (and, for the weight gradient, loaded); packed weight panels are
@@ -116,19 +116,25 @@ pub(super) struct RowTile<'a> {
     pub lanes_last: usize,
 }
 
-/// Arguments of the weight-gradient tile (see the module docs).
-pub(super) struct WgradTile {
+/// One run of reduction steps of a [`WgradTile`]: `a[t·astride + j]` and
+/// `b[t·bstride + n]` for `t < count`.
+#[derive(Clone, Copy)]
+pub(super) struct Segment {
+    pub a: *const f32,
+    pub b: *const f32,
+    pub count: usize,
+}
+
+/// Arguments of the weight-gradient tile (see the module docs): the tile sums
+/// over every segment, so one load and store of the accumulators serves many
+/// rows.
+pub(super) struct WgradTile<'a> {
     /// Accumulator element `[0, 0]`; row `j` starts at `acc + j·ld`.
     pub acc: *mut f32,
     pub ld: usize,
-    /// `a[t·astride + j]` for reduction step `t` and tile row `j`.
-    pub a: *const f32,
+    pub segments: &'a [Segment],
     pub astride: usize,
-    /// `b[t·bstride + n]`.
-    pub b: *const f32,
     pub bstride: usize,
-    /// Number of reduction steps.
-    pub count: usize,
     /// Valid lanes of the last vector (1..=16).
     pub lanes_last: usize,
 }

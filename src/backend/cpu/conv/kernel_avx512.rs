@@ -61,9 +61,9 @@ unsafe fn row_tile<const R: usize, const NV: usize>(t: &RowTile) {
 /// Weight-gradient tile: `R` reduction coordinates × `NV` vectors of channels.
 ///
 /// # Safety
-/// The CPU supports AVX-512F; `acc[j·ld + n]` is readable and writable and
-/// `a[t·astride + j]`, `b[t·bstride + n]` are readable for j < R, t < count
-/// and the valid lanes n.
+/// The CPU supports AVX-512F; `acc[j·ld + n]` is readable and writable and,
+/// for every segment, `a[t·astride + j]`, `b[t·bstride + n]` are readable for
+/// j < R, t < count and the valid lanes n.
 #[target_feature(enable = "avx512f")]
 unsafe fn wgrad_tile<const R: usize, const NV: usize>(t: &WgradTile) {
     unsafe {
@@ -76,22 +76,24 @@ unsafe fn wgrad_tile<const R: usize, const NV: usize>(t: &WgradTile) {
             }
             row[NV - 1] = _mm512_maskz_loadu_ps(mask, p.add(16 * (NV - 1)));
         }
-        let mut a = t.a;
-        let mut b = t.b;
-        for _ in 0..t.count {
-            let mut bv = [_mm512_setzero_ps(); NV];
-            for v in 0..NV - 1 {
-                bv[v] = _mm512_loadu_ps(b.add(16 * v));
-            }
-            bv[NV - 1] = _mm512_maskz_loadu_ps(mask, b.add(16 * (NV - 1)));
-            for (j, row) in acc.iter_mut().enumerate() {
-                let s = _mm512_set1_ps(*a.add(j));
-                for v in 0..NV {
-                    row[v] = _mm512_fmadd_ps(s, bv[v], row[v]);
+        for seg in t.segments {
+            let mut a = seg.a;
+            let mut b = seg.b;
+            for _ in 0..seg.count {
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for v in 0..NV - 1 {
+                    bv[v] = _mm512_loadu_ps(b.add(16 * v));
                 }
+                bv[NV - 1] = _mm512_maskz_loadu_ps(mask, b.add(16 * (NV - 1)));
+                for (j, row) in acc.iter_mut().enumerate() {
+                    let s = _mm512_set1_ps(*a.add(j));
+                    for v in 0..NV {
+                        row[v] = _mm512_fmadd_ps(s, bv[v], row[v]);
+                    }
+                }
+                a = a.add(t.astride);
+                b = b.add(t.bstride);
             }
-            a = a.add(t.astride);
-            b = b.add(t.bstride);
         }
         for (j, row) in acc.iter().enumerate() {
             let p = t.acc.add(j * t.ld);

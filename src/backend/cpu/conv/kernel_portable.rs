@@ -61,13 +61,15 @@ unsafe fn wgrad_tile<const R: usize, const NV: usize>(t: &WgradTile) {
             let p = std::slice::from_raw_parts(t.acc.add(j * t.ld), valid);
             row[..valid].copy_from_slice(p);
         }
-        for step in 0..t.count {
-            let b = std::slice::from_raw_parts(t.b.add(step * t.bstride), valid);
-            let a = t.a.add(step * t.astride);
-            for (j, row) in acc.iter_mut().enumerate() {
-                let s = *a.add(j);
-                for (x, &bn) in row[..valid].iter_mut().zip(b) {
-                    *x += s * bn;
+        for seg in t.segments {
+            for step in 0..seg.count {
+                let b = std::slice::from_raw_parts(seg.b.add(step * t.bstride), valid);
+                let a = seg.a.add(step * t.astride);
+                for (j, row) in acc.iter_mut().enumerate() {
+                    let s = *a.add(j);
+                    for (x, &bn) in row[..valid].iter_mut().zip(b) {
+                        *x += s * bn;
+                    }
                 }
             }
         }

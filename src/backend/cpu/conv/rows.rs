@@ -14,10 +14,13 @@
 //! (see `passes.rs`). Several passes may write one output; each output element
 //! belongs to at most one pass, and elements no pass writes keep their zeros.
 //!
-//! Loop order: parallel over output rows `(n, t_d, t_h)` (rayon; each row is
-//! written by one task, rows are ≥ one cache line apart at the sizes that
-//! matter); within a row, every pass, then tiles of at most `Isa::max_rows`
-//! output voxels along W (balanced sizes), then blocks of 32 output channels;
+//! Loop order: parallel over (group of channel blocks, output row `(n, t_d,
+//! t_h)`), group-major (rayon; each item writes its own channels of its own
+//! row; the groups keep a layer's packed weights within ~1 MiB of L2, so wide
+//! layers stream the input once per group instead of the weights once per
+//! tile); within an item, every pass, then tiles of at most `Isa::max_rows`
+//! output voxels along W (balanced sizes), then the group's blocks of 32
+//! output channels;
 //! the tile's micro-kernel sums over the valid kernel rows `(kd, kh)` — rows
 //! outside the input in D or H are skipped, not read — and over
 //! `q = kw·C_in + ci`, contiguous in NDHWC. Tiles whose W window leaves the
@@ -106,6 +109,16 @@ impl RowProblem<'_> {
                 pass.axes[2].kernel,
                 self.cx
             );
+            let first = &self.passes[0].packed.blocks;
+            ensure!(
+                packed.blocks.len() == first.len()
+                    && packed
+                        .blocks
+                        .iter()
+                        .zip(first)
+                        .all(|(a, b)| a.n0 == b.n0 && a.width == b.width),
+                "row engine: pass {p}: channel blocks differ from pass 0"
+            );
             let covered: usize = packed.blocks.iter().map(|b| b.width).sum();
             ensure!(
                 covered == self.cy,
@@ -127,39 +140,93 @@ struct Scratch {
     stage: Vec<f32>,
 }
 
+/// Packed weights a group of channel blocks may occupy: they are re-read for
+/// every tile, so a group's panels should stay in the 2 MiB L2 next to the
+/// input rows.
+const GROUP_WEIGHT_BYTES: usize = 1 << 20;
+
+/// Cut the channel blocks into consecutive groups whose packed weights (over
+/// all passes) fit [`GROUP_WEIGHT_BYTES`]; at least one block per group.
+fn block_groups(p: &RowProblem) -> Vec<std::ops::Range<usize>> {
+    let blocks = p.passes.first().map_or(0, |q| q.packed.blocks.len());
+    let bytes = |b: usize| -> usize {
+        p.passes
+            .iter()
+            .map(|q| {
+                let blk = &q.packed.blocks[b];
+                q.axes[0].kernel * q.axes[1].kernel * q.packed.k * 16 * blk.nv * 4
+            })
+            .sum()
+    };
+    let mut groups = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for b in 0..blocks {
+        let size = bytes(b);
+        if b > start && used + size > GROUP_WEIGHT_BYTES {
+            groups.push(start..b);
+            start = b;
+            used = 0;
+        }
+        used += size;
+    }
+    if blocks > start {
+        groups.push(start..blocks);
+    }
+    groups
+}
+
 /// Run every pass of `p` into `y` (zeroed by the caller where no pass writes).
+///
+/// Work items are (channel-block group, output row), group-major, so a group's
+/// weights stay in cache while the rows stream by; small layers have one group.
 pub(super) fn run(isa: Isa, p: &RowProblem, y: &mut [f32]) -> Result<()> {
     p.validate(y.len())?;
     let rows_d = p.passes.iter().map(|q| q.axes[0].extent).max().unwrap_or(0);
     let rows_h = p.passes.iter().map(|q| q.axes[1].extent).max().unwrap_or(0);
-    let total = p.n * rows_d * rows_h;
+    let rows = p.n * rows_d * rows_h;
+    let groups = block_groups(p);
     // Raw address so workers can write their disjoint rows.
     let y_addr = y.as_mut_ptr() as usize;
-    (0..total)
+    (0..groups.len() * rows)
         .into_par_iter()
-        .for_each_init(Scratch::default, |scratch, row| {
+        .for_each_init(Scratch::default, |scratch, item| {
+            let group = groups[item / rows].clone();
+            let row = item % rows;
             let n = row / (rows_d * rows_h);
             let td = (row / rows_h) % rows_d;
             let th = row % rows_h;
             for pass in &p.passes {
                 if td < pass.axes[0].extent && th < pass.axes[1].extent {
-                    // SAFETY: `validate` bounds every index; rows are disjoint.
-                    unsafe { output_row(isa, p, pass, [n, td, th], y_addr as *mut f32, scratch) };
+                    // SAFETY: `validate` bounds every index; (group, row)
+                    // items write disjoint channels of disjoint rows.
+                    unsafe {
+                        output_row(
+                            isa,
+                            p,
+                            pass,
+                            [n, td, th],
+                            group.clone(),
+                            y_addr as *mut f32,
+                            scratch,
+                        )
+                    };
                 }
             }
         });
     Ok(())
 }
 
-/// One output row `(n, t_d, t_h)` of one pass.
+/// One output row `(n, t_d, t_h)` of one pass, channel blocks `blocks`.
 ///
 /// # Safety
-/// `p` was validated against the output at `y`; no other thread writes this row.
+/// `p` was validated against the output at `y`; no other thread writes these
+/// channels of this row.
 unsafe fn output_row(
     isa: Isa,
     p: &RowProblem,
     pass: &Pass,
     [n, td, th]: [usize; 3],
+    blocks: std::ops::Range<usize>,
     y: *mut f32,
     s: &mut Scratch,
 ) {
@@ -211,7 +278,7 @@ unsafe fn output_row(
                 }
             }
         }
-        for blk in &packed.blocks {
+        for blk in &packed.blocks[blocks.clone()] {
             s.operands.clear();
             for (i, &(x_off, kernel_row)) in s.kernel_rows.iter().enumerate() {
                 let a = if interior {
