@@ -21,6 +21,7 @@ const SURVEY: &[(&str, ConvSpec, [usize; 4], usize)] = &[
     ("down2 32→64", ConvSpec::DOWN2, [32, 128, 128, 32], 64),
     ("up2 64→32", ConvSpec::UP2, [16, 64, 64, 64], 32),
     ("k1 32→3 head", ConvSpec::K1, [32, 128, 128, 32], 3),
+    ("k3 32→1 head", ConvSpec::K3, [32, 128, 128, 32], 1),
     ("k133 64→64 2D", ConvSpec::K133, [1, 256, 256, 64], 64),
     (
         "down 1×2×2 64→128",

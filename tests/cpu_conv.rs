@@ -261,7 +261,18 @@ fn cases() -> Vec<Problem> {
         ConvSpec::K1,
     ];
     let extents_3d = [[5, 7, 9], [3, 4, 5], [2, 6, 31]];
-    let channels = [(1, 5), (3, 16), (17, 31), (33, 5), (3, 40), (16, 33)];
+    let channels = [
+        (1, 5),
+        (3, 16),
+        (17, 31),
+        (33, 5),
+        (3, 40),
+        (16, 33),
+        (16, 1),
+        (4, 17),
+        (24, 7),
+        (2, 32),
+    ];
     let mut out = Vec::new();
     let mut seed = 1;
     for (si, &sp) in specs_3d.iter().enumerate() {

@@ -18,6 +18,12 @@
 //!   output voxels `t` of several rows (segments); the accumulator tile lives
 //!   in memory between calls and in registers during one.
 //!
+//! - [`DotTile`] (forward and data gradient with at most 8 output channels):
+//!   the [`RowTile`] sum for `R` voxels × `C ≤ 4` channels with vectors along
+//!   the reduction `q` instead (16 products per FMA), reduced across lanes once
+//!   at the end; the panel is `[C][kp]`, `q` zero-padded to a multiple of 16,
+//!   and the input's last partial chunk is loaded masked.
+//!
 //! The last vector of a tile may be partial: `lanes_last` lanes are stored
 //! (and, for the weight gradient, loaded); packed weight panels are
 //! zero-padded so the forward never needs masked loads.
@@ -125,6 +131,29 @@ pub(super) struct Segment {
     pub count: usize,
 }
 
+/// Arguments of the dot tile (see the module docs). `rows[i].b` points at the
+/// `[C][kp]` panel of the tile's channel group.
+pub(super) struct DotTile<'a> {
+    pub rows: &'a [RowOperand],
+    pub k: usize,
+    /// Padded reduction length: the distance between channels in a panel.
+    pub kp: usize,
+    pub astride: usize,
+    pub y: *mut f32,
+    pub ystride: usize,
+    /// `C` bias values, or null.
+    pub bias: *const f32,
+}
+
+/// Tallest dot tile for `c` channels (1..=4): `R·C` accumulators plus `C`
+/// weight vectors and one input vector within the 32 zmm registers.
+pub(super) fn dot_max_rows(isa: Isa, c: usize) -> usize {
+    match isa {
+        Isa::Avx512 => [14, 12, 8, 6][c - 1],
+        Isa::Portable => 4,
+    }
+}
+
 /// Arguments of the weight-gradient tile (see the module docs): the tile sums
 /// over every segment, so one load and store of the accumulators serves many
 /// rows.
@@ -141,6 +170,7 @@ pub(super) struct WgradTile<'a> {
 
 pub(super) type RowTileFn = unsafe fn(&RowTile);
 pub(super) type WgradTileFn = unsafe fn(&WgradTile);
+pub(super) type DotTileFn = unsafe fn(&DotTile);
 
 /// The forward tile for `r` rows (1..=`Isa::max_rows`) and `nv` vectors (1 or 2).
 pub(super) fn row_tile_fn(isa: Isa, r: usize, nv: usize) -> RowTileFn {
@@ -163,6 +193,17 @@ pub(super) fn wgrad_tile_fn(isa: Isa, r: usize, nv: usize) -> WgradTileFn {
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx512 => kernel_portable::wgrad_tile_fn(r, nv),
         Isa::Portable => kernel_portable::wgrad_tile_fn(r, nv),
+    }
+}
+
+/// The dot tile for `r` rows (1..=`dot_max_rows(isa, c)`) and `c` channels (1..=4).
+pub(super) fn dot_tile_fn(isa: Isa, r: usize, c: usize) -> DotTileFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => kernel_avx512::dot_tile_fn(r, c),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx512 => kernel_portable::dot_tile_fn(r, c),
+        Isa::Portable => kernel_portable::dot_tile_fn(r, c),
     }
 }
 

@@ -7,7 +7,9 @@
 //! two FMA ports, not the load ports, bound it.
 #![cfg(target_arch = "x86_64")]
 
-use super::kernel::{lane_mask, RowTile, RowTileFn, WgradTile, WgradTileFn, MAX_R};
+use super::kernel::{
+    lane_mask, DotTile, DotTileFn, RowTile, RowTileFn, WgradTile, WgradTileFn, MAX_R,
+};
 use std::arch::x86_64::*;
 
 /// Forward/data-gradient tile: `R` output voxels × `NV` vectors of channels.
@@ -105,6 +107,52 @@ unsafe fn wgrad_tile<const R: usize, const NV: usize>(t: &WgradTile) {
     }
 }
 
+/// Dot tile: `R` output voxels × `C` channels, vectors along the reduction.
+///
+/// # Safety
+/// The CPU supports AVX-512F; every `rows[i].a[j·astride + q]` (j < R, q < k)
+/// and `rows[i].b[c·kp + q]` (c < C, q < kp) is readable; `y[j·ystride + c]`
+/// is writable; `bias` is null or has `C` values.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_tile<const R: usize, const C: usize>(t: &DotTile) {
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let full = t.k / 16;
+        let tail = t.k % 16;
+        for op in t.rows {
+            let mut step = |q: usize, mask: u16| {
+                let mut bv = [_mm512_setzero_ps(); C];
+                for (c, bv) in bv.iter_mut().enumerate() {
+                    *bv = _mm512_loadu_ps(op.b.add(c * t.kp + q));
+                }
+                for (j, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_maskz_loadu_ps(mask, op.a.add(j * t.astride + q));
+                    for c in 0..C {
+                        row[c] = _mm512_fmadd_ps(av, bv[c], row[c]);
+                    }
+                }
+            };
+            for chunk in 0..full {
+                step(16 * chunk, 0xFFFF);
+            }
+            if tail > 0 {
+                step(16 * full, lane_mask(tail));
+            }
+        }
+        for (j, row) in acc.iter().enumerate() {
+            let y = t.y.add(j * t.ystride);
+            for c in 0..C {
+                let b = if t.bias.is_null() {
+                    0.0
+                } else {
+                    *t.bias.add(c)
+                };
+                *y.add(c) = _mm512_reduce_add_ps(row[c]) + b;
+            }
+        }
+    }
+}
+
 macro_rules! tile_table {
     ($f:ident, $ty:ty) => {
         [
@@ -137,4 +185,22 @@ pub(super) fn row_tile_fn(r: usize, nv: usize) -> RowTileFn {
 /// The weight-gradient tile of `r` rows (1..=14) and `nv` vectors (1..=2).
 pub(super) fn wgrad_tile_fn(r: usize, nv: usize) -> WgradTileFn {
     WGRAD_TILES[r - 1][nv - 1]
+}
+
+/// The dot tile of `r` rows (1..=`dot_max_rows(Avx512, c)`) and `c` channels (1..=4).
+pub(super) fn dot_tile_fn(r: usize, c: usize) -> DotTileFn {
+    macro_rules! pick {
+        ($($c:literal => [$($r:literal),*]);*) => {
+            match (r, c) {
+                $($(($r, $c) => dot_tile::<$r, $c> as DotTileFn,)*)*
+                _ => unreachable!("no dot tile of {r} rows × {c} channels"),
+            }
+        };
+    }
+    pick!(
+        1 => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+        2 => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        3 => [1, 2, 3, 4, 5, 6, 7, 8];
+        4 => [1, 2, 3, 4, 5, 6]
+    )
 }

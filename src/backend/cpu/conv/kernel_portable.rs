@@ -7,7 +7,7 @@
 //! results differ from the AVX-512 path in the last bits, well inside the
 //! tests' tolerance.
 
-use super::kernel::{RowTile, RowTileFn, WgradTile, WgradTileFn};
+use super::kernel::{DotTile, DotTileFn, RowTile, RowTileFn, WgradTile, WgradTileFn};
 
 const L: usize = 16;
 
@@ -80,6 +80,36 @@ unsafe fn wgrad_tile<const R: usize, const NV: usize>(t: &WgradTile) {
     }
 }
 
+/// Dot tile: `R` output voxels × `C` channels.
+///
+/// # Safety
+/// As the AVX-512 twin, without the CPU requirement.
+unsafe fn dot_tile<const R: usize, const C: usize>(t: &DotTile) {
+    unsafe {
+        let mut acc = [[[0f32; L]; C]; R];
+        for op in t.rows {
+            for q in 0..t.k {
+                for (j, row) in acc.iter_mut().enumerate() {
+                    let a = *op.a.add(j * t.astride + q);
+                    for (c, lanes) in row.iter_mut().enumerate() {
+                        lanes[q % L] += a * *op.b.add(c * t.kp + q);
+                    }
+                }
+            }
+        }
+        for (j, row) in acc.iter().enumerate() {
+            for (c, lanes) in row.iter().enumerate() {
+                let b = if t.bias.is_null() {
+                    0.0
+                } else {
+                    *t.bias.add(c)
+                };
+                *t.y.add(j * t.ystride + c) = lanes.iter().sum::<f32>() + b;
+            }
+        }
+    }
+}
+
 macro_rules! tile_table {
     ($f:ident, $ty:ty) => {
         [
@@ -102,4 +132,36 @@ pub(super) fn row_tile_fn(r: usize, nv: usize) -> RowTileFn {
 /// The weight-gradient tile of `r` rows (1..=4) and `nv` vectors (1..=2).
 pub(super) fn wgrad_tile_fn(r: usize, nv: usize) -> WgradTileFn {
     WGRAD_TILES[r - 1][nv - 1]
+}
+
+const DOT_TILES: [[DotTileFn; 4]; 4] = [
+    [
+        dot_tile::<1, 1>,
+        dot_tile::<1, 2>,
+        dot_tile::<1, 3>,
+        dot_tile::<1, 4>,
+    ],
+    [
+        dot_tile::<2, 1>,
+        dot_tile::<2, 2>,
+        dot_tile::<2, 3>,
+        dot_tile::<2, 4>,
+    ],
+    [
+        dot_tile::<3, 1>,
+        dot_tile::<3, 2>,
+        dot_tile::<3, 3>,
+        dot_tile::<3, 4>,
+    ],
+    [
+        dot_tile::<4, 1>,
+        dot_tile::<4, 2>,
+        dot_tile::<4, 3>,
+        dot_tile::<4, 4>,
+    ],
+];
+
+/// The dot tile of `r` rows (1..=4) and `c` channels (1..=4).
+pub(super) fn dot_tile_fn(r: usize, c: usize) -> DotTileFn {
+    DOT_TILES[r - 1][c - 1]
 }

@@ -1,10 +1,16 @@
-//! Weight panels for the row engine, packed once per call.
+//! Weight panels for the row engine, packed once per call, in one of two
+//! layouts.
 //!
-//! The output channels are cut into blocks of 32 (two vectors) with one last
-//! block of 1..=32 channels (one vector when it has at most 16). Block `b`
-//! holds, for every input row `(kd, kh)` of the kernel, the panel
-//! `[q = kw·C_in + ci][NV·16]` with zeros past the last valid channel, so a
-//! tile reads one contiguous, aligned, full-width vector per reduction step.
+//! - Channels (the usual one): the output channels are cut into blocks of 32
+//!   (two vectors) with one last block of 1..=32 channels (one vector when it
+//!   has at most 16). Block `b` holds, for every input row `(kd, kh)` of the
+//!   kernel, the panel `[q = kw·C_in + ci][NV·16]` with zeros past the last
+//!   valid channel, so a tile reads one contiguous, aligned, full-width vector
+//!   per reduction step.
+//! - Dot (at most 8 output channels and a reduction of at least 16): vectors
+//!   over output channels would be mostly empty lanes, so the tile vectorises
+//!   the reduction instead. Groups of at most 4 channels hold, per kernel row,
+//!   `[c][q]` with `q` zero-padded to `kp`, a multiple of 16.
 
 /// 64-byte aligned, zero-initialised f32 storage (aligned vector loads never
 /// split a cache line).
@@ -39,6 +45,8 @@ pub(super) struct Block {
     pub width: usize,
     /// Offset of the block's panels in [`Packed::data`].
     pub offset: usize,
+    /// Floats per kernel-row panel of the block.
+    pub panel_len: usize,
     /// Offset of the block's zero-padded bias in [`Packed::bias`].
     pub bias_offset: usize,
 }
@@ -62,6 +70,21 @@ pub(super) fn channel_blocks(channels: usize) -> Vec<(usize, usize, usize)> {
     blocks
 }
 
+/// How a [`Packed`] lays out its panels (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Layout {
+    Channels,
+    /// Reduction padded to `kp` floats per channel.
+    Dot {
+        kp: usize,
+    },
+}
+
+/// Fraction of 16-lane vectors doing useful work for `n` values.
+fn lane_use(n: usize) -> f64 {
+    n as f64 / (16 * n.div_ceil(16)) as f64
+}
+
 /// The packed weights (and bias) of one pass of the row engine.
 pub(super) struct Packed {
     pub data: AlignedBuf,
@@ -69,6 +92,7 @@ pub(super) struct Packed {
     pub blocks: Vec<Block>,
     /// Reduction length per kernel row: `KW · C_in`.
     pub k: usize,
+    pub layout: Layout,
 }
 
 impl Packed {
@@ -83,33 +107,55 @@ impl Packed {
         bias: Option<&dyn Fn(usize) -> f32>,
     ) -> Packed {
         let [kd_n, kh_n, kw_n] = kernel;
+        let kernel_rows = kd_n * kh_n;
         let k = kw_n * cin;
+        let layout = if cout <= 8 && k >= 16 && lane_use(k) > lane_use(cout) {
+            Layout::Dot {
+                kp: k.next_multiple_of(16),
+            }
+        } else {
+            Layout::Channels
+        };
+        let groups: Vec<(usize, usize, usize)> = match layout {
+            Layout::Channels => channel_blocks(cout),
+            Layout::Dot { .. } => super::kernel::balanced_split(cout, 4)
+                .map(|(n0, width)| (n0, 1, width))
+                .collect(),
+        };
         let mut blocks = Vec::new();
         let mut total = 0;
         let mut bias_total = 0;
-        for (n0, nv, width) in channel_blocks(cout) {
+        for (n0, nv, width) in groups {
+            let (panel_len, bias_len) = match layout {
+                Layout::Channels => (k * 16 * nv, 16 * nv),
+                Layout::Dot { kp } => (width * kp, width),
+            };
             blocks.push(Block {
                 n0,
                 nv,
                 width,
                 offset: total,
+                panel_len,
                 bias_offset: bias_total,
             });
-            total += kd_n * kh_n * k * 16 * nv;
-            bias_total += 16 * nv;
+            total += kernel_rows * panel_len;
+            bias_total += bias_len;
         }
         let mut data = AlignedBuf::zeros(total);
         let out = data.as_mut_slice();
         for blk in &blocks {
-            let nb = 16 * blk.nv;
             for kd in 0..kd_n {
                 for kh in 0..kh_n {
-                    let panel = blk.offset + (kd * kh_n + kh) * k * nb;
+                    let panel = blk.offset + (kd * kh_n + kh) * blk.panel_len;
                     for kw in 0..kw_n {
                         for ci in 0..cin {
-                            let row = panel + (kw * cin + ci) * nb;
+                            let q = kw * cin + ci;
                             for n in 0..blk.width {
-                                out[row + n] = weight(kd, kh, kw, ci, blk.n0 + n);
+                                let at = match layout {
+                                    Layout::Channels => panel + q * 16 * blk.nv + n,
+                                    Layout::Dot { kp } => panel + n * kp + q,
+                                };
+                                out[at] = weight(kd, kh, kw, ci, blk.n0 + n);
                             }
                         }
                     }
@@ -131,16 +177,18 @@ impl Packed {
             bias,
             blocks,
             k,
+            layout,
         }
     }
 
     /// The panel of kernel row `(kd, kh)` (index `kd·KH + kh`) of block `blk`.
     pub(super) fn panel(&self, blk: &Block, kernel_row: usize) -> *const f32 {
-        let off = blk.offset + kernel_row * self.k * 16 * blk.nv;
+        let off = blk.offset + kernel_row * blk.panel_len;
         self.data.as_slice()[off..].as_ptr()
     }
 
-    /// The padded bias of block `blk`, or null.
+    /// The bias of block `blk` (zero-padded to the panel width in the channels
+    /// layout), or null.
     pub(super) fn bias_ptr(&self, blk: &Block) -> *const f32 {
         match &self.bias {
             Some(b) => b.as_slice()[blk.bias_offset..].as_ptr(),

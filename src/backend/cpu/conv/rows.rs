@@ -21,13 +21,16 @@
 //! tile); within an item, every pass, then tiles of at most `Isa::max_rows`
 //! output voxels along W (balanced sizes), then the group's blocks of 32
 //! output channels;
+//! (groups of ≤ 4 channels with the dot tile when there are at most 8);
 //! the tile's micro-kernel sums over the valid kernel rows `(kd, kh)` — rows
 //! outside the input in D or H are skipped, not read — and over
 //! `q = kw·C_in + ci`, contiguous in NDHWC. Tiles whose W window leaves the
 //! input (the padding) first copy their window of each kernel row into a small
 //! zero-padded buffer, so the micro-kernel never branches.
-use super::kernel::{balanced_split, row_tile_fn, Isa, RowOperand, RowTile};
-use super::pack::Packed;
+use super::kernel::{
+    balanced_split, dot_max_rows, dot_tile_fn, row_tile_fn, DotTile, Isa, RowOperand, RowTile,
+};
+use super::pack::{Layout, Packed};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
@@ -152,10 +155,7 @@ fn block_groups(p: &RowProblem) -> Vec<std::ops::Range<usize>> {
     let bytes = |b: usize| -> usize {
         p.passes
             .iter()
-            .map(|q| {
-                let blk = &q.packed.blocks[b];
-                q.axes[0].kernel * q.axes[1].kernel * q.packed.k * 16 * blk.nv * 4
-            })
+            .map(|q| q.axes[0].kernel * q.axes[1].kernel * q.packed.blocks[b].panel_len * 4)
             .sum()
     };
     let mut groups = Vec::new();
@@ -259,7 +259,12 @@ unsafe fn output_row(
     let x = p.x.as_ptr();
     let packed = &pass.packed;
 
-    for (t0, r) in balanced_split(aw.extent, isa.max_rows()) {
+    let group = &packed.blocks[blocks];
+    let max_rows = match packed.layout {
+        Layout::Channels => isa.max_rows(),
+        Layout::Dot { .. } => dot_max_rows(isa, group.iter().map(|b| b.width).max().unwrap_or(1)),
+    };
+    for (t0, r) in balanced_split(aw.extent, max_rows) {
         // The input window of the tile along W, in voxels.
         let start = (t0 * aw.stride) as isize + aw.in_off;
         let window = (r - 1) * aw.stride + aw.kernel;
@@ -278,7 +283,7 @@ unsafe fn output_row(
                 }
             }
         }
-        for blk in &packed.blocks[blocks.clone()] {
+        for blk in group {
             s.operands.clear();
             for (i, &(x_off, kernel_row)) in s.kernel_rows.iter().enumerate() {
                 let a = if interior {
@@ -291,16 +296,33 @@ unsafe fn output_row(
                     b: packed.panel(blk, kernel_row),
                 });
             }
-            let tile = RowTile {
-                rows: &s.operands,
-                k: packed.k,
-                astride: aw.stride * cx,
-                y: unsafe { y_row.add((t0 * aw.y_stride + aw.y_off) * p.cy + blk.n0) },
-                ystride: aw.y_stride * p.cy,
-                bias: packed.bias_ptr(blk),
-                lanes_last: blk.lanes_last(),
-            };
-            unsafe { row_tile_fn(isa, r, blk.nv)(&tile) };
+            let y_tile = unsafe { y_row.add((t0 * aw.y_stride + aw.y_off) * p.cy + blk.n0) };
+            match packed.layout {
+                Layout::Channels => {
+                    let tile = RowTile {
+                        rows: &s.operands,
+                        k: packed.k,
+                        astride: aw.stride * cx,
+                        y: y_tile,
+                        ystride: aw.y_stride * p.cy,
+                        bias: packed.bias_ptr(blk),
+                        lanes_last: blk.lanes_last(),
+                    };
+                    unsafe { row_tile_fn(isa, r, blk.nv)(&tile) };
+                }
+                Layout::Dot { kp } => {
+                    let tile = DotTile {
+                        rows: &s.operands,
+                        k: packed.k,
+                        kp,
+                        astride: aw.stride * cx,
+                        y: y_tile,
+                        ystride: aw.y_stride * p.cy,
+                        bias: packed.bias_ptr(blk),
+                    };
+                    unsafe { dot_tile_fn(isa, r, blk.width)(&tile) };
+                }
+            }
         }
     }
 }
