@@ -516,41 +516,77 @@ fn bad_arguments_are_errors() {
     b.conv3d_wgrad(&x, &dy, ConvSpec::K3, false).unwrap();
 }
 
-/// Run the other tests of this binary again in a child process with the
-/// portable kernels forced, and check the override is really read.
-#[test]
-fn portable_kernels_pass_the_same_tests() {
+/// Run the other tests of this binary in a child process with `isa` forced.
+fn rerun_with_isa(isa: &str) {
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(&exe)
-        .args(["--skip", "portable_kernels", "--test-threads", "1"])
-        .env("VOXDIFF_CPU_ISA", "portable")
+        .args([
+            "--skip",
+            "kernels_pass_the_same_tests",
+            "--test-threads",
+            "1",
+        ])
+        .env("VOXDIFF_CPU_ISA", isa)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "portable run failed:\n{stdout}\n{stderr}"
+        "{isa} run failed:\n{stdout}\n{stderr}"
     );
     assert!(
         stdout.contains("test result: ok. 5 passed"),
-        "portable run did not pass all 5 tests:\n{stdout}"
+        "{isa} run did not pass all 5 tests:\n{stdout}"
     );
+}
 
-    // An unknown value must be refused, proving the variable is consulted.
+/// The portable kernels (build target, no FMA) pass every test, and the
+/// override is really read: an unknown value is refused.
+#[test]
+fn portable_kernels_pass_the_same_tests() {
+    rerun_with_isa("portable");
+    let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(&exe)
         .args(["--exact", "forward_matches_reference"])
         .env("VOXDIFF_CPU_ISA", "no-such-isa")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         !out.status.success(),
-        "an unknown VOXDIFF_CPU_ISA was accepted:\n{stdout}"
+        "an unknown VOXDIFF_CPU_ISA was accepted:\n{text}"
     );
     assert!(
-        stdout.contains("VOXDIFF_CPU_ISA")
-            || String::from_utf8_lossy(&out.stderr).contains("VOXDIFF_CPU_ISA"),
-        "the failure does not name VOXDIFF_CPU_ISA:\n{stdout}"
+        text.contains("is not one of auto, avx512, avx2, portable"),
+        "the failure does not explain VOXDIFF_CPU_ISA:\n{text}"
     );
+}
+
+/// The portable kernels built with AVX2 + FMA pass every test (on CPUs that
+/// have them; elsewhere the run must be refused).
+#[test]
+fn avx2_kernels_pass_the_same_tests() {
+    #[cfg(target_arch = "x86_64")]
+    let supported =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let supported = false;
+    if supported {
+        rerun_with_isa("avx2");
+    } else {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "forward_matches_reference"])
+            .env("VOXDIFF_CPU_ISA", "avx2")
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "avx2 was accepted on a CPU without it"
+        );
+    }
 }

@@ -27,9 +27,9 @@
 //! The last vector of a tile may be partial: `lanes_last` lanes are stored
 //! (and, for the weight gradient, loaded); packed weight panels are
 //! zero-padded so the forward never needs masked loads.
-#[cfg(target_arch = "x86_64")]
-use super::kernel_avx512;
 use super::kernel_portable;
+#[cfg(target_arch = "x86_64")]
+use super::{kernel_avx2, kernel_avx512};
 use anyhow::{bail, Result};
 use std::sync::OnceLock;
 
@@ -37,46 +37,59 @@ use std::sync::OnceLock;
 /// registers, leaving room for the two weight vectors and one broadcast.
 pub(super) const MAX_R: usize = 14;
 
+/// Largest tile height of the AVX2 and portable kernels: 3 rows × 2 16-lane
+/// vectors are 12 ymm accumulators of AVX2's 16 registers.
+pub(super) const PORTABLE_MAX_R: usize = 3;
+
 /// The instruction set the micro-kernels run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Isa {
     /// AVX-512F intrinsics, 16-lane zmm registers.
     Avx512,
-    /// Plain Rust over `[f32; 16]` lanes (auto-vectorised for the build target).
+    /// AVX2 + FMA intrinsics, 8-lane ymm registers.
+    Avx2,
+    /// The portable kernels for the build target (x86-64: SSE2, no FMA).
     Portable,
 }
 
 impl Isa {
-    /// Tallest tile this ISA runs efficiently (the portable path keeps its
-    /// accumulators small enough for 16 SSE/NEON registers to matter less).
+    /// Tallest forward and weight-gradient tile.
     pub(super) fn max_rows(self) -> usize {
         match self {
             Isa::Avx512 => MAX_R,
-            Isa::Portable => 4,
+            Isa::Avx2 | Isa::Portable => PORTABLE_MAX_R,
         }
     }
 }
 
 /// The environment variable that overrides instruction-set detection:
-/// `avx512`, `portable`, or `auto` (the default when unset).
+/// `avx512`, `avx2`, `portable`, or `auto` (the default when unset).
 pub(super) const ISA_ENV: &str = "VOXDIFF_CPU_ISA";
 
-/// The ISA convolutions use, chosen once per process: AVX-512F when the CPU has
-/// it, else the portable kernels; [`ISA_ENV`] overrides it (tests use that to
-/// run the portable path on AVX-512 machines).
+/// The ISA convolutions use, chosen once per process: the best the CPU
+/// supports (AVX-512F, else AVX2 + FMA, else portable); [`ISA_ENV`] overrides
+/// it (tests use that to run every path on one machine).
 pub(super) fn isa() -> Result<Isa> {
     static CHOICE: OnceLock<Result<Isa, String>> = OnceLock::new();
     let choice = CHOICE.get_or_init(|| {
-        let detected = avx512_available();
+        let (avx512, avx2) = detect();
+        let best = if avx512 {
+            Isa::Avx512
+        } else if avx2 {
+            Isa::Avx2
+        } else {
+            Isa::Portable
+        };
         match std::env::var(ISA_ENV).as_deref() {
-            Err(_) | Ok("") | Ok("auto") => Ok(if detected { Isa::Avx512 } else { Isa::Portable }),
+            Err(_) | Ok("") | Ok("auto") => Ok(best),
             Ok("portable") => Ok(Isa::Portable),
-            Ok("avx512") if detected => Ok(Isa::Avx512),
-            Ok("avx512") => Err(format!(
-                "{ISA_ENV}=avx512 but this CPU does not support AVX-512F"
-            )),
+            Ok("avx2") if avx2 => Ok(Isa::Avx2),
+            Ok("avx512") if avx512 => Ok(Isa::Avx512),
+            Ok(name @ ("avx2" | "avx512")) => {
+                Err(format!("{ISA_ENV}={name} but this CPU does not support it"))
+            }
             Ok(other) => Err(format!(
-                "{ISA_ENV}={other:?} is not one of auto, avx512, portable"
+                "{ISA_ENV}={other:?} is not one of auto, avx512, avx2, portable"
             )),
         }
     });
@@ -86,14 +99,19 @@ pub(super) fn isa() -> Result<Isa> {
     }
 }
 
-fn avx512_available() -> bool {
+/// (AVX-512F, AVX2 + FMA) support of this CPU.
+fn detect() -> (bool, bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        (
+            std::arch::is_x86_feature_detected!("avx512f"),
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"),
+        )
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        (false, false)
     }
 }
 
@@ -150,7 +168,7 @@ pub(super) struct DotTile<'a> {
 pub(super) fn dot_max_rows(isa: Isa, c: usize) -> usize {
     match isa {
         Isa::Avx512 => [14, 12, 8, 6][c - 1],
-        Isa::Portable => 4,
+        Isa::Avx2 | Isa::Portable => PORTABLE_MAX_R,
     }
 }
 
@@ -177,9 +195,11 @@ pub(super) fn row_tile_fn(isa: Isa, r: usize, nv: usize) -> RowTileFn {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => kernel_avx512::row_tile_fn(r, nv),
-        // Never chosen off x86-64 (`isa` only returns Avx512 where detected).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => kernel_avx2::row_tile_fn(r, nv),
+        // Off x86-64 `isa` only returns Portable.
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx512 => kernel_portable::row_tile_fn(r, nv),
+        Isa::Avx512 | Isa::Avx2 => kernel_portable::row_tile_fn(r, nv),
         Isa::Portable => kernel_portable::row_tile_fn(r, nv),
     }
 }
@@ -189,9 +209,11 @@ pub(super) fn wgrad_tile_fn(isa: Isa, r: usize, nv: usize) -> WgradTileFn {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => kernel_avx512::wgrad_tile_fn(r, nv),
-        // Never chosen off x86-64 (`isa` only returns Avx512 where detected).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => kernel_avx2::wgrad_tile_fn(r, nv),
+        // Off x86-64 `isa` only returns Portable.
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx512 => kernel_portable::wgrad_tile_fn(r, nv),
+        Isa::Avx512 | Isa::Avx2 => kernel_portable::wgrad_tile_fn(r, nv),
         Isa::Portable => kernel_portable::wgrad_tile_fn(r, nv),
     }
 }
@@ -201,8 +223,11 @@ pub(super) fn dot_tile_fn(isa: Isa, r: usize, c: usize) -> DotTileFn {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => kernel_avx512::dot_tile_fn(r, c),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => kernel_avx2::dot_tile_fn(r, c),
+        // Off x86-64 `isa` only returns Portable.
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx512 => kernel_portable::dot_tile_fn(r, c),
+        Isa::Avx512 | Isa::Avx2 => kernel_portable::dot_tile_fn(r, c),
         Isa::Portable => kernel_portable::dot_tile_fn(r, c),
     }
 }

@@ -5,6 +5,9 @@
 //! is broadcast straight from memory into the FMA (`vfmadd231ps zmm, zmm,
 //! m32{1to16}`). Per step: 2 vector loads + 14 broadcasts feed 28 FMAs, so the
 //! two FMA ports, not the load ports, bound it.
+// Register tiles are indexed by (row, vector) on purpose: the loops are
+// unrolled over constant bounds and the indices name registers.
+#![allow(clippy::needless_range_loop)]
 #![cfg(target_arch = "x86_64")]
 
 use super::kernel::{

@@ -3,8 +3,8 @@
 //! The math is the [`ConvSpec`] contract (NDHWC activations, weights
 //! `[kd, kh, kw, Cin, Cout]`, "SAME" padding, transposed with kernel ==
 //! stride). Every case reduces to two engines built on register-blocked
-//! micro-kernels (`kernel.rs`; AVX-512F when the CPU has it, a portable twin
-//! otherwise):
+//! micro-kernels (`kernel.rs`: AVX-512F when the CPU has it, else AVX2 + FMA,
+//! else portable Rust):
 //!
 //! - the row engine (`rows.rs`) computes convolutions as implicit GEMM over
 //!   NDHWC rows — the forward pass and the data gradient of every spec map onto
@@ -16,6 +16,8 @@
 //! convolution: `2 · taps · Cin · Cout · N · out_voxels` flops
 //! ([`ConvSpec::macs`]).
 mod kernel;
+#[cfg(target_arch = "x86_64")]
+mod kernel_avx2;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx512;
 mod kernel_portable;
