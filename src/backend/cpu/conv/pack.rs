@@ -92,6 +92,8 @@ pub(super) struct Packed {
     pub blocks: Vec<Block>,
     /// Reduction length per kernel row: `KW · C_in`.
     pub k: usize,
+    /// Kernel rows `KD · KH` (panels per block).
+    pub kernel_rows: usize,
     pub layout: Layout,
 }
 
@@ -177,6 +179,7 @@ impl Packed {
             bias,
             blocks,
             k,
+            kernel_rows,
             layout,
         }
     }

@@ -20,9 +20,8 @@
 //! layers stream the input once per group instead of the weights once per
 //! tile); within an item, every pass, then tiles of at most `Isa::max_rows`
 //! output voxels along W (balanced sizes), then the group's blocks of 32
-//! output channels;
-//! (groups of ≤ 4 channels with the dot tile when there are at most 8);
-//! the tile's micro-kernel sums over the valid kernel rows `(kd, kh)` — rows
+//! output channels (of ≤ 4 channels for the dot tile, used when a layer has
+//! at most 8); the tile's micro-kernel sums over the valid kernel rows `(kd, kh)` — rows
 //! outside the input in D or H are skipped, not read — and over
 //! `q = kw·C_in + ci`, contiguous in NDHWC. Tiles whose W window leaves the
 //! input (the padding) first copy their window of each kernel row into a small
@@ -111,6 +110,12 @@ impl RowProblem<'_> {
                 packed.k,
                 pass.axes[2].kernel,
                 self.cx
+            );
+            ensure!(
+                packed.kernel_rows == pass.axes[0].kernel * pass.axes[1].kernel,
+                "row engine: pass {p}: {} packed kernel rows for kernel {:?}",
+                packed.kernel_rows,
+                pass.axes.map(|a| a.kernel)
             );
             let first = &self.passes[0].packed.blocks;
             ensure!(

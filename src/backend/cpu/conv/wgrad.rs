@@ -15,6 +15,12 @@
 //!
 //! `db[co] = Σ dy[…, co]` is summed from the same dy rows.
 //!
+//! Narrow layers: with fewer than 14 input channels the input is first copied
+//! zero-padded along W, so every tap reads the same `o_w` range and one tile
+//! spans `q = kw·Cin + ci` over all KW taps of a kernel row; with fewer than
+//! 16 output channels the tile computes `dwᵀ` (dy broadcast, vectors over input
+//! channels) and adds it back transposed.
+//!
 //! Parallelism and loop order: the rows are cut into `2 × threads` contiguous
 //! ranges (rayon balances them); each range accumulates its own partial dw/db,
 //! and the partials are added at the end. Within a range, rows go in groups
