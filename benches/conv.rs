@@ -4,7 +4,8 @@
 //! One pass (forward, data gradient or weight gradient) is
 //! `2 · 27 · 32 · 32 · 524288 ≈ 29.0 GFLOP`; forward + backward is three.
 //! Criterion reports time and throughput in flop/s ("elem/s"); a best-of-N
-//! summary with GFLOP/s is printed first.
+//! summary with GFLOP/s is printed first, then a survey of other layer shapes
+//! (skipped with `VOXDIFF_BENCH_SURVEY=0`).
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::{Duration, Instant};
 use voxdiff::backend::cpu::CpuBackend;
@@ -173,8 +174,11 @@ fn bench(c: &mut Criterion) {
     );
     report("fwd+bwd", 3, best_of(5, || s.fwd_bwd()));
 
-    println!("layer survey (best of 3; wall ms, GFLOP/s, and GFLOP per cpu-second):");
-    for &(name, spec, [d, h, w, cin], cout) in SURVEY {
+    let survey = std::env::var("VOXDIFF_BENCH_SURVEY").map_or(true, |v| v != "0");
+    if survey {
+        println!("layer survey (best of 3; wall ms, GFLOP/s, and GFLOP per cpu-second):");
+    }
+    for &(name, spec, [d, h, w, cin], cout) in SURVEY.iter().filter(|_| survey) {
         let l = setup(spec, Shape::ndhwc(1, d, h, w, cin), cout);
         let f = l.flops as f64;
         let cell = |(wall, cpu): (Duration, Duration)| {

@@ -94,9 +94,11 @@ impl Partial {
     }
 }
 
-/// Bytes of dy and input rows one row group should touch: the group's rows
-/// are re-read once per tile of dw, so they should stay in L2.
+/// Bytes of dy and input rows one row group may touch: the group's rows are
+/// re-read once per tile of dw, so they should stay in L2.
 const GROUP_BYTES: usize = 512 << 10;
+/// Reduction steps (voxels) per tile call a row group aims for.
+const MIN_GROUP_STEPS: usize = 256;
 
 /// `(dw [kd, kh, kw, ci, co], db [co])`; db is all zeros unless `with_bias`.
 pub(super) fn wgrad(isa: Isa, p: &WgradProblem) -> (Vec<f32>, Vec<f32>) {
@@ -109,8 +111,13 @@ pub(super) fn wgrad(isa: Isa, p: &WgradProblem) -> (Vec<f32>, Vec<f32>) {
         p.dy_dims
     };
     let rows = p.n * row_dims[0] * row_dims[1];
+    // Enough rows per group that a tile's ~256 reduction steps amortise its
+    // accumulator loads and stores, few enough to stay near L1 and in L2.
     let row_bytes = 4 * (p.x_dims[2] * p.cin + p.dy_dims[2] * p.cout);
-    let group = (GROUP_BYTES / row_bytes).clamp(1, 64);
+    let group = MIN_GROUP_STEPS
+        .div_ceil(row_dims[2].max(1))
+        .min(GROUP_BYTES / row_bytes)
+        .max(1);
     let parts = (2 * rayon::current_num_threads()).clamp(1, rows.max(1));
     // Few input channels: one tile spans all KW taps of a kernel row (q = kw·Cin
     // + ci is contiguous in a W-padded copy), instead of tiles of Cin rows.
