@@ -302,6 +302,15 @@ fn cases() -> Vec<Problem> {
             ));
         }
     }
+    // Strided data gradients whose phases have different reduction lengths
+    // (KW_phase · Cout = 20 and 10) around the dot-tile threshold, 5 Cin.
+    for (i, &sp) in [spec([3, 3, 3], [2, 2, 2]), spec([1, 3, 3], [1, 2, 2])]
+        .iter()
+        .enumerate()
+    {
+        seed += 1;
+        out.push(Problem::new(sp, [1, 3, 7, 9, 5], 10, i == 0, seed));
+    }
     // Every channel pairing once on the main 3×3×3 spec.
     for &(cin, cout) in &channels {
         seed += 1;
@@ -377,6 +386,51 @@ fn wgrad_matches_adjoint() {
             }
             None => assert!(!with_bias, "{}: missing bias gradient", p.name()),
         }
+    }
+}
+
+/// Random kernels (1..=4 per axis), strides (1..=3), extents (1..=7), channel
+/// counts (1..=20) and batch sizes, regular and transposed: forward, data,
+/// weight and bias gradients against the reference and its adjoint.
+#[test]
+fn random_specs_match_reference() {
+    let b = cpu();
+    let mut rng = Rng::new(0x5EED);
+    for case in 0..60 {
+        let transposed = rng.below(4) == 0;
+        let kernel: [usize; 3] =
+            std::array::from_fn(|_| 1 + rng.below(if transposed { 3 } else { 4 }));
+        let stride: [usize; 3] = if transposed {
+            kernel
+        } else {
+            std::array::from_fn(|_| 1 + rng.below(3))
+        };
+        let sp = ConvSpec::new(kernel, stride, transposed);
+        let extents: [usize; 3] = std::array::from_fn(|_| 1 + rng.below(7));
+        let (cin, cout) = (1 + rng.below(20), 1 + rng.below(20));
+        let n = 1 + rng.below(2);
+        let p = Problem::new(
+            sp,
+            [n, extents[0], extents[1], extents[2], cin],
+            cout,
+            rng.below(2) == 0,
+            1000 + case,
+        );
+        let name = format!("case {case}: {}", p.name());
+        let (x, w, bias, dy) = p.upload(&b);
+        let y = b.conv3d(&x, &w, bias.as_ref(), sp).unwrap();
+        p.ref_forward()
+            .check(&format!("forward {name}"), &b.download(&y).unwrap(), REL);
+        let (want_dx, want_dw, want_db) = p.ref_backward();
+        let dx = b.conv3d_dgrad(&dy, &w, p.x_shape, sp).unwrap();
+        want_dx.check(&format!("dgrad {name}"), &b.download(&dx).unwrap(), REL);
+        let (dw, db) = b.conv3d_wgrad(&x, &dy, sp, true).unwrap();
+        want_dw.check(&format!("wgrad {name}"), &b.download(&dw).unwrap(), REL);
+        want_db.check(
+            &format!("bias grad {name}"),
+            &b.download(&db.unwrap()).unwrap(),
+            REL,
+        );
     }
 }
 
@@ -535,9 +589,10 @@ fn rerun_with_isa(isa: &str) {
         out.status.success(),
         "{isa} run failed:\n{stdout}\n{stderr}"
     );
+    // Every test of this file except the two that rerun it.
     assert!(
-        stdout.contains("test result: ok. 5 passed"),
-        "{isa} run did not pass all 5 tests:\n{stdout}"
+        stdout.contains("test result: ok. 6 passed"),
+        "{isa} run did not pass all 6 tests:\n{stdout}"
     );
 }
 

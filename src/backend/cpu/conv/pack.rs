@@ -85,6 +85,14 @@ fn lane_use(n: usize) -> f64 {
     n as f64 / (16 * n.div_ceil(16)) as f64
 }
 
+/// Whether passes whose shortest reduction per kernel row is `k_min` and whose
+/// output has `cout` channels use the dot layout. All passes of one problem
+/// must share the layout (the row engine indexes their blocks alike), so the
+/// choice is made once, from the shortest reduction among them.
+pub(super) fn use_dot(k_min: usize, cout: usize) -> bool {
+    cout <= 8 && k_min >= 16 && lane_use(k_min) > lane_use(cout)
+}
+
 /// The packed weights (and bias) of one pass of the row engine.
 pub(super) struct Packed {
     pub data: AlignedBuf,
@@ -100,18 +108,20 @@ pub(super) struct Packed {
 impl Packed {
     /// Pack a kernel of extents `kernel` from `C_in = cin` to `C_out = cout`
     /// channels whose tap `(kd, kh, kw)` weight from input channel `ci` to
-    /// output channel `co` is `weight(kd, kh, kw, ci, co)`; `bias(co)` if given.
+    /// output channel `co` is `weight(kd, kh, kw, ci, co)`; `bias(co)` if given;
+    /// in the dot layout if `dot` (see [`use_dot`]).
     pub(super) fn new(
         kernel: [usize; 3],
         cin: usize,
         cout: usize,
         weight: impl Fn(usize, usize, usize, usize, usize) -> f32,
         bias: Option<&dyn Fn(usize) -> f32>,
+        dot: bool,
     ) -> Packed {
         let [kd_n, kh_n, kw_n] = kernel;
         let kernel_rows = kd_n * kh_n;
         let k = kw_n * cin;
-        let layout = if cout <= 8 && k >= 16 && lane_use(k) > lane_use(cout) {
+        let layout = if dot {
             Layout::Dot {
                 kp: k.next_multiple_of(16),
             }

@@ -16,7 +16,7 @@
 //!   stride 1 this is the familiar "convolve with the flipped kernel".
 //! - Data gradient, transposed: `dx[i] = Σ_k wᵀ[k] · dy[i·s + k]`, a regular
 //!   pass over dy with kernel = stride = `s` and no padding.
-use super::pack::Packed;
+use super::pack::{use_dot, Packed};
 use super::rows::{Axis, Pass};
 use crate::backend::ConvSpec;
 
@@ -60,6 +60,7 @@ pub(super) fn forward(
             cout,
             |kd, kh, kw, ci, co| w[w_index(kernel, cin, cout, [kd, kh, kw], ci, co)],
             bias_fn.as_ref().map(|f| f as &dyn Fn(usize) -> f32),
+            use_dot(kernel[2] * cin, cout),
         );
         return (out, cout, vec![Pass { axes, packed }]);
     }
@@ -89,6 +90,7 @@ pub(super) fn forward(
                 wide,
                 |_, _, _, ci, n| w[w_index(kernel, cin, cout, [kd, kh, n / cout], ci, n % cout)],
                 bias_fn.as_ref().map(|f| f as &dyn Fn(usize) -> f32),
+                use_dot(cin, wide),
             );
             passes.push(Pass { axes, packed });
         }
@@ -168,12 +170,16 @@ pub(super) fn dgrad(
             cin,
             |kd, kh, kw, co, ci| w[w_index(kernel, cin, cout, [kd, kh, kw], ci, co)],
             None,
+            use_dot(kernel[2] * cout, cin),
         );
         return vec![Pass { axes, packed }];
     }
     let pad = spec.pad_lo(x_dims);
     let per_axis: [Vec<Phase>; 3] =
         std::array::from_fn(|i| phases(x_dims[i], kernel[i], spec.stride[i], pad[i]));
+    // One layout for all phases, from the narrowest phase along W.
+    let min_taps_w = per_axis[2].iter().map(|ph| ph.taps).min().unwrap_or(1);
+    let dot = use_dot(min_taps_w * cout, cin);
     let mut passes = Vec::new();
     for pd in &per_axis[0] {
         for ph in &per_axis[1] {
@@ -197,6 +203,7 @@ pub(super) fn dgrad(
                         )]
                     },
                     None,
+                    dot,
                 );
                 passes.push(Pass {
                     axes: [pd.axis, ph.axis, pw.axis],
