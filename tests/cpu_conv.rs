@@ -389,14 +389,14 @@ fn wgrad_matches_adjoint() {
     }
 }
 
-/// Random kernels (1..=4 per axis), strides (1..=3), extents (1..=7), channel
+/// 400 random kernels (1..=4 per axis), strides (1..=3), extents (1..=7), channel
 /// counts (1..=20) and batch sizes, regular and transposed: forward, data,
 /// weight and bias gradients against the reference and its adjoint.
 #[test]
 fn random_specs_match_reference() {
     let b = cpu();
     let mut rng = Rng::new(0x5EED);
-    for case in 0..60 {
+    for case in 0..400 {
         let transposed = rng.below(4) == 0;
         let kernel: [usize; 3] =
             std::array::from_fn(|_| 1 + rng.below(if transposed { 3 } else { 4 }));
