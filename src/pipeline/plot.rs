@@ -95,7 +95,9 @@ impl Canvas {
 }
 
 fn fmt_num(v: f64) -> String {
-    if v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e5) {
+    if v.fract() == 0.0 && v.abs() < 1e9 {
+        format!("{v:.0}")
+    } else if v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e5) {
         format!("{v:.1e}")
     } else if v.abs() >= 100.0 {
         format!("{v:.0}")
