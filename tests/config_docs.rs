@@ -31,6 +31,33 @@ fn the_documented_defaults_are_the_code_defaults() {
     for section in ["model", "diffusion", "train"] {
         let shown: toml::Value = doc[section].clone();
         let code: toml::Value = toml::Value::try_from(&d).unwrap()[section].clone();
-        assert_eq!(shown, code, "docs/training.md [{section}] differs from the defaults");
+        same(&shown, &code, section);
+    }
+}
+
+/// Equal TOML values, floats to f32 precision (some fields are f32 in code).
+fn same(a: &toml::Value, b: &toml::Value, at: &str) {
+    use toml::Value::*;
+    match (a, b) {
+        (Table(x), Table(y)) => {
+            let kx: Vec<_> = x.keys().collect();
+            let ky: Vec<_> = y.keys().collect();
+            assert_eq!(kx, ky, "docs/training.md [{at}]: fields differ from the code's");
+            for k in x.keys() {
+                same(&x[k], &y[k], &format!("{at}.{k}"));
+            }
+        }
+        (Array(x), Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}");
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                same(p, q, &format!("{at}[{i}]"));
+            }
+        }
+        (Float(_) | Integer(_), Float(_) | Integer(_)) => {
+            let f = |v: &toml::Value| v.as_float().or(v.as_integer().map(|i| i as f64)).unwrap();
+            let (p, q) = (f(a), f(b));
+            assert!((p - q).abs() <= 1e-6 * p.abs().max(q.abs()), "docs/training.md {at}: {p} vs default {q}");
+        }
+        _ => assert_eq!(a, b, "docs/training.md {at}"),
     }
 }
