@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 
 impl GpuBackend {
     pub fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        let _ = (&x);
+        let _ = &x;
         bail!("gpu softmax: not implemented yet")
     }
     pub fn softmax_bwd(&self, dp: &Tensor, p: &Tensor) -> Result<Tensor> {
@@ -14,7 +14,7 @@ impl GpuBackend {
         bail!("gpu softmax_bwd: not implemented yet")
     }
     pub fn argmax_c(&self, x: &Tensor) -> Result<Tensor> {
-        let _ = (&x);
+        let _ = &x;
         bail!("gpu argmax_c: not implemented yet")
     }
     pub fn one_hot(&self, labels: &Tensor, classes: usize, on: f32, off: f32) -> Result<Tensor> {
@@ -65,7 +65,7 @@ impl GpuBackend {
         bail!("gpu scaled_to_logits_bwd: not implemented yet")
     }
     pub fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        let _ = (&terms);
+        let _ = &terms;
         bail!("gpu scalar_lincomb: not implemented yet")
     }
 }
