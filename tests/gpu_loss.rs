@@ -623,7 +623,7 @@ fn bad_arguments_are_errors_naming_the_argument() {
     let flat = g.zeros(Shape::new(&[24]), DType::F32).unwrap();
     let dl = g.upload(&[1.0], Shape::scalar(), DType::F32).unwrap();
     let dl2 = g.zeros(Shape::new(&[2]), DType::F32).unwrap();
-    let msg = |r: anyhow::Result<Tensor>| format!("{:#}", r.err().expect("an error"));
+    let msg = |r: anyhow::Result<Tensor>| format!("{:#}", r.expect_err("an error"));
     assert!(msg(g.cross_entropy(&a, &b)).contains("target has shape"));
     assert!(msg(g.cross_entropy(&a, &h)).contains("one dtype"));
     assert!(msg(g.softmax(&flat)).contains("NDHWC"));

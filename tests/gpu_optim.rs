@@ -246,7 +246,7 @@ fn adamw_rejects_bad_slots_and_hyper_parameters() {
         decay: true,
     };
     let hp = AdamW::default();
-    let err = |r: anyhow::Result<Tensor>| format!("{:#}", r.err().expect("an error"));
+    let err = |r: anyhow::Result<Tensor>| format!("{:#}", r.expect_err("an error"));
     assert!(err(g.adamw_step(&[slot(&p, &gr, &m, &v)], &hp, 1e-3, 0)).contains("step"));
     assert!(err(g.adamw_step(&[slot(&p, &gr, &m, &m)], &hp, 1e-3, 1)).contains("distinct"));
     let (p2, g2, m2) = (t(), t(), t());
