@@ -7,7 +7,6 @@
 //! outline drawn opaque.
 
 use super::intensity::Window;
-use super::nifti_io::atomic_write;
 use super::orient::to_canonical;
 use super::volume::Volume;
 use anyhow::{ensure, Context, Result};
@@ -116,13 +115,13 @@ pub fn write_overlay(
 ) -> Result<()> {
     let path = path.as_ref();
     let (w, h, px) = render(image, label, window, slices)?;
-    atomic_write(path, |f| {
+    crate::fsutil::write_atomic_with(path, |f| {
         let mut enc = png::Encoder::new(f, w as u32, h as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().map_err(std::io::Error::other)?;
-        wr.write_image_data(&px).map_err(std::io::Error::other)?;
-        wr.finish().map_err(std::io::Error::other)?;
+        let mut wr = enc.write_header()?;
+        wr.write_image_data(&px)?;
+        wr.finish()?;
         Ok(())
     })
     .with_context(|| format!("{}: overlay", path.display()))

@@ -7,15 +7,14 @@
 //! `<out>/summary.json` (nan-mean ± sd and counts per class and overall), and
 //! prints the per-class means.
 
-use crate::data::nifti_io::atomic_write;
 use crate::data::overlay::write_overlay;
 use crate::data::{labels::present_ids, read_nifti, ClassMap, Volume};
+use crate::fsutil::write_atomic;
 use crate::metrics::summary::Stat;
 use crate::metrics::{label_metrics, ClassMetrics, MetricOptions, SurfaceConvention};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -326,7 +325,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         ));
     }
     let csv_path = args.out.join("per_class.csv");
-    atomic_write(&csv_path, |f| f.write_all(csv.as_bytes()))?;
+    write_atomic(&csv_path, csv.as_bytes())?;
 
     // summary.json: per class (in class order) and overall.
     let mut order: Vec<(u32, String)> = Vec::new();
@@ -364,7 +363,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
     });
     let json_path = args.out.join("summary.json");
     let text = serde_json::to_string_pretty(&summary)?;
-    atomic_write(&json_path, |f| f.write_all(text.as_bytes()))?;
+    write_atomic(&json_path, text.as_bytes())?;
 
     // Console table of means.
     println!("{} case(s), surfaces: {}", cases.len(), args.surface.name());

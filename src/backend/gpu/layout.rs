@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 
 impl GpuBackend {
     pub fn concat_c(&self, xs: &[&Tensor]) -> Result<Tensor> {
-        let _ = (&xs);
+        let _ = &xs;
         bail!("gpu concat_c: not implemented yet")
     }
     pub fn slice_c(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {

@@ -19,7 +19,7 @@ impl GpuBackend {
         bail!("gpu add_nc: not implemented yet")
     }
     pub fn sum_spatial(&self, x: &Tensor) -> Result<Tensor> {
-        let _ = (&x);
+        let _ = &x;
         bail!("gpu sum_spatial: not implemented yet")
     }
 }
