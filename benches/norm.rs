@@ -9,7 +9,8 @@
 //! to those bytes, so its GB/s is "floor bytes / measured time". As a yardstick
 //! for the machine's memory speed in the same run, `stream/copy` measures a
 //! plain read + write of one tensor into a fresh output (`lincomb` with one
-//! term: 2 × 64 MiB).
+//! term: 2 × 64 MiB, streaming stores like the norm's outputs). The SiLU/GELU
+//! backward stores du once more than the floor (6 tensors, see `norm.rs`).
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use voxdiff::backend::cpu::CpuBackend;

@@ -39,9 +39,10 @@
 //! The pre-activation `u` is recomputed from x and the stats, never stored.
 //!
 //! # Statistics
-//! Each task walks its block in sub-chunks of ≈ 32 KiB (they stay in L1): per channel a sum → sub-chunk mean m, then a second sweep over
-//! the cached sub-chunk for `Σ(x − m)` and `Σ(x − m)²` (the corrected two-pass
-//! formula), merged into per-channel f64 (count, mean, M2) with Chan's update.
+//! Each task walks its block in sub-chunks of ≈ 32 KiB (they stay in L1):
+//! per channel a sum → sub-chunk mean m, then a second sweep over the cached
+//! sub-chunk for `Σ(x − m)` and `Σ(x − m)²` (the corrected two-pass formula),
+//! merged into per-channel f64 (count, mean, M2) with Chan's update.
 //! Blocks and channels of a group are then combined exactly in f64:
 //! `μ = Σ cnt·mean / M`, `M2 = Σ (M2_i + cnt_i·(mean_i − μ)²)`. No sum of
 //! squares is ever formed, so there is no catastrophic cancellation.

@@ -1,9 +1,9 @@
-//! The two register-blocked micro-kernels every convolution reduces to, their
-//! arguments, and the choice of instruction set.
+//! The three register-blocked micro-kernels every convolution reduces to,
+//! their arguments, and the choice of instruction set.
 //!
-//! Both compute a small output tile held in registers as `R` rows × `NV`
-//! vectors of 16 f32 lanes by broadcasting one operand and loading the other as
-//! whole vectors (an outer-product update per reduction step):
+//! The first two compute a small output tile held in registers as `R` rows ×
+//! `NV` vectors of 16 f32 lanes by broadcasting one operand and loading the
+//! other as whole vectors (an outer-product update per reduction step):
 //!
 //! - [`RowTile`] (forward and data gradient): `y[j, n] = bias[n] +
 //!   Σ_rows Σ_{q<k} a_row[j·astride + q] · b_row[q, n]` for `R` output voxels
@@ -17,7 +17,6 @@
 //!   channels of one tap) and `NV·16` output channels `n`, summing over the
 //!   output voxels `t` of several rows (segments); the accumulator tile lives
 //!   in memory between calls and in registers during one.
-//!
 //! - [`DotTile`] (forward and data gradient with at most 8 output channels):
 //!   the [`RowTile`] sum for `R` voxels × `C ≤ 4` channels with vectors along
 //!   the reduction `q` instead (16 products per FMA), reduced across lanes once
