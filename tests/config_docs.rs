@@ -4,7 +4,8 @@
 use voxdiff::pipeline::seg_config::SegConfig;
 
 fn doc_toml() -> String {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/training.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/training.md")).unwrap();
     let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let end = start + doc[start..].find("```").unwrap();
     doc[start..end].to_string()
@@ -42,7 +43,10 @@ fn same(a: &toml::Value, b: &toml::Value, at: &str) {
         (Table(x), Table(y)) => {
             let kx: Vec<_> = x.keys().collect();
             let ky: Vec<_> = y.keys().collect();
-            assert_eq!(kx, ky, "docs/training.md [{at}]: fields differ from the code's");
+            assert_eq!(
+                kx, ky,
+                "docs/training.md [{at}]: fields differ from the code's"
+            );
             for k in x.keys() {
                 same(&x[k], &y[k], &format!("{at}.{k}"));
             }
@@ -56,7 +60,10 @@ fn same(a: &toml::Value, b: &toml::Value, at: &str) {
         (Float(_) | Integer(_), Float(_) | Integer(_)) => {
             let f = |v: &toml::Value| v.as_float().or(v.as_integer().map(|i| i as f64)).unwrap();
             let (p, q) = (f(a), f(b));
-            assert!((p - q).abs() <= 1e-6 * p.abs().max(q.abs()), "docs/training.md {at}: {p} vs default {q}");
+            assert!(
+                (p - q).abs() <= 1e-6 * p.abs().max(q.abs()),
+                "docs/training.md {at}: {p} vs default {q}"
+            );
         }
         _ => assert_eq!(a, b, "docs/training.md {at}"),
     }
