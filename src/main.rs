@@ -1,7 +1,5 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use voxdiff::backend::cpu::CpuBackend;
-use voxdiff::backend::Backend;
 
 #[derive(Parser)]
 #[command(
@@ -21,14 +19,30 @@ struct Cli {
 enum Cmd {
     /// Version, build features, the devices found and each kernel's resources.
     Info,
+    /// The main job: train on the built-in phantom, segment a held-out one, report.
+    Demo(voxdiff::pipeline::demo::DemoArgs),
+    /// Train a model.
+    #[command(subcommand)]
+    Train(TrainCmd),
+    /// Segment a scan with a trained run.
+    Segment(voxdiff::pipeline::segment::SegmentArgs),
     /// Time the hot ops (3x3x3 convolution, instance norm) on a device.
     Bench(BenchArgs),
     /// Score predicted label maps against references (per-class CSV + JSON summary).
     Evaluate(voxdiff::pipeline::evaluate::EvaluateArgs),
 }
 
+#[derive(Subcommand)]
+enum TrainCmd {
+    /// Diffusion segmentation (ImgX-DiffSeg) or the supervised UNet baseline.
+    Seg(voxdiff::pipeline::seg_train::TrainSegArgs),
+}
+
 #[derive(clap::Args)]
 struct BenchArgs {
+    /// auto, cpu, emu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
     /// Volume extents D H W.
     #[arg(long, num_args = 3, default_values_t = [32, 128, 128])]
     dims: Vec<usize>,
@@ -55,10 +69,14 @@ fn main() -> Result<()> {
             info();
             Ok(())
         }
+        Cmd::Demo(a) => voxdiff::pipeline::demo::run(&a),
+        Cmd::Train(TrainCmd::Seg(a)) => voxdiff::pipeline::seg_train::run(&a),
+        Cmd::Segment(a) => voxdiff::pipeline::segment::run(&a),
         Cmd::Bench(a) => {
-            let b = CpuBackend::new();
+            let b = voxdiff::backend::select(&a.device)?;
+            let b = b.as_ref();
             let dims = [a.dims[0], a.dims[1], a.dims[2]];
-            let r = voxdiff::pipeline::bench::standard(&b, dims, a.channels, a.reps)?;
+            let r = voxdiff::pipeline::bench::standard(b, dims, a.channels, a.reps)?;
             voxdiff::pipeline::bench::print(&r, &b.name());
             if let Some(p) = a.json {
                 voxdiff::fsutil::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())?;

@@ -123,7 +123,8 @@ fn phantom_sizes_are_configurable_and_write_as_nifti() {
 fn overlay_png_shows_slices_in_colour() {
     let (img, lab) = generate(&PhantomConfig::default(), 3);
     let (w, h, px) = render(&img, &lab, Window::new(-160.0, 240.0), 4).unwrap();
-    assert_eq!((w, h), (64 * 4, 64));
+    // 64×64 slices are enlarged 3× (slices under 192 px are zoomed by an integer factor).
+    assert_eq!((w, h), (64 * 4 * 3, 64 * 3));
     let coloured = px
         .chunks(3)
         .filter(|p| !(p[0] == p[1] && p[1] == p[2]))

@@ -131,6 +131,15 @@ pub struct Loader {
 
 impl Loader {
     pub fn new(cases: Arc<Vec<PreparedCase>>, cfg: LoaderConfig) -> Result<Loader> {
+        Loader::starting_at(cases, cfg, 0)
+    }
+
+    /// The stream from sample `start` on (a resumed run continues its stream).
+    pub fn starting_at(
+        cases: Arc<Vec<PreparedCase>>,
+        cfg: LoaderConfig,
+        start: u64,
+    ) -> Result<Loader> {
         ensure!(!cases.is_empty(), "loader: no cases");
         ensure!(cfg.workers >= 1, "loader: workers must be ≥ 1");
         ensure!(cfg.prefetch >= 1, "loader: prefetch must be ≥ 1");
@@ -144,7 +153,7 @@ impl Loader {
             let h = std::thread::Builder::new()
                 .name(format!("voxdiff-loader-{w}"))
                 .spawn(move || {
-                    let mut i = w as u64;
+                    let mut i = start + w as u64;
                     while !stop.load(Ordering::Relaxed) {
                         let s = make_sample(&cases, &cfg, i);
                         if tx.send(s).is_err() {
@@ -157,7 +166,7 @@ impl Loader {
         }
         Ok(Loader {
             rx,
-            next: 0,
+            next: start,
             stop,
             handles,
         })

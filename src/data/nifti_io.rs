@@ -20,7 +20,7 @@ use nifti::{Endianness, NiftiHeader};
 use std::io::Read;
 use std::path::Path;
 
-pub use super::nifti_write::{atomic_write, encode, write_nifti, write_nifti_with, WriteOptions};
+pub use super::nifti_write::{encode, write_nifti, write_nifti_with, WriteOptions};
 
 pub(crate) const HEADER_BYTES: usize = 348;
 /// Header plus the 4-byte extension flag: where voxels start in files we write.

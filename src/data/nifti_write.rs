@@ -11,11 +11,10 @@
 use super::affine::Quatern;
 use super::nifti_io::{header_affine, DATA_OFFSET, HEADER_BYTES};
 use super::volume::{DataType, Volume};
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use nifti::{Endianness, NiftiHeader};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 /// How to store voxels when writing.
 #[derive(Clone, Copy, Debug)]
@@ -58,7 +57,7 @@ pub fn write_nifti_with(vol: &Volume, path: impl AsRef<Path>, opt: WriteOptions)
     let path = path.as_ref();
     let bytes = encode(vol, opt).with_context(|| format!("{}: cannot encode", path.display()))?;
     let gz = path.to_string_lossy().ends_with(".gz");
-    atomic_write(path, |f| {
+    crate::fsutil::write_atomic_with(path, |f| {
         if gz {
             let mut enc = flate2::write::GzEncoder::new(f, flate2::Compression::new(6));
             enc.write_all(&bytes)?;
@@ -69,51 +68,6 @@ pub fn write_nifti_with(vol: &Volume, path: impl AsRef<Path>, opt: WriteOptions)
         }
         Ok(())
     })
-}
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Write through `fill` into a temporary file in the destination's folder,
-/// then rename it over `path` (readers never see a partial file).
-pub fn atomic_write(
-    path: &Path,
-    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: not a file name", path.display()))?
-        .to_string_lossy()
-        .to_string();
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        let mut w = std::io::BufWriter::new(file);
-        fill(&mut w).with_context(|| format!("{}: write failed", tmp.display()))?;
-        let file = w
-            .into_inner()
-            .map_err(|e| anyhow!("{}: write failed ({})", tmp.display(), e.error()))?;
-        file.sync_all().ok();
-        std::fs::rename(&tmp, path).with_context(|| {
-            format!(
-                "{}: cannot rename {} over it",
-                path.display(),
-                tmp.display()
-            )
-        })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// The header to write: the source's when the grid is unchanged, else a

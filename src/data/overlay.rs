@@ -7,7 +7,6 @@
 //! outline drawn opaque.
 
 use super::intensity::Window;
-use super::nifti_io::atomic_write;
 use super::orient::to_canonical;
 use super::volume::Volume;
 use anyhow::{ensure, Context, Result};
@@ -103,7 +102,33 @@ pub fn render(
             }
         }
     }
-    Ok((width, height, px))
+    Ok(zoom(
+        width,
+        height,
+        px,
+        (MIN_SLICE_PX / h.min(w).max(1)).max(1),
+    ))
+}
+
+/// Slices smaller than this (pixels) are enlarged by an integer factor so a
+/// coarse volume is still readable.
+const MIN_SLICE_PX: usize = 192;
+
+/// Nearest-neighbour enlargement by an integer factor `z`.
+fn zoom(width: usize, height: usize, px: Vec<u8>, z: usize) -> (usize, usize, Vec<u8>) {
+    if z == 1 {
+        return (width, height, px);
+    }
+    let (zw, zh) = (width * z, height * z);
+    let mut out = vec![0u8; zw * zh * 3];
+    for r in 0..zh {
+        for c in 0..zw {
+            let s = ((r / z) * width + c / z) * 3;
+            let o = (r * zw + c) * 3;
+            out[o..o + 3].copy_from_slice(&px[s..s + 3]);
+        }
+    }
+    (zw, zh, out)
 }
 
 /// Write the overlay PNG (temporary file, then rename).
@@ -116,13 +141,13 @@ pub fn write_overlay(
 ) -> Result<()> {
     let path = path.as_ref();
     let (w, h, px) = render(image, label, window, slices)?;
-    atomic_write(path, |f| {
+    crate::fsutil::write_atomic_with(path, |f| {
         let mut enc = png::Encoder::new(f, w as u32, h as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().map_err(std::io::Error::other)?;
-        wr.write_image_data(&px).map_err(std::io::Error::other)?;
-        wr.finish().map_err(std::io::Error::other)?;
+        let mut wr = enc.write_header()?;
+        wr.write_image_data(&px)?;
+        wr.finish()?;
         Ok(())
     })
     .with_context(|| format!("{}: overlay", path.display()))

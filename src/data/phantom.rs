@@ -42,6 +42,7 @@ pub const CLASS_NAMES: [&str; 14] = [
 pub const NUM_CLASSES: usize = CLASS_NAMES.len();
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PhantomConfig {
     /// Extents `[D, H, W]`.
     pub dims: [usize; 3],

@@ -58,9 +58,9 @@ pub struct DiffusionConfig {
     pub variance: Variance,
     pub recycle: Recycle,
     /// Weight of the ε MSE in ε mode.
-    pub mse_weight: f32,
-    pub ce_weight: f32,
-    pub dice_weight: f32,
+    pub mse_weight: f64,
+    pub ce_weight: f64,
+    pub dice_weight: f64,
 }
 
 impl Default for DiffusionConfig {
@@ -230,15 +230,27 @@ impl SegDiffusion {
         let input = g.concat_c(&[&img, &x_t])?;
         let out = model.denoise(g, &input, &[t as f32])?;
         match self.cfg.output {
-            Output::X0 => seg_loss(g, &out, mask, self.cfg.ce_weight, self.cfg.dice_weight),
+            Output::X0 => seg_loss(
+                g,
+                &out,
+                mask,
+                self.cfg.ce_weight as f32,
+                self.cfg.dice_weight as f32,
+            ),
             Output::Eps => {
                 // ε mode: MSE on ε plus the segmentation loss on x̂_0, whose
                 // probabilities (x̂_0 + 1)/2 are mapped to logits by ln(clamp(·, ε, 1)).
                 let mse = g.mse(&out, &noise)?;
                 let x0 = self.x0_hat(g, &out, &x_t, sched, t, &ones)?;
                 let logits = g.scaled_to_logits(&x0)?;
-                let seg = seg_loss(g, &logits, mask, self.cfg.ce_weight, self.cfg.dice_weight)?;
-                g.scalar_lincomb(&[(self.cfg.mse_weight, &mse), (1.0, &seg)])
+                let seg = seg_loss(
+                    g,
+                    &logits,
+                    mask,
+                    self.cfg.ce_weight as f32,
+                    self.cfg.dice_weight as f32,
+                )?;
+                g.scalar_lincomb(&[(self.cfg.mse_weight as f32, &mse), (1.0, &seg)])
             }
         }
     }

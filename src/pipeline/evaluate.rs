@@ -7,15 +7,14 @@
 //! `<out>/summary.json` (nan-mean ± sd and counts per class and overall), and
 //! prints the per-class means.
 
-use crate::data::nifti_io::atomic_write;
 use crate::data::overlay::write_overlay;
 use crate::data::{labels::present_ids, read_nifti, ClassMap, Volume};
+use crate::fsutil::write_atomic;
 use crate::metrics::summary::Stat;
 use crate::metrics::{label_metrics, ClassMetrics, MetricOptions, SurfaceConvention};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -30,6 +29,11 @@ pub struct EvaluateArgs {
     /// without it, every non-zero id present is a class of its own.
     #[arg(long)]
     pub classes: Option<PathBuf>,
+    /// Class map of the prediction when its ids differ from the reference's
+    /// (e.g. the `mask.json` that `voxdiff segment` writes); classes are
+    /// matched by name to those of --classes.
+    #[arg(long)]
+    pub pred_classes: Option<PathBuf>,
     /// NSD tolerances in mm (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "1,3")]
     pub tolerance: Vec<f64>,
@@ -179,18 +183,49 @@ pub struct Row {
     pub m: ClassMetrics,
 }
 
-/// Score one case: (class id, name, metrics) per class.
+/// The prediction's class map re-ordered to the reference's classes by name:
+/// class t of the result is the reference's class t, with the prediction's
+/// ids of the class of the same name (none when the prediction lacks it).
+pub fn align_by_name(pred: &ClassMap, reference: &ClassMap) -> Result<ClassMap> {
+    let source_ids: Vec<Vec<i64>> = reference
+        .names
+        .iter()
+        .map(|n| {
+            pred.names
+                .iter()
+                .position(|p| p == n)
+                .map(|i| pred.source_ids[i].clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    ensure!(
+        source_ids.iter().any(|ids| !ids.is_empty()),
+        "the prediction's classes ({}) share no name with the reference's ({})",
+        pred.names.join(", "),
+        reference.names.join(", ")
+    );
+    Ok(ClassMap {
+        names: reference.names.clone(),
+        source_ids,
+        strict: false,
+        path: pred.path.clone(),
+    })
+}
+
+/// Score one case: (class id, name, metrics) per class. `pred_map` remaps the
+/// prediction when its ids differ from the reference's (see [`align_by_name`]).
 pub fn evaluate_case(
     pred: &Volume,
     gt: &Volume,
     map: Option<&ClassMap>,
+    pred_map: Option<&ClassMap>,
     opt: &MetricOptions,
 ) -> Result<Vec<(u32, String, ClassMetrics)>> {
     gt.check_same_grid(pred, 1e-3)?;
     let (gt_c, pred_c, classes): (Volume, Volume, Vec<(u32, String)>) = match map {
         Some(m) => (
             m.remap(gt)?,
-            m.remap(pred)?,
+            pred_map.unwrap_or(m).remap(pred)?,
             m.names
                 .iter()
                 .enumerate()
@@ -266,6 +301,11 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         );
     }
     let map = args.classes.as_ref().map(ClassMap::read).transpose()?;
+    let pred_map = match (&args.pred_classes, &map) {
+        (Some(p), Some(m)) => Some(align_by_name(&ClassMap::read(p)?, m)?),
+        (Some(_), None) => bail!("--pred-classes needs --classes (the reference's class map)"),
+        (None, _) => None,
+    };
     let opt = MetricOptions {
         tolerances_mm: args.tolerance.clone(),
         convention: args.surface,
@@ -275,11 +315,11 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
     for (case, p, g) in &cases {
         let pred = read_nifti(p)?;
         let gt = read_nifti(g)?;
-        let res = evaluate_case(&pred, &gt, map.as_ref(), &opt)
+        let res = evaluate_case(&pred, &gt, map.as_ref(), pred_map.as_ref(), &opt)
             .with_context(|| format!("case {case}"))?;
         if let Some(img) = &args.image {
             let scan = read_nifti(image_for(img, case)?)?;
-            let shown = match map.as_ref() {
+            let shown = match pred_map.as_ref().or(map.as_ref()) {
                 Some(m) => m.remap(&pred)?,
                 None => pred.clone(),
             };
@@ -326,7 +366,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         ));
     }
     let csv_path = args.out.join("per_class.csv");
-    atomic_write(&csv_path, |f| f.write_all(csv.as_bytes()))?;
+    write_atomic(&csv_path, csv.as_bytes())?;
 
     // summary.json: per class (in class order) and overall.
     let mut order: Vec<(u32, String)> = Vec::new();
@@ -354,6 +394,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
     let summary = json!({
         "cases": cases.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
         "class_map": args.classes.as_ref().map(|p| p.display().to_string()),
+        "pred_class_map": args.pred_classes.as_ref().map(|p| p.display().to_string()),
         "surface_convention": args.surface.name(),
         "tolerances_mm": args.tolerance,
         "metrics": names,
@@ -364,7 +405,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
     });
     let json_path = args.out.join("summary.json");
     let text = serde_json::to_string_pretty(&summary)?;
-    atomic_write(&json_path, |f| f.write_all(text.as_bytes()))?;
+    write_atomic(&json_path, text.as_bytes())?;
 
     // Console table of means.
     println!("{} case(s), surfaces: {}", cases.len(), args.surface.name());

@@ -1,6 +1,12 @@
 //! Whole jobs: training loops for each system, inference, evaluation.
 
 pub mod bench;
+pub mod demo;
 pub mod evaluate;
+pub mod plot;
+pub mod seg_config;
+pub mod seg_data;
 pub mod seg_model;
+pub mod seg_train;
+pub mod segment;
 pub mod train_loop;

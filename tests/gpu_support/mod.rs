@@ -23,7 +23,8 @@ pub fn device() -> Arc<dyn Device> {
                 Cuda::with_poison(ordinal, true).expect("VOXDIFF_TEST_DEVICE names a CUDA device"),
             )
         }
-        _ => Arc::new(Emu::with_shuffle(None)),
+        // Emu::new() honours VOXDIFF_EMU_SHUFFLE (a shuffled fiber order).
+        _ => Arc::new(Emu::new()),
     }
 }
 

@@ -1,19 +1,154 @@
-//! Dense layers on per-sample vectors.
-use super::CpuBackend;
-use crate::tensor::Tensor;
-use anyhow::{bail, Result};
+//! Dense layers on per-sample vectors: `y[M,N] = x[M,K]·w[K,N] + b[N]`.
+//!
+//! All three products go through the `gemm` crate (runtime-dispatched SIMD,
+//! rayon-parallel above its own size threshold) on row-major operands; the
+//! transposes are expressed as strides, never materialised. `gemm` computes
+//! `dst = α·dst + β·lhs·rhs`; we either overwrite (`read_dst = false`) or add
+//! to a destination pre-filled with the bias.
+use super::{check, view, view_mut, CpuBackend};
+use crate::tensor::{Shape, Tensor};
+use anyhow::{ensure, Result};
 
-pub fn linear(_b: &CpuBackend, _x: &Tensor, _w: &Tensor, _bias: Option<&Tensor>) -> Result<Tensor> {
-    bail!("linear: not implemented yet")
+/// `(rows, cols)` of a rank-2 f32 tensor.
+fn matrix(t: &Tensor, what: &str) -> Result<(usize, usize)> {
+    check(t, what)?;
+    ensure!(
+        t.shape().rank() == 2,
+        "{what}: expected a matrix, got shape {}",
+        t.shape()
+    );
+    Ok((t.shape().dims()[0], t.shape().dims()[1]))
 }
-pub fn linear_dgrad(_b: &CpuBackend, _dy: &Tensor, _w: &Tensor) -> Result<Tensor> {
-    bail!("linear_dgrad: not implemented yet")
+
+/// `dst[m×n] (row-major) = lhs·rhs` (or `+=` when `accumulate`), with `lhs`
+/// element (i, p) at `lhs[i·lhs_rs + p·lhs_cs]` and `rhs` element (p, j) at
+/// `rhs[p·rhs_rs + j·rhs_cs]`.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    accumulate: bool,
+) {
+    debug_assert_eq!(dst.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the pointers cover every element addressed by the given extents
+    // and strides (checked by the callers' shape validation, asserted above);
+    // dst does not alias lhs or rhs (it is a freshly allocated output).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
 }
+
+/// `y = x·w + b`: x `[M,K]`, w `[K,N]`, bias `[N]`.
+pub fn linear(b: &CpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (m, k) = matrix(x, "linear: x")?;
+    let (kw, n) = matrix(w, "linear: w")?;
+    ensure!(
+        k == kw,
+        "linear: x is {m}×{k} but w is {kw}×{n} (inner dimensions differ)"
+    );
+    let y = b.out_uninit(Shape::new(&[m, n]))?;
+    let ys = view_mut(&y);
+    if let Some(bias) = bias {
+        let bs = view(bias, "linear: bias")?;
+        ensure!(
+            bias.shape().dims() == [n],
+            "linear: bias must have shape [{n}], got {}",
+            bias.shape()
+        );
+        for row in ys.chunks_exact_mut(n.max(1)) {
+            row.copy_from_slice(bs);
+        }
+    }
+    let (xs, ws) = (view(x, "linear: x")?, view(w, "linear: w")?);
+    matmul(ys, m, n, k, xs, k, 1, ws, n, 1, bias.is_some());
+    Ok(y)
+}
+
+/// `dx[M,K] = dy[M,N]·wᵀ` (wᵀ read from w `[K,N]` with swapped strides).
+pub fn linear_dgrad(b: &CpuBackend, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (m, n) = matrix(dy, "linear_dgrad: dy")?;
+    let (k, nw) = matrix(w, "linear_dgrad: w")?;
+    ensure!(
+        n == nw,
+        "linear_dgrad: dy is {m}×{n} but w is {k}×{nw} (output dimensions differ)"
+    );
+    let dx = b.out_uninit(Shape::new(&[m, k]))?;
+    let (dys, ws) = (view(dy, "linear_dgrad: dy")?, view(w, "linear_dgrad: w")?);
+    // wᵀ[j, p] = w[p, j]: row stride 1, column stride n.
+    matmul(view_mut(&dx), m, k, n, dys, n, 1, ws, 1, n, false);
+    Ok(dx)
+}
+
+/// `dw[K,N] = xᵀ·dy`, `db[N] = Σ_m dy[m,·]` (f64 accumulation) if `with_bias`.
 pub fn linear_wgrad(
-    _b: &CpuBackend,
-    _x: &Tensor,
-    _dy: &Tensor,
-    _with_bias: bool,
+    b: &CpuBackend,
+    x: &Tensor,
+    dy: &Tensor,
+    with_bias: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    bail!("linear_wgrad: not implemented yet")
+    let (m, k) = matrix(x, "linear_wgrad: x")?;
+    let (md, n) = matrix(dy, "linear_wgrad: dy")?;
+    ensure!(
+        m == md,
+        "linear_wgrad: x has {m} rows but dy has {md} (batch sizes differ)"
+    );
+    let (xs, dys) = (view(x, "linear_wgrad: x")?, view(dy, "linear_wgrad: dy")?);
+    let dw = b.out_uninit(Shape::new(&[k, n]))?;
+    // xᵀ[i, p] = x[p, i]: row stride 1, column stride k.
+    matmul(view_mut(&dw), k, n, m, xs, 1, k, dys, n, 1, false);
+    let db = if with_bias {
+        let db = b.out_uninit(Shape::new(&[n]))?;
+        let mut acc = vec![0f64; n];
+        for row in dys.chunks_exact(n.max(1)) {
+            for (a, &g) in acc.iter_mut().zip(row) {
+                *a += g as f64;
+            }
+        }
+        for (o, a) in view_mut(&db).iter_mut().zip(acc) {
+            *o = a as f32;
+        }
+        Some(db)
+    } else {
+        None
+    };
+    Ok((dw, db))
 }

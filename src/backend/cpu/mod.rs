@@ -17,43 +17,109 @@ mod pointwise;
 use super::{Act, AdamW, Backend, ConvSpec, NormArgs, NormGrads, NormOut, ParamSlot};
 use crate::tensor::{Buffer, DType, Memory, MemoryKind, Shape, Tensor};
 use anyhow::{bail, ensure, Result};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-/// Host allocator: 64-byte aligned, zero-initialised blocks.
-struct HostMemory;
+/// Host allocator: 64-byte aligned blocks.
+///
+/// Freed blocks of at least [`CACHE_MIN_BYTES`] are kept (up to
+/// [`CACHE_MAX_BYTES`] in total) and handed out again for requests of the same
+/// rounded size. Shapes are fixed per run, so after the first step every large
+/// output lands in warm, already-mapped memory instead of paying a page fault
+/// per 4 KiB page plus a single-threaded zeroing pass on each allocation
+/// (tens of ms per 64 MiB tensor on a virtual machine — more than the op).
+struct HostMemory {
+    cache: Mutex<BlockCache>,
+}
+
+/// Free blocks by rounded size, and their total size.
+#[derive(Default)]
+struct BlockCache {
+    free: HashMap<usize, Vec<u64>>,
+    bytes: usize,
+}
 
 const ALIGN: usize = 64;
+/// Smallest block worth caching (1 MiB); smaller ones go back to the system allocator.
+const CACHE_MIN_BYTES: usize = 1 << 20;
+/// Most bytes kept in the cache (1 GiB).
+const CACHE_MAX_BYTES: usize = 1 << 30;
+
+fn layout(bytes: usize) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(bytes, ALIGN).expect("host block layout")
+}
+
+impl HostMemory {
+    /// A block of `bytes` (a multiple of [`ALIGN`]): a cached one if there is
+    /// one of that size, else a fresh one. Its contents are unspecified.
+    fn take(&self, bytes: usize) -> Result<u64> {
+        if bytes >= CACHE_MIN_BYTES {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(addr) = cache.free.get_mut(&bytes).and_then(|v| v.pop()) {
+                cache.bytes -= bytes;
+                return Ok(addr);
+            }
+        }
+        // SAFETY: non-zero size, valid alignment.
+        let ptr = unsafe { std::alloc::alloc(layout(bytes)) };
+        ensure!(
+            !ptr.is_null(),
+            "out of host memory allocating {bytes} bytes"
+        );
+        Ok(ptr as u64)
+    }
+}
 
 impl Memory for HostMemory {
     fn kind(&self) -> MemoryKind {
         MemoryKind::Host
     }
     fn free(&self, addr: u64, bytes: usize) {
-        if bytes == 0 {
-            return;
+        if bytes >= CACHE_MIN_BYTES {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.bytes + bytes <= CACHE_MAX_BYTES {
+                cache.free.entry(bytes).or_default().push(addr);
+                cache.bytes += bytes;
+                return;
+            }
         }
-        let layout = std::alloc::Layout::from_size_align(bytes, ALIGN).expect("layout");
-        // SAFETY: `addr` came from `alloc_zeroed` with this layout in `host_alloc`.
-        unsafe { std::alloc::dealloc(addr as *mut u8, layout) }
+        // SAFETY: `addr` came from `alloc` with this layout in `HostMemory::take`.
+        unsafe { std::alloc::dealloc(addr as *mut u8, layout(bytes)) }
     }
 }
 
-/// A zeroed host buffer of at least `bytes` bytes (rounded up to the alignment).
-fn host_alloc(mem: &Arc<dyn Memory>, bytes: usize) -> Result<Arc<Buffer>> {
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        let cache = self.cache.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (&bytes, addrs) in &cache.free {
+            for &addr in addrs {
+                // SAFETY: as in `free`: allocated in `take` with this layout.
+                unsafe { std::alloc::dealloc(addr as *mut u8, layout(bytes)) }
+            }
+        }
+    }
+}
+
+/// A host buffer of at least `bytes` bytes (rounded up to the alignment),
+/// zeroed when `zero` (in parallel for large blocks).
+fn host_alloc(mem: &Arc<HostMemory>, bytes: usize, zero: bool) -> Result<Arc<Buffer>> {
     let bytes = bytes.div_ceil(ALIGN).max(1) * ALIGN;
-    let layout = std::alloc::Layout::from_size_align(bytes, ALIGN)?;
-    // SAFETY: non-zero size, valid alignment.
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-    ensure!(
-        !ptr.is_null(),
-        "out of host memory allocating {bytes} bytes"
-    );
-    Ok(Arc::new(Buffer::new(ptr as u64, bytes, mem.clone())))
+    let addr = mem.take(bytes)?;
+    if zero {
+        use rayon::prelude::*;
+        // SAFETY: the block is `bytes` long and owned by no tensor yet.
+        let block = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, bytes) };
+        block
+            .par_chunks_mut(CACHE_MIN_BYTES)
+            .for_each(|c| c.fill(0));
+    }
+    let owner: Arc<dyn Memory> = mem.clone();
+    Ok(Arc::new(Buffer::new(addr, bytes, owner)))
 }
 
 /// The CPU backend.
 pub struct CpuBackend {
-    mem: Arc<dyn Memory>,
+    mem: Arc<HostMemory>,
 }
 
 impl Default for CpuBackend {
@@ -65,14 +131,28 @@ impl Default for CpuBackend {
 impl CpuBackend {
     pub fn new() -> CpuBackend {
         CpuBackend {
-            mem: Arc::new(HostMemory),
+            mem: Arc::new(HostMemory {
+                cache: Mutex::new(BlockCache::default()),
+            }),
         }
     }
 
     /// A new zeroed f32 tensor (the output of an op).
     pub(crate) fn out(&self, shape: Shape) -> Result<Tensor> {
-        let buf = host_alloc(&self.mem, shape.numel() * 4)?;
+        let buf = host_alloc(&self.mem, shape.numel() * 4, true)?;
         Ok(Tensor::from_buffer(shape, DType::F32, buf))
+    }
+
+    /// A new f32 tensor with unspecified contents, for ops that write every
+    /// element of their output (saves a pass over memory). Poisoned with NaN
+    /// in debug builds so an element left unwritten shows.
+    pub(crate) fn out_uninit(&self, shape: Shape) -> Result<Tensor> {
+        let buf = host_alloc(&self.mem, shape.numel() * 4, false)?;
+        let t = Tensor::from_buffer(shape, DType::F32, buf);
+        if cfg!(debug_assertions) {
+            view_mut(&t).fill(f32::NAN);
+        }
+        Ok(t)
     }
 }
 
@@ -84,7 +164,8 @@ pub(crate) fn view<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
 }
 
 /// The mutable f32 host view of an op's freshly allocated output.
-pub(crate) fn view_mut<'a>(t: &'a Tensor) -> &'a mut [f32] {
+#[allow(clippy::mut_from_ref)]
+pub(crate) fn view_mut(t: &Tensor) -> &mut [f32] {
     // SAFETY: called only on outputs an op allocated and has not shared yet,
     // or on tensors an in-place op (adamw, fill, write) owns by contract.
     unsafe { t.host_mut::<f32>() }

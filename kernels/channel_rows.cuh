@@ -1,0 +1,83 @@
+// NDHWC activations seen as rows of C channels (one row per voxel), shared by
+// the norm, pointwise and layout families.
+//
+// A thread handles a *column vector* of VEC consecutive channels of a row:
+// VEC = 8 (one 16-byte vector of bf16, two of f32) when C is a multiple of 8,
+// else VEC = 1. The launchers choose VEC and check the alignment.
+//
+// Column-tile geometry of the per-channel reductions (norm statistics and
+// gradients, sum_spatial) and of the norm's elementwise passes, computed by
+// `RowTiles` in src/backend/gpu/pointwise.rs:
+//   blockDim  = (bx, by): bx column vectors × by row slots (by a power of two)
+//   gridDim   = (chunks, column tiles, N)
+//   thread (tx, ty) of block (j, t, n) owns column vector col = t·bx + tx
+//   (channels col·VEC .. col·VEC + VEC) of sample n and visits the rows
+//   r = j·R + ty, j·R + ty + by, … below min((j + 1)·R, rows).
+// Every thread keeps per-channel state in registers across its rows, so the
+// per-channel coefficients of an epilogue are computed once per thread, and a
+// warp (32 consecutive threads, tx fastest) reads 32/bx whole rows of bx
+// vectors: contiguous, 16-byte accesses.
+#pragma once
+#include "common.cuh"
+
+// ----------------------------------------------------------- loads / stores
+VD_DEVICE float vd_rows_ld1(const float* p) { return *p; }
+VD_DEVICE float vd_rows_ld1(const bf16* p) { return bf16_to_f32(*p); }
+VD_DEVICE void vd_rows_st1(float* p, float v) { *p = v; }
+VD_DEVICE void vd_rows_st1(bf16* p, float v) { *p = f32_to_bf16(v); }
+VD_DEVICE void vd_rows_ld8(const float* p, float v[8]) {
+    const float4 a = vd_load_f32x4(p), b = vd_load_f32x4(p + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+VD_DEVICE void vd_rows_ld8(const bf16* p, float v[8]) { vd_unpack_bf16x8(vd_load16(p), v); }
+VD_DEVICE void vd_rows_st8(float* p, const float v[8]) {
+    vd_store_f32x4(p, make_float4(v[0], v[1], v[2], v[3]));
+    vd_store_f32x4(p + 4, make_float4(v[4], v[5], v[6], v[7]));
+}
+VD_DEVICE void vd_rows_st8(bf16* p, const float v[8]) { vd_store16(p, vd_pack_bf16x8(v)); }
+
+// VEC consecutive elements at p, widened to f32 (VEC = 8: 16-byte aligned).
+template <int VEC, typename T>
+VD_DEVICE void vd_rows_load(const T* p, float v[VEC]) {
+    if constexpr (VEC == 8)
+        vd_rows_ld8(p, v);
+    else
+        v[0] = vd_rows_ld1(p);
+}
+// VEC consecutive elements at p from f32 (bf16: round to nearest even).
+template <int VEC, typename T>
+VD_DEVICE void vd_rows_store(T* p, const float v[VEC]) {
+    if constexpr (VEC == 8)
+        vd_rows_st8(p, v);
+    else
+        vd_rows_st1(p, v[0]);
+}
+
+// ------------------------------------------------------- column-tile geometry
+// This thread's place in the column-tile geometry (see the top of the file).
+struct VdRowTile {
+    i64 n;       // sample
+    i64 r0, r1;  // row range of the block's chunk
+    int col;     // column vector (channels col·VEC ..)
+    bool active; // col < lanes (threads past the last column still reach barriers)
+};
+VD_DEVICE VdRowTile vd_row_tile(i64 rows, i64 rows_per_chunk, int lanes) {
+    VdRowTile t;
+    t.n = blockIdx.z;
+    t.r0 = (i64)blockIdx.x * rows_per_chunk;
+    t.r1 = min(t.r0 + rows_per_chunk, rows);
+    t.col = (int)(blockIdx.y * blockDim.x + threadIdx.x);
+    t.active = t.col < lanes;
+    return t;
+}
+
+// Chan et al.'s parallel combination of two Welford states (count n, mean m,
+// sum of squared deviations m2): (na, ma, m2a) ← (na, ma, m2a) ⊕ (nb, mb, m2b).
+// An empty b leaves a unchanged; an empty a becomes b.
+VD_DEVICE void vd_welford_combine(float& na, float& ma, float& m2a, float nb, float mb, float m2b) {
+    if (nb == 0.0f) return;
+    const float n = na + nb, d = mb - ma, fb = nb / n;
+    ma = fmaf(d, fb, ma);
+    m2a = m2a + m2b + d * d * na * fb;
+    na = n;
+}

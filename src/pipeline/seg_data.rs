@@ -1,0 +1,235 @@
+//! Turning a run's data configuration into training examples and its scans
+//! into network inputs: read (or generate), reorient to RAS, resample, remap
+//! labels to training classes, window intensities, cut patches on worker
+//! threads. The same preprocessing serves training and `voxdiff segment`.
+
+use super::seg_config::{DataConfig, DataSource};
+use super::train_loop::{Example, ExampleSource};
+use crate::data::augment::Augment;
+use crate::data::intensity::Window;
+use crate::data::loader::{Loader, LoaderConfig, PreparedCase};
+use crate::data::orient::{to_canonical, Reorientation};
+use crate::data::patch::PatchSampler;
+use crate::data::resample::{resample_to_spacing, Interp};
+use crate::data::{phantom, read_nifti, ClassMap, Volume};
+use anyhow::{ensure, Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The training classes of a run: index 0 is background.
+pub fn class_names(cfg: &DataConfig) -> Result<Vec<String>> {
+    let map = class_map(cfg)?;
+    let mut names = vec!["background".to_string()];
+    match map {
+        Some(m) => names.extend(m.names),
+        None => anyhow::bail!(
+            "data.class_map is required for file data (it names the classes and maps label ids to them)"
+        ),
+    }
+    Ok(names)
+}
+
+/// The class map a run trains with, restricted to `cfg.classes` (in that order).
+pub fn class_map(cfg: &DataConfig) -> Result<Option<ClassMap>> {
+    let full = match cfg.source {
+        DataSource::Phantom => ClassMap {
+            names: phantom::CLASS_NAMES[1..]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            source_ids: (1..phantom::NUM_CLASSES as i64).map(|i| vec![i]).collect(),
+            strict: true,
+            path: None,
+        },
+        DataSource::Files => match &cfg.class_map {
+            Some(p) => ClassMap::read(p)?,
+            None => return Ok(None),
+        },
+    };
+    if cfg.classes.is_empty() {
+        return Ok(Some(full));
+    }
+    let mut names = Vec::new();
+    let mut ids = Vec::new();
+    for c in &cfg.classes {
+        let i = full.names.iter().position(|n| n == c).with_context(|| {
+            format!(
+                "data.classes: {c:?} is not a class of the map (known: {})",
+                full.names.join(", ")
+            )
+        })?;
+        names.push(full.names[i].clone());
+        ids.push(full.source_ids[i].clone());
+    }
+    Ok(Some(ClassMap {
+        names,
+        source_ids: ids,
+        // Classes left out of the subset become background.
+        strict: false,
+        path: full.path,
+    }))
+}
+
+/// A scan prepared for the network, with what is needed to map a prediction
+/// back onto the scan's own grid.
+pub struct PreparedScan {
+    /// Canonical (RAS), resampled, windowed to [0, 1].
+    pub image: Volume,
+    /// The scan as read.
+    pub original: Volume,
+    /// The canonical scan before resampling (the grid predictions return to).
+    pub canonical_grid: Volume,
+    pub reorientation: Reorientation,
+}
+
+/// Reorient to RAS and resample (linear for images, nearest for labels).
+fn to_training_grid(
+    vol: &Volume,
+    spacing: Option<[f64; 3]>,
+    interp: Interp,
+) -> Result<(Volume, Volume, Reorientation)> {
+    let (canon, reo) = to_canonical(vol);
+    let res = match spacing {
+        Some(s) => resample_to_spacing(&canon, s, interp)?,
+        None => canon.clone(),
+    };
+    Ok((res, canon, reo))
+}
+
+/// Prepare a scan (read from disk) the way the run's training data was.
+pub fn prepare_scan(cfg: &DataConfig, path: &Path) -> Result<PreparedScan> {
+    let original = read_nifti(path)?;
+    prepare_volume(cfg, original)
+}
+
+/// Prepare an in-memory scan the way the run's training data was.
+pub fn prepare_volume(cfg: &DataConfig, original: Volume) -> Result<PreparedScan> {
+    let (mut image, canonical_grid, reorientation) =
+        to_training_grid(&original, cfg.spacing, Interp::Linear)?;
+    Window::new(cfg.window[0], cfg.window[1]).apply(&mut image.data);
+    Ok(PreparedScan {
+        image,
+        original,
+        canonical_grid,
+        reorientation,
+    })
+}
+
+/// Prepare one training case (image + label map).
+fn prepare_case(
+    cfg: &DataConfig,
+    map: &ClassMap,
+    id: String,
+    image: Volume,
+    label: Volume,
+) -> Result<PreparedCase> {
+    image
+        .check_same_grid(&label, 1e-3)
+        .with_context(|| format!("case {id}: the label map must lie on the scan's grid"))?;
+    let label = map.remap(&label)?;
+    let scan = prepare_volume(cfg, image)?;
+    let (lab, _, _) = to_training_grid(&label, cfg.spacing, Interp::Nearest)?;
+    PreparedCase::new(id, scan.image, Some(lab), 0.0)
+}
+
+/// Read or generate and preprocess every training case.
+pub fn training_cases(cfg: &DataConfig) -> Result<Vec<PreparedCase>> {
+    let map = class_map(cfg)?.context("data.class_map is required for file data")?;
+    let mut cases = Vec::new();
+    match cfg.source {
+        DataSource::Phantom => {
+            for seed in 0..cfg.phantom_cases as u64 {
+                let (img, lab) = phantom::generate(&cfg.phantom, seed);
+                cases.push(prepare_case(cfg, &map, format!("phantom{seed}"), img, lab)?);
+            }
+        }
+        DataSource::Files => {
+            for (ip, lp) in cfg.images.iter().zip(&cfg.labels) {
+                let img = read_nifti(ip)?;
+                let lab = read_nifti(lp)?;
+                let id = crate::pipeline::evaluate::case_name(ip);
+                cases.push(prepare_case(cfg, &map, id, img, lab)?);
+            }
+        }
+    }
+    for c in &cases {
+        let present = c.classes.as_ref().map_or(0, |ci| ci.classes.len());
+        ensure!(
+            present > 0,
+            "case {}: no voxel of any training class after preprocessing",
+            c.id
+        );
+    }
+    Ok(cases)
+}
+
+/// The patch size for `cases`: `cfg.patch` with 0 axes replaced by the
+/// largest extent along them.
+pub fn patch_size(cfg: &DataConfig, cases: &[PreparedCase]) -> [usize; 3] {
+    let mut p = cfg.patch;
+    for a in 0..3 {
+        if p[a] == 0 {
+            p[a] = cases.iter().map(|c| c.image.dims[a]).max().unwrap_or(1);
+        }
+    }
+    p
+}
+
+/// Training examples from the prefetching loader.
+pub struct LoaderSource {
+    cases: Arc<Vec<PreparedCase>>,
+    cfg: LoaderConfig,
+    loader: Loader,
+    position: u64,
+}
+
+impl LoaderSource {
+    pub fn new(data: &DataConfig, cases: Vec<PreparedCase>, seed: u64) -> Result<LoaderSource> {
+        let size = patch_size(data, &cases);
+        let cfg = LoaderConfig {
+            sampler: PatchSampler {
+                size,
+                fg_prob: data.fg_prob,
+            },
+            augment: if data.augment {
+                Augment::ct_default()
+            } else {
+                Augment::none()
+            },
+            seed,
+            workers: data.workers.max(1),
+            prefetch: 2,
+        };
+        let cases = Arc::new(cases);
+        let loader = Loader::new(cases.clone(), cfg.clone())?;
+        Ok(LoaderSource {
+            cases,
+            cfg,
+            loader,
+            position: 0,
+        })
+    }
+    pub fn patch(&self) -> [usize; 3] {
+        self.cfg.sampler.size
+    }
+}
+
+impl ExampleSource for LoaderSource {
+    fn next_example(&mut self) -> Result<Example> {
+        let s = self.loader.next_sample()?;
+        self.position += 1;
+        Ok(Example {
+            dims: s.size,
+            image: s.image,
+            labels: s.label.context("training case without a label map")?,
+        })
+    }
+    fn position(&self) -> u64 {
+        self.position
+    }
+    fn seek(&mut self, n: u64) -> Result<()> {
+        self.loader = Loader::starting_at(self.cases.clone(), self.cfg.clone(), n)?;
+        self.position = n;
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! `voxdiff train seg`: train a diffusion segmentation model (or the
+//! supervised baseline) into a run folder:
+//!
+//! ```text
+//! <run>/config.toml             the resolved configuration (all defaults written out)
+//! <run>/classes.json            training class names by id (MSD "labels" form)
+//! <run>/log.jsonl               one JSON record per logged step
+//! <run>/checkpoint.safetensors  parameters, AdamW moments, step, data position
+//! <run>/loss.png                the loss curve
+//! ```
+//! `--resume` continues a killed run from its checkpoint with its own config.
+
+use super::plot;
+use super::seg_config::SegConfig;
+use super::seg_data::{class_names, training_cases, LoaderSource};
+use super::seg_model::{ModelKind, SegModel};
+use super::train_loop::{self, TrainSummary, CHECKPOINT, LOG};
+use crate::backend::{self, Backend};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainSegArgs {
+    /// TOML configuration (docs/training.md); without it, the defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any field: --set train.steps=500 --set data.spacing=[5.0,5.0,5.0]
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Run folder (created; must not hold a checkpoint unless --resume).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Continue the run in --run from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Shortcut for --set model.kind=…: diffusion or unet (the supervised baseline).
+    #[arg(long, value_enum)]
+    pub model: Option<ModelArg>,
+    /// Shortcut for --set train.steps=N.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Shortcut for --set train.max_minutes=M.
+    #[arg(long)]
+    pub minutes: Option<f64>,
+    /// auto, cpu, emu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ModelArg {
+    Diffusion,
+    Unet,
+}
+
+impl TrainSegArgs {
+    /// All overrides: the shortcuts, then the explicit --set ones.
+    fn overrides(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        if let Some(m) = self.model {
+            o.push(format!(
+                "model.kind=\"{}\"",
+                match m {
+                    ModelArg::Diffusion => "diffusion",
+                    ModelArg::Unet => "unet",
+                }
+            ));
+        }
+        if let Some(s) = self.steps {
+            o.push(format!("train.steps={s}"));
+        }
+        if let Some(m) = self.minutes {
+            o.push(format!("train.max_minutes={m:?}"));
+        }
+        o.extend(self.set.iter().cloned());
+        o
+    }
+}
+
+pub const CONFIG: &str = "config.toml";
+pub const CLASSES: &str = "classes.json";
+
+/// The MSD-style `{"labels": {"0": "background", …}}` description of classes.
+pub fn classes_json(names: &[String]) -> serde_json::Value {
+    let labels: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i.to_string(), n.clone().into()))
+        .collect();
+    serde_json::json!({ "labels": labels })
+}
+
+/// Read the class names of a run folder.
+pub fn read_classes(run: &Path) -> Result<Vec<String>> {
+    let p = run.join(CLASSES);
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?,
+    )
+    .with_context(|| format!("{}: invalid JSON", p.display()))?;
+    let labels = v
+        .get("labels")
+        .and_then(|l| l.as_object())
+        .with_context(|| format!("{}: no \"labels\"", p.display()))?;
+    let mut names = vec![String::new(); labels.len()];
+    for (k, n) in labels {
+        let i: usize = k
+            .parse()
+            .with_context(|| format!("{}: label key {k:?} is not an id", p.display()))?;
+        anyhow::ensure!(
+            i < names.len(),
+            "{}: label ids must be 0..{}",
+            p.display(),
+            names.len()
+        );
+        names[i] = n.as_str().unwrap_or_default().to_string();
+    }
+    Ok(names)
+}
+
+/// Train as configured into `run` on `b`; returns the summary.
+pub fn train_run(
+    b: &dyn Backend,
+    cfg: &SegConfig,
+    run: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<TrainSummary> {
+    let names = class_names(&cfg.data)?;
+    if !resume {
+        if run.join(CHECKPOINT).exists() {
+            bail!(
+                "{}: already holds a trained run (use --resume to continue it, or another --run folder)",
+                run.display()
+            );
+        }
+        std::fs::create_dir_all(run)
+            .with_context(|| format!("{}: cannot create run folder", run.display()))?;
+        crate::fsutil::write_atomic(&run.join(CONFIG), cfg.to_toml()?.as_bytes())?;
+        crate::fsutil::write_atomic(
+            &run.join(CLASSES),
+            serde_json::to_string_pretty(&classes_json(&names))?.as_bytes(),
+        )?;
+    }
+    let cases = training_cases(&cfg.data)?;
+    let mut source = LoaderSource::new(&cfg.data, cases, cfg.train.seed)?;
+    let model = SegModel::new(b, &cfg.model, &cfg.diffusion, names.len())?;
+    if progress {
+        eprintln!(
+            "training {} ({:.2} M parameters, {} classes) on {} with patches {:?}",
+            match cfg.model.kind {
+                ModelKind::Diffusion => "diffusion segmentation",
+                ModelKind::Unet => "supervised UNet",
+            },
+            model.ps.count() as f64 / 1e6,
+            names.len(),
+            b.name(),
+            source.patch()
+        );
+    }
+    let summary = train_loop::train(b, &model, &cfg.train, &mut source, run, resume, progress)?;
+    plot::loss_curve(&run.join(LOG), &run.join("loss.png"))?;
+    Ok(summary)
+}
+
+pub fn run(args: &TrainSegArgs) -> Result<()> {
+    let cfg = if args.resume {
+        let p = args.run.join(CONFIG);
+        if !p.exists() {
+            bail!(
+                "{}: no run to resume (config.toml missing)",
+                args.run.display()
+            );
+        }
+        SegConfig::load(Some(&p), &args.overrides())?
+    } else {
+        SegConfig::load(args.config.as_deref(), &args.overrides())?
+    };
+    let b = backend::select(&args.device)?;
+    let s = train_run(b.as_ref(), &cfg, &args.run, args.resume, !args.quiet)?;
+    println!(
+        "trained {} steps in {:.1} s; loss {} → {}; run folder {}",
+        s.steps_done,
+        s.seconds,
+        s.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        s.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        args.run.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Pointwise ops of the CPU backend: activations and their gradients, linear
+//! combinations, per-channel broadcast and spatial sums. Forward vs plain f64
+//! references, backward vs finite differences, NaN propagation, errors.
+mod common;
+
+use common::*;
+use voxdiff::backend::{Act, Backend};
+use voxdiff::tensor::{DType, Shape};
+
+const ACTS: [Act; 4] = [Act::Identity, Act::Relu, Act::Silu, Act::Gelu];
+
+/// act'(u) in f64, from the closed forms.
+fn dact_f64(a: Act, u: f64) -> f64 {
+    match a {
+        Act::Identity => 1.0,
+        Act::Relu => {
+            if u > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Act::Silu => {
+            let s = 1.0 / (1.0 + (-u).exp());
+            s * (1.0 + u * (1.0 - s))
+        }
+        Act::Gelu => {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            let t = (k * (u + 0.044715 * u * u * u)).tanh();
+            0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * u * u)
+        }
+    }
+}
+
+fn act_f64(a: Act, u: f64) -> f64 {
+    match a {
+        Act::Identity => u,
+        Act::Relu => u.max(0.0),
+        Act::Silu => u / (1.0 + (-u).exp()),
+        Act::Gelu => {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * u * (1.0 + (k * (u + 0.044715 * u * u * u)).tanh())
+        }
+    }
+}
+
+fn shapes() -> Vec<Shape> {
+    vec![
+        Shape::ndhwc(1, 3, 5, 7, 1),
+        Shape::ndhwc(2, 3, 5, 7, 3),
+        Shape::ndhwc(1, 2, 3, 4, 17),
+        Shape::ndhwc(2, 1, 3, 5, 33),
+        Shape::ndhwc(1, 9, 40, 50, 5), // several parallel chunks
+    ]
+}
+
+#[test]
+fn activations_match_reference() {
+    let b = cpu();
+    let mut rng = Rng::new(1);
+    for sh in shapes() {
+        // A wide range, including the tails where exp saturates.
+        let mut x = rng.vec(sh.numel(), -6.0, 6.0);
+        x[0] = -30.0;
+        x[1] = 30.0;
+        x[2] = -90.0;
+        x[3] = 100.0;
+        let xt = b.upload(&x, sh, DType::F32).unwrap();
+        for act in ACTS {
+            let y = b.download(&b.act(&xt, act).unwrap()).unwrap();
+            let want: Vec<f64> = x.iter().map(|&v| act_f64(act, v as f64)).collect();
+            assert_close(&format!("{act:?} {sh}"), &y, &want, 2e-6, 1e-7);
+        }
+    }
+}
+
+#[test]
+fn activation_gradients_match_finite_differences() {
+    let b = cpu();
+    let mut rng = Rng::new(2);
+    let sh = Shape::ndhwc(2, 3, 5, 7, 3);
+    for act in ACTS {
+        let mut x = rng.vec(sh.numel(), -4.0, 4.0);
+        if act == Act::Relu {
+            // keep probes away from the kink at 0
+            for v in x.iter_mut() {
+                if v.abs() < 0.05 {
+                    *v += 0.1;
+                }
+            }
+        }
+        let g = rng.vec(sh.numel(), -1.0, 1.0);
+        let xt = b.upload(&x, sh, DType::F32).unwrap();
+        let gt = b.upload(&g, sh, DType::F32).unwrap();
+        let dx = b.download(&b.act_bwd(&gt, &xt, act).unwrap()).unwrap();
+        let loss = |xp: &[f32]| {
+            let t = b.upload(xp, sh, DType::F32).unwrap();
+            dot(&g, &b.download(&b.act(&t, act).unwrap()).unwrap())
+        };
+        fd_check(
+            &format!("act_bwd {act:?}"),
+            &x,
+            &dx,
+            loss,
+            64,
+            1e-2,
+            1e-2,
+            1e-3,
+        );
+        // and against the f64 derivative, everywhere
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&g)
+            .map(|(&v, &gv)| gv as f64 * dact_f64(act, v as f64))
+            .collect();
+        assert_close(&format!("act_bwd {act:?} vs f64"), &dx, &want, 1e-5, 1e-6);
+    }
+}
+
+#[test]
+fn activations_propagate_nan() {
+    let b = cpu();
+    let sh = Shape::ndhwc(1, 1, 1, 2, 2);
+    let x = b
+        .upload(&[f32::NAN, 1.0, -1.0, f32::NAN], sh, DType::F32)
+        .unwrap();
+    let g = b
+        .upload(&[1.0, f32::NAN, 1.0, 1.0], sh, DType::F32)
+        .unwrap();
+    for act in ACTS {
+        let y = b.download(&b.act(&x, act).unwrap()).unwrap();
+        assert!(y[0].is_nan() && y[3].is_nan(), "{act:?}: {y:?}");
+        assert!(y[1].is_finite() && y[2].is_finite(), "{act:?}: {y:?}");
+        let dx = b.download(&b.act_bwd(&g, &x, act).unwrap()).unwrap();
+        // NaN from dy (element 1) and, except for the identity, from x.
+        assert!(dx[1].is_nan(), "{act:?}: {dx:?}");
+        if act != Act::Identity {
+            assert!(dx[0].is_nan() && dx[3].is_nan(), "{act:?}: {dx:?}");
+        }
+    }
+}
+
+#[test]
+fn lincomb_matches_reference_for_one_to_four_terms() {
+    let b = cpu();
+    let mut rng = Rng::new(3);
+    for sh in shapes() {
+        let xs: Vec<Vec<f32>> = (0..4).map(|_| rng.vec(sh.numel(), -2.0, 2.0)).collect();
+        let ts: Vec<_> = xs
+            .iter()
+            .map(|v| b.upload(v, sh, DType::F32).unwrap())
+            .collect();
+        let coef = [0.7f32, -1.3, 2.1, 0.35];
+        for k in 1..=4 {
+            let terms: Vec<(f32, &_)> = (0..k).map(|i| (coef[i], &ts[i])).collect();
+            let y = b.lincomb(&terms).unwrap();
+            assert_eq!(y.shape(), sh);
+            let want: Vec<f64> = (0..sh.numel())
+                .map(|e| (0..k).map(|i| coef[i] as f64 * xs[i][e] as f64).sum())
+                .collect();
+            assert_close(
+                &format!("lincomb {k} terms {sh}"),
+                &b.download(&y).unwrap(),
+                &want,
+                1e-6,
+                1e-6,
+            );
+        }
+    }
+}
+
+/// Outputs of 16 MiB and more take the streaming-store path; an odd element
+/// count leaves a tail for the scalar loop.
+#[test]
+fn large_elementwise_ops_match_reference() {
+    let b = cpu();
+    let mut rng = Rng::new(8);
+    let sh = Shape::new(&[(16 << 20) / 4 + 37]);
+    let x = rng.vec(sh.numel(), -4.0, 4.0);
+    let z = rng.vec(sh.numel(), -1.0, 1.0);
+    let (xt, zt) = (
+        b.upload(&x, sh, DType::F32).unwrap(),
+        b.upload(&z, sh, DType::F32).unwrap(),
+    );
+    for act in [Act::Relu, Act::Gelu] {
+        let y = b.download(&b.act(&xt, act).unwrap()).unwrap();
+        let want: Vec<f64> = x.iter().map(|&v| act_f64(act, v as f64)).collect();
+        assert_close(&format!("large act {act:?}"), &y, &want, 2e-6, 1e-7);
+        let dx = b.download(&b.act_bwd(&zt, &xt, act).unwrap()).unwrap();
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&z)
+            .map(|(&v, &g)| g as f64 * dact_f64(act, v as f64))
+            .collect();
+        assert_close(&format!("large act_bwd {act:?}"), &dx, &want, 1e-4, 1e-5);
+    }
+    let y = b
+        .download(&b.lincomb(&[(0.5, &xt), (-2.0, &zt), (1.5, &xt)]).unwrap())
+        .unwrap();
+    let want: Vec<f64> = x
+        .iter()
+        .zip(&z)
+        .map(|(&a, &c)| 0.5 * a as f64 - 2.0 * c as f64 + 1.5 * a as f64)
+        .collect();
+    assert_close("large lincomb", &y, &want, 1e-6, 1e-6);
+}
+
+#[test]
+fn lincomb_errors() {
+    let b = cpu();
+    let mut rng = Rng::new(4);
+    let a = rand_tensor(&b, &mut rng, Shape::ndhwc(1, 2, 2, 2, 3), -1.0, 1.0);
+    let c = rand_tensor(&b, &mut rng, Shape::ndhwc(1, 2, 2, 2, 4), -1.0, 1.0);
+    assert!(b.lincomb(&[]).is_err(), "no terms");
+    assert!(
+        b.lincomb(&[(1.0, &a), (1.0, &c)]).is_err(),
+        "mismatched shapes"
+    );
+    let five = [(1.0, &a), (1.0, &a), (1.0, &a), (1.0, &a), (1.0, &a)];
+    let e = b.lincomb(&five).unwrap_err().to_string();
+    assert!(e.contains("lincomb"), "{e}");
+}
+
+#[test]
+fn add_nc_and_sum_spatial_match_reference() {
+    let b = cpu();
+    let mut rng = Rng::new(5);
+    for sh in shapes() {
+        let (n, v, c) = (sh.n(), sh.voxels(), sh.c());
+        let x = rng.vec(sh.numel(), -2.0, 2.0);
+        let vv = rng.vec(n * c, -1.0, 1.0);
+        let xt = b.upload(&x, sh, DType::F32).unwrap();
+        let vt = b.upload(&vv, Shape::new(&[n, c]), DType::F32).unwrap();
+        let y = b.download(&b.add_nc(&xt, &vt).unwrap()).unwrap();
+        let want: Vec<f64> = (0..sh.numel())
+            .map(|i| x[i] as f64 + vv[(i / (v * c)) * c + i % c] as f64)
+            .collect();
+        assert_close(&format!("add_nc {sh}"), &y, &want, 1e-6, 1e-7);
+
+        let s = b.sum_spatial(&xt).unwrap();
+        assert_eq!(s.shape().dims(), [n, c]);
+        let mut want = vec![0f64; n * c];
+        for (i, &xv) in x.iter().enumerate() {
+            want[(i / (v * c)) * c + i % c] += xv as f64;
+        }
+        assert_close(
+            &format!("sum_spatial {sh}"),
+            &b.download(&s).unwrap(),
+            &want,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+/// sum_spatial is the backward of add_nc with respect to v.
+#[test]
+fn sum_spatial_is_the_gradient_of_add_nc() {
+    let b = cpu();
+    let mut rng = Rng::new(6);
+    let sh = Shape::ndhwc(2, 3, 5, 7, 5);
+    let (n, c) = (sh.n(), sh.c());
+    let x = rand_tensor(&b, &mut rng, sh, -1.0, 1.0);
+    let g = rng.vec(sh.numel(), -1.0, 1.0);
+    let vv = rng.vec(n * c, -1.0, 1.0);
+    let gt = b.upload(&g, sh, DType::F32).unwrap();
+    let dv = b.download(&b.sum_spatial(&gt).unwrap()).unwrap();
+    let loss = |vp: &[f32]| {
+        let vt = b.upload(vp, Shape::new(&[n, c]), DType::F32).unwrap();
+        dot(&g, &b.download(&b.add_nc(&x, &vt).unwrap()).unwrap())
+    };
+    fd_check("add_nc dv", &vv, &dv, loss, 20, 1e-2, 1e-3, 1e-3);
+}
+
+#[test]
+fn pointwise_nan_propagates_through_sums() {
+    let b = cpu();
+    let sh = Shape::ndhwc(1, 2, 2, 2, 3);
+    let mut x = vec![0.5f32; sh.numel()];
+    x[4] = f32::NAN; // channel 1
+    let xt = b.upload(&x, sh, DType::F32).unwrap();
+    let s = b.download(&b.sum_spatial(&xt).unwrap()).unwrap();
+    assert!(!s[0].is_nan() && s[1].is_nan() && !s[2].is_nan(), "{s:?}");
+    let y = b.download(&b.lincomb(&[(0.0, &xt)]).unwrap()).unwrap();
+    assert!(y[4].is_nan(), "0·NaN must stay NaN");
+}
+
+#[test]
+fn broadcast_errors() {
+    let b = cpu();
+    let mut rng = Rng::new(7);
+    let x = rand_tensor(&b, &mut rng, Shape::ndhwc(2, 2, 3, 4, 5), -1.0, 1.0);
+    let v_bad_c = rand_tensor(&b, &mut rng, Shape::new(&[2, 4]), -1.0, 1.0);
+    let v_bad_n = rand_tensor(&b, &mut rng, Shape::new(&[1, 5]), -1.0, 1.0);
+    assert!(b.add_nc(&x, &v_bad_c).is_err(), "wrong channel count");
+    assert!(b.add_nc(&x, &v_bad_n).is_err(), "wrong sample count");
+    let flat = rand_tensor(&b, &mut rng, Shape::new(&[10, 5]), -1.0, 1.0);
+    assert!(b.sum_spatial(&flat).is_err(), "sum_spatial of a matrix");
+    let y = rand_tensor(&b, &mut rng, Shape::ndhwc(2, 2, 3, 4, 6), -1.0, 1.0);
+    let e = b.act_bwd(&y, &x, Act::Silu).unwrap_err().to_string();
+    assert!(e.contains("act_bwd"), "{e}");
+}
