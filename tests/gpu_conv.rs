@@ -1,6 +1,7 @@
 //! The convolution kernels (forward, data gradient, weight gradient with the
 //! bias gradient) on the device under test (Emu, or a GPU with
-//! VOXDIFF_TEST_DEVICE=cuda) against a reference, for every ConvSpec family the
+//! VOXDIFF_TEST_DEVICE=cuda) against the CPU backend and an f64 evaluation of
+//! the ConvSpec contract (both on the same inputs), for every ConvSpec family the
 //! backends support: 3×3×3, 1×3×3, 1×1×1, 2×2×2 stride 2 (odd extents: a zero
 //! plane at the end), transposed 2×2×2, the 1×2×2 2D variants, and general
 //! kernel/stride combinations (including kernel == stride with padding before).
@@ -11,8 +12,8 @@
 //! Tolerance: |got − want| ≤ rtol·|want| + floor·Σ|terms| per element, where
 //! Σ|terms| is the sum of the absolute products that make up the element (the
 //! scale of the rounding error of a sum that cancels). f32 activations:
-//! rtol = floor = 1e-5. bf16 activations: the reference runs on the
-//! bf16-rounded activations; rtol = 1e-2 and floor = 2.5e-3 (above the 2⁻⁹
+//! rtol = floor = 1e-5. bf16 activations: the CPU and f64 references run on
+//! the bf16-rounded activations (and the f32 weights); rtol = 1e-2 and floor = 2.5e-3 (above the 2⁻⁹
 //! relative rounding of a bf16 output or weight, below the 1/taps share a
 //! single wrong term would have).
 
@@ -21,10 +22,11 @@ mod gpu_support;
 
 use common::Rng;
 use std::sync::Arc;
+use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::backend::gpu::emu::Emu;
 use voxdiff::backend::gpu::GpuBackend;
-use voxdiff::backend::ConvSpec;
-use voxdiff::tensor::{DType, Shape};
+use voxdiff::backend::{Backend, ConvSpec};
+use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// One test problem: a spec, the input shape, the output channels.
 #[derive(Clone, Copy, Debug)]
@@ -178,6 +180,7 @@ fn round_bf16(v: &[f32]) -> Vec<f32> {
 /// compares every output element with the f64 reference.
 fn run_case(gpu: &GpuBackend, c: &Case, seed: u64, with_bias: bool) {
     let act = gpu.act_dtype();
+    let cpu = CpuBackend::new();
     let mut rng = Rng::new(seed);
     let xs = Shape::new(&c.x);
     let ws = c.spec.weight_shape(xs.c(), c.cout);
@@ -203,60 +206,65 @@ fn run_case(gpu: &GpuBackend, c: &Case, seed: u64, with_bias: bool) {
     let r = reference(c, &x, &w, &bias, &dy);
     let what = format!("{:?} x{:?} cout {} {}", c.spec, c.x, c.cout, act.name());
 
-    let xt = gpu.upload(&x, xs, act).unwrap();
-    let wt = gpu.upload(&w, ws, DType::F32).unwrap();
-    let bt = gpu
-        .upload(&bias, Shape::new(&[c.cout]), DType::F32)
-        .unwrap();
-    let dyt = gpu.upload(&dy, ys, act).unwrap();
+    let up = |b: &dyn Backend, v: &[f32], s: Shape, d: DType| b.upload(v, s, d).unwrap();
+    let bias_shape = Shape::new(&[c.cout]);
+    let (xt, wt, bt, dyt) = (
+        up(gpu, &x, xs, act),
+        up(gpu, &w, ws, DType::F32),
+        up(gpu, &bias, bias_shape, DType::F32),
+        up(gpu, &dy, ys, act),
+    );
+    let (cx, cw, cb, cdy) = (
+        up(&cpu, &x, xs, DType::F32),
+        up(&cpu, &w, ws, DType::F32),
+        up(&cpu, &bias, bias_shape, DType::F32),
+        up(&cpu, &dy, ys, DType::F32),
+    );
+    // Every output against the CPU backend and against the f64 evaluation.
+    let compare = |op: &str, got: &Tensor, cpu_out: &Tensor, want: &Want| {
+        let got = gpu.download(got).unwrap();
+        let by_cpu = Want {
+            v: cpu
+                .download(cpu_out)
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect(),
+            scale: want.scale.clone(),
+        };
+        check(&format!("{what} {op} vs cpu"), &got, &by_cpu, rtol, floor);
+        check(&format!("{what} {op} vs f64"), &got, want, rtol, floor);
+    };
 
     let y = gpu
         .conv3d(&xt, &wt, with_bias.then_some(&bt), c.spec)
         .unwrap_or_else(|e| panic!("{what}: conv3d: {e:#}"));
     assert_eq!((y.shape(), y.dtype()), (ys, act), "{what}: output");
-    check(
-        &format!("{what} forward"),
-        &gpu.download(&y).unwrap(),
-        &r.y,
-        rtol,
-        floor,
-    );
+    let cy = cpu
+        .conv3d(&cx, &cw, with_bias.then_some(&cb), c.spec)
+        .unwrap();
+    compare("forward", &y, &cy, &r.y);
 
     let dx = gpu
         .conv3d_dgrad(&dyt, &wt, xs, c.spec)
         .unwrap_or_else(|e| panic!("{what}: dgrad: {e:#}"));
     assert_eq!((dx.shape(), dx.dtype()), (xs, act), "{what}: dx");
-    check(
-        &format!("{what} dgrad"),
-        &gpu.download(&dx).unwrap(),
-        &r.dx,
-        rtol,
-        floor,
-    );
+    let cdx = cpu.conv3d_dgrad(&cdy, &cw, xs, c.spec).unwrap();
+    compare("dgrad", &dx, &cdx, &r.dx);
 
     let (dw, db) = gpu
         .conv3d_wgrad(&xt, &dyt, c.spec, with_bias)
         .unwrap_or_else(|e| panic!("{what}: wgrad: {e:#}"));
     assert_eq!((dw.shape(), dw.dtype()), (ws, DType::F32), "{what}: dw");
-    check(
-        &format!("{what} wgrad"),
-        &gpu.download(&dw).unwrap(),
-        &r.dw,
-        rtol,
-        floor,
-    );
-    match db {
-        Some(db) => {
+    let (cdw, cdb) = cpu.conv3d_wgrad(&cx, &cdy, c.spec, with_bias).unwrap();
+    compare("wgrad", &dw, &cdw, &r.dw);
+    match (db, cdb) {
+        (Some(db), Some(cdb)) => {
             assert!(with_bias, "{what}: a bias gradient nobody asked for");
-            check(
-                &format!("{what} bias grad"),
-                &gpu.download(&db).unwrap(),
-                &r.db,
-                rtol,
-                floor,
-            );
+            compare("bias grad", &db, &cdb, &r.db);
         }
-        None => assert!(!with_bias, "{what}: no bias gradient"),
+        (None, None) => assert!(!with_bias, "{what}: no bias gradient"),
+        _ => panic!("{what}: the gpu and the CPU disagree on returning a bias gradient"),
     }
 }
 

@@ -1,14 +1,16 @@
 //! The dense-layer kernels (forward with and without bias, data gradient,
 //! weight gradient with the bias gradient) on the device under test against
-//! f64 references, at sizes that are not tile multiples (M = 1, 2, 3; K, N in
-//! 1, 5, 17, 33, 300). Outputs are poisoned by the device allocator.
-//! Tolerance: |got − want| ≤ 1e-5·(|want| + Σ|terms|).
+//! the CPU backend and f64 references, at sizes that are not tile multiples
+//! (M = 1, 2, 3; K, N in 1, 5, 17, 33, 300). Outputs are poisoned by the device
+//! allocator. Tolerance: |got − want| ≤ 1e-5·(|want| + Σ|terms|).
 
 mod common;
 mod gpu_support;
 
 use common::Rng;
-use voxdiff::tensor::{DType, Shape};
+use voxdiff::backend::cpu::CpuBackend;
+use voxdiff::backend::Backend;
+use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// Values and Σ|terms| of `c[i, j] = Σ_k a(i, k)·b(k, j)`.
 fn matmul(
@@ -48,8 +50,9 @@ fn check(what: &str, got: &[f32], want: &[f64], scale: &[f64]) {
 }
 
 #[test]
-fn linear_forward_and_gradients_match_f64() {
+fn linear_forward_and_gradients_match_the_cpu_and_f64() {
     let gpu = gpu_support::backend();
+    let cpu = CpuBackend::new();
     let mut rng = Rng::new(3);
     for &(m, k, n) in &[
         (1, 1, 1),
@@ -63,20 +66,42 @@ fn linear_forward_and_gradients_match_f64() {
         let w = rng.vec(k * n, -0.5, 0.5);
         let b = rng.vec(n, -1.0, 1.0);
         let dy = rng.vec(m * n, -1.0, 1.0);
-        let up = |v: &[f32], s: &[usize]| gpu.upload(v, Shape::new(s), DType::F32).unwrap();
+        let up = |be: &dyn Backend, v: &[f32], s: &[usize]| {
+            be.upload(v, Shape::new(s), DType::F32).unwrap()
+        };
         let (xt, wt, bt, dyt) = (
-            up(&x, &[m, k]),
-            up(&w, &[k, n]),
-            up(&b, &[n]),
-            up(&dy, &[m, n]),
+            up(&gpu, &x, &[m, k]),
+            up(&gpu, &w, &[k, n]),
+            up(&gpu, &b, &[n]),
+            up(&gpu, &dy, &[m, n]),
         );
+        let (cx, cw, cb, cdy) = (
+            up(&cpu, &x, &[m, k]),
+            up(&cpu, &w, &[k, n]),
+            up(&cpu, &b, &[n]),
+            up(&cpu, &dy, &[m, n]),
+        );
+        // Against the f64 values and against the CPU backend's.
+        let both = |op: &str, got: &Tensor, cpu_out: &Tensor, want: &[f64], scale: &[f64]| {
+            assert_eq!(got.shape(), cpu_out.shape(), "{what} {op}: shape");
+            let got = gpu.download(got).unwrap();
+            check(&format!("{what} {op} vs f64"), &got, want, scale);
+            let by_cpu: Vec<f64> = cpu
+                .download(cpu_out)
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            check(&format!("{what} {op} vs cpu"), &got, &by_cpu, scale);
+        };
 
         let (mut want, mut scale) = matmul(m, n, k, |i, p| x[i * k + p], |p, j| w[p * n + j]);
         let y = gpu.linear(&xt, &wt, None).unwrap();
         assert_eq!(y.shape(), Shape::new(&[m, n]));
-        check(
-            &format!("{what} forward"),
-            &gpu.download(&y).unwrap(),
+        both(
+            "forward",
+            &y,
+            &cpu.linear(&cx, &cw, None).unwrap(),
             &want,
             &scale,
         );
@@ -85,40 +110,31 @@ fn linear_forward_and_gradients_match_f64() {
             scale[i] += (b[i % n] as f64).abs();
         }
         let y = gpu.linear(&xt, &wt, Some(&bt)).unwrap();
-        check(
-            &format!("{what} forward + bias"),
-            &gpu.download(&y).unwrap(),
+        both(
+            "forward + bias",
+            &y,
+            &cpu.linear(&cx, &cw, Some(&cb)).unwrap(),
             &want,
             &scale,
         );
 
         let (want, scale) = matmul(m, k, n, |i, p| dy[i * n + p], |p, j| w[j * n + p]);
         let dx = gpu.linear_dgrad(&dyt, &wt).unwrap();
-        assert_eq!(dx.shape(), Shape::new(&[m, k]));
-        check(
-            &format!("{what} dgrad"),
-            &gpu.download(&dx).unwrap(),
+        both(
+            "dgrad",
+            &dx,
+            &cpu.linear_dgrad(&cdy, &cw).unwrap(),
             &want,
             &scale,
         );
 
         let (want, scale) = matmul(k, n, m, |i, p| x[p * k + i], |p, j| dy[p * n + j]);
         let (dw, db) = gpu.linear_wgrad(&xt, &dyt, true).unwrap();
-        assert_eq!(dw.shape(), Shape::new(&[k, n]));
-        check(
-            &format!("{what} wgrad"),
-            &gpu.download(&dw).unwrap(),
-            &want,
-            &scale,
-        );
+        let (cdw, cdb) = cpu.linear_wgrad(&cx, &cdy, true).unwrap();
+        both("wgrad", &dw, &cdw, &want, &scale);
         let (want, scale) = matmul(1, n, m, |_, _| 1.0, |p, j| dy[p * n + j]);
-        let db = db.expect("bias gradient");
-        check(
-            &format!("{what} bias grad"),
-            &gpu.download(&db).unwrap(),
-            &want,
-            &scale,
-        );
+        let (db, cdb) = (db.expect("bias gradient"), cdb.expect("CPU bias gradient"));
+        both("bias grad", &db, &cdb, &want, &scale);
         let (_, none) = gpu.linear_wgrad(&xt, &dyt, false).unwrap();
         assert!(none.is_none(), "{what}: no bias gradient asked for");
     }
