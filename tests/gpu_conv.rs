@@ -477,7 +477,7 @@ fn bf16_kernels_use_tensor_cores_in_ptx() {
         "gather, scatter, wgrad, wgrad_transposed × f32, bf16; gather_async, scatter_async"
     );
     for k in conv {
-        for arch in 0..PTX_ARCHS.len() {
+        for (arch, arch_name) in PTX_ARCHS.iter().enumerate() {
             let ptx = k.family().ptx(arch).unwrap();
             let start = ptx
                 .find(&format!(".entry {}(", k.name()))
@@ -490,16 +490,14 @@ fn bf16_kernels_use_tensor_cores_in_ptx() {
             assert_eq!(
                 async_copies,
                 k.name().contains("_async_"),
-                "{} on {}: cp.async present = {async_copies}",
-                k.name(),
-                PTX_ARCHS[arch]
+                "{} on {arch_name}: cp.async present = {async_copies}",
+                k.name()
             );
             assert_eq!(
                 tensor_cores,
                 k.name().ends_with("_bf16"),
-                "{} on {}: tensor-core instructions present = {tensor_cores}",
-                k.name(),
-                PTX_ARCHS[arch]
+                "{} on {arch_name}: tensor-core instructions present = {tensor_cores}",
+                k.name()
             );
         }
     }
