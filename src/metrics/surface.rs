@@ -191,14 +191,15 @@ pub fn surface_voxels(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
 }
 
 impl SurfaceDistances {
+    /// Σ of the areas (from +0.0: an empty sum is 0, not the −0.0 of `f64::sum`).
     fn total(v: &[(f64, f64)]) -> f64 {
-        v.iter().map(|p| p.1).sum()
+        v.iter().fold(0.0, |s, p| s + p.1)
     }
 
     /// Surface Dice at tolerance τ mm; NaN when both surfaces are empty.
     pub fn nsd(&self, tol_mm: f64) -> f64 {
         let within =
-            |v: &[(f64, f64)]| v.iter().filter(|p| p.0 <= tol_mm).map(|p| p.1).sum::<f64>();
+            |v: &[(f64, f64)]| v.iter().filter(|p| p.0 <= tol_mm).fold(0.0, |s, p| s + p.1);
         let denom = Self::total(&self.gt_to_pred) + Self::total(&self.pred_to_gt);
         if denom == 0.0 {
             return f64::NAN;

@@ -136,9 +136,10 @@ impl ResBlock {
                 cfg.time_dim(),
                 c,
             )?),
+            // Zero-initialised: the modulation starts as the identity.
             TimeConditioning::Film => TimeInput::Film {
-                scale: Linear::new(ps, b, &format!("{name}.time_scale"), cfg.time_dim(), c)?,
-                shift: Linear::new(ps, b, &format!("{name}.time_shift"), cfg.time_dim(), c)?,
+                scale: Linear::zeros(ps, b, &format!("{name}.time_scale"), cfg.time_dim(), c)?,
+                shift: Linear::zeros(ps, b, &format!("{name}.time_shift"), cfg.time_dim(), c)?,
             },
         };
         let norm2 = Norm::instance(ps, b, &format!("{name}.norm2"), c)?;

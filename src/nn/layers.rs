@@ -83,6 +83,26 @@ impl Linear {
         Ok(Linear { w, b: bias })
     }
 
+    /// Weights and bias start at zero: the layer outputs 0 until it learns
+    /// (FiLM projections start as the identity modulation).
+    pub fn zeros(
+        ps: &mut ParamStore,
+        b: &dyn Backend,
+        name: &str,
+        din: usize,
+        dout: usize,
+    ) -> Result<Linear> {
+        let w = ps.add(
+            b,
+            &format!("{name}.w"),
+            Shape::new(&[din, dout]),
+            Init::Zeros,
+        )?;
+        ps.entries[w.0].decay = true;
+        let bias = ps.add(b, &format!("{name}.b"), Shape::new(&[dout]), Init::Zeros)?;
+        Ok(Linear { w, b: bias })
+    }
+
     pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var) -> Result<Var> {
         let w = g.param(self.w.0, ps.get(self.w));
         let b = g.param(self.b.0, ps.get(self.b));

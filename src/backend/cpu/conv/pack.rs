@@ -1,5 +1,5 @@
-//! Weight panels for the row engine, packed once per call, in one of two
-//! layouts.
+//! Weight panels for the row engine, packed once per call (blocks of output
+//! channels in parallel), in one of two layouts.
 //!
 //! - Channels (the usual one): the output channels are cut into blocks of 32
 //!   (two vectors) with one last block of 1..=32 channels (one vector when it
@@ -11,6 +11,8 @@
 //!   over output channels would be mostly empty lanes, so the tile vectorises
 //!   the reduction instead. Groups of at most 4 channels hold, per kernel row,
 //!   `[c][q]` with `q` zero-padded to `kp`, a multiple of 16.
+
+use rayon::prelude::*;
 
 /// 64-byte aligned, zero-initialised f32 storage (aligned vector loads never
 /// split a cache line).
@@ -108,13 +110,20 @@ pub(super) struct Packed {
 impl Packed {
     /// Pack a kernel of extents `kernel` from `C_in = cin` to `C_out = cout`
     /// channels whose tap `(kd, kh, kw)` weight from input channel `ci` to
-    /// output channel `co` is `weight(kd, kh, kw, ci, co)`; `bias(co)` if given;
+    /// output channel `co` is `w[index(kd, kh, kw, ci, co)]`; `bias(co)` if given;
     /// in the dot layout if `dot` (see [`use_dot`]).
+    ///
+    /// A panel row (one `(tap, ci)`, the block's output channels) whose indices
+    /// are evenly spaced in `w` — the forward pass reads contiguous rows, the
+    /// data gradient rows of stride `C_out` — is copied as one strided run;
+    /// other rows (transposed kernels' rows crossing a tap) element by element.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         kernel: [usize; 3],
         cin: usize,
         cout: usize,
-        weight: impl Fn(usize, usize, usize, usize, usize) -> f32,
+        w: &[f32],
+        index: impl Fn(usize, usize, usize, usize, usize) -> usize + Sync,
         bias: Option<&dyn Fn(usize) -> f32>,
         dot: bool,
     ) -> Packed {
@@ -154,26 +163,55 @@ impl Packed {
             bias_total += bias_len;
         }
         let mut data = AlignedBuf::zeros(total);
-        let out = data.as_mut_slice();
+        // Blocks own disjoint, consecutive ranges of `data`: pack them in parallel.
+        let mut parts: Vec<(&Block, &mut [f32])> = Vec::with_capacity(blocks.len());
+        let mut rest = data.as_mut_slice();
         for blk in &blocks {
+            let (head, tail) = rest.split_at_mut(kernel_rows * blk.panel_len);
+            parts.push((blk, head));
+            rest = tail;
+        }
+        parts.into_par_iter().for_each(|(blk, out)| {
             for kd in 0..kd_n {
                 for kh in 0..kh_n {
-                    let panel = blk.offset + (kd * kh_n + kh) * blk.panel_len;
+                    let panel = (kd * kh_n + kh) * blk.panel_len;
                     for kw in 0..kw_n {
                         for ci in 0..cin {
                             let q = kw * cin + ci;
-                            for n in 0..blk.width {
-                                let at = match layout {
-                                    Layout::Channels => panel + q * 16 * blk.nv + n,
-                                    Layout::Dot { kp } => panel + n * kp + q,
-                                };
-                                out[at] = weight(kd, kh, kw, ci, blk.n0 + n);
+                            let at = |n: usize| match layout {
+                                Layout::Channels => panel + q * 16 * blk.nv + n,
+                                Layout::Dot { kp } => panel + n * kp + q,
+                            };
+                            let idx = |n: usize| index(kd, kh, kw, ci, blk.n0 + n);
+                            let (first, last) = (idx(0), idx(blk.width - 1));
+                            let step = if blk.width > 1 {
+                                idx(1).wrapping_sub(first)
+                            } else {
+                                1
+                            };
+                            let even = step.wrapping_mul(blk.width - 1) == last.wrapping_sub(first);
+                            match (layout, even, step) {
+                                (Layout::Channels, true, 1) => {
+                                    let o = at(0);
+                                    out[o..o + blk.width]
+                                        .copy_from_slice(&w[first..first + blk.width]);
+                                }
+                                (_, true, _) => {
+                                    for n in 0..blk.width {
+                                        out[at(n)] = w[first.wrapping_add(step.wrapping_mul(n))];
+                                    }
+                                }
+                                _ => {
+                                    for n in 0..blk.width {
+                                        out[at(n)] = w[idx(n)];
+                                    }
+                                }
                             }
                         }
                     }
                 }
             }
-        }
+        });
         let bias = bias.map(|f| {
             let mut b = AlignedBuf::zeros(bias_total);
             let out = b.as_mut_slice();

@@ -58,7 +58,8 @@ pub(super) fn forward(
             kernel,
             cin,
             cout,
-            |kd, kh, kw, ci, co| w[w_index(kernel, cin, cout, [kd, kh, kw], ci, co)],
+            w,
+            |kd, kh, kw, ci, co| w_index(kernel, cin, cout, [kd, kh, kw], ci, co),
             bias_fn.as_ref().map(|f| f as &dyn Fn(usize) -> f32),
             use_dot(kernel[2] * cin, cout),
         );
@@ -88,7 +89,8 @@ pub(super) fn forward(
                 [1, 1, 1],
                 cin,
                 wide,
-                |_, _, _, ci, n| w[w_index(kernel, cin, cout, [kd, kh, n / cout], ci, n % cout)],
+                w,
+                |_, _, _, ci, n| w_index(kernel, cin, cout, [kd, kh, n / cout], ci, n % cout),
                 bias_fn.as_ref().map(|f| f as &dyn Fn(usize) -> f32),
                 use_dot(cin, wide),
             );
@@ -168,7 +170,8 @@ pub(super) fn dgrad(
             kernel,
             cout,
             cin,
-            |kd, kh, kw, co, ci| w[w_index(kernel, cin, cout, [kd, kh, kw], ci, co)],
+            w,
+            |kd, kh, kw, co, ci| w_index(kernel, cin, cout, [kd, kh, kw], ci, co),
             None,
             use_dot(kernel[2] * cout, cin),
         );
@@ -192,15 +195,16 @@ pub(super) fn dgrad(
                     [pd.taps, ph.taps, pw.taps],
                     cout,
                     cin,
+                    w,
                     |md, mh, mw, co, ci| {
-                        w[w_index(
+                        w_index(
                             kernel,
                             cin,
                             cout,
                             [tap(0, md), tap(1, mh), tap(2, mw)],
                             ci,
                             co,
-                        )]
+                        )
                     },
                     None,
                     dot,
