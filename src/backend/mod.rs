@@ -131,6 +131,44 @@ impl ConvSpec {
         }
         p
     }
+    /// Kernel and stride at least 1 on every axis; transposed only with
+    /// kernel == stride. `op` names the caller in the error.
+    pub fn validate(&self, op: &str) -> Result<()> {
+        anyhow::ensure!(
+            self.kernel.iter().chain(&self.stride).all(|&v| v >= 1),
+            "{op}: kernel {:?} and stride {:?} must be at least 1 on every axis",
+            self.kernel,
+            self.stride
+        );
+        anyhow::ensure!(
+            !self.transposed || self.kernel == self.stride,
+            "{op}: a transposed convolution needs kernel == stride, got kernel {:?} stride {:?}",
+            self.kernel,
+            self.stride
+        );
+        Ok(())
+    }
+    /// (Cin, Cout) of a weight, which must be f32 `[kd, kh, kw, Cin, Cout]`
+    /// for this kernel with non-zero channels; `what` names it in the error.
+    pub fn weight_channels(&self, w: &Tensor, what: &str) -> Result<(usize, usize)> {
+        let s = w.shape();
+        let d = s.dims();
+        anyhow::ensure!(
+            d.len() == 5 && d[..3] == self.kernel,
+            "{what}: expected shape [{}, {}, {}, Cin, Cout] for kernel {:?}, got {s}",
+            self.kernel[0],
+            self.kernel[1],
+            self.kernel[2],
+            self.kernel
+        );
+        anyhow::ensure!(d[3] > 0 && d[4] > 0, "{what}: zero channels in shape {s}");
+        anyhow::ensure!(
+            w.dtype() == DType::F32,
+            "{what}: dtype {} (f32 expected)",
+            w.dtype().name()
+        );
+        Ok((d[3], d[4]))
+    }
     /// Weight shape `[kd, kh, kw, cin, cout]`.
     pub fn weight_shape(&self, cin: usize, cout: usize) -> Shape {
         Shape::new(&[self.kernel[0], self.kernel[1], self.kernel[2], cin, cout])

@@ -29,6 +29,13 @@
 //! ranges over blocks; `vd_conv3d_wgrad_reduce` sums the partials in split order
 //! (deterministic) and the bias gradient `Σ dy` alongside.
 //!
+//! Entry points: `vd_conv3d_gather_f32`, `vd_conv3d_gather_bf16`,
+//! `vd_conv3d_gather_async_bf16`, `vd_conv3d_scatter_f32`,
+//! `vd_conv3d_scatter_bf16`, `vd_conv3d_scatter_async_bf16`,
+//! `vd_conv3d_pack_weights`, `vd_conv3d_wgrad_f32`, `vd_conv3d_wgrad_bf16`,
+//! `vd_conv3d_wgrad_transposed_f32`, `vd_conv3d_wgrad_transposed_bf16`,
+//! `vd_conv3d_wgrad_reduce` (each executed by `tests/gpu_coverage.rs`).
+//!
 //! # Launch geometry
 //!
 //! - gather / scatter: blocks of [`CONV_THREADS`] = 256 threads compute a
@@ -198,39 +205,6 @@ fn map_i32(v: [i64; 3], what: &str) -> Result<[i32; 3]> {
     ])
 }
 
-fn check_spec(spec: ConvSpec, op: &str) -> Result<()> {
-    ensure!(
-        spec.kernel.iter().chain(&spec.stride).all(|&v| v >= 1),
-        "{op}: kernel {:?} and stride {:?} must be at least 1 on every axis",
-        spec.kernel,
-        spec.stride
-    );
-    ensure!(
-        !spec.transposed || spec.kernel == spec.stride,
-        "{op}: a transposed convolution needs kernel == stride, got kernel {:?} stride {:?}",
-        spec.kernel,
-        spec.stride
-    );
-    Ok(())
-}
-
-/// (Cin, Cout) of a weight `[kd, kh, kw, Cin, Cout]` matching `spec`.
-fn weight_channels(w: &Tensor, spec: ConvSpec, what: &str) -> Result<(usize, usize)> {
-    let s = w.shape();
-    ensure!(
-        s.rank() == 5 && s.dims()[..3] == spec.kernel,
-        "{what}: shape {s:?} is not [kd, kh, kw, Cin, Cout] for kernel {:?}",
-        spec.kernel
-    );
-    ensure!(
-        w.dtype() == DType::F32,
-        "{what}: dtype {} (f32 expected)",
-        w.dtype().name()
-    );
-    ensure!(s.numel() > 0, "{what}: empty shape {s:?}");
-    Ok((s.dims()[3], s.dims()[4]))
-}
-
 /// The forward / data-gradient kernel for a GEMM input activation of `dtype`
 /// with `cin` channels at address `addr`: f32 on the FMA core; bf16 on tensor
 /// cores, through the cp.async pipeline when every 8-channel chunk is 16
@@ -268,10 +242,10 @@ impl GpuBackend {
         bias: Option<&Tensor>,
         spec: ConvSpec,
     ) -> Result<Tensor> {
-        check_spec(spec, "conv3d")?;
+        spec.validate("conv3d")?;
         self.check_activation(x, "conv3d input")?;
         self.check(w, "conv3d weight")?;
-        let (cin, cout) = weight_channels(w, spec, "conv3d weight")?;
+        let (cin, cout) = spec.weight_channels(w, "conv3d weight")?;
         ensure!(
             cin == x.shape().c(),
             "conv3d: the weight {:?} expects {cin} input channels, the input {:?} has {}",
@@ -337,10 +311,10 @@ impl GpuBackend {
         x_shape: Shape,
         spec: ConvSpec,
     ) -> Result<Tensor> {
-        check_spec(spec, "conv3d_dgrad")?;
+        spec.validate("conv3d_dgrad")?;
         self.check_activation(dy, "conv3d_dgrad output gradient")?;
         self.check(w, "conv3d_dgrad weight")?;
-        let (cin, cout) = weight_channels(w, spec, "conv3d_dgrad weight")?;
+        let (cin, cout) = spec.weight_channels(w, "conv3d_dgrad weight")?;
         ensure!(
             x_shape.rank() == 5 && x_shape.numel() > 0,
             "conv3d_dgrad: the input shape must be a non-empty NDHWC shape, got {x_shape:?}"
@@ -504,7 +478,7 @@ impl GpuBackend {
         spec: ConvSpec,
         with_bias: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        check_spec(spec, "conv3d_wgrad")?;
+        spec.validate("conv3d_wgrad")?;
         self.check_activation(x, "conv3d_wgrad input")?;
         self.check_activation(dy, "conv3d_wgrad output gradient")?;
         let (xs, ys) = (x.shape(), dy.shape());

@@ -40,10 +40,10 @@ pub fn conv3d(
     bias: Option<&Tensor>,
     spec: ConvSpec,
 ) -> Result<Tensor> {
-    check_spec(spec, "conv3d")?;
+    spec.validate("conv3d")?;
     let xv = activation(x, "conv3d input")?;
     let wv = view(w, "conv3d weight")?;
-    let (cin, cout) = weight_channels(w.shape(), spec, "conv3d weight")?;
+    let (cin, cout) = spec.weight_channels(w, "conv3d weight")?;
     ensure!(
         cin == x.shape().c(),
         "conv3d: the weight {} expects {cin} input channels, the input {} has {}",
@@ -93,14 +93,14 @@ pub fn conv3d_dgrad(
     x_shape: Shape,
     spec: ConvSpec,
 ) -> Result<Tensor> {
-    check_spec(spec, "conv3d_dgrad")?;
+    spec.validate("conv3d_dgrad")?;
     ensure!(
         x_shape.rank() == 5 && x_shape.numel() > 0,
         "conv3d_dgrad: the input shape must be a non-empty NDHWC shape, got {x_shape}"
     );
     let dyv = activation(dy, "conv3d_dgrad output gradient")?;
     let wv = view(w, "conv3d_dgrad weight")?;
-    let (cin, cout) = weight_channels(w.shape(), spec, "conv3d_dgrad weight")?;
+    let (cin, cout) = spec.weight_channels(w, "conv3d_dgrad weight")?;
     ensure!(
         cin == x_shape.c(),
         "conv3d_dgrad: the weight {} expects {cin} input channels, the input shape {x_shape} has {}",
@@ -138,7 +138,7 @@ pub fn conv3d_wgrad(
     spec: ConvSpec,
     with_bias: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    check_spec(spec, "conv3d_wgrad")?;
+    spec.validate("conv3d_wgrad")?;
     let xv = activation(x, "conv3d_wgrad input")?;
     let dyv = activation(dy, "conv3d_wgrad output gradient")?;
     let (xs, ys) = (x.shape(), dy.shape());
@@ -173,45 +173,10 @@ pub fn conv3d_wgrad(
     Ok((dw_t, db_t))
 }
 
-/// Kernel and stride at least 1 on every axis; transposed only with kernel == stride.
-fn check_spec(spec: ConvSpec, op: &str) -> Result<()> {
-    ensure!(
-        spec.kernel.iter().chain(&spec.stride).all(|&v| v >= 1),
-        "{op}: kernel {:?} and stride {:?} must be at least 1 on every axis",
-        spec.kernel,
-        spec.stride
-    );
-    ensure!(
-        !spec.transposed || spec.kernel == spec.stride,
-        "{op}: a transposed convolution needs kernel == stride, got kernel {:?} stride {:?}",
-        spec.kernel,
-        spec.stride
-    );
-    Ok(())
-}
-
 /// The host view of a non-empty NDHWC f32 activation.
 fn activation<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
     let v = view(t, what)?;
     check_ndhwc(t, what)?;
     ensure!(t.numel() > 0, "{what}: empty shape {}", t.shape());
     Ok(v)
-}
-
-/// `(Cin, Cout)` of a weight of shape `[kd, kh, kw, Cin, Cout]` matching `spec`.
-fn weight_channels(shape: Shape, spec: ConvSpec, what: &str) -> Result<(usize, usize)> {
-    let d = shape.dims();
-    ensure!(
-        d.len() == 5 && d[..3] == spec.kernel,
-        "{what}: expected shape [{}, {}, {}, Cin, Cout] for kernel {:?}, got {shape}",
-        spec.kernel[0],
-        spec.kernel[1],
-        spec.kernel[2],
-        spec.kernel
-    );
-    ensure!(
-        d[3] > 0 && d[4] > 0,
-        "{what}: zero channels in shape {shape}"
-    );
-    Ok((d[3], d[4]))
 }
