@@ -225,6 +225,28 @@ fn bad_inputs_get_errors_that_name_the_problem() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/run"));
 }
 
+#[test]
+fn the_emulated_gpu_trains_from_the_cli() {
+    // The CUDA kernels, run by the CPU emulation of the CUDA execution model,
+    // through the same command a GPU user runs.
+    let run = tmp("emu_train");
+    let out = run_ok(
+        bin()
+            .args([
+                "train", "seg", "--quiet", "--device", "emu", "--steps", "3", "--run",
+            ])
+            .arg(&run)
+            .args(sets(&[
+                "data.phantom.dims=[8,12,12]",
+                "data.phantom.spacing=[24.0,24.0,24.0]",
+            ])),
+    );
+    assert!(out.contains("trained 3 steps"), "{out}");
+    let log = voxdiff::train::RunLog::read(&run.join("log.jsonl")).unwrap();
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
+}
+
 fn data_dir() -> Option<PathBuf> {
     let d = std::env::var_os("VOXDIFF_DATA")
         .map(PathBuf::from)

@@ -10,7 +10,9 @@
 //!    `{"btcv_index_order": ["spleen", ...], "btcv_name_to_totalseg_total_id":
 //!    {"spleen": 1, ...}}` — class t is the t-th name;
 //! 3. an id → name object such as MSD's `"labels"`: `{"0": "background",
-//!    "1": "liver"}` — the non-zero ids in increasing order become 1..=K.
+//!    "1": "liver"}` — the non-zero ids in increasing order become 1..=K; also
+//!    found under a `"labels"` key (an MSD dataset.json, the sidecar
+//!    `voxdiff segment` writes next to a mask).
 //!
 //! Source ids not in the map become background unless the map says
 //! `"unmapped": "error"` (or [`ClassMap::strict`] is set), in which case the
@@ -55,6 +57,11 @@ impl ClassMap {
         let obj = v
             .as_object()
             .ok_or_else(|| anyhow!("expected a JSON object"))?;
+        // An MSD dataset.json, or the sidecar `voxdiff segment` writes: the
+        // id → name object sits under "labels".
+        if let Some(labels) = obj.get("labels").filter(|l| l.is_object()) {
+            return ClassMap::from_json(labels);
+        }
         let strict = match obj.get("unmapped").and_then(|u| u.as_str()) {
             None | Some("background") => false,
             Some("error") => true,

@@ -31,7 +31,7 @@ pub struct EvaluateArgs {
     pub classes: Option<PathBuf>,
     /// Class map of the prediction when its ids differ from the reference's
     /// (e.g. the `mask.json` that `voxdiff segment` writes); classes are
-    /// matched by name to those of --classes.
+    /// matched by name to those of --classes, and only classes both name are scored.
     #[arg(long)]
     pub pred_classes: Option<PathBuf>,
     /// NSD tolerances in mm (comma separated).
@@ -183,37 +183,38 @@ pub struct Row {
     pub m: ClassMetrics,
 }
 
-/// The prediction's class map re-ordered to the reference's classes by name:
-/// class t of the result is the reference's class t, with the prediction's
-/// ids of the class of the same name (none when the prediction lacks it).
-pub fn align_by_name(pred: &ClassMap, reference: &ClassMap) -> Result<ClassMap> {
-    let source_ids: Vec<Vec<i64>> = reference
-        .names
-        .iter()
-        .map(|n| {
-            pred.names
-                .iter()
-                .position(|p| p == n)
-                .map(|i| pred.source_ids[i].clone())
-                .unwrap_or_default()
-        })
-        .collect();
+/// The classes both maps name, in the reference's order: the reference's map
+/// and the prediction's, each restricted to them, so class t of both is the
+/// same organ (the prediction usually knows fewer classes than the reference).
+pub fn align_by_name(pred: &ClassMap, reference: &ClassMap) -> Result<(ClassMap, ClassMap)> {
+    let mut names = Vec::new();
+    let (mut ref_ids, mut pred_ids) = (Vec::new(), Vec::new());
+    for (t, n) in reference.names.iter().enumerate() {
+        if let Some(i) = pred.names.iter().position(|p| p == n) {
+            names.push(n.clone());
+            ref_ids.push(reference.source_ids[t].clone());
+            pred_ids.push(pred.source_ids[i].clone());
+        }
+    }
     ensure!(
-        source_ids.iter().any(|ids| !ids.is_empty()),
+        !names.is_empty(),
         "the prediction's classes ({}) share no name with the reference's ({})",
         pred.names.join(", "),
         reference.names.join(", ")
     );
-    Ok(ClassMap {
-        names: reference.names.clone(),
-        source_ids,
+    let restrict = |m: &ClassMap, ids: Vec<Vec<i64>>| ClassMap {
+        names: names.clone(),
+        source_ids: ids,
+        // Ids of classes outside the shared set are background on both sides.
         strict: false,
-        path: pred.path.clone(),
-    })
+        path: m.path.clone(),
+    };
+    Ok((restrict(reference, ref_ids), restrict(pred, pred_ids)))
 }
 
 /// Score one case: (class id, name, metrics) per class. `pred_map` remaps the
-/// prediction when its ids differ from the reference's (see [`align_by_name`]).
+/// prediction when its ids differ from the reference's; it must list the
+/// classes of `map` in the same order (see [`align_by_name`]).
 pub fn evaluate_case(
     pred: &Volume,
     gt: &Volume,
@@ -300,9 +301,13 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
             "--tolerance {t}: must be a non-negative number of mm"
         );
     }
-    let map = args.classes.as_ref().map(ClassMap::read).transpose()?;
+    let mut map = args.classes.as_ref().map(ClassMap::read).transpose()?;
     let pred_map = match (&args.pred_classes, &map) {
-        (Some(p), Some(m)) => Some(align_by_name(&ClassMap::read(p)?, m)?),
+        (Some(p), Some(m)) => {
+            let (gt_map, pred_map) = align_by_name(&ClassMap::read(p)?, m)?;
+            map = Some(gt_map);
+            Some(pred_map)
+        }
         (Some(_), None) => bail!("--pred-classes needs --classes (the reference's class map)"),
         (None, _) => None,
     };
