@@ -60,6 +60,20 @@ impl Memory for EmuMemory {
     }
 }
 
+/// Launches per kernel (by `Kernel::index`) on every emulated device of this
+/// process: what lets a test prove that every kernel was executed.
+static LAUNCHES: std::sync::OnceLock<Vec<std::sync::atomic::AtomicU64>> =
+    std::sync::OnceLock::new();
+
+fn launch_table() -> &'static [std::sync::atomic::AtomicU64] {
+    LAUNCHES.get_or_init(|| (0..Kernel::ALL.len()).map(|_| Default::default()).collect())
+}
+
+/// How many times `kernel` has been launched on an emulated device in this process.
+pub fn launches(kernel: Kernel) -> u64 {
+    launch_table()[kernel.index()].load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The emulated GPU.
 pub struct Emu {
     mem: Arc<dyn Memory>,
@@ -163,6 +177,7 @@ impl Device for Emu {
             let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
             bail!("emu: {}", String::from_utf8_lossy(&err[..end]));
         }
+        launch_table()[kernel.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
     fn synchronize(&self) -> Result<()> {
