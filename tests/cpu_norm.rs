@@ -10,41 +10,6 @@ use voxdiff::tensor::{DType, Shape, Tensor};
 
 const ACTS: [Act; 4] = [Act::Identity, Act::Relu, Act::Silu, Act::Gelu];
 
-/// act'(u) in f64, from the closed forms.
-fn dact_f64(a: Act, u: f64) -> f64 {
-    match a {
-        Act::Identity => 1.0,
-        Act::Relu => {
-            if u > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        Act::Silu => {
-            let s = 1.0 / (1.0 + (-u).exp());
-            s * (1.0 + u * (1.0 - s))
-        }
-        Act::Gelu => {
-            let k = (2.0 / std::f64::consts::PI).sqrt();
-            let t = (k * (u + 0.044715 * u * u * u)).tanh();
-            0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * u * u)
-        }
-    }
-}
-
-fn act_f64(a: Act, u: f64) -> f64 {
-    match a {
-        Act::Identity => u,
-        Act::Relu => u.max(0.0),
-        Act::Silu => u / (1.0 + (-u).exp()),
-        Act::Gelu => {
-            let k = (2.0 / std::f64::consts::PI).sqrt();
-            0.5 * u * (1.0 + (k * (u + 0.044715 * u * u * u)).tanh())
-        }
-    }
-}
-
 /// Host copies of the optional inputs of a norm call.
 #[derive(Clone, Default)]
 struct Opt {

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use voxdiff::backend::cpu::CpuBackend;
-use voxdiff::backend::Backend;
+use voxdiff::backend::{Act, Backend};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// A small deterministic generator (SplitMix64) so tests need no extra crate.
@@ -124,4 +124,39 @@ pub fn test_device() -> Option<String> {
     std::env::var("VOXDIFF_TEST_DEVICE")
         .ok()
         .filter(|s| !s.is_empty())
+}
+
+/// act'(u) in f64, from the closed forms.
+pub fn dact_f64(a: Act, u: f64) -> f64 {
+    match a {
+        Act::Identity => 1.0,
+        Act::Relu => {
+            if u > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Act::Silu => {
+            let s = 1.0 / (1.0 + (-u).exp());
+            s * (1.0 + u * (1.0 - s))
+        }
+        Act::Gelu => {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            let t = (k * (u + 0.044715 * u * u * u)).tanh();
+            0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * u * u)
+        }
+    }
+}
+
+pub fn act_f64(a: Act, u: f64) -> f64 {
+    match a {
+        Act::Identity => u,
+        Act::Relu => u.max(0.0),
+        Act::Silu => u / (1.0 + (-u).exp()),
+        Act::Gelu => {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * u * (1.0 + (k * (u + 0.044715 * u * u * u)).tanh())
+        }
+    }
 }
