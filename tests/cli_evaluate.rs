@@ -2,33 +2,11 @@
 //! and JSON it writes must match the DeepMind surface-distance / scipy
 //! reference (metrics_reference.json) for every organ and metric.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{data_dir, tmp};
+
+use std::path::Path;
 use std::process::Command;
-
-fn data_dir() -> Option<PathBuf> {
-    let p = std::env::var_os("VOXDIFF_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if p.join("ct_abdomen").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: ../shared/data not found (looked in {})",
-            p.display()
-        );
-        None
-    }
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "voxdiff-cli-evaluate-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn close(got: f64, want: f64) -> bool {
     (got - want).abs() <= 1e-3 * want.abs() || (got - want).abs() <= 1e-3

@@ -2,8 +2,9 @@
 //! evaluate, resuming a killed run, and the errors a user can cause.
 
 mod common;
+use common::{data_dir, tmp};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::data::read_nifti;
@@ -12,13 +13,6 @@ use voxdiff::pipeline::seg_train::train_run;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_voxdiff"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -245,18 +239,6 @@ fn the_emulated_gpu_trains_from_the_cli() {
     let log = voxdiff::train::RunLog::read(&run.join("log.jsonl")).unwrap();
     assert_eq!(log.len(), 3);
     assert!(log.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
-}
-
-fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("VOXDIFF_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if d.join("ct_abdomen/example_ct.nii.gz").is_file() {
-        Some(d)
-    } else {
-        println!("skipping: ../shared/data not found");
-        None
-    }
 }
 
 #[test]

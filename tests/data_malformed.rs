@@ -1,17 +1,13 @@
 //! Malformed inputs and the error each gets: a table, run as one test. Every
 //! error must name the file (or argument) and the field or problem.
 
+mod common;
+use common::tmp;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use voxdiff::data::nifti_io::{encode, WriteOptions};
 use voxdiff::data::{read_nifti, ClassMap, DataType, Volume};
-
-fn tmp() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("voxdiff-data-malformed-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A valid little-endian .nii of 4×5×6 int16 voxels.
 fn valid_bytes() -> Vec<u8> {
@@ -225,7 +221,7 @@ fn nifti_cases() -> Vec<Case> {
 
 #[test]
 fn malformed_inputs_get_errors_naming_file_and_field() {
-    let dir = tmp();
+    let dir = tmp("cases");
     // The untouched bytes read fine (so each failure below is the mutation's).
     let good = dir.join("good.nii");
     std::fs::write(&good, valid_bytes()).unwrap();

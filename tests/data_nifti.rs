@@ -1,33 +1,13 @@
 //! NIfTI round trips (every datatype, scaling, real CT), cross-checked with
 //! the `nifti` crate's own reader, and reorientation to RAS and back.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{data_dir, tmp};
+
 use voxdiff::data::affine::{Affine, Quatern};
 use voxdiff::data::nifti_io::{read_header, write_nifti_with};
 use voxdiff::data::orient::to_canonical;
 use voxdiff::data::{read_nifti, write_nifti, DataType, Volume, WriteOptions};
-
-fn data_dir() -> Option<PathBuf> {
-    let p = std::env::var_os("VOXDIFF_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if p.join("ct_abdomen").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: ../shared/data not found (looked in {})",
-            p.display()
-        );
-        None
-    }
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("voxdiff-data-nifti-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// An oblique, left-handed (qfac −1) affine with anisotropic spacing.
 fn oblique_affine(spacing_ijk: [f64; 3]) -> Affine {

@@ -1,34 +1,14 @@
 //! Preprocessing (windows, z-norm, resampling, body crop, pad/crop), class
 //! maps, datasets and k-fold splits.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{data_dir, tmp};
+
 use voxdiff::data::crop::{centre_pad_crop, crop_to_body, extract, largest_component};
 use voxdiff::data::dataset::{kfold, pair_folder, read_msd};
 use voxdiff::data::intensity::{mean_std, z_normalize, Window};
 use voxdiff::data::resample::{resample_to_spacing, Interp};
 use voxdiff::data::{read_nifti, Affine, ClassMap, Volume};
-
-fn data_dir() -> Option<PathBuf> {
-    let p = std::env::var_os("VOXDIFF_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if p.join("ct_abdomen").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: ../shared/data not found (looked in {})",
-            p.display()
-        );
-        None
-    }
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("voxdiff-data-pre-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 #[test]
 fn windows_and_z_normalisation() {

@@ -1,25 +1,13 @@
 //! Sliding-window inference: the window grid, the three aggregations, and a
 //! prediction over the real CT written back on the input's grid.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::data_dir;
+
+use std::path::PathBuf;
 use voxdiff::data::resample::{resample_to_grid, resample_to_spacing, Interp, Outside};
 use voxdiff::data::sliding::{argmax_channels, positions, Aggregation, SlidingWindow};
 use voxdiff::data::{read_nifti, write_nifti_with, DataType, WriteOptions};
-
-fn data_dir() -> Option<PathBuf> {
-    let p = std::env::var_os("VOXDIFF_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if p.join("ct_abdomen").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: ../shared/data not found (looked in {})",
-            p.display()
-        );
-        None
-    }
-}
 
 #[test]
 fn window_starts_cover_the_axis_and_clamp_the_last() {

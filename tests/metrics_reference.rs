@@ -1,24 +1,11 @@
 //! Metrics on the real CT label maps against values computed by DeepMind's
 //! surface-distance library and scipy (../shared/data/ct_abdomen/metrics_reference.json).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::data_dir;
+
 use voxdiff::data::{read_nifti, ClassMap};
 use voxdiff::metrics::{label_metrics, MetricOptions};
-
-fn data_dir() -> Option<PathBuf> {
-    let p = std::env::var_os("VOXDIFF_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if p.join("ct_abdomen").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: ../shared/data not found (looked in {})",
-            p.display()
-        );
-        None
-    }
-}
 
 /// |got − want| ≤ 1e-3·|want| or ≤ 1e-3 (mm for distances).
 fn close(got: f64, want: f64) -> bool {

@@ -160,3 +160,36 @@ pub fn act_f64(a: Act, u: f64) -> f64 {
         }
     }
 }
+
+/// The real scans (`../shared/data`, or `$VOXDIFF_DATA`) when they are there.
+/// Otherwise `None`, after a `skipping` line naming the test, written to the
+/// process's stderr directly so the test harness's output capture does not
+/// swallow it: a plain `cargo test` shows which tests did not run.
+pub fn data_dir() -> Option<std::path::PathBuf> {
+    use std::io::Write;
+    let d = std::env::var_os("VOXDIFF_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    if d.join("ct_abdomen/example_ct.nii.gz").is_file() {
+        return Some(d);
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "skipping {}::{test}: the real scans are not in {}",
+        env!("CARGO_CRATE_NAME"),
+        d.display()
+    );
+    None
+}
+
+/// A fresh, empty scratch folder for `name`, unique to this test binary,
+/// under cargo's temporary folder for integration tests.
+pub fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(env!("CARGO_CRATE_NAME"))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
