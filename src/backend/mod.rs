@@ -169,6 +169,70 @@ impl ConvSpec {
         );
         Ok((d[3], d[4]))
     }
+    /// The shape contract of `conv3d(x, w, bias)`, shared by every backend:
+    /// a valid spec, a weight for this kernel whose Cin is x's channel count,
+    /// a bias of shape `[Cout]`. Returns (Cin, Cout, the output's shape).
+    pub fn forward_shapes(
+        &self,
+        x: Shape,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<(usize, usize, Shape)> {
+        self.validate("conv3d")?;
+        let (cin, cout) = self.weight_channels(w, "conv3d weight")?;
+        anyhow::ensure!(
+            cin == x.c(),
+            "conv3d: the weight {} expects {cin} input channels, the input {x} has {}",
+            w.shape(),
+            x.c()
+        );
+        if let Some(b) = bias {
+            anyhow::ensure!(
+                b.shape() == Shape::new(&[cout]),
+                "conv3d bias: expected shape [{cout}], got {}",
+                b.shape()
+            );
+        }
+        Ok((
+            cin,
+            cout,
+            x.with_spatial(self.out_spatial(x.spatial())).with_c(cout),
+        ))
+    }
+    /// The shape contract of `conv3d_dgrad(dy, w, x_shape)`: a non-empty NDHWC
+    /// `x_shape` whose channels the weight takes, and `dy` shaped as the
+    /// forward's output. Returns (Cin, Cout).
+    pub fn dgrad_shapes(&self, dy: Shape, w: &Tensor, x: Shape) -> Result<(usize, usize)> {
+        self.validate("conv3d_dgrad")?;
+        anyhow::ensure!(
+            x.rank() == 5 && x.numel() > 0,
+            "conv3d_dgrad: the input shape must be a non-empty NDHWC shape, got {x}"
+        );
+        let (cin, cout) = self.weight_channels(w, "conv3d_dgrad weight")?;
+        anyhow::ensure!(
+            cin == x.c(),
+            "conv3d_dgrad: the weight {} expects {cin} input channels, the input shape {x} has {}",
+            w.shape(),
+            x.c()
+        );
+        let want = x.with_spatial(self.out_spatial(x.spatial())).with_c(cout);
+        anyhow::ensure!(
+            dy == want,
+            "conv3d_dgrad: output gradient has shape {dy}, expected {want} for input {x} and {self:?}"
+        );
+        Ok((cin, cout))
+    }
+    /// The shape contract of `conv3d_wgrad(x, dy)`: `dy` shaped as the
+    /// forward's output for input `x` (its channel count is Cout).
+    pub fn wgrad_shapes(&self, x: Shape, dy: Shape) -> Result<()> {
+        self.validate("conv3d_wgrad")?;
+        let want = x.with_spatial(self.out_spatial(x.spatial())).with_c(dy.c());
+        anyhow::ensure!(
+            dy == want,
+            "conv3d_wgrad: output gradient has shape {dy}, expected {want} for input {x} and {self:?}"
+        );
+        Ok(())
+    }
     /// Weight shape `[kd, kh, kw, cin, cout]`.
     pub fn weight_shape(&self, cin: usize, cout: usize) -> Shape {
         Shape::new(&[self.kernel[0], self.kernel[1], self.kernel[2], cin, cout])

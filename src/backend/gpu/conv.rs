@@ -242,33 +242,19 @@ impl GpuBackend {
         bias: Option<&Tensor>,
         spec: ConvSpec,
     ) -> Result<Tensor> {
-        spec.validate("conv3d")?;
         self.check_activation(x, "conv3d input")?;
         self.check(w, "conv3d weight")?;
-        let (cin, cout) = spec.weight_channels(w, "conv3d weight")?;
-        ensure!(
-            cin == x.shape().c(),
-            "conv3d: the weight {:?} expects {cin} input channels, the input {:?} has {}",
-            w.shape(),
-            x.shape(),
-            x.shape().c()
-        );
+        let (cin, cout, y_shape) = spec.forward_shapes(x.shape(), w, bias)?;
         if let Some(b) = bias {
             self.check(b, "conv3d bias")?;
             ensure!(
-                b.shape() == Shape::new(&[cout]) && b.dtype() == DType::F32,
-                "conv3d bias: expected f32 [{cout}], got {} {:?}",
-                b.dtype().name(),
-                b.shape()
+                b.dtype() == DType::F32,
+                "conv3d bias: dtype {} (f32 expected)",
+                b.dtype().name()
             );
         }
         let x_dims = x.shape().spatial();
-        let y = self.alloc(
-            x.shape()
-                .with_spatial(spec.out_spatial(x_dims))
-                .with_c(cout),
-            x.dtype(),
-        )?;
+        let y = self.alloc(y_shape, x.dtype())?;
         self.check_activation(&y, "conv3d output")?;
         let s = spec.stride.map(|v| v as i64);
         let plan = if spec.transposed {
@@ -311,27 +297,10 @@ impl GpuBackend {
         x_shape: Shape,
         spec: ConvSpec,
     ) -> Result<Tensor> {
-        spec.validate("conv3d_dgrad")?;
         self.check_activation(dy, "conv3d_dgrad output gradient")?;
         self.check(w, "conv3d_dgrad weight")?;
-        let (cin, cout) = spec.weight_channels(w, "conv3d_dgrad weight")?;
-        ensure!(
-            x_shape.rank() == 5 && x_shape.numel() > 0,
-            "conv3d_dgrad: the input shape must be a non-empty NDHWC shape, got {x_shape:?}"
-        );
-        ensure!(
-            cin == x_shape.c(),
-            "conv3d_dgrad: the weight {:?} expects {cin} input channels, the input shape {x_shape:?} has {}",
-            w.shape(),
-            x_shape.c()
-        );
+        let (cin, cout) = spec.dgrad_shapes(dy.shape(), w, x_shape)?;
         let x_dims = x_shape.spatial();
-        let want = x_shape.with_spatial(spec.out_spatial(x_dims)).with_c(cout);
-        ensure!(
-            dy.shape() == want,
-            "conv3d_dgrad: output gradient has shape {:?}, expected {want:?} for input {x_shape:?} and {spec:?}",
-            dy.shape()
-        );
         let dx = self.alloc(x_shape, dy.dtype())?;
         self.check_activation(&dx, "conv3d_dgrad input gradient")?;
         let s = spec.stride.map(|v| v as i64);
@@ -478,16 +447,11 @@ impl GpuBackend {
         spec: ConvSpec,
         with_bias: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        spec.validate("conv3d_wgrad")?;
         self.check_activation(x, "conv3d_wgrad input")?;
         self.check_activation(dy, "conv3d_wgrad output gradient")?;
+        spec.wgrad_shapes(x.shape(), dy.shape())?;
         let (xs, ys) = (x.shape(), dy.shape());
         let x_dims = xs.spatial();
-        let want = xs.with_spatial(spec.out_spatial(x_dims)).with_c(ys.c());
-        ensure!(
-            ys == want,
-            "conv3d_wgrad: output gradient has shape {ys:?}, expected {want:?} for input {xs:?} and {spec:?}"
-        );
         ensure!(
             x.dtype() == dy.dtype(),
             "conv3d_wgrad: input is {} but the output gradient is {}",

@@ -40,38 +40,15 @@ pub fn conv3d(
     bias: Option<&Tensor>,
     spec: ConvSpec,
 ) -> Result<Tensor> {
-    spec.validate("conv3d")?;
     let xv = activation(x, "conv3d input")?;
+    let (cin, cout, y_shape) = spec.forward_shapes(x.shape(), w, bias)?;
     let wv = view(w, "conv3d weight")?;
-    let (cin, cout) = spec.weight_channels(w, "conv3d weight")?;
-    ensure!(
-        cin == x.shape().c(),
-        "conv3d: the weight {} expects {cin} input channels, the input {} has {}",
-        w.shape(),
-        x.shape(),
-        x.shape().c()
-    );
-    let bias_v = match bias {
-        Some(t) => {
-            let v = view(t, "conv3d bias")?;
-            ensure!(
-                t.shape() == Shape::new(&[cout]),
-                "conv3d bias: expected shape [{cout}], got {}",
-                t.shape()
-            );
-            Some(v)
-        }
-        None => None,
-    };
+    let bias_v = bias.map(|t| view(t, "conv3d bias")).transpose()?;
     let isa = kernel::isa()?;
     let x_dims = x.shape().spatial();
     let n = x.shape().n();
     let (y_dims, cy, passes) = passes::forward(spec, x_dims, wv, cin, cout, bias_v);
-    let y = b.out(
-        x.shape()
-            .with_spatial(spec.out_spatial(x_dims))
-            .with_c(cout),
-    )?;
+    let y = b.out(y_shape)?;
     let problem = RowProblem {
         x: xv,
         n,
@@ -93,33 +70,17 @@ pub fn conv3d_dgrad(
     x_shape: Shape,
     spec: ConvSpec,
 ) -> Result<Tensor> {
-    spec.validate("conv3d_dgrad")?;
-    ensure!(
-        x_shape.rank() == 5 && x_shape.numel() > 0,
-        "conv3d_dgrad: the input shape must be a non-empty NDHWC shape, got {x_shape}"
-    );
+    let (cin, cout) = spec.dgrad_shapes(dy.shape(), w, x_shape)?;
     let dyv = activation(dy, "conv3d_dgrad output gradient")?;
     let wv = view(w, "conv3d_dgrad weight")?;
-    let (cin, cout) = spec.weight_channels(w, "conv3d_dgrad weight")?;
-    ensure!(
-        cin == x_shape.c(),
-        "conv3d_dgrad: the weight {} expects {cin} input channels, the input shape {x_shape} has {}",
-        w.shape(),
-        x_shape.c()
-    );
     let x_dims = x_shape.spatial();
-    let want = x_shape.with_spatial(spec.out_spatial(x_dims)).with_c(cout);
-    ensure!(
-        dy.shape() == want,
-        "conv3d_dgrad: output gradient has shape {}, expected {want} for input {x_shape} and {spec:?}",
-        dy.shape()
-    );
+    let dy_dims = dy.shape().spatial();
     let isa = kernel::isa()?;
     let dx = b.out(x_shape)?;
     let problem = RowProblem {
         x: dyv,
         n: x_shape.n(),
-        x_dims: want.spatial(),
+        x_dims: dy_dims,
         cx: cout,
         y_dims: x_dims,
         cy: cin,
@@ -138,16 +99,11 @@ pub fn conv3d_wgrad(
     spec: ConvSpec,
     with_bias: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    spec.validate("conv3d_wgrad")?;
     let xv = activation(x, "conv3d_wgrad input")?;
     let dyv = activation(dy, "conv3d_wgrad output gradient")?;
+    spec.wgrad_shapes(x.shape(), dy.shape())?;
     let (xs, ys) = (x.shape(), dy.shape());
     let x_dims = xs.spatial();
-    let want = xs.with_spatial(spec.out_spatial(x_dims)).with_c(ys.c());
-    ensure!(
-        ys == want,
-        "conv3d_wgrad: output gradient has shape {ys}, expected {want} for input {xs} and {spec:?}"
-    );
     let isa = kernel::isa()?;
     let problem = wgrad::WgradProblem {
         spec,
