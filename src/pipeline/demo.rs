@@ -55,8 +55,9 @@ pub const LARGE_ORGANS: [&str; 5] = ["liver", "spleen", "kidney_right", "kidney_
 
 /// The demo's configuration: phantom data, the paper's network and diffusion.
 pub fn demo_config(args: &DemoArgs) -> Result<SegConfig> {
-    // Measured on 2 cores (docs/training.md): ~0.36 s per step, so the
-    // default 650 steps train in about 4 minutes; `--minutes` caps it.
+    // Measured on 2 cores (docs/performance.md): 0.36–0.44 s per step, so
+    // `--minutes` usually stops the default 650 steps first; the learning rate
+    // then follows the time spent, so the run ends annealed either way.
     let mut o = vec![
         "data.source=\"phantom\"".to_string(),
         "data.phantom_cases=16".to_string(),
@@ -67,6 +68,7 @@ pub fn demo_config(args: &DemoArgs) -> Result<SegConfig> {
         "data.patch=[32,40,40]".to_string(),
         format!("train.steps={}", args.steps),
         format!("train.max_minutes={:?}", args.minutes),
+        "train.lr_follows_time=true".to_string(),
         "train.lr.peak=6e-3".to_string(),
         "train.lr.warmup_steps=20".to_string(),
         format!("train.lr.decay_steps={}", args.steps),

@@ -40,6 +40,11 @@ pub struct TrainConfig {
     pub steps: u64,
     /// Stop early after this many minutes (checkpointing first); 0 = no limit.
     pub max_minutes: f64,
+    /// With `max_minutes`: the learning-rate schedule also advances with the
+    /// time spent (`LrSchedule::at_progress`), so a run its time limit stops
+    /// still ends annealed. The rate then depends on the machine's speed, so
+    /// such a run is not reproducible step for step.
+    pub lr_follows_time: bool,
     pub lr: LrSchedule,
     pub adamw: AdamW,
     /// Seed of the noise and time-step draws.
@@ -53,6 +58,7 @@ impl Default for TrainConfig {
         TrainConfig {
             steps: 1000,
             max_minutes: 0.0,
+            lr_follows_time: false,
             lr: LrSchedule::default(),
             adamw: AdamW {
                 weight_decay: 1e-8,
@@ -142,7 +148,12 @@ pub fn train(
         let mut g = Graph::train(b);
         let loss = model.loss(&mut g, &image, &mask, t, cfg.seed, step)?;
         let grads = g.backward(&loss, model.ps.len())?;
-        let lr = cfg.lr.at(step);
+        let lr = if cfg.lr_follows_time && cfg.max_minutes > 0.0 {
+            cfg.lr
+                .at_progress(step, t0.elapsed().as_secs_f64() / (cfg.max_minutes * 60.0))
+        } else {
+            cfg.lr.at(step)
+        };
         let norm = opt.update(b, &model.ps, &grads, lr)?;
         let done = opt.step;
         let log_now =

@@ -39,6 +39,13 @@ impl LrSchedule {
         let f = ((step - self.warmup_steps) as f32 / span as f32).min(1.0);
         self.end + (self.peak - self.end) * 0.5 * (1.0 + (std::f32::consts::PI * f).cos())
     }
+    /// The rate at `step` or further along: read at the later of `step` and
+    /// `progress · decay_steps`, where `progress` is the fraction of a time
+    /// budget spent. A run stopped by its time limit then ends annealed.
+    pub fn at_progress(&self, step: u64, progress: f64) -> f32 {
+        let by_time = (progress.clamp(0.0, 1.0) * self.decay_steps as f64) as u64;
+        self.at(step.max(by_time))
+    }
 }
 
 #[cfg(test)]
@@ -58,6 +65,10 @@ mod tests {
         assert!((s.at(10) - 1.0).abs() < 1e-6);
         assert!((s.at(60) - 0.55).abs() < 1e-6);
         assert!((s.at(110) - 0.1).abs() < 1e-6);
+        // Time ahead of the steps moves the schedule on; time behind does not hold it back.
+        assert_eq!(s.at_progress(60, 1.0), s.at(110));
+        assert_eq!(s.at_progress(60, 0.1), s.at(60));
+        assert_eq!(s.at_progress(5, 0.5), s.at(55));
         assert!((s.at(500) - 0.1).abs() < 1e-6);
     }
 }
