@@ -1,9 +1,14 @@
-//! Every kernel entry point is executed: one sweep over every op of the GPU
-//! backend (both activation dtypes, every convolution path) on the emulator,
-//! then the emulator's launch counters are checked against the kernel
-//! registry. The per-family tests check the values; this test proves that no
-//! entry point is left out of them. (Self-test kernels run in tests/emu_*.)
+//! Which kernels each op of the GPU backend launches, and that together they
+//! are every kernel of the registry. One sweep over every op (both activation
+//! dtypes, both channel paths, every convolution path) on the emulator; the
+//! emulator's launch counters before and after each op give the kernels it
+//! launched, which must be exactly the ones named for it here. The per-family
+//! tests check the values; this one checks dispatch (dtype, vector width,
+//! convolution path) and that no entry point is left out. The self-test
+//! kernels run in tests/emu_*; the registry must hold exactly those named in
+//! `SELFTESTS`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use voxdiff::backend::gpu::emu::{launches, Emu};
 use voxdiff::backend::gpu::registry::{Family, Kernel};
@@ -15,40 +20,207 @@ fn rand(b: &dyn Backend, shape: Shape, dtype: DType, seed: u64) -> Tensor {
     b.randn(shape, dtype, seed, 0).unwrap()
 }
 
-/// One small case of every op of the Backend trait.
-fn sweep(b: &GpuBackend) {
+/// Records, op by op, the kernels launched against those expected.
+struct Dispatch {
+    bf16: bool,
+    mismatches: Vec<String>,
+}
+
+impl Dispatch {
+    fn counts() -> Vec<u64> {
+        Kernel::ALL.iter().map(|k| launches(*k)).collect()
+    }
+    /// Run `op`; it must launch exactly the kernels of `f32` (f32
+    /// activations) or `bf16` (bf16 activations), each at least once.
+    fn expect<R>(&mut self, what: &str, f32: &[&str], bf16: &[&str], op: impl FnOnce() -> R) -> R {
+        let before = Self::counts();
+        let r = op();
+        let after = Self::counts();
+        let got: BTreeSet<&str> = Kernel::ALL
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter(|(_, (b, a))| a > b)
+            .map(|(k, _)| k.name())
+            .collect();
+        let want: BTreeSet<&str> = if self.bf16 { bf16 } else { f32 }.iter().copied().collect();
+        if got != want {
+            let act = if self.bf16 { "bf16" } else { "f32" };
+            self.mismatches.push(format!(
+                "{what} ({act} activations): launched {got:?}, expected {want:?}"
+            ));
+        }
+        r
+    }
+}
+
+/// Kernels of a convolution's three passes, each for f32 and bf16 activations.
+type Passes = [[&'static [&'static str]; 2]; 3];
+
+/// One small case of every op of the Backend trait, with the kernels it must launch.
+fn sweep(b: &GpuBackend) -> Vec<String> {
     let act = b.act_dtype();
     let f32_ = DType::F32;
     let sh = |c| Shape::ndhwc(1, 3, 5, 7, c);
+    let mut d = Dispatch {
+        bf16: act == DType::BF16,
+        mismatches: Vec::new(),
+    };
 
-    // Convolutions: every path (odd and multiple-of-8 channels pick the
-    // register loader or the cp.async pipeline; transposed = scatter).
-    for (spec, cin, cout) in [
-        (ConvSpec::K3, 3, 5),
-        (ConvSpec::K3, 8, 16),
-        (ConvSpec::DOWN2, 8, 8),
-        (ConvSpec::UP2, 3, 5),
-        (ConvSpec::UP2, 8, 16),
-        (ConvSpec::K1, 5, 3),
-    ] {
+    d.expect(
+        "randn f32",
+        &["vd_diffusion_randn_f32"],
+        &["vd_diffusion_randn_f32"],
+        || rand(b, sh(2), f32_, 41),
+    );
+    d.expect(
+        "randn bf16",
+        &["vd_diffusion_randn_bf16"],
+        &["vd_diffusion_randn_bf16"],
+        || rand(b, sh(2), DType::BF16, 40),
+    );
+
+    // Convolutions: every path (in bf16, multiple-of-8 channels take the
+    // cp.async pipeline with packed weights, odd ones the register loader;
+    // each pass is a gather or a scatter GEMM depending on spec and pass).
+    // (spec, Cin, Cout, the kernels of [forward, dgrad, wgrad], each as
+    // [f32 activations, bf16 activations]).
+    let convs: [(ConvSpec, usize, usize, Passes); 6] = [
+        (
+            ConvSpec::K3,
+            3,
+            5,
+            [
+                [&["vd_conv3d_gather_f32"], &["vd_conv3d_gather_bf16"]],
+                [&["vd_conv3d_gather_f32"], &["vd_conv3d_gather_bf16"]],
+                [
+                    &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"],
+                    &["vd_conv3d_wgrad_bf16", "vd_conv3d_wgrad_reduce"],
+                ],
+            ],
+        ),
+        (
+            ConvSpec::K3,
+            8,
+            16,
+            [
+                [
+                    &["vd_conv3d_gather_f32"],
+                    &["vd_conv3d_gather_async_bf16", "vd_conv3d_pack_weights"],
+                ],
+                [
+                    &["vd_conv3d_gather_f32"],
+                    &["vd_conv3d_gather_async_bf16", "vd_conv3d_pack_weights"],
+                ],
+                [
+                    &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"],
+                    &["vd_conv3d_wgrad_bf16", "vd_conv3d_wgrad_reduce"],
+                ],
+            ],
+        ),
+        (
+            ConvSpec::DOWN2,
+            8,
+            8,
+            [
+                [
+                    &["vd_conv3d_gather_f32"],
+                    &["vd_conv3d_gather_async_bf16", "vd_conv3d_pack_weights"],
+                ],
+                [
+                    &["vd_conv3d_scatter_f32"],
+                    &["vd_conv3d_pack_weights", "vd_conv3d_scatter_async_bf16"],
+                ],
+                [
+                    &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"],
+                    &["vd_conv3d_wgrad_bf16", "vd_conv3d_wgrad_reduce"],
+                ],
+            ],
+        ),
+        (
+            ConvSpec::UP2,
+            3,
+            5,
+            [
+                [&["vd_conv3d_scatter_f32"], &["vd_conv3d_scatter_bf16"]],
+                [&["vd_conv3d_gather_f32"], &["vd_conv3d_gather_bf16"]],
+                [
+                    &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_f32"],
+                    &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_bf16"],
+                ],
+            ],
+        ),
+        (
+            ConvSpec::UP2,
+            8,
+            16,
+            [
+                [
+                    &["vd_conv3d_scatter_f32"],
+                    &["vd_conv3d_pack_weights", "vd_conv3d_scatter_async_bf16"],
+                ],
+                [
+                    &["vd_conv3d_gather_f32"],
+                    &["vd_conv3d_gather_async_bf16", "vd_conv3d_pack_weights"],
+                ],
+                [
+                    &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_f32"],
+                    &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_bf16"],
+                ],
+            ],
+        ),
+        (
+            ConvSpec::K1,
+            5,
+            3,
+            [
+                [&["vd_conv3d_gather_f32"], &["vd_conv3d_gather_bf16"]],
+                [&["vd_conv3d_scatter_f32"], &["vd_conv3d_scatter_bf16"]],
+                [
+                    &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"],
+                    &["vd_conv3d_wgrad_bf16", "vd_conv3d_wgrad_reduce"],
+                ],
+            ],
+        ),
+    ];
+    for (spec, cin, cout, [fwd, dgrad, wgrad]) in convs {
+        let case = format!("{:?} {cin}->{cout}", spec.kernel);
         let x = rand(b, sh(cin), act, 1);
         let w = rand(b, spec.weight_shape(cin, cout), f32_, 2);
         let bias = rand(b, Shape::new(&[cout]), f32_, 3);
-        let y = b.conv3d(&x, &w, Some(&bias), spec).unwrap();
+        let y = d.expect(&format!("conv3d {case}"), fwd[0], fwd[1], || {
+            b.conv3d(&x, &w, Some(&bias), spec).unwrap()
+        });
         let dy = rand(b, y.shape(), act, 4);
-        b.conv3d_dgrad(&dy, &w, x.shape(), spec).unwrap();
-        b.conv3d_wgrad(&x, &dy, spec, true).unwrap();
+        d.expect(&format!("conv3d_dgrad {case}"), dgrad[0], dgrad[1], || {
+            b.conv3d_dgrad(&dy, &w, x.shape(), spec).unwrap()
+        });
+        d.expect(&format!("conv3d_wgrad {case}"), wgrad[0], wgrad[1], || {
+            b.conv3d_wgrad(&x, &dy, spec, true).unwrap()
+        });
     }
 
-    // Dense layers.
+    // Dense layers (f32 whatever the activations).
     let xv = rand(b, Shape::new(&[2, 6]), f32_, 5);
     let wv = rand(b, Shape::new(&[6, 4]), f32_, 6);
     let bv = rand(b, Shape::new(&[4]), f32_, 7);
-    let yv = b.linear(&xv, &wv, Some(&bv)).unwrap();
-    b.linear_dgrad(&yv, &wv).unwrap();
-    b.linear_wgrad(&xv, &yv, true).unwrap();
+    let yv = d.expect("linear", &["vd_linear_gemm"], &["vd_linear_gemm"], || {
+        b.linear(&xv, &wv, Some(&bv)).unwrap()
+    });
+    d.expect(
+        "linear_dgrad",
+        &["vd_linear_gemm"],
+        &["vd_linear_gemm"],
+        || b.linear_dgrad(&yv, &wv).unwrap(),
+    );
+    d.expect(
+        "linear_wgrad",
+        &["vd_linear_bias_grad", "vd_linear_gemm"],
+        &["vd_linear_bias_grad", "vd_linear_gemm"],
+        || b.linear_wgrad(&xv, &yv, true).unwrap(),
+    );
 
-    // Norm with every epilogue part, both channel paths (8 and odd).
+    // Norm with every epilogue part, and the channel-row ops, on both channel
+    // paths: 8 channels (8-wide vectors) and 5 (one at a time).
     for c in [8, 5] {
         let x = rand(b, sh(c), act, 8);
         let gamma = rand(b, Shape::new(&[c]), f32_, 9);
@@ -65,56 +237,323 @@ fn sweep(b: &GpuBackend) {
             residual: Some(&r),
             act: Act::Gelu,
         };
-        let o = b.norm_fwd(&x, &args).unwrap();
-        b.norm_bwd(&x, &x, &o.stats, &args).unwrap();
+        let o = d.expect(
+            &format!("norm_fwd C={c}"),
+            if c == 8 {
+                &[
+                    "vd_norm_apply_f32x8",
+                    "vd_norm_stats_f32x8",
+                    "vd_norm_stats_merge",
+                ]
+            } else {
+                &[
+                    "vd_norm_apply_f32x1",
+                    "vd_norm_stats_f32x1",
+                    "vd_norm_stats_merge",
+                ]
+            },
+            if c == 8 {
+                &[
+                    "vd_norm_apply_bf16x8",
+                    "vd_norm_stats_bf16x8",
+                    "vd_norm_stats_merge",
+                ]
+            } else {
+                &[
+                    "vd_norm_apply_bf16x1",
+                    "vd_norm_stats_bf16x1",
+                    "vd_norm_stats_merge",
+                ]
+            },
+            || b.norm_fwd(&x, &args).unwrap(),
+        );
+        d.expect(
+            &format!("norm_bwd C={c}"),
+            if c == 8 {
+                &[
+                    "vd_norm_bwd_dx_f32x8",
+                    "vd_norm_bwd_merge",
+                    "vd_norm_bwd_reduce_f32x8",
+                ]
+            } else {
+                &[
+                    "vd_norm_bwd_dx_f32x1",
+                    "vd_norm_bwd_merge",
+                    "vd_norm_bwd_reduce_f32x1",
+                ]
+            },
+            if c == 8 {
+                &[
+                    "vd_norm_bwd_dx_bf16x8",
+                    "vd_norm_bwd_merge",
+                    "vd_norm_bwd_reduce_bf16x8",
+                ]
+            } else {
+                &[
+                    "vd_norm_bwd_dx_bf16x1",
+                    "vd_norm_bwd_merge",
+                    "vd_norm_bwd_reduce_bf16x1",
+                ]
+            },
+            || b.norm_bwd(&x, &x, &o.stats, &args).unwrap(),
+        );
         for a in [Act::Relu, Act::Silu, Act::Gelu] {
-            b.act(&x, a).unwrap();
-            b.act_bwd(&x, &x, a).unwrap();
+            d.expect(
+                &format!("act {a:?} C={c}"),
+                &["vd_pointwise_act_f32"],
+                &["vd_pointwise_act_bf16"],
+                || b.act(&x, a).unwrap(),
+            );
+            d.expect(
+                &format!("act_bwd {a:?} C={c}"),
+                &["vd_pointwise_act_bwd_f32"],
+                &["vd_pointwise_act_bwd_bf16"],
+                || b.act_bwd(&x, &x, a).unwrap(),
+            );
         }
-        b.add_nc(&x, &s).unwrap();
-        b.sum_spatial(&x).unwrap();
-        let y = b.concat_c(&[&x, &r]).unwrap();
-        b.slice_c(&y, 1, c).unwrap();
-        let cr = b.crop(&x, [1, 1, 1], [2, 3, 4]).unwrap();
-        b.pad(&cr, [1, 1, 1], [3, 5, 7]).unwrap();
-        let up = b.upsample(&x, [1, 2, 2]).unwrap();
-        b.upsample_bwd(&up, [1, 2, 2]).unwrap();
-        let mp = b.maxpool(&x, [2, 2, 2]).unwrap();
-        b.maxpool_bwd(&mp, &x, [2, 2, 2]).unwrap();
-        b.lincomb(&[(1.0, &x), (2.0, &r)]).unwrap();
-        b.cast(&x, f32_).unwrap();
-        b.cast(&b.cast(&x, DType::BF16).unwrap(), f32_).unwrap();
-        b.fill(&x, 0.5).unwrap();
+        d.expect(
+            &format!("add_nc C={c}"),
+            &["vd_pointwise_add_nc_f32"],
+            &["vd_pointwise_add_nc_bf16"],
+            || b.add_nc(&x, &s).unwrap(),
+        );
+        d.expect(
+            &format!("sum_spatial C={c}"),
+            if c == 8 {
+                &["vd_pointwise_sum_merge", "vd_pointwise_sum_partial_f32x8"]
+            } else {
+                &["vd_pointwise_sum_merge", "vd_pointwise_sum_partial_f32x1"]
+            },
+            if c == 8 {
+                &["vd_pointwise_sum_merge", "vd_pointwise_sum_partial_bf16x8"]
+            } else {
+                &["vd_pointwise_sum_merge", "vd_pointwise_sum_partial_bf16x1"]
+            },
+            || b.sum_spatial(&x).unwrap(),
+        );
+        let y = d.expect(
+            &format!("concat_c C={c}"),
+            if c == 8 {
+                &["vd_layout_channels_f32x8"]
+            } else {
+                &["vd_layout_channels_f32x1"]
+            },
+            if c == 8 {
+                &["vd_layout_channels_bf16x8"]
+            } else {
+                &["vd_layout_channels_bf16x1"]
+            },
+            || b.concat_c(&[&x, &r]).unwrap(),
+        );
+        d.expect(
+            &format!("slice_c C={c}"),
+            &["vd_layout_channels_f32x1"],
+            &["vd_layout_channels_bf16x1"],
+            || b.slice_c(&y, 1, c).unwrap(),
+        );
+        let cr = d.expect(
+            &format!("crop C={c}"),
+            if c == 8 {
+                &["vd_layout_gather_f32x8"]
+            } else {
+                &["vd_layout_gather_f32x1"]
+            },
+            if c == 8 {
+                &["vd_layout_gather_bf16x8"]
+            } else {
+                &["vd_layout_gather_bf16x1"]
+            },
+            || b.crop(&x, [1, 1, 1], [2, 3, 4]).unwrap(),
+        );
+        d.expect(
+            &format!("pad C={c}"),
+            if c == 8 {
+                &["vd_layout_gather_f32x8"]
+            } else {
+                &["vd_layout_gather_f32x1"]
+            },
+            if c == 8 {
+                &["vd_layout_gather_bf16x8"]
+            } else {
+                &["vd_layout_gather_bf16x1"]
+            },
+            || b.pad(&cr, [1, 1, 1], [3, 5, 7]).unwrap(),
+        );
+        let up = d.expect(
+            &format!("upsample C={c}"),
+            if c == 8 {
+                &["vd_layout_gather_f32x8"]
+            } else {
+                &["vd_layout_gather_f32x1"]
+            },
+            if c == 8 {
+                &["vd_layout_gather_bf16x8"]
+            } else {
+                &["vd_layout_gather_bf16x1"]
+            },
+            || b.upsample(&x, [1, 2, 2]).unwrap(),
+        );
+        d.expect(
+            &format!("upsample_bwd C={c}"),
+            if c == 8 {
+                &["vd_layout_upsample_bwd_f32x8"]
+            } else {
+                &["vd_layout_upsample_bwd_f32x1"]
+            },
+            if c == 8 {
+                &["vd_layout_upsample_bwd_bf16x8"]
+            } else {
+                &["vd_layout_upsample_bwd_bf16x1"]
+            },
+            || b.upsample_bwd(&up, [1, 2, 2]).unwrap(),
+        );
+        let mp = d.expect(
+            &format!("maxpool C={c}"),
+            if c == 8 {
+                &["vd_layout_maxpool_f32x8"]
+            } else {
+                &["vd_layout_maxpool_f32x1"]
+            },
+            if c == 8 {
+                &["vd_layout_maxpool_bf16x8"]
+            } else {
+                &["vd_layout_maxpool_bf16x1"]
+            },
+            || b.maxpool(&x, [2, 2, 2]).unwrap(),
+        );
+        d.expect(
+            &format!("maxpool_bwd C={c}"),
+            if c == 8 {
+                &["vd_layout_maxpool_bwd_f32x8"]
+            } else {
+                &["vd_layout_maxpool_bwd_f32x1"]
+            },
+            if c == 8 {
+                &["vd_layout_maxpool_bwd_bf16x8"]
+            } else {
+                &["vd_layout_maxpool_bwd_bf16x1"]
+            },
+            || b.maxpool_bwd(&mp, &x, [2, 2, 2]).unwrap(),
+        );
+        d.expect(
+            &format!("lincomb C={c}"),
+            &["vd_elementwise_lincomb_f32"],
+            &["vd_elementwise_lincomb_bf16"],
+            || b.lincomb(&[(1.0, &x), (2.0, &r)]).unwrap(),
+        );
+        d.expect(
+            &format!("cast to f32 C={c}"),
+            &[],
+            &["vd_elementwise_cast_bf16_f32"],
+            || b.cast(&x, f32_).unwrap(),
+        );
+        d.expect(
+            &format!("cast to bf16 C={c}"),
+            &["vd_elementwise_cast_f32_bf16"],
+            &[],
+            || b.cast(&x, DType::BF16).unwrap(),
+        );
+        d.expect(
+            &format!("fill C={c}"),
+            &["vd_elementwise_fill_f32"],
+            &["vd_elementwise_fill_bf16"],
+            || b.fill(&x, 0.5).unwrap(),
+        );
     }
 
     // Segmentation heads and losses.
     let k = 3;
     let logits = rand(b, sh(k), act, 14);
-    let labels = b
-        .upload(
-            &(0..105).map(|i| (i % k) as f32).collect::<Vec<_>>(),
-            sh(1),
-            f32_,
-        )
-        .unwrap();
-    let t = b.one_hot(&labels, k, 1.0, 0.0).unwrap();
+    let ids: Vec<f32> = (0..105).map(|i| (i % k) as f32).collect();
+    let labels = b.upload(&ids, sh(1), f32_).unwrap();
     // Labels stored in bf16 (class ids up to 256 are exact there).
-    b.one_hot(&b.cast(&labels, DType::BF16).unwrap(), k, 1.0, 0.0)
-        .unwrap();
-    let p = b.softmax(&logits).unwrap();
-    b.softmax_bwd(&p, &p).unwrap();
-    b.argmax_c(&logits).unwrap();
+    let labels_bf16 = b.upload(&ids, sh(1), DType::BF16).unwrap();
+    let t = d.expect(
+        "one_hot of f32 labels",
+        &["vd_loss_one_hot_f32_f32"],
+        &["vd_loss_one_hot_f32_bf16"],
+        || b.one_hot(&labels, k, 1.0, 0.0).unwrap(),
+    );
+    d.expect(
+        "one_hot of bf16 labels",
+        &["vd_loss_one_hot_bf16_f32"],
+        &["vd_loss_one_hot_bf16_bf16"],
+        || b.one_hot(&labels_bf16, k, 1.0, 0.0).unwrap(),
+    );
+    let p = d.expect(
+        "softmax",
+        &["vd_loss_softmax_f32"],
+        &["vd_loss_softmax_bf16"],
+        || b.softmax(&logits).unwrap(),
+    );
+    d.expect(
+        "softmax_bwd",
+        &["vd_loss_softmax_bwd_f32"],
+        &["vd_loss_softmax_bwd_bf16"],
+        || b.softmax_bwd(&p, &p).unwrap(),
+    );
+    d.expect(
+        "argmax_c",
+        &["vd_loss_argmax_f32"],
+        &["vd_loss_argmax_bf16"],
+        || b.argmax_c(&logits).unwrap(),
+    );
     let one = b.upload(&[1.0], Shape::scalar(), f32_).unwrap();
-    b.cross_entropy(&logits, &t).unwrap();
-    b.cross_entropy_bwd(&logits, &t, &one).unwrap();
-    let (_, sums) = b.dice_loss(&p, &t).unwrap();
-    b.dice_loss_bwd(&p, &t, &sums, &one).unwrap();
-    b.mse(&logits, &p).unwrap();
-    b.mse_bwd(&logits, &p, &one).unwrap();
+    d.expect(
+        "cross_entropy",
+        &["vd_loss_ce_partial_f32", "vd_loss_mean_partials"],
+        &["vd_loss_ce_partial_bf16", "vd_loss_mean_partials"],
+        || b.cross_entropy(&logits, &t).unwrap(),
+    );
+    d.expect(
+        "cross_entropy_bwd",
+        &["vd_loss_ce_bwd_f32"],
+        &["vd_loss_ce_bwd_bf16"],
+        || b.cross_entropy_bwd(&logits, &t, &one).unwrap(),
+    );
+    let (_, sums) = d.expect(
+        "dice_loss",
+        &["vd_loss_dice_finish", "vd_loss_dice_partial_f32"],
+        &["vd_loss_dice_finish", "vd_loss_dice_partial_bf16"],
+        || b.dice_loss(&p, &t).unwrap(),
+    );
+    d.expect(
+        "dice_loss_bwd",
+        &["vd_loss_dice_bwd_f32"],
+        &["vd_loss_dice_bwd_bf16"],
+        || b.dice_loss_bwd(&p, &t, &sums, &one).unwrap(),
+    );
+    d.expect(
+        "mse",
+        &["vd_loss_mean_partials", "vd_loss_mse_partial_f32"],
+        &["vd_loss_mean_partials", "vd_loss_mse_partial_bf16"],
+        || b.mse(&logits, &p).unwrap(),
+    );
+    d.expect(
+        "mse_bwd",
+        &["vd_loss_mse_bwd_f32"],
+        &["vd_loss_mse_bwd_bf16"],
+        || b.mse_bwd(&logits, &p, &one).unwrap(),
+    );
     let x0 = b.lincomb(&[(2.0, &p), (-1.0, &t)]).unwrap();
-    let l = b.scaled_to_logits(&x0, 1e-5).unwrap();
-    b.scaled_to_logits_bwd(&l, &x0, 1e-5).unwrap();
-    b.scalar_lincomb(&[(0.5, &one), (2.0, &one)]).unwrap();
+    let l = d.expect(
+        "scaled_to_logits",
+        &["vd_loss_scaled_to_logits_f32"],
+        &["vd_loss_scaled_to_logits_bf16"],
+        || b.scaled_to_logits(&x0, 1e-5).unwrap(),
+    );
+    d.expect(
+        "scaled_to_logits_bwd",
+        &["vd_loss_scaled_to_logits_bwd_f32"],
+        &["vd_loss_scaled_to_logits_bwd_bf16"],
+        || b.scaled_to_logits_bwd(&l, &x0, 1e-5).unwrap(),
+    );
+    d.expect(
+        "scalar_lincomb",
+        &["vd_loss_scalar_lincomb"],
+        &["vd_loss_scalar_lincomb"],
+        || b.scalar_lincomb(&[(0.5, &one), (2.0, &one)]).unwrap(),
+    );
 
     // The optimiser over two tensors.
     let params: Vec<Tensor> = (0..2)
@@ -135,20 +574,149 @@ fn sweep(b: &GpuBackend) {
             decay: i == 0,
         })
         .collect();
-    b.adamw_step(&slots, &AdamW::default(), 1e-3, 1).unwrap();
-    rand(b, sh(2), DType::BF16, 40);
-    rand(b, sh(2), DType::F32, 41);
+    d.expect(
+        "adamw_step",
+        &[
+            "vd_optim_adamw_norm",
+            "vd_optim_adamw_sumsq",
+            "vd_optim_adamw_update",
+        ],
+        &[
+            "vd_optim_adamw_norm",
+            "vd_optim_adamw_sumsq",
+            "vd_optim_adamw_update",
+        ],
+        || b.adamw_step(&slots, &AdamW::default(), 1e-3, 1).unwrap(),
+    );
+    d.mismatches
 }
 
+/// The emulator self-test kernels (kernels/selftest.cu) and the test file
+/// that launches each, whose source must name its `Kernel` variant.
+const SELFTESTS: &[(&str, &str, &str)] = &[
+    (
+        "vd_selftest_block_scan",
+        "emu_barriers.rs",
+        include_str!("emu_barriers.rs"),
+    ),
+    (
+        "vd_selftest_block_reverse",
+        "emu_barriers.rs",
+        include_str!("emu_barriers.rs"),
+    ),
+    (
+        "vd_selftest_early_exit",
+        "emu_barriers.rs",
+        include_str!("emu_barriers.rs"),
+    ),
+    (
+        "vd_selftest_dynamic_smem",
+        "emu_barriers.rs",
+        include_str!("emu_barriers.rs"),
+    ),
+    (
+        "vd_selftest_deadlock_barrier",
+        "emu_barriers.rs",
+        include_str!("emu_barriers.rs"),
+    ),
+    (
+        "vd_selftest_deadlock_warp",
+        "emu_barriers.rs",
+        include_str!("emu_barriers.rs"),
+    ),
+    (
+        "vd_selftest_shuffles",
+        "emu_warp.rs",
+        include_str!("emu_warp.rs"),
+    ),
+    (
+        "vd_selftest_block_sum",
+        "emu_warp.rs",
+        include_str!("emu_warp.rs"),
+    ),
+    (
+        "vd_selftest_atomics",
+        "emu_warp.rs",
+        include_str!("emu_warp.rs"),
+    ),
+    (
+        "vd_selftest_mma",
+        "emu_warp.rs",
+        include_str!("emu_warp.rs"),
+    ),
+    (
+        "vd_selftest_ldmatrix",
+        "emu_warp.rs",
+        include_str!("emu_warp.rs"),
+    ),
+    (
+        "vd_selftest_cp_async",
+        "emu_warp.rs",
+        include_str!("emu_warp.rs"),
+    ),
+    (
+        "vd_selftest_missing_barrier",
+        "emu_barriers.rs",
+        include_str!("emu_barriers.rs"),
+    ),
+    (
+        "vd_selftest_misaligned",
+        "emu_barriers.rs",
+        include_str!("emu_barriers.rs"),
+    ),
+    (
+        "vd_selftest_philox",
+        "gpu_elementwise.rs",
+        include_str!("gpu_elementwise.rs"),
+    ),
+    (
+        "vd_selftest_barriers",
+        "emu_cost.rs",
+        include_str!("emu_cost.rs"),
+    ),
+    (
+        "vd_selftest_stack_overflow",
+        "emu_barriers.rs",
+        include_str!("emu_barriers.rs"),
+    ),
+];
+
 #[test]
-fn every_kernel_entry_point_is_executed() {
+fn each_op_launches_its_kernels_and_every_kernel_is_launched() {
+    let mut mismatches = Vec::new();
     for act in [DType::F32, DType::BF16] {
-        sweep(&GpuBackend::with_act_dtype(Arc::new(Emu::new()), act));
+        mismatches.extend(sweep(&GpuBackend::with_act_dtype(
+            Arc::new(Emu::new()),
+            act,
+        )));
     }
+    assert!(
+        mismatches.is_empty(),
+        "dispatch differs:\n{}",
+        mismatches.join("\n")
+    );
     let missing: Vec<&str> = Kernel::ALL
         .iter()
         .filter(|k| k.family() != Family::Selftest && launches(**k) == 0)
         .map(|k| k.name())
         .collect();
     assert!(missing.is_empty(), "kernels no op reached: {missing:?}");
+    let selftests: BTreeSet<&str> = Kernel::ALL
+        .iter()
+        .filter(|k| k.family() == Family::Selftest)
+        .map(|k| k.name())
+        .collect();
+    let named: BTreeSet<&str> = SELFTESTS.iter().map(|(name, _, _)| *name).collect();
+    assert_eq!(
+        selftests, named,
+        "the registry's self-test kernels and SELFTESTS differ"
+    );
+    for (name, file, source) in SELFTESTS {
+        let k = Kernel::ALL.iter().find(|k| k.name() == *name).unwrap();
+        let variant = format!("Kernel::{k:?}");
+        assert!(
+            source.contains(&variant),
+            "{file} does not launch {name} ({variant})"
+        );
+    }
 }
