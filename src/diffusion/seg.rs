@@ -219,7 +219,7 @@ impl SegDiffusion {
                 )?);
                 let x_tp = self.q_sample(&mut ng, &x0_true, &noise, sched, t_prev)?;
                 let input = ng.concat_c(&[&img, &x_tp])?;
-                let out = model.denoise(&mut ng, &input, &[t_prev as f32])?;
+                let out = model.denoise(&mut ng, &input, &vec![t_prev as f32; sh.n()])?;
                 let x0 = self.x0_hat(&mut ng, &out, &x_tp, sched, t_prev, &ones)?;
                 g.constant(x0.t)
             }
@@ -228,7 +228,7 @@ impl SegDiffusion {
             g.constant(b.randn(sh, b.act_dtype(), stream_seed(seed, Stream::Train, step), 0)?);
         let x_t = self.q_sample(g, &x_start, &noise, sched, t)?;
         let input = g.concat_c(&[&img, &x_t])?;
-        let out = model.denoise(g, &input, &[t as f32])?;
+        let out = model.denoise(g, &input, &vec![t as f32; sh.n()])?;
         match self.cfg.output {
             Output::X0 => seg_loss(
                 g,
