@@ -29,13 +29,6 @@
 //! ranges over blocks; `vd_conv3d_wgrad_reduce` sums the partials in split order
 //! (deterministic) and the bias gradient `Σ dy` alongside.
 //!
-//! Entry points: `vd_conv3d_gather_f32`, `vd_conv3d_gather_bf16`,
-//! `vd_conv3d_gather_async_bf16`, `vd_conv3d_scatter_f32`,
-//! `vd_conv3d_scatter_bf16`, `vd_conv3d_scatter_async_bf16`,
-//! `vd_conv3d_pack_weights`, `vd_conv3d_wgrad_f32`, `vd_conv3d_wgrad_bf16`,
-//! `vd_conv3d_wgrad_transposed_f32`, `vd_conv3d_wgrad_transposed_bf16`,
-//! `vd_conv3d_wgrad_reduce` (each executed by `tests/gpu_coverage.rs`).
-//!
 //! # Launch geometry
 //!
 //! - gather / scatter: blocks of [`CONV_THREADS`] = 256 threads compute a
