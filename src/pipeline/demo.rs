@@ -13,7 +13,7 @@
 //! ```
 
 use super::seg_config::{DataSource, SegConfig};
-use super::seg_data::{class_names, prepare_volume};
+use super::seg_data::{class_map, class_names, prepare_volume};
 use super::seg_train::train_run;
 use super::segment::{load_run, predict_scores, to_scan_grid, write_mask};
 use crate::backend::{self, Backend};
@@ -118,7 +118,7 @@ pub fn run_demo(b: &dyn Backend, args: &DemoArgs) -> Result<Vec<(String, ClassMe
             .with_context(|| format!("{}: cannot clear the previous demo", run.display()))?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let names = class_names(&cfg.data)?;
+    let names = class_names(&class_map(&cfg.data)?);
     let s = train_run(b, &cfg, &run, false, !args.quiet)?;
     if !args.quiet {
         eprintln!(
@@ -161,7 +161,8 @@ pub fn run_demo(b: &dyn Backend, args: &DemoArgs) -> Result<Vec<(String, ClassMe
         6,
         out.join("overlay.png"),
     )?;
-    std::fs::copy(run.join("loss.png"), out.join("loss.png")).context("copying the loss curve")?;
+    let curve = std::fs::read(run.join("loss.png")).context("reading the run's loss curve")?;
+    crate::fsutil::write_atomic(&out.join("loss.png"), &curve)?;
     let ids: Vec<u32> = (1..names.len() as u32).collect();
     let m = label_metrics(
         &truth.data,

@@ -17,20 +17,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The training classes of a run: index 0 is background.
-pub fn class_names(cfg: &DataConfig) -> Result<Vec<String>> {
-    let map = class_map(cfg)?;
+pub fn class_names(map: &ClassMap) -> Vec<String> {
     let mut names = vec!["background".to_string()];
-    match map {
-        Some(m) => names.extend(m.names),
-        None => anyhow::bail!(
-            "data.class_map is required for file data (it names the classes and maps label ids to them)"
-        ),
-    }
-    Ok(names)
+    names.extend(map.names.iter().cloned());
+    names
 }
 
 /// The class map a run trains with, restricted to `cfg.classes` (in that order).
-pub fn class_map(cfg: &DataConfig) -> Result<Option<ClassMap>> {
+pub fn class_map(cfg: &DataConfig) -> Result<ClassMap> {
     let full = match cfg.source {
         DataSource::Phantom => ClassMap {
             names: phantom::CLASS_NAMES[1..]
@@ -43,11 +37,13 @@ pub fn class_map(cfg: &DataConfig) -> Result<Option<ClassMap>> {
         },
         DataSource::Files => match &cfg.class_map {
             Some(p) => ClassMap::read(p)?,
-            None => return Ok(None),
+            None => anyhow::bail!(
+                "data.class_map is required for file data (it names the classes and maps label ids to them)"
+            ),
         },
     };
     if cfg.classes.is_empty() {
-        return Ok(Some(full));
+        return Ok(full);
     }
     let mut names = Vec::new();
     let mut ids = Vec::new();
@@ -61,13 +57,13 @@ pub fn class_map(cfg: &DataConfig) -> Result<Option<ClassMap>> {
         names.push(full.names[i].clone());
         ids.push(full.source_ids[i].clone());
     }
-    Ok(Some(ClassMap {
+    Ok(ClassMap {
         names,
         source_ids: ids,
         // Classes left out of the subset become background.
         strict: false,
         path: full.path,
-    }))
+    })
 }
 
 /// A scan prepared for the network, with what is needed to map a prediction
@@ -133,14 +129,13 @@ fn prepare_case(
 }
 
 /// Read or generate and preprocess every training case.
-pub fn training_cases(cfg: &DataConfig) -> Result<Vec<PreparedCase>> {
-    let map = class_map(cfg)?.context("data.class_map is required for file data")?;
+pub fn training_cases(cfg: &DataConfig, map: &ClassMap) -> Result<Vec<PreparedCase>> {
     let mut cases = Vec::new();
     match cfg.source {
         DataSource::Phantom => {
             for seed in 0..cfg.phantom_cases as u64 {
                 let (img, lab) = phantom::generate(&cfg.phantom, seed);
-                cases.push(prepare_case(cfg, &map, format!("phantom{seed}"), img, lab)?);
+                cases.push(prepare_case(cfg, map, format!("phantom{seed}"), img, lab)?);
             }
         }
         DataSource::Files => {
@@ -148,7 +143,7 @@ pub fn training_cases(cfg: &DataConfig) -> Result<Vec<PreparedCase>> {
                 let img = read_nifti(ip)?;
                 let lab = read_nifti(lp)?;
                 let id = crate::pipeline::evaluate::case_name(ip);
-                cases.push(prepare_case(cfg, &map, id, img, lab)?);
+                cases.push(prepare_case(cfg, map, id, img, lab)?);
             }
         }
     }

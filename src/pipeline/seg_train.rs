@@ -12,7 +12,7 @@
 
 use super::plot;
 use super::seg_config::SegConfig;
-use super::seg_data::{class_names, training_cases, LoaderSource};
+use super::seg_data::{class_map, class_names, training_cases, LoaderSource};
 use super::seg_model::{ModelKind, SegModel};
 use super::train_loop::{self, TrainSummary, CHECKPOINT, LOG};
 use crate::backend::{self, Backend};
@@ -128,7 +128,8 @@ pub fn train_run(
     resume: bool,
     progress: bool,
 ) -> Result<TrainSummary> {
-    let names = class_names(&cfg.data)?;
+    let map = class_map(&cfg.data)?;
+    let names = class_names(&map);
     if !resume {
         if run.join(CHECKPOINT).exists() {
             bail!(
@@ -144,7 +145,7 @@ pub fn train_run(
             serde_json::to_string_pretty(&classes_json(&names))?.as_bytes(),
         )?;
     }
-    let cases = training_cases(&cfg.data)?;
+    let cases = training_cases(&cfg.data, &map)?;
     let mut source = LoaderSource::new(&cfg.data, cases, cfg.train.seed)?;
     let model = SegModel::new(b, &cfg.model, &cfg.diffusion, names.len())?;
     if progress {
