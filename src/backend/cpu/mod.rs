@@ -156,6 +156,16 @@ impl CpuBackend {
     }
 }
 
+/// The CPU backend stores f32 only.
+fn f32_only(dtype: DType) -> Result<()> {
+    ensure!(
+        dtype == DType::F32,
+        "the cpu backend stores f32 only, asked for {}",
+        dtype.name()
+    );
+    Ok(())
+}
+
 /// The f32 host view of a tensor, after checking it belongs on this backend.
 pub(crate) fn view<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
     check(t, what)?;
@@ -212,14 +222,11 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, shape: Shape, dtype: DType) -> Result<Tensor> {
-        self.zeros(shape, dtype)
+        f32_only(dtype)?;
+        self.out_uninit(shape)
     }
     fn zeros(&self, shape: Shape, dtype: DType) -> Result<Tensor> {
-        ensure!(
-            dtype == DType::F32,
-            "the cpu backend stores f32 only, asked for {}",
-            dtype.name()
-        );
+        f32_only(dtype)?;
         self.out(shape)
     }
     fn upload(&self, data: &[f32], shape: Shape, dtype: DType) -> Result<Tensor> {
@@ -228,7 +235,7 @@ impl Backend for CpuBackend {
             "upload: {} values for shape {shape}",
             data.len()
         );
-        let t = self.zeros(shape, dtype)?;
+        let t = self.alloc(shape, dtype)?;
         view_mut(&t).copy_from_slice(data);
         Ok(t)
     }
@@ -417,7 +424,7 @@ impl Backend for CpuBackend {
     }
 
     fn randn(&self, shape: Shape, dtype: DType, seed: u64, offset: u64) -> Result<Tensor> {
-        let t = self.zeros(shape, dtype)?;
+        let t = self.alloc(shape, dtype)?;
         let out = view_mut(&t);
         // Parallel over chunks: each chunk's noise depends only on its offset.
         use rayon::prelude::*;

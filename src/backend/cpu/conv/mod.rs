@@ -48,7 +48,9 @@ pub fn conv3d(
     let x_dims = x.shape().spatial();
     let n = x.shape().n();
     let (y_dims, cy, passes) = passes::forward(spec, x_dims, wv, cin, cout, bias_v);
-    let y = b.out(y_shape)?;
+    // The forward is one pass over every output voxel (a transposed conv: one
+    // pass per (kd, kh) phase, which tile the output as kernel == stride).
+    let y = b.out_uninit(y_shape)?;
     let problem = RowProblem {
         x: xv,
         n,
@@ -76,7 +78,14 @@ pub fn conv3d_dgrad(
     let x_dims = x_shape.spatial();
     let dy_dims = dy.shape().spatial();
     let isa = kernel::isa()?;
-    let dx = b.out(x_shape)?;
+    // The phases of the data gradient cover every input voxel when no axis
+    // strides past its kernel; otherwise the skipped voxels keep zeros.
+    let covered = spec.kernel.iter().zip(&spec.stride).all(|(k, s)| k >= s);
+    let dx = if covered {
+        b.out_uninit(x_shape)?
+    } else {
+        b.out(x_shape)?
+    };
     let problem = RowProblem {
         x: dyv,
         n: x_shape.n(),
