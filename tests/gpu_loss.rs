@@ -20,7 +20,7 @@ use loss_support::*;
 use std::sync::Arc;
 use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::backend::gpu::emu::Emu;
-use voxdiff::backend::gpu::GpuBackend;
+use voxdiff::backend::gpu::{GpuBackend, PENDING_LABEL_CHECKS};
 use voxdiff::backend::Backend;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
@@ -124,7 +124,10 @@ fn one_hot_rejects_ids_outside_the_classes() {
                 ids[80] = 9.0; // the first offending voxel is reported
             }
             let l = g.upload(&ids, shape, dtype).unwrap();
-            let err = format!("{:#}", g.one_hot(&l, 5, 1.0, 0.0).unwrap_err());
+            // The launch does not wait: the bad id is reported by the next
+            // synchronising call (here the download of the result).
+            let y = g.one_hot(&l, 5, 1.0, 0.0).unwrap();
+            let err = format!("{:#}", g.download(&y).unwrap_err());
             assert!(
                 err.contains(&format!("label {bad} at voxel {at} ")) && err.contains("0..5"),
                 "{}: {err}",
@@ -134,8 +137,30 @@ fn one_hot_rejects_ids_outside_the_classes() {
             ids[at] = 4.0;
             ids[80] = 4.0;
             let l = g.upload(&ids, shape, dtype).unwrap();
-            g.one_hot(&l, 5, 1.0, 0.0).unwrap();
+            let y = g.one_hot(&l, 5, 1.0, 0.0).unwrap();
+            g.download(&y).unwrap();
         }
+        // Without a download, synchronize reports it; and pending checks are
+        // read after PENDING_LABEL_CHECKS calls at the latest.
+        let mut ids = vec![1.0; shape.numel()];
+        ids[9] = 6.0;
+        let bad = g.upload(&ids, shape, dtype).unwrap();
+        g.one_hot(&bad, 5, 1.0, 0.0).unwrap();
+        let err = format!("{:#}", g.synchronize().unwrap_err());
+        assert!(err.contains("label 6 at voxel 9 "), "{err}");
+        g.synchronize().unwrap();
+        let good = g.upload(&vec![1.0; shape.numel()], shape, dtype).unwrap();
+        g.one_hot(&bad, 5, 1.0, 0.0).unwrap();
+        let mut reported = None;
+        for call in 1..PENDING_LABEL_CHECKS {
+            if let Err(e) = g.one_hot(&good, 5, 1.0, 0.0) {
+                reported = Some((call, format!("{e:#}")));
+                break;
+            }
+        }
+        let (call, err) = reported.expect("the pending check was never read");
+        assert_eq!(call, PENDING_LABEL_CHECKS - 1);
+        assert!(err.contains("label 6 at voxel 9 "), "{err}");
         let l = g
             .upload(&[0.0; 6], Shape::ndhwc(1, 1, 2, 3, 1), dtype)
             .unwrap();

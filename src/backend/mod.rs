@@ -458,7 +458,9 @@ pub trait Backend: Send + Sync {
     /// `y[n,…,0] = argmax_c x[n,…,c]` as a float class id (first maximum wins).
     fn argmax_c(&self, x: &Tensor) -> Result<Tensor>;
     /// One-hot of float class ids `[N,D,H,W,1]`: `on` at the class, `off` elsewhere.
-    /// An id outside `0..classes` is an error.
+    /// An id outside `0..classes` is an error: of this call on the CPU; on a
+    /// GPU of the next `download` or `synchronize` (checking at the call
+    /// would wait for the device once per training step).
     fn one_hot(&self, labels: &Tensor, classes: usize, on: f32, off: f32) -> Result<Tensor>;
 
     // ---------------------------------------------------------------- losses

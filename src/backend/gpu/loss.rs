@@ -45,6 +45,7 @@ use super::registry::Kernel;
 use super::GpuBackend;
 use crate::tensor::{Buffer, DType, Shape, Tensor};
 use anyhow::{bail, ensure, Result};
+use std::sync::Arc;
 
 /// Threads per block of every kernel of the family.
 pub const LOSS_THREADS: u32 = 256;
@@ -86,6 +87,17 @@ struct ScalarLincombArgs {
     terms: i32,
     pad: i32,
 }
+
+/// One `one_hot` launch's id check, read back later (see [`GpuBackend::one_hot`]).
+pub(super) struct LabelCheck {
+    /// u64: the first row with a bad id, or u64::MAX.
+    first_bad: Arc<Buffer>,
+    labels: Tensor,
+    classes: usize,
+}
+
+/// Unread `one_hot` checks after which the next call reads them.
+pub const PENDING_LABEL_CHECKS: usize = 8;
 
 impl GpuBackend {
     /// Checks that `t` lives on this device and starts 16-byte aligned (the
@@ -225,14 +237,43 @@ impl GpuBackend {
         Ok(y)
     }
 
+    /// Reads back the pending `one_hot` id checks; the first bad id is an
+    /// error naming its voxel and value.
+    pub(super) fn settle_label_checks(&self) -> Result<()> {
+        let checks = std::mem::take(&mut *self.label_checks.lock().unwrap());
+        for c in checks {
+            let mut raw = [0u8; 8];
+            self.device().memcpy_dtoh(&mut raw, c.first_bad.addr())?;
+            let bad = u64::from_ne_bytes(raw);
+            if bad != u64::MAX {
+                let size = c.labels.dtype().size();
+                let mut v = [0u8; 4];
+                self.device()
+                    .memcpy_dtoh(&mut v[..size], c.labels.addr() + bad * size as u64)?;
+                let value = match c.labels.dtype() {
+                    DType::F32 => f32::from_ne_bytes(v),
+                    DType::BF16 => half::bf16::from_ne_bytes([v[0], v[1]]).to_f32(),
+                };
+                bail!(
+                    "one_hot: label {value} at voxel {bad} is not a class id in 0..{}",
+                    c.classes
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// One-hot of float class ids `[N,D,H,W,1]` (f32 or bf16) in the act dtype:
     /// `on` at the class, `off` elsewhere.
     ///
     /// An id that is not an integer in `0..classes` is an error naming the
     /// first such voxel. The kernel lowers a `u64` in a small device buffer to
-    /// the index of every bad row (atomicMin); the launcher reads those 8 bytes
-    /// back, which waits for the launch — the one host synchronisation of this
-    /// family, needed because the contract makes a bad id an error of this call.
+    /// the index of every bad row (atomicMin). Reading it back would wait for
+    /// the launch, once per training step; instead the check is kept (with the
+    /// labels) and read at this backend's next `download` or `synchronize`,
+    /// which report the error — as a CUDA device-side assertion surfaces at
+    /// the next synchronising call. At most [`PENDING_LABEL_CHECKS`] stay
+    /// unread, so the labels they keep alive stay bounded.
     pub fn one_hot(&self, labels: &Tensor, classes: usize, on: f32, off: f32) -> Result<Tensor> {
         let (rows, c) = self.loss_rows(labels, "one_hot: labels")?;
         ensure!(
@@ -265,19 +306,17 @@ impl GpuBackend {
             .f32(off)
             .buffer(&first_bad);
         self.device().launch(kernel, rows_config(rows), &mut args)?;
-        let mut raw = [0u8; 8];
-        self.device().memcpy_dtoh(&mut raw, first_bad.addr())?;
-        let bad = u64::from_ne_bytes(raw);
-        if bad != u64::MAX {
-            let size = labels.dtype().size();
-            let mut v = [0u8; 4];
-            self.device()
-                .memcpy_dtoh(&mut v[..size], labels.addr() + bad * size as u64)?;
-            let value = match labels.dtype() {
-                DType::F32 => f32::from_ne_bytes(v),
-                DType::BF16 => half::bf16::from_ne_bytes([v[0], v[1]]).to_f32(),
-            };
-            bail!("one_hot: label {value} at voxel {bad} is not a class id in 0..{classes}");
+        let pending = {
+            let mut checks = self.label_checks.lock().unwrap();
+            checks.push(LabelCheck {
+                first_bad,
+                labels: labels.clone(),
+                classes,
+            });
+            checks.len()
+        };
+        if pending >= PENDING_LABEL_CHECKS {
+            self.settle_label_checks()?;
         }
         Ok(y)
     }

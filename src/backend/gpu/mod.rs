@@ -22,6 +22,7 @@ pub mod emu;
 pub mod layout;
 pub mod linear;
 pub mod loss;
+pub use loss::PENDING_LABEL_CHECKS;
 pub mod norm;
 pub mod optim;
 pub mod pointwise;
@@ -52,6 +53,9 @@ pub fn open_device(spec: &str) -> Result<Arc<dyn Device>> {
 pub struct GpuBackend {
     device: Arc<dyn Device>,
     act_dtype: DType,
+    /// `one_hot` calls whose id check has not been read back yet (see
+    /// [`GpuBackend::one_hot`]): settled at the next download or synchronize.
+    label_checks: std::sync::Mutex<Vec<loss::LabelCheck>>,
 }
 
 impl GpuBackend {
@@ -60,7 +64,11 @@ impl GpuBackend {
         GpuBackend::with_act_dtype(device, DType::BF16)
     }
     pub fn with_act_dtype(device: Arc<dyn Device>, act_dtype: DType) -> GpuBackend {
-        GpuBackend { device, act_dtype }
+        GpuBackend {
+            device,
+            act_dtype,
+            label_checks: Default::default(),
+        }
     }
     /// The emulated GPU (fiber order from `VOXDIFF_EMU_SHUFFLE`).
     pub fn emu() -> GpuBackend {
@@ -123,6 +131,7 @@ impl GpuBackend {
     /// Copies a tensor to the host as f32 (bf16 widens exactly).
     pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
         self.check(t, "download")?;
+        self.settle_label_checks()?;
         match t.dtype() {
             DType::F32 => {
                 let mut out = vec![0f32; t.numel()];
@@ -160,6 +169,7 @@ impl GpuBackend {
     }
     /// Waits until all queued work is done.
     pub fn synchronize(&self) -> Result<()> {
-        self.device.synchronize()
+        self.device.synchronize()?;
+        self.settle_label_checks()
     }
 }
