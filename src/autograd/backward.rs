@@ -1,13 +1,18 @@
 //! The backward of each recorded op: read the output's gradient, call the
 //! backend's backward methods, accumulate into the inputs' gradients.
 
-use super::{Node, VarId};
+use super::Node;
 use crate::backend::{Backend, NormArgs};
 use crate::tensor::Tensor;
 use anyhow::Result;
 
-/// Add `g` into the gradient slot of `id` (if the input is tracked).
-fn acc(b: &dyn Backend, grads: &mut [Option<Tensor>], id: Option<VarId>, g: Tensor) -> Result<()> {
+/// Add `g` into slot `id` of `grads` (nothing when `id` is None: an untracked input).
+pub(super) fn acc(
+    b: &dyn Backend,
+    grads: &mut [Option<Tensor>],
+    id: Option<usize>,
+    g: Tensor,
+) -> Result<()> {
     let Some(id) = id else { return Ok(()) };
     grads[id] = Some(match grads[id].take() {
         None => g,

@@ -553,10 +553,7 @@ impl<'b> Graph<'b> {
         for (id, g) in grads.into_iter().enumerate() {
             if let (Some(p), Some(g)) = (self.param_of[id], g) {
                 ensure!(p < num_params, "parameter index {p} out of range");
-                by_param[p] = Some(match by_param[p].take() {
-                    None => g,
-                    Some(acc) => self.b.lincomb(&[(1.0, &acc), (1.0, &g)])?,
-                });
+                backward::acc(self.b, &mut by_param, Some(p), g)?;
             }
         }
         Ok(Grads { by_param })
