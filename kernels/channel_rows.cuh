@@ -20,37 +20,22 @@
 #pragma once
 #include "common.cuh"
 
-// ----------------------------------------------------------- loads / stores
-VD_DEVICE float vd_rows_ld1(const float* p) { return *p; }
-VD_DEVICE float vd_rows_ld1(const bf16* p) { return bf16_to_f32(*p); }
-VD_DEVICE void vd_rows_st1(float* p, float v) { *p = v; }
-VD_DEVICE void vd_rows_st1(bf16* p, float v) { *p = f32_to_bf16(v); }
-VD_DEVICE void vd_rows_ld8(const float* p, float v[8]) {
-    const float4 a = vd_load_f32x4(p), b = vd_load_f32x4(p + 4);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-VD_DEVICE void vd_rows_ld8(const bf16* p, float v[8]) { vd_unpack_bf16x8(vd_load16(p), v); }
-VD_DEVICE void vd_rows_st8(float* p, const float v[8]) {
-    vd_store_f32x4(p, make_float4(v[0], v[1], v[2], v[3]));
-    vd_store_f32x4(p + 4, make_float4(v[4], v[5], v[6], v[7]));
-}
-VD_DEVICE void vd_rows_st8(bf16* p, const float v[8]) { vd_store16(p, vd_pack_bf16x8(v)); }
 
 // VEC consecutive elements at p, widened to f32 (VEC = 8: 16-byte aligned).
 template <int VEC, typename T>
 VD_DEVICE void vd_rows_load(const T* p, float v[VEC]) {
     if constexpr (VEC == 8)
-        vd_rows_ld8(p, v);
+        vd_ld8(p, v);
     else
-        v[0] = vd_rows_ld1(p);
+        v[0] = vd_ld(p);
 }
 // VEC consecutive elements at p from f32 (bf16: round to nearest even).
 template <int VEC, typename T>
 VD_DEVICE void vd_rows_store(T* p, const float v[VEC]) {
     if constexpr (VEC == 8)
-        vd_rows_st8(p, v);
+        vd_st8(p, v);
     else
-        vd_rows_st1(p, v[0]);
+        vd_st(p, v[0]);
 }
 
 // ------------------------------------------------------- column-tile geometry

@@ -107,6 +107,26 @@ VD_DEVICE uint4 vd_pack_bf16x8(const float in[8]) {
     return v;
 }
 
+// ------------------------------------------------- typed element access
+// Element i of an f32 or bf16 array as f32, and back (f32 → bf16 rounds to
+// nearest even); 8 consecutive elements at p (16-byte aligned) at once.
+VD_DEVICE float vd_ld(const float* p, i64 i = 0) { return p[i]; }
+VD_DEVICE float vd_ld(const bf16* p, i64 i = 0) { return bf16_to_f32(p[i]); }
+VD_DEVICE void vd_st(float* p, float v) { *p = v; }
+VD_DEVICE void vd_st(bf16* p, float v) { *p = f32_to_bf16(v); }
+VD_DEVICE void vd_st(float* p, i64 i, float v) { p[i] = v; }
+VD_DEVICE void vd_st(bf16* p, i64 i, float v) { p[i] = f32_to_bf16(v); }
+VD_DEVICE void vd_ld8(const float* p, float v[8]) {
+    const float4 a = vd_load_f32x4(p), b = vd_load_f32x4(p + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+VD_DEVICE void vd_ld8(const bf16* p, float v[8]) { vd_unpack_bf16x8(vd_load16(p), v); }
+VD_DEVICE void vd_st8(float* p, const float v[8]) {
+    vd_store_f32x4(p, make_float4(v[0], v[1], v[2], v[3]));
+    vd_store_f32x4(p + 4, make_float4(v[4], v[5], v[6], v[7]));
+}
+VD_DEVICE void vd_st8(bf16* p, const float v[8]) { vd_store16(p, vd_pack_bf16x8(v)); }
+
 // ---------------------------------------------------------- warp reductions
 // Butterfly reductions over the full warp: every lane gets the result. All 32
 // lanes must be live (launch blocks of a multiple of 32 threads, no early exit

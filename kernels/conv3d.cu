@@ -147,7 +147,7 @@ VD_DEVICE void vd_conv_epilogue(const VdConvArgs a, const Core& core, int m0, in
             const int co = n0 + core.col(j);
             if (co >= a.cout) continue;
             const float v = core.value(i, j) + (a.bias ? a.bias[co] : 0.0f);
-            vd_conv_store(y, out_vox * a.cout + co, v);
+            vd_st(y, out_vox * a.cout + co, v);
         }
     }
 }
@@ -187,7 +187,7 @@ VD_DEVICE void vd_conv_implicit_gemm(const VdConvArgs a) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const i64 off = vd_conv_a_offset<SCATTER>(a, rows[j], ks, taps_k);
-            av[j] = off >= 0 ? vd_conv_load(x, off) : 0.0f;
+            av[j] = off >= 0 ? vd_ld(x, off) : 0.0f;
         }
         const bool k_ok = ks.tap < taps_k;
         const i64 w_row = (i64)(SCATTER ? z_tap : ks.tap) * a.w_tap + (i64)ks.ci * a.w_ci;
@@ -386,19 +386,19 @@ VD_DEVICE void vd_conv_wgrad_partial(const VdConvWgradArgs a) {
             bv[j] = 0.0f;
             if (kv[j] < k_end) {
                 if (TRANSPOSED) {
-                    if (m_ok) av[j] = vd_conv_load(x, (i64)kv[j] * cin + ci);
+                    if (m_ok) av[j] = vd_ld(x, (i64)kv[j] * cin + ci);
                     if (co_ok) {
                         const i64 o = (((i64)vn[j] * y_d + vd[j] * s_d + td) * y_h + vh[j] * s_h + th) * y_w +
                                       vw[j] * s_w + tw;
-                        bv[j] = vd_conv_load(dy, o * cout + co_l);
+                        bv[j] = vd_ld(dy, o * cout + co_l);
                     }
                 } else {
                     if (m_ok) {
                         const int qd = vd[j] * s_d + off_d, qh = vh[j] * s_h + off_h, qw = vw[j] * s_w + off_w;
                         if (qd >= 0 && qd < x_d && qh >= 0 && qh < x_h && qw >= 0 && qw < x_w)
-                            av[j] = vd_conv_load(x, ((((i64)vn[j] * x_d + qd) * x_h + qh) * x_w + qw) * cin + ci);
+                            av[j] = vd_ld(x, ((((i64)vn[j] * x_d + qd) * x_h + qh) * x_w + qw) * cin + ci);
                     }
-                    if (co_ok) bv[j] = vd_conv_load(dy, (i64)kv[j] * cout + co_l);
+                    if (co_ok) bv[j] = vd_ld(dy, (i64)kv[j] * cout + co_l);
                 }
             }
             // Next step: K columns move by VD_CONV_BK voxels.

@@ -13,10 +13,6 @@
 #define VD_CONV_APITCH (VD_CONV_BM + 4)
 #define VD_CONV_BPITCH (VD_CONV_BN + 4)
 
-VD_DEVICE float vd_conv_load(const float* p, i64 i) { return p[i]; }
-VD_DEVICE float vd_conv_load(const bf16* p, i64 i) { return bf16_to_f32(p[i]); }
-VD_DEVICE void vd_conv_store(float* p, i64 i, float v) { p[i] = v; }
-VD_DEVICE void vd_conv_store(bf16* p, i64 i, float v) { p[i] = f32_to_bf16(v); }
 
 // ------------------------------------------------------------ compute cores
 // A core owns the staged tiles of one K step (`Smem`), the block's

@@ -12,21 +12,6 @@
 
 #define VD_EW_CHUNK 8
 
-// Loads and stores of one element / one full chunk, converting to and from f32.
-VD_DEVICE float vd_ew_load(const float* p, i64 i) { return p[i]; }
-VD_DEVICE float vd_ew_load(const bf16* p, i64 i) { return bf16_to_f32(p[i]); }
-VD_DEVICE void vd_ew_store(float* p, i64 i, float v) { p[i] = v; }
-VD_DEVICE void vd_ew_store(bf16* p, i64 i, float v) { p[i] = f32_to_bf16(v); }
-VD_DEVICE void vd_ew_load8(const float* p, float v[8]) {
-    const float4 a = vd_load_f32x4(p), b = vd_load_f32x4(p + 4);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-VD_DEVICE void vd_ew_load8(const bf16* p, float v[8]) { vd_unpack_bf16x8(vd_load16(p), v); }
-VD_DEVICE void vd_ew_store8(float* p, const float v[8]) {
-    vd_store_f32x4(p, make_float4(v[0], v[1], v[2], v[3]));
-    vd_store_f32x4(p + 4, make_float4(v[4], v[5], v[6], v[7]));
-}
-VD_DEVICE void vd_ew_store8(bf16* p, const float v[8]) { vd_store16(p, vd_pack_bf16x8(v)); }
 
 // ------------------------------------------------------------------- cast
 // y[i] = x[i] converted (f32 → bf16 rounds to nearest even; bf16 → f32 is exact).
@@ -38,10 +23,10 @@ VD_DEVICE void vd_ew_cast(const TX* __restrict__ x, TY* __restrict__ y, i64 n) {
         const i64 i0 = c * VD_EW_CHUNK;
         if (i0 + VD_EW_CHUNK <= n) {
             float v[8];
-            vd_ew_load8(x + i0, v);
-            vd_ew_store8(y + i0, v);
+            vd_ld8(x + i0, v);
+            vd_st8(y + i0, v);
         } else {
-            for (i64 i = i0; i < n; ++i) vd_ew_store(y, i, vd_ew_load(x, i));
+            for (i64 i = i0; i < n; ++i) vd_st(y, i, vd_ld(x, i));
         }
     }
 }
@@ -62,9 +47,9 @@ VD_DEVICE void vd_ew_fill(TY* __restrict__ y, float value, i64 n) {
     for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
         const i64 i0 = c * VD_EW_CHUNK;
         if (i0 + VD_EW_CHUNK <= n)
-            vd_ew_store8(y + i0, v);
+            vd_st8(y + i0, v);
         else
-            for (i64 i = i0; i < n; ++i) vd_ew_store(y, i, value);
+            for (i64 i = i0; i < n; ++i) vd_st(y, i, value);
     }
 }
 extern "C" __global__ void vd_elementwise_fill_f32(float* __restrict__ y, float value, i64 n) {
@@ -102,25 +87,25 @@ VD_DEVICE void vd_ew_lincomb(const VdLincombArgs a, TY* __restrict__ y) {
             float v[8];
             if (len == VD_EW_CHUNK) {
                 if (a.x_is_bf16[t])
-                    vd_ew_load8(static_cast<const bf16*>(a.x[t]) + i0, v);
+                    vd_ld8(static_cast<const bf16*>(a.x[t]) + i0, v);
                 else
-                    vd_ew_load8(static_cast<const float*>(a.x[t]) + i0, v);
+                    vd_ld8(static_cast<const float*>(a.x[t]) + i0, v);
             } else {
 #pragma unroll
                 for (int j = 0; j < VD_EW_CHUNK; ++j)
                     v[j] = j >= len ? 0.0f
-                           : a.x_is_bf16[t] ? vd_ew_load(static_cast<const bf16*>(a.x[t]), i0 + j)
-                                            : vd_ew_load(static_cast<const float*>(a.x[t]), i0 + j);
+                           : a.x_is_bf16[t] ? vd_ld(static_cast<const bf16*>(a.x[t]), i0 + j)
+                                            : vd_ld(static_cast<const float*>(a.x[t]), i0 + j);
             }
 #pragma unroll
             for (int j = 0; j < VD_EW_CHUNK; ++j) acc[j] = t == 0 ? a.coef[0] * v[j] : fmaf(a.coef[t], v[j], acc[j]);
         }
         if (len == VD_EW_CHUNK) {
-            vd_ew_store8(y + i0, acc);
+            vd_st8(y + i0, acc);
         } else {
 #pragma unroll
             for (int j = 0; j < VD_EW_CHUNK; ++j)
-                if (j < len) vd_ew_store(y, i0 + j, acc[j]);
+                if (j < len) vd_st(y, i0 + j, acc[j]);
         }
     }
 }

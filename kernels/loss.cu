@@ -23,42 +23,27 @@
 #define VD_LOSS_DICE_THREADS 256
 
 // ------------------------------------------------------------------ access
-VD_DEVICE float vd_loss_ld(const float* p, i64 i) { return p[i]; }
-VD_DEVICE float vd_loss_ld(const bf16* p, i64 i) { return bf16_to_f32(p[i]); }
-VD_DEVICE void vd_loss_st(float* p, i64 i, float v) { p[i] = v; }
-VD_DEVICE void vd_loss_st(bf16* p, i64 i, float v) { p[i] = f32_to_bf16(v); }
-// One chunk of 8 consecutive elements (p 16-byte aligned).
-VD_DEVICE void vd_loss_ld8(const float* p, float v[8]) {
-    const float4 a = vd_load_f32x4(p), b = vd_load_f32x4(p + 4);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-VD_DEVICE void vd_loss_ld8(const bf16* p, float v[8]) { vd_unpack_bf16x8(vd_load16(p), v); }
-VD_DEVICE void vd_loss_st8(float* p, const float v[8]) {
-    vd_store_f32x4(p, make_float4(v[0], v[1], v[2], v[3]));
-    vd_store_f32x4(p + 4, make_float4(v[4], v[5], v[6], v[7]));
-}
-VD_DEVICE void vd_loss_st8(bf16* p, const float v[8]) { vd_store16(p, vd_pack_bf16x8(v)); }
 // Chunk j of n elements: the full chunk as a vector, the last partial chunk
 // element by element (missing elements read 0).
 template <typename T>
 VD_DEVICE int vd_loss_ld_chunk(const T* p, i64 i0, i64 n, float v[8]) {
     const int len = (int)min(n - i0, (i64)VD_LOSS_CHUNK);
     if (len == VD_LOSS_CHUNK) {
-        vd_loss_ld8(p + i0, v);
+        vd_ld8(p + i0, v);
     } else {
 #pragma unroll
-        for (int j = 0; j < VD_LOSS_CHUNK; ++j) v[j] = j < len ? vd_loss_ld(p, i0 + j) : 0.0f;
+        for (int j = 0; j < VD_LOSS_CHUNK; ++j) v[j] = j < len ? vd_ld(p, i0 + j) : 0.0f;
     }
     return len;
 }
 template <typename T>
 VD_DEVICE void vd_loss_st_chunk(T* p, i64 i0, int len, const float v[8]) {
     if (len == VD_LOSS_CHUNK) {
-        vd_loss_st8(p + i0, v);
+        vd_st8(p + i0, v);
     } else {
 #pragma unroll
         for (int j = 0; j < VD_LOSS_CHUNK; ++j)
-            if (j < len) vd_loss_st(p, i0 + j, v[j]);
+            if (j < len) vd_st(p, i0 + j, v[j]);
     }
 }
 
@@ -68,9 +53,9 @@ VD_DEVICE i64 vd_loss_gstride() { return (i64)gridDim.x * blockDim.x; }
 // Max of a row; NaN when any element is NaN (a NaN never compares greater).
 template <typename T>
 VD_DEVICE float vd_loss_row_max(const T* x, int C) {
-    float m = vd_loss_ld(x, 0);
+    float m = vd_ld(x, 0);
     for (int c = 1; c < C; ++c) {
-        const float v = vd_loss_ld(x, c);
+        const float v = vd_ld(x, c);
         if (v > m || v != v) m = v;
     }
     return m;
@@ -79,7 +64,7 @@ VD_DEVICE float vd_loss_row_max(const T* x, int C) {
 template <typename T>
 VD_DEVICE float vd_loss_row_sumexp(const T* x, int C, float m) {
     float s = 0.0f;
-    for (int c = 0; c < C; ++c) s += expf(vd_loss_ld(x, c) - m);
+    for (int c = 0; c < C; ++c) s += expf(vd_ld(x, c) - m);
     return s;
 }
 
@@ -93,7 +78,7 @@ VD_DEVICE void vd_loss_softmax(const T* __restrict__ x, T* __restrict__ p, i64 r
         T* pr = p + r * C;
         const float m = vd_loss_row_max(xr, C);
         const float inv = 1.0f / vd_loss_row_sumexp(xr, C, m);
-        for (int c = 0; c < C; ++c) vd_loss_st(pr, c, expf(vd_loss_ld(xr, c) - m) * inv);
+        for (int c = 0; c < C; ++c) vd_st(pr, c, expf(vd_ld(xr, c) - m) * inv);
     }
 }
 extern "C" __global__ void vd_loss_softmax_f32(const float* __restrict__ x, float* __restrict__ p, i64 rows, int C) {
@@ -112,8 +97,8 @@ VD_DEVICE void vd_loss_softmax_bwd(const T* __restrict__ dp, const T* __restrict
         const T* pr = p + r * C;
         T* dr = dx + r * C;
         float dot = 0.0f;
-        for (int c = 0; c < C; ++c) dot = fmaf(vd_loss_ld(gr, c), vd_loss_ld(pr, c), dot);
-        for (int c = 0; c < C; ++c) vd_loss_st(dr, c, vd_loss_ld(pr, c) * (vd_loss_ld(gr, c) - dot));
+        for (int c = 0; c < C; ++c) dot = fmaf(vd_ld(gr, c), vd_ld(pr, c), dot);
+        for (int c = 0; c < C; ++c) vd_st(dr, c, vd_ld(pr, c) * (vd_ld(gr, c) - dot));
     }
 }
 extern "C" __global__ void vd_loss_softmax_bwd_f32(const float* __restrict__ dp, const float* __restrict__ p,
@@ -132,15 +117,15 @@ template <typename T>
 VD_DEVICE void vd_loss_argmax(const T* __restrict__ x, T* __restrict__ y, i64 rows, int C) {
     for (i64 r = vd_loss_gtid(); r < rows; r += vd_loss_gstride()) {
         const T* xr = x + r * C;
-        float best_v = vd_loss_ld(xr, 0);
+        float best_v = vd_ld(xr, 0);
         bool nan = best_v != best_v;
         int best = 0;
         for (int c = 1; c < C; ++c) {
-            const float v = vd_loss_ld(xr, c);
+            const float v = vd_ld(xr, c);
             nan |= v != v;
             if (v > best_v) best = c, best_v = v;
         }
-        vd_loss_st(y, r, nan ? __int_as_float(0x7FC00000) : (float)best);
+        vd_st(y, r, nan ? __int_as_float(0x7FC00000) : (float)best);
     }
 }
 extern "C" __global__ void vd_loss_argmax_f32(const float* __restrict__ x, float* __restrict__ y, i64 rows, int C) {
@@ -159,12 +144,12 @@ template <typename TL, typename TY>
 VD_DEVICE void vd_loss_one_hot(const TL* __restrict__ labels, TY* __restrict__ y, i64 rows, int classes, float on,
                                float off, u64* __restrict__ first_bad) {
     for (i64 r = vd_loss_gtid(); r < rows; r += vd_loss_gstride()) {
-        const float l = vd_loss_ld(labels, r);
+        const float l = vd_ld(labels, r);
         const bool valid = l >= 0.0f && l < (float)classes && l == floorf(l);
         const int id = valid ? (int)l : -1;
         if (!valid) atomicMin(first_bad, (u64)r);
         TY* yr = y + r * classes;
-        for (int c = 0; c < classes; ++c) vd_loss_st(yr, c, c == id ? on : off);
+        for (int c = 0; c < classes; ++c) vd_st(yr, c, c == id ? on : off);
     }
 }
 extern "C" __global__ void vd_loss_one_hot_f32_f32(const float* __restrict__ labels, float* __restrict__ y, i64 rows,
@@ -209,7 +194,7 @@ VD_DEVICE void vd_loss_ce_partial(const T* __restrict__ x, const T* __restrict__
         const T* tr = t + r * C;
         const float m = vd_loss_row_max(xr, C);
         const float ls = logf(vd_loss_row_sumexp(xr, C, m));
-        for (int c = 0; c < C; ++c) acc -= vd_loss_ld(tr, c) * ((vd_loss_ld(xr, c) - m) - ls);
+        for (int c = 0; c < C; ++c) acc -= vd_ld(tr, c) * ((vd_ld(xr, c) - m) - ls);
     }
     acc = vd_block_sum(acc, scratch);
     if (threadIdx.x == 0) partials[blockIdx.x] = acc;
@@ -235,8 +220,8 @@ VD_DEVICE void vd_loss_ce_bwd(const T* __restrict__ x, const T* __restrict__ t, 
         const float m = vd_loss_row_max(xr, C);
         const float inv = 1.0f / vd_loss_row_sumexp(xr, C, m);
         for (int c = 0; c < C; ++c) {
-            const float p = expf(vd_loss_ld(xr, c) - m) * inv;
-            vd_loss_st(dr, c, k * (p - vd_loss_ld(tr, c)));
+            const float p = expf(vd_ld(xr, c) - m) * inv;
+            vd_st(dr, c, k * (p - vd_ld(tr, c)));
         }
     }
 }
@@ -400,7 +385,7 @@ VD_DEVICE void vd_loss_dice_partial(const T* __restrict__ p, const T* __restrict
         float spt = 0.0f, sp = 0.0f, st = 0.0f;
         if (tid < S && c < C) {
             for (i64 v = (i64)blockIdx.x * R + lane_r; v < voxels; v += (i64)R * bps) {
-                const float pv = vd_loss_ld(ps, v * C + c), tv = vd_loss_ld(ts, v * C + c);
+                const float pv = vd_ld(ps, v * C + c), tv = vd_ld(ts, v * C + c);
                 spt = fmaf(pv, tv, spt);
                 sp += pv;
                 st += tv;
@@ -493,7 +478,7 @@ VD_DEVICE void vd_loss_dice_bwd(const T* __restrict__ t, const float* __restrict
     T* ds = dp + (i64)n * voxels * C;
     for (i64 v = (i64)blockIdx.x * blockDim.x + threadIdx.x; v < voxels; v += (i64)gridDim.x * blockDim.x) {
         for (int c = 0; c < C; ++c)
-            vd_loss_st(ds, v * C + c, fmaf(coef[2 * c], vd_loss_ld(ts, v * C + c), coef[2 * c + 1]));
+            vd_st(ds, v * C + c, fmaf(coef[2 * c], vd_ld(ts, v * C + c), coef[2 * c + 1]));
     }
 }
 extern "C" __global__ void vd_loss_dice_bwd_f32(const float* __restrict__ t, const float* __restrict__ sums,

@@ -25,12 +25,12 @@ VD_DEVICE void vd_pw_act(const T* __restrict__ x, T* __restrict__ y, i64 n, int 
         const i64 i0 = c * VD_PW_CHUNK;
         if (i0 + VD_PW_CHUNK <= n) {
             float v[8];
-            vd_rows_ld8(x + i0, v);
+            vd_ld8(x + i0, v);
 #pragma unroll
             for (int j = 0; j < 8; ++j) v[j] = vd_act(act, v[j]);
-            vd_rows_st8(y + i0, v);
+            vd_st8(y + i0, v);
         } else {
-            for (i64 i = i0; i < n; ++i) vd_rows_st1(y + i, vd_act(act, vd_rows_ld1(x + i)));
+            for (i64 i = i0; i < n; ++i) vd_st(y + i, vd_act(act, vd_ld(x + i)));
         }
     }
 }
@@ -51,13 +51,13 @@ VD_DEVICE void vd_pw_act_bwd(const T* __restrict__ dy, const T* __restrict__ x, 
         const i64 i0 = c * VD_PW_CHUNK;
         if (i0 + VD_PW_CHUNK <= n) {
             float g[8], v[8];
-            vd_rows_ld8(dy + i0, g);
-            vd_rows_ld8(x + i0, v);
+            vd_ld8(dy + i0, g);
+            vd_ld8(x + i0, v);
 #pragma unroll
             for (int j = 0; j < 8; ++j) g[j] *= vd_act_grad(act, v[j]);
-            vd_rows_st8(dx + i0, g);
+            vd_st8(dx + i0, g);
         } else {
-            for (i64 i = i0; i < n; ++i) vd_rows_st1(dx + i, vd_rows_ld1(dy + i) * vd_act_grad(act, vd_rows_ld1(x + i)));
+            for (i64 i = i0; i < n; ++i) vd_st(dx + i, vd_ld(dy + i) * vd_act_grad(act, vd_ld(x + i)));
         }
     }
 }
@@ -87,18 +87,18 @@ VD_DEVICE void vd_pw_add_nc(const T* __restrict__ x, const float* __restrict__ b
         int ch = (int)(e % c);
         float v[8];
         const bool full = i0 + VD_PW_CHUNK <= n;
-        if (full) vd_rows_ld8(x + i0, v);
+        if (full) vd_ld8(x + i0, v);
 #pragma unroll
         for (int j = 0; j < VD_PW_CHUNK; ++j) {
-            if (!full && i0 + j < n) v[j] = vd_rows_ld1(x + i0 + j);
+            if (!full && i0 + j < n) v[j] = vd_ld(x + i0 + j);
             if (full || i0 + j < n) v[j] += b[sb + ch];
             if (++ch == c) ch = 0;
             if (++e == per_sample) e = 0, sb += c;
         }
         if (full) {
-            vd_rows_st8(y + i0, v);
+            vd_st8(y + i0, v);
         } else {
-            for (int j = 0; i0 + j < n; ++j) vd_rows_st1(y + i0 + j, v[j]);
+            for (int j = 0; i0 + j < n; ++j) vd_st(y + i0 + j, v[j]);
         }
     }
 }
