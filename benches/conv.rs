@@ -9,7 +9,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::{Duration, Instant};
 use voxdiff::backend::cpu::CpuBackend;
-use voxdiff::backend::{Backend, ConvSpec};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::ConvSpec;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// Layers of the 3D UNets (channels 32/64/128/256 at a 128×128×32 patch) and

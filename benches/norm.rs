@@ -14,7 +14,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use voxdiff::backend::cpu::CpuBackend;
-use voxdiff::backend::{Act, Backend, NormArgs};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::{Act, NormArgs};
 use voxdiff::tensor::{DType, Shape};
 
 /// SplitMix64 uniform values in [lo, hi).

@@ -1,14 +1,15 @@
 //! voxdiff: diffusion models for 3D medical image segmentation on hand-written
 //! CUDA kernels, with a tuned CPU backend and a CPU emulation of the CUDA
-//! execution model. See `docs/` and `../shared/DESIGN.md`-derived
-//! `docs/design.md` for the map; data flows top to bottom:
+//! execution model. `docs/architecture.md` is the map; data flows top to
+//! bottom:
 //!
 //! - [`pipeline`]: whole jobs (training loops, sliding-window inference, evaluation)
 //! - [`model`]: the exact networks
 //! - [`nn`]: layers
 //! - [`diffusion`]: schedules, q_sample, posteriors, samplers, objectives
 //! - [`autograd`]: the tape
-//! - [`backend`]: the `Backend` trait and its implementations
+//! - [`ops`]: the op families (argument types, contracts, the family traits)
+//! - [`backend`]: `Backend`, the sum of the family traits, and its implementations
 //! - [`data`], [`metrics`], [`train`]: I/O and preprocessing, scores, optimisation
 
 pub mod autograd;
@@ -19,6 +20,7 @@ pub mod fsutil;
 pub mod metrics;
 pub mod model;
 pub mod nn;
+pub mod ops;
 pub mod pipeline;
 pub mod tensor;
 pub mod train;

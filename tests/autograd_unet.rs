@@ -5,7 +5,7 @@ mod common;
 
 use common::{cpu, Rng};
 use voxdiff::autograd::Graph;
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::diffusion::seg::{DiffusionConfig, Recycle};
 use voxdiff::model::{ImgxUnet, TimeConditioning, UnetConfig};
 use voxdiff::nn::ParamStore;

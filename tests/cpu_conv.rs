@@ -6,7 +6,8 @@
 mod common;
 
 use common::{cpu, dot, fd_check, rand_tensor, Rng};
-use voxdiff::backend::{Backend, ConvSpec};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::ConvSpec;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 // ------------------------------------------------------------- the reference

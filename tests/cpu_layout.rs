@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// Flat index of (n, d, h, w, c) in an NDHWC tensor of shape `s`.

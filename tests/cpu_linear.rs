@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::tensor::{DType, Shape};
 
 /// (M, K, N): batch, inputs, outputs — odd sizes, and one large enough for

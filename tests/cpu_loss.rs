@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 fn up(b: &dyn Backend, v: &[f32], s: Shape) -> Tensor {

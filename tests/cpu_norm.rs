@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use voxdiff::backend::{Act, Backend, NormArgs};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::{Act, NormArgs};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 const ACTS: [Act; 4] = [Act::Identity, Act::Relu, Act::Silu, Act::Gelu];

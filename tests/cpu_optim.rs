@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use voxdiff::backend::{AdamW, Backend, ParamSlot};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::{AdamW, ParamSlot};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// One parameter's state in the f64 reference.

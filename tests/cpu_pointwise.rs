@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use voxdiff::backend::{Act, Backend};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::Act;
 use voxdiff::tensor::{DType, Shape};
 
 const ACTS: [Act; 4] = [Act::Identity, Act::Relu, Act::Silu, Act::Gelu];

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use voxdiff::backend::cpu::CpuBackend;
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::data::augment::{cut_patch, Augment};
 use voxdiff::data::crop::extract_raw;
 use voxdiff::data::intensity::Window;

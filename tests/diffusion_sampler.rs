@@ -6,7 +6,7 @@ mod common;
 
 use common::{cpu, Rng};
 use voxdiff::autograd::{Graph, Var};
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::diffusion::seg::{Denoiser, DiffusionConfig, Output, Sampler, SegDiffusion};
 use voxdiff::tensor::{DType, Shape, Tensor};
 

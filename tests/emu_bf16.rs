@@ -6,6 +6,7 @@
 mod gpu_support;
 
 use gpu_support::*;
+use voxdiff::backend::prelude::*;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 fn to_bf16_on_device(bits: &[u32]) -> Vec<u32> {

@@ -25,7 +25,8 @@ use std::sync::Arc;
 use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::backend::gpu::emu::Emu;
 use voxdiff::backend::gpu::GpuBackend;
-use voxdiff::backend::{Backend, ConvSpec};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::ConvSpec;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// One test problem: a spec, the input shape, the output channels.

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use voxdiff::backend::gpu::emu::{launches, Emu};
 use voxdiff::backend::gpu::registry::{Family, Kernel};
 use voxdiff::backend::gpu::GpuBackend;
-use voxdiff::backend::{Act, AdamW, Backend, ConvSpec, NormArgs, ParamSlot};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::{Act, AdamW, ConvSpec, NormArgs, ParamSlot};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 fn rand(b: &dyn Backend, shape: Shape, dtype: DType, seed: u64) -> Tensor {

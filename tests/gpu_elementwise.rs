@@ -12,7 +12,8 @@ use gpu_support::*;
 use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::backend::gpu::device::{KernelArgs, LaunchConfig};
 use voxdiff::backend::gpu::registry::Kernel;
-use voxdiff::backend::{philox, Backend};
+use voxdiff::backend::philox;
+use voxdiff::backend::prelude::*;
 use voxdiff::tensor::{DType, Shape};
 
 const SIZES: [usize; 6] = [1, 7, 9, 1003, 2051, 70_001];

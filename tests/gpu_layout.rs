@@ -12,7 +12,7 @@ mod gpu_vs_cpu;
 
 use common::Rng;
 use gpu_vs_cpu::Pair;
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 const DTYPES: [DType; 2] = [DType::F32, DType::BF16];

@@ -9,7 +9,7 @@ mod gpu_support;
 
 use common::Rng;
 use voxdiff::backend::cpu::CpuBackend;
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// Values and Σ|terms| of `c[i, j] = Σ_k a(i, k)·b(k, j)`.

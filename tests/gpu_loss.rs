@@ -21,7 +21,7 @@ use std::sync::Arc;
 use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::backend::gpu::emu::Emu;
 use voxdiff::backend::gpu::{GpuBackend, PENDING_LABEL_CHECKS};
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 // --------------------------------------------------------------- row ops

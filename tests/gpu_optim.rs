@@ -13,7 +13,8 @@ use gpu_support::device;
 use std::sync::Arc;
 use voxdiff::backend::gpu::emu::Emu;
 use voxdiff::backend::gpu::GpuBackend;
-use voxdiff::backend::{AdamW, Backend, ParamSlot};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::{AdamW, ParamSlot};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// Parameter, gradient and both moments of one slot on one backend.

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use voxdiff::backend::gpu::emu::Emu;
 use voxdiff::backend::gpu::pointwise::RowTiles;
 use voxdiff::backend::gpu::GpuBackend;
-use voxdiff::backend::{Act, Backend};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::Act;
 use voxdiff::tensor::{DType, Shape};
 
 const ACTS: [Act; 4] = [Act::Identity, Act::Relu, Act::Silu, Act::Gelu];

@@ -10,7 +10,7 @@ mod gpu_support;
 use voxdiff::autograd::Graph;
 use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::backend::gpu::GpuBackend;
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::diffusion::seg::DiffusionConfig;
 use voxdiff::model::TimeConditioning;
 use voxdiff::pipeline::seg_model::{ModelConfig, ModelKind, SegModel};
@@ -44,7 +44,7 @@ fn step(b: &dyn Backend, kind: ModelKind) -> StepResult {
     let mut g = Graph::train(b);
     let loss = model.loss(&mut g, &image, &mask, 1, 9, 0).unwrap();
     let grads = g.backward(&loss, model.ps.len()).unwrap();
-    let mut opt = Optimizer::new(b, &model.ps, voxdiff::backend::AdamW::default()).unwrap();
+    let mut opt = Optimizer::new(b, &model.ps, voxdiff::ops::AdamW::default()).unwrap();
     opt.update(b, &model.ps, &grads, LR).unwrap();
     StepResult {
         loss: b.download(&loss.t).unwrap()[0],

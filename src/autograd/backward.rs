@@ -2,7 +2,8 @@
 //! backend's backward methods, accumulate into the inputs' gradients.
 
 use super::Node;
-use crate::backend::{Backend, NormArgs};
+use crate::backend::Backend;
+use crate::ops::NormArgs;
 use crate::tensor::Tensor;
 use anyhow::Result;
 

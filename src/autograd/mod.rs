@@ -13,7 +13,8 @@
 
 mod backward;
 
-use crate::backend::{Act, Backend, ConvSpec, NormArgs};
+use crate::backend::Backend;
+use crate::ops::{Act, ConvSpec, NormArgs};
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
 

@@ -27,8 +27,9 @@
 //! resampling 1×2×2, the same code path.
 
 use crate::autograd::{Graph, Var};
-use crate::backend::{Act, Backend, ConvSpec};
+use crate::backend::Backend;
 use crate::nn::{time, Conv, Linear, Norm, NormEpilogue, ParamStore};
+use crate::ops::{Act, ConvSpec};
 use crate::tensor::{DType, Shape};
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};

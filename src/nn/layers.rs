@@ -2,7 +2,8 @@
 
 use super::params::{Init, ParamId, ParamStore};
 use crate::autograd::{Graph, NormOpts, Var};
-use crate::backend::{Act, Backend, ConvSpec};
+use crate::backend::Backend;
+use crate::ops::{Act, ConvSpec};
 use crate::tensor::Shape;
 use anyhow::Result;
 

@@ -2,7 +2,8 @@
 //! and report time, achieved FLOP/s and bytes/s. Every figure printed was
 //! measured in this run (median of the timed repetitions after a warm-up).
 
-use crate::backend::{Act, Backend, ConvSpec, NormArgs};
+use crate::backend::Backend;
+use crate::ops::{Act, ConvSpec, NormArgs};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::Result;
 use std::time::Instant;

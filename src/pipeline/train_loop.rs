@@ -6,7 +6,8 @@
 
 use super::seg_model::{volume_shape, SegModel};
 use crate::autograd::Graph;
-use crate::backend::{AdamW, Backend};
+use crate::backend::Backend;
+use crate::ops::AdamW;
 use crate::train::{checkpoint, LrSchedule, Optimizer, RunLog};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

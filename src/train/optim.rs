@@ -1,8 +1,9 @@
 //! The AdamW optimiser state around [`Backend::adamw_step`].
 
 use crate::autograd::Grads;
-use crate::backend::{AdamW, Backend, ParamSlot};
+use crate::backend::Backend;
 use crate::nn::ParamStore;
+use crate::ops::{AdamW, ParamSlot};
 use crate::tensor::{DType, Tensor};
 use anyhow::{ensure, Context, Result};
 

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use voxdiff::backend::cpu::CpuBackend;
-use voxdiff::backend::{Act, Backend};
+use voxdiff::backend::prelude::*;
+use voxdiff::ops::Act;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// A small deterministic generator (SplitMix64) so tests need no extra crate.

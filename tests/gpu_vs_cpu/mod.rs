@@ -11,7 +11,7 @@ use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::backend::gpu::device::Device;
 use voxdiff::backend::gpu::emu::Emu;
 use voxdiff::backend::gpu::GpuBackend;
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// The device under test: a GPU with `VOXDIFF_TEST_DEVICE=cuda[:N]`, else the

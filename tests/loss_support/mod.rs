@@ -8,7 +8,7 @@ use crate::common::Rng;
 use crate::gpu_support::device;
 use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::backend::gpu::GpuBackend;
-use voxdiff::backend::Backend;
+use voxdiff::backend::prelude::*;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 pub const CLASSES: [usize; 4] = [2, 3, 5, 17];

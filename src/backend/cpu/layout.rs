@@ -5,6 +5,7 @@
 //! results do not depend on scheduling. Inner loops run over whole channel
 //! vectors (contiguous in NDHWC).
 use super::{check_ndhwc, view, view_mut, CpuBackend};
+use crate::ops::LayoutOps;
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -37,54 +38,253 @@ fn for_each_plane(out: &Tensor, f: impl Fn(usize, usize, &mut [f32]) + Send + Sy
         .for_each(|(i, p)| f(i / d, i % d, p));
 }
 
-/// Concatenate along channels: `y[…, off_i + c] = x_i[…, c]`, `off_i = Σ_{j<i} C_j`.
-pub fn concat_c(b: &CpuBackend, xs: &[&Tensor]) -> Result<Tensor> {
-    ensure!(!xs.is_empty(), "concat_c: no tensors to concatenate");
-    let (_, first) = ndhwc(xs[0], "concat_c: tensor 0")?;
-    let mut parts = Vec::with_capacity(xs.len());
-    let mut c_total = 0;
-    for (i, x) in xs.iter().enumerate() {
-        let (s, sh) = ndhwc(x, &format!("concat_c: tensor {i}"))?;
-        ensure!(
-            sh.dims()[..4] == first.dims()[..4],
-            "concat_c: tensor {i} has shape {sh} but tensor 0 has {first} (N, D, H, W must match)"
-        );
-        parts.push((s, sh.c(), c_total));
-        c_total += sh.c();
-    }
-    let y = b.out_uninit(first.with_c(c_total))?;
-    let rows_per_plane = first.h() * first.w();
-    for_each_plane(&y, |n, d, plane| {
-        let row0 = (n * first.d() + d) * rows_per_plane;
-        for (r, out) in plane.chunks_exact_mut(c_total).enumerate() {
-            for &(s, c, off) in &parts {
-                let src = (row0 + r) * c;
-                out[off..off + c].copy_from_slice(&s[src..src + c]);
+impl LayoutOps for CpuBackend {
+    /// Concatenate along channels: `y[…, off_i + c] = x_i[…, c]`, `off_i = Σ_{j<i} C_j`.
+    fn concat_c(&self, xs: &[&Tensor]) -> Result<Tensor> {
+        ensure!(!xs.is_empty(), "concat_c: no tensors to concatenate");
+        let (_, first) = ndhwc(xs[0], "concat_c: tensor 0")?;
+        let mut parts = Vec::with_capacity(xs.len());
+        let mut c_total = 0;
+        for (i, x) in xs.iter().enumerate() {
+            let (s, sh) = ndhwc(x, &format!("concat_c: tensor {i}"))?;
+            ensure!(
+                sh.dims()[..4] == first.dims()[..4],
+                "concat_c: tensor {i} has shape {sh} but tensor 0 has {first} (N, D, H, W must match)"
+            );
+            parts.push((s, sh.c(), c_total));
+            c_total += sh.c();
+        }
+        let y = self.out_uninit(first.with_c(c_total))?;
+        let rows_per_plane = first.h() * first.w();
+        for_each_plane(&y, |n, d, plane| {
+            let row0 = (n * first.d() + d) * rows_per_plane;
+            for (r, out) in plane.chunks_exact_mut(c_total).enumerate() {
+                for &(s, c, off) in &parts {
+                    let src = (row0 + r) * c;
+                    out[off..off + c].copy_from_slice(&s[src..src + c]);
+                }
             }
-        }
-    });
-    Ok(y)
-}
+        });
+        Ok(y)
+    }
 
-/// Channels `[start, start + len)` of x.
-pub fn slice_c(b: &CpuBackend, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-    let (s, sh) = ndhwc(x, "slice_c: x")?;
-    ensure!(len >= 1, "slice_c: len must be at least 1");
-    ensure!(
-        start.checked_add(len).is_some_and(|e| e <= sh.c()),
-        "slice_c: channels [{start}, {start}+{len}) outside the {} channels of x ({sh})",
-        sh.c()
-    );
-    let y = b.out_uninit(sh.with_c(len))?;
-    let (c, rows_per_plane) = (sh.c(), sh.h() * sh.w());
-    for_each_plane(&y, |n, d, plane| {
-        let row0 = (n * sh.d() + d) * rows_per_plane;
-        for (r, out) in plane.chunks_exact_mut(len).enumerate() {
-            let src = (row0 + r) * c + start;
-            out.copy_from_slice(&s[src..src + len]);
+    /// Channels `[start, start + len)` of x.
+    fn slice_c(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        let (s, sh) = ndhwc(x, "slice_c: x")?;
+        ensure!(len >= 1, "slice_c: len must be at least 1");
+        ensure!(
+            start.checked_add(len).is_some_and(|e| e <= sh.c()),
+            "slice_c: channels [{start}, {start}+{len}) outside the {} channels of x ({sh})",
+            sh.c()
+        );
+        let y = self.out_uninit(sh.with_c(len))?;
+        let (c, rows_per_plane) = (sh.c(), sh.h() * sh.w());
+        for_each_plane(&y, |n, d, plane| {
+            let row0 = (n * sh.d() + d) * rows_per_plane;
+            for (r, out) in plane.chunks_exact_mut(len).enumerate() {
+                let src = (row0 + r) * c + start;
+                out.copy_from_slice(&s[src..src + len]);
+            }
+        });
+        Ok(y)
+    }
+
+    /// `y[n, p, c] = x[n, origin + p, c]` for p in the box of extents `size`.
+    fn crop(&self, x: &Tensor, origin: [usize; 3], size: [usize; 3]) -> Result<Tensor> {
+        let (s, sh) = ndhwc(x, "crop: x")?;
+        check_box("crop", origin, size, sh.spatial())?;
+        let y = self.out_uninit(sh.with_spatial(size))?;
+        let (c, sp) = (sh.c(), sh.spatial());
+        let row = size[2] * c;
+        for_each_plane(&y, |n, d, plane| {
+            for (h, out) in plane.chunks_exact_mut(row).enumerate() {
+                let src = vox(sp, n, origin[0] + d, origin[1] + h, origin[2]) * c;
+                out.copy_from_slice(&s[src..src + row]);
+            }
+        });
+        Ok(y)
+    }
+
+    /// Zeros of extents `full` with x at `origin` (the adjoint of [`crop`]).
+    fn pad(&self, x: &Tensor, origin: [usize; 3], full: [usize; 3]) -> Result<Tensor> {
+        let (s, sh) = ndhwc(x, "pad: x")?;
+        check_box("pad", origin, sh.spatial(), full)?;
+        let y = self.out(sh.with_spatial(full))?;
+        let (c, sp) = (sh.c(), sh.spatial());
+        let row = sp[2] * c;
+        for_each_plane(&y, |n, d, plane| {
+            if d < origin[0] || d >= origin[0] + sp[0] {
+                return; // the output starts zeroed
+            }
+            for h in 0..sp[1] {
+                let dst = ((origin[1] + h) * full[2] + origin[2]) * c;
+                let src = vox(sp, n, d - origin[0], h, 0) * c;
+                plane[dst..dst + row].copy_from_slice(&s[src..src + row]);
+            }
+        });
+        Ok(y)
+    }
+
+    /// Nearest neighbour: `y[n, p, c] = x[n, ⌊p / f⌋, c]`, out = in·f.
+    fn upsample(&self, x: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
+        let (s, sh) = ndhwc(x, "upsample: x")?;
+        check_factor("upsample", factor)?;
+        let sp = sh.spatial();
+        let mut out = [0; 3];
+        for i in 0..3 {
+            out[i] = sp[i]
+                .checked_mul(factor[i])
+                .ok_or_else(|| anyhow::anyhow!("upsample: output extent overflows"))?;
         }
-    });
-    Ok(y)
+        let y = self.out_uninit(sh.with_spatial(out))?;
+        let c = sh.c();
+        for_each_plane(&y, |n, d, plane| {
+            for (i, o) in plane.chunks_exact_mut(c).enumerate() {
+                let (h, w) = (i / out[2], i % out[2]);
+                let src = vox(sp, n, d / factor[0], h / factor[1], w / factor[2]) * c;
+                o.copy_from_slice(&s[src..src + c]);
+            }
+        });
+        Ok(y)
+    }
+
+    /// Adjoint of [`upsample`]: `dx[n, q, c] = Σ_{p in block q} dy[n, p, c]`, the
+    /// block's voxels summed in D, H, W scan order (f32). dy's extents must be
+    /// multiples of the factors.
+    fn upsample_bwd(&self, dy: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
+        let (s, sh) = ndhwc(dy, "upsample_bwd: dy")?;
+        check_factor("upsample_bwd", factor)?;
+        let sp = sh.spatial();
+        let mut out = [0; 3];
+        for i in 0..3 {
+            ensure!(
+                sp[i] % factor[i] == 0,
+                "upsample_bwd: dy extents {sp:?} are not multiples of the factors {factor:?}"
+            );
+            out[i] = sp[i] / factor[i];
+        }
+        let dx = self.out(sh.with_spatial(out))?;
+        let c = sh.c();
+        for_each_plane(&dx, |n, d, plane| {
+            for (i, o) in plane.chunks_exact_mut(c).enumerate() {
+                let (h, w) = (i / out[2], i % out[2]);
+                for kd in 0..factor[0] {
+                    for kh in 0..factor[1] {
+                        for kw in 0..factor[2] {
+                            let src = vox(
+                                sp,
+                                n,
+                                d * factor[0] + kd,
+                                h * factor[1] + kh,
+                                w * factor[2] + kw,
+                            ) * c;
+                            for (a, &g) in o.iter_mut().zip(&s[src..src + c]) {
+                                *a += g;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(dx)
+    }
+
+    /// Max pooling, window = stride, ceil mode (edge windows clipped).
+    /// A NaN in a window makes its maximum NaN.
+    fn maxpool(&self, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
+        let (s, sh) = ndhwc(x, "maxpool: x")?;
+        let sp = sh.spatial();
+        let out = pooled("maxpool", sp, window)?;
+        let y = self.out_uninit(sh.with_spatial(out))?;
+        let c = sh.c();
+        for_each_plane(&y, |n, d, plane| {
+            for (i, o) in plane.chunks_exact_mut(c).enumerate() {
+                let mut first = true;
+                window_scan(sp, window, n, [d, i / out[2], i % out[2]], |v| {
+                    let row = &s[v * c..v * c + c];
+                    if first {
+                        o.copy_from_slice(row);
+                        first = false;
+                    } else {
+                        for (m, &x) in o.iter_mut().zip(row) {
+                            if x > *m || x.is_nan() {
+                                *m = x;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Ok(y)
+    }
+
+    /// Backward of [`maxpool`]: `dx[argmax of window] = dy[window]`, where the
+    /// argmax is the first voxel in D, H, W scan order equal to the maximum (for a
+    /// window holding NaN: its first NaN, so the NaN's gradient slot receives dy).
+    /// Windows do not overlap, so each dx element receives at most one value.
+    /// Parallel over (n, output-d) planes, each writing the input planes of its
+    /// windows — disjoint between tasks.
+    fn maxpool_bwd(&self, dy: &Tensor, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
+        let (xs, sh) = ndhwc(x, "maxpool_bwd: x")?;
+        let (gs, gsh) = ndhwc(dy, "maxpool_bwd: dy")?;
+        let sp = sh.spatial();
+        let out = pooled("maxpool_bwd", sp, window)?;
+        ensure!(
+            gsh == sh.with_spatial(out),
+            "maxpool_bwd: dy has shape {gsh}, but pooling x ({sh}) by {window:?} gives {}",
+            sh.with_spatial(out)
+        );
+        let dx = self.out(sh)?;
+        let c = sh.c();
+        if dx.numel() == 0 {
+            return Ok(dx);
+        }
+        // One task per (n, output d): it owns input planes [od·w0, min(od·w0 + w0, D)).
+        let in_plane = sp[1] * sp[2] * c;
+        let slab = window[0] * in_plane;
+        let per_sample = sp[0] * in_plane;
+        let dxs = view_mut(&dx);
+        let tasks: Vec<(usize, usize, &mut [f32])> = dxs
+            .chunks_mut(per_sample)
+            .enumerate()
+            .flat_map(|(n, sample)| {
+                sample
+                    .chunks_mut(slab)
+                    .enumerate()
+                    .map(move |(od, s)| (n, od, s))
+            })
+            .collect();
+        tasks.into_par_iter().for_each(|(n, od, slab_out)| {
+            let base = vox(sp, n, od * window[0], 0, 0);
+            let mut best = vec![0usize; c];
+            let mut max = vec![0f32; c];
+            for oh in 0..out[1] {
+                for ow in 0..out[2] {
+                    let mut first = true;
+                    window_scan(sp, window, n, [od, oh, ow], |v| {
+                        let row = &xs[v * c..v * c + c];
+                        if first {
+                            max.copy_from_slice(row);
+                            best.fill(v);
+                            first = false;
+                        } else {
+                            for ((m, bi), &x) in max.iter_mut().zip(best.iter_mut()).zip(row) {
+                                if x > *m || (x.is_nan() && !m.is_nan()) {
+                                    *m = x;
+                                    *bi = v;
+                                }
+                            }
+                        }
+                    });
+                    let g = &gs[vox(out, n, od, oh, ow) * c..][..c];
+                    for ci in 0..c {
+                        slab_out[(best[ci] - base) * c + ci] = g[ci];
+                    }
+                }
+            }
+        });
+        Ok(dx)
+    }
 }
 
 /// Check the box `[origin, origin + size)` lies inside extents `full`, size ≥ 1.
@@ -102,112 +302,12 @@ fn check_box(op: &str, origin: [usize; 3], size: [usize; 3], full: [usize; 3]) -
     Ok(())
 }
 
-/// `y[n, p, c] = x[n, origin + p, c]` for p in the box of extents `size`.
-pub fn crop(b: &CpuBackend, x: &Tensor, origin: [usize; 3], size: [usize; 3]) -> Result<Tensor> {
-    let (s, sh) = ndhwc(x, "crop: x")?;
-    check_box("crop", origin, size, sh.spatial())?;
-    let y = b.out_uninit(sh.with_spatial(size))?;
-    let (c, sp) = (sh.c(), sh.spatial());
-    let row = size[2] * c;
-    for_each_plane(&y, |n, d, plane| {
-        for (h, out) in plane.chunks_exact_mut(row).enumerate() {
-            let src = vox(sp, n, origin[0] + d, origin[1] + h, origin[2]) * c;
-            out.copy_from_slice(&s[src..src + row]);
-        }
-    });
-    Ok(y)
-}
-
-/// Zeros of extents `full` with x at `origin` (the adjoint of [`crop`]).
-pub fn pad(b: &CpuBackend, x: &Tensor, origin: [usize; 3], full: [usize; 3]) -> Result<Tensor> {
-    let (s, sh) = ndhwc(x, "pad: x")?;
-    check_box("pad", origin, sh.spatial(), full)?;
-    let y = b.out(sh.with_spatial(full))?;
-    let (c, sp) = (sh.c(), sh.spatial());
-    let row = sp[2] * c;
-    for_each_plane(&y, |n, d, plane| {
-        if d < origin[0] || d >= origin[0] + sp[0] {
-            return; // the output starts zeroed
-        }
-        for h in 0..sp[1] {
-            let dst = ((origin[1] + h) * full[2] + origin[2]) * c;
-            let src = vox(sp, n, d - origin[0], h, 0) * c;
-            plane[dst..dst + row].copy_from_slice(&s[src..src + row]);
-        }
-    });
-    Ok(y)
-}
-
 fn check_factor(op: &str, f: [usize; 3]) -> Result<()> {
     ensure!(
         f.iter().all(|&k| k >= 1),
         "{op}: factors must be at least 1, got {f:?}"
     );
     Ok(())
-}
-
-/// Nearest neighbour: `y[n, p, c] = x[n, ⌊p / f⌋, c]`, out = in·f.
-pub fn upsample(b: &CpuBackend, x: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
-    let (s, sh) = ndhwc(x, "upsample: x")?;
-    check_factor("upsample", factor)?;
-    let sp = sh.spatial();
-    let mut out = [0; 3];
-    for i in 0..3 {
-        out[i] = sp[i]
-            .checked_mul(factor[i])
-            .ok_or_else(|| anyhow::anyhow!("upsample: output extent overflows"))?;
-    }
-    let y = b.out_uninit(sh.with_spatial(out))?;
-    let c = sh.c();
-    for_each_plane(&y, |n, d, plane| {
-        for (i, o) in plane.chunks_exact_mut(c).enumerate() {
-            let (h, w) = (i / out[2], i % out[2]);
-            let src = vox(sp, n, d / factor[0], h / factor[1], w / factor[2]) * c;
-            o.copy_from_slice(&s[src..src + c]);
-        }
-    });
-    Ok(y)
-}
-
-/// Adjoint of [`upsample`]: `dx[n, q, c] = Σ_{p in block q} dy[n, p, c]`, the
-/// block's voxels summed in D, H, W scan order (f32). dy's extents must be
-/// multiples of the factors.
-pub fn upsample_bwd(b: &CpuBackend, dy: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
-    let (s, sh) = ndhwc(dy, "upsample_bwd: dy")?;
-    check_factor("upsample_bwd", factor)?;
-    let sp = sh.spatial();
-    let mut out = [0; 3];
-    for i in 0..3 {
-        ensure!(
-            sp[i] % factor[i] == 0,
-            "upsample_bwd: dy extents {sp:?} are not multiples of the factors {factor:?}"
-        );
-        out[i] = sp[i] / factor[i];
-    }
-    let dx = b.out(sh.with_spatial(out))?;
-    let c = sh.c();
-    for_each_plane(&dx, |n, d, plane| {
-        for (i, o) in plane.chunks_exact_mut(c).enumerate() {
-            let (h, w) = (i / out[2], i % out[2]);
-            for kd in 0..factor[0] {
-                for kh in 0..factor[1] {
-                    for kw in 0..factor[2] {
-                        let src = vox(
-                            sp,
-                            n,
-                            d * factor[0] + kd,
-                            h * factor[1] + kh,
-                            w * factor[2] + kw,
-                        ) * c;
-                        for (a, &g) in o.iter_mut().zip(&s[src..src + c]) {
-                            *a += g;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    Ok(dx)
 }
 
 /// Output extents of a ceil-mode pooling: `ceil(in / window)`.
@@ -246,101 +346,4 @@ fn window_scan(
             }
         }
     }
-}
-
-/// Max pooling, window = stride, ceil mode (edge windows clipped).
-/// A NaN in a window makes its maximum NaN.
-pub fn maxpool(b: &CpuBackend, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
-    let (s, sh) = ndhwc(x, "maxpool: x")?;
-    let sp = sh.spatial();
-    let out = pooled("maxpool", sp, window)?;
-    let y = b.out_uninit(sh.with_spatial(out))?;
-    let c = sh.c();
-    for_each_plane(&y, |n, d, plane| {
-        for (i, o) in plane.chunks_exact_mut(c).enumerate() {
-            let mut first = true;
-            window_scan(sp, window, n, [d, i / out[2], i % out[2]], |v| {
-                let row = &s[v * c..v * c + c];
-                if first {
-                    o.copy_from_slice(row);
-                    first = false;
-                } else {
-                    for (m, &x) in o.iter_mut().zip(row) {
-                        if x > *m || x.is_nan() {
-                            *m = x;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Ok(y)
-}
-
-/// Backward of [`maxpool`]: `dx[argmax of window] = dy[window]`, where the
-/// argmax is the first voxel in D, H, W scan order equal to the maximum (for a
-/// window holding NaN: its first NaN, so the NaN's gradient slot receives dy).
-/// Windows do not overlap, so each dx element receives at most one value.
-/// Parallel over (n, output-d) planes, each writing the input planes of its
-/// windows — disjoint between tasks.
-pub fn maxpool_bwd(b: &CpuBackend, dy: &Tensor, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
-    let (xs, sh) = ndhwc(x, "maxpool_bwd: x")?;
-    let (gs, gsh) = ndhwc(dy, "maxpool_bwd: dy")?;
-    let sp = sh.spatial();
-    let out = pooled("maxpool_bwd", sp, window)?;
-    ensure!(
-        gsh == sh.with_spatial(out),
-        "maxpool_bwd: dy has shape {gsh}, but pooling x ({sh}) by {window:?} gives {}",
-        sh.with_spatial(out)
-    );
-    let dx = b.out(sh)?;
-    let c = sh.c();
-    if dx.numel() == 0 {
-        return Ok(dx);
-    }
-    // One task per (n, output d): it owns input planes [od·w0, min(od·w0 + w0, D)).
-    let in_plane = sp[1] * sp[2] * c;
-    let slab = window[0] * in_plane;
-    let per_sample = sp[0] * in_plane;
-    let dxs = view_mut(&dx);
-    let tasks: Vec<(usize, usize, &mut [f32])> = dxs
-        .chunks_mut(per_sample)
-        .enumerate()
-        .flat_map(|(n, sample)| {
-            sample
-                .chunks_mut(slab)
-                .enumerate()
-                .map(move |(od, s)| (n, od, s))
-        })
-        .collect();
-    tasks.into_par_iter().for_each(|(n, od, slab_out)| {
-        let base = vox(sp, n, od * window[0], 0, 0);
-        let mut best = vec![0usize; c];
-        let mut max = vec![0f32; c];
-        for oh in 0..out[1] {
-            for ow in 0..out[2] {
-                let mut first = true;
-                window_scan(sp, window, n, [od, oh, ow], |v| {
-                    let row = &xs[v * c..v * c + c];
-                    if first {
-                        max.copy_from_slice(row);
-                        best.fill(v);
-                        first = false;
-                    } else {
-                        for ((m, bi), &x) in max.iter_mut().zip(best.iter_mut()).zip(row) {
-                            if x > *m || (x.is_nan() && !m.is_nan()) {
-                                *m = x;
-                                *bi = v;
-                            }
-                        }
-                    }
-                });
-                let g = &gs[vox(out, n, od, oh, ow) * c..][..c];
-                for ci in 0..c {
-                    slab_out[(best[ci] - base) * c + ci] = g[ci];
-                }
-            }
-        }
-    });
-    Ok(dx)
 }

@@ -6,6 +6,7 @@
 //! `dst = α·dst + β·lhs·rhs`; we either overwrite (`read_dst = false`) or add
 //! to a destination pre-filled with the bias.
 use super::{check, view, view_mut, CpuBackend};
+use crate::ops::MatmulOps;
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
 
@@ -77,78 +78,80 @@ fn matmul(
     }
 }
 
-/// `y = x·w + b`: x `[M,K]`, w `[K,N]`, bias `[N]`.
-pub fn linear(b: &CpuBackend, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (m, k) = matrix(x, "linear: x")?;
-    let (kw, n) = matrix(w, "linear: w")?;
-    ensure!(
-        k == kw,
-        "linear: x is {m}×{k} but w is {kw}×{n} (inner dimensions differ)"
-    );
-    let y = b.out_uninit(Shape::new(&[m, n]))?;
-    let ys = view_mut(&y);
-    if let Some(bias) = bias {
-        let bs = view(bias, "linear: bias")?;
+impl MatmulOps for CpuBackend {
+    /// `y = x·w + self`: x `[M,K]`, w `[K,N]`, bias `[N]`.
+    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (m, k) = matrix(x, "linear: x")?;
+        let (kw, n) = matrix(w, "linear: w")?;
         ensure!(
-            bias.shape().dims() == [n],
-            "linear: bias must have shape [{n}], got {}",
-            bias.shape()
+            k == kw,
+            "linear: x is {m}×{k} but w is {kw}×{n} (inner dimensions differ)"
         );
-        for row in ys.chunks_exact_mut(n.max(1)) {
-            row.copy_from_slice(bs);
-        }
-    }
-    let (xs, ws) = (view(x, "linear: x")?, view(w, "linear: w")?);
-    matmul(ys, m, n, k, xs, k, 1, ws, n, 1, bias.is_some());
-    Ok(y)
-}
-
-/// `dx[M,K] = dy[M,N]·wᵀ` (wᵀ read from w `[K,N]` with swapped strides).
-pub fn linear_dgrad(b: &CpuBackend, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (m, n) = matrix(dy, "linear_dgrad: dy")?;
-    let (k, nw) = matrix(w, "linear_dgrad: w")?;
-    ensure!(
-        n == nw,
-        "linear_dgrad: dy is {m}×{n} but w is {k}×{nw} (output dimensions differ)"
-    );
-    let dx = b.out_uninit(Shape::new(&[m, k]))?;
-    let (dys, ws) = (view(dy, "linear_dgrad: dy")?, view(w, "linear_dgrad: w")?);
-    // wᵀ[j, p] = w[p, j]: row stride 1, column stride n.
-    matmul(view_mut(&dx), m, k, n, dys, n, 1, ws, 1, n, false);
-    Ok(dx)
-}
-
-/// `dw[K,N] = xᵀ·dy`, `db[N] = Σ_m dy[m,·]` (f64 accumulation) if `with_bias`.
-pub fn linear_wgrad(
-    b: &CpuBackend,
-    x: &Tensor,
-    dy: &Tensor,
-    with_bias: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let (m, k) = matrix(x, "linear_wgrad: x")?;
-    let (md, n) = matrix(dy, "linear_wgrad: dy")?;
-    ensure!(
-        m == md,
-        "linear_wgrad: x has {m} rows but dy has {md} (batch sizes differ)"
-    );
-    let (xs, dys) = (view(x, "linear_wgrad: x")?, view(dy, "linear_wgrad: dy")?);
-    let dw = b.out_uninit(Shape::new(&[k, n]))?;
-    // xᵀ[i, p] = x[p, i]: row stride 1, column stride k.
-    matmul(view_mut(&dw), k, n, m, xs, 1, k, dys, n, 1, false);
-    let db = if with_bias {
-        let db = b.out_uninit(Shape::new(&[n]))?;
-        let mut acc = vec![0f64; n];
-        for row in dys.chunks_exact(n.max(1)) {
-            for (a, &g) in acc.iter_mut().zip(row) {
-                *a += g as f64;
+        let y = self.out_uninit(Shape::new(&[m, n]))?;
+        let ys = view_mut(&y);
+        if let Some(bias) = bias {
+            let bs = view(bias, "linear: bias")?;
+            ensure!(
+                bias.shape().dims() == [n],
+                "linear: bias must have shape [{n}], got {}",
+                bias.shape()
+            );
+            for row in ys.chunks_exact_mut(n.max(1)) {
+                row.copy_from_slice(bs);
             }
         }
-        for (o, a) in view_mut(&db).iter_mut().zip(acc) {
-            *o = a as f32;
-        }
-        Some(db)
-    } else {
-        None
-    };
-    Ok((dw, db))
+        let (xs, ws) = (view(x, "linear: x")?, view(w, "linear: w")?);
+        matmul(ys, m, n, k, xs, k, 1, ws, n, 1, bias.is_some());
+        Ok(y)
+    }
+
+    /// `dx[M,K] = dy[M,N]·wᵀ` (wᵀ read from w `[K,N]` with swapped strides).
+    fn linear_dgrad(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let (m, n) = matrix(dy, "linear_dgrad: dy")?;
+        let (k, nw) = matrix(w, "linear_dgrad: w")?;
+        ensure!(
+            n == nw,
+            "linear_dgrad: dy is {m}×{n} but w is {k}×{nw} (output dimensions differ)"
+        );
+        let dx = self.out_uninit(Shape::new(&[m, k]))?;
+        let (dys, ws) = (view(dy, "linear_dgrad: dy")?, view(w, "linear_dgrad: w")?);
+        // wᵀ[j, p] = w[p, j]: row stride 1, column stride n.
+        matmul(view_mut(&dx), m, k, n, dys, n, 1, ws, 1, n, false);
+        Ok(dx)
+    }
+
+    /// `dw[K,N] = xᵀ·dy`, `db[N] = Σ_m dy[m,·]` (f64 accumulation) if `with_bias`.
+    fn linear_wgrad(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        with_bias: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (m, k) = matrix(x, "linear_wgrad: x")?;
+        let (md, n) = matrix(dy, "linear_wgrad: dy")?;
+        ensure!(
+            m == md,
+            "linear_wgrad: x has {m} rows but dy has {md} (batch sizes differ)"
+        );
+        let (xs, dys) = (view(x, "linear_wgrad: x")?, view(dy, "linear_wgrad: dy")?);
+        let dw = self.out_uninit(Shape::new(&[k, n]))?;
+        // xᵀ[i, p] = x[p, i]: row stride 1, column stride k.
+        matmul(view_mut(&dw), k, n, m, xs, 1, k, dys, n, 1, false);
+        let db = if with_bias {
+            let db = self.out_uninit(Shape::new(&[n]))?;
+            let mut acc = vec![0f64; n];
+            for row in dys.chunks_exact(n.max(1)) {
+                for (a, &g) in acc.iter_mut().zip(row) {
+                    *a += g as f64;
+                }
+            }
+            for (o, a) in view_mut(&db).iter_mut().zip(acc) {
+                *o = a as f32;
+            }
+            Some(db)
+        } else {
+            None
+        };
+        Ok((dw, db))
+    }
 }

@@ -6,15 +6,15 @@
 //! that makes it fast. Ops live one family per file.
 
 mod conv;
-mod diffusion;
 mod layout;
 mod linear;
 mod loss;
 mod norm;
 mod optim;
 mod pointwise;
+mod rand;
 
-use super::{Act, AdamW, Backend, ConvSpec, NormArgs, NormGrads, NormOut, ParamSlot};
+use crate::ops::MemoryOps;
 use crate::tensor::{Buffer, DType, Memory, MemoryKind, Shape, Tensor};
 use anyhow::{bail, ensure, Result};
 use std::collections::HashMap;
@@ -213,12 +213,15 @@ pub(crate) fn check_ndhwc(t: &Tensor, what: &str) -> Result<()> {
     Ok(())
 }
 
-impl Backend for CpuBackend {
+impl MemoryOps for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
     fn act_dtype(&self) -> DType {
         DType::F32
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn alloc(&self, shape: Shape, dtype: DType) -> Result<Tensor> {
@@ -269,169 +272,5 @@ impl Backend for CpuBackend {
     }
     fn synchronize(&self) -> Result<()> {
         Ok(())
-    }
-
-    fn conv3d(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&Tensor>,
-        spec: ConvSpec,
-    ) -> Result<Tensor> {
-        conv::conv3d(self, x, w, bias, spec)
-    }
-    fn conv3d_dgrad(
-        &self,
-        dy: &Tensor,
-        w: &Tensor,
-        x_shape: Shape,
-        spec: ConvSpec,
-    ) -> Result<Tensor> {
-        conv::conv3d_dgrad(self, dy, w, x_shape, spec)
-    }
-    fn conv3d_wgrad(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        spec: ConvSpec,
-        with_bias: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        conv::conv3d_wgrad(self, x, dy, spec, with_bias)
-    }
-
-    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        linear::linear(self, x, w, bias)
-    }
-    fn linear_dgrad(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
-        linear::linear_dgrad(self, dy, w)
-    }
-    fn linear_wgrad(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        with_bias: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        linear::linear_wgrad(self, x, dy, with_bias)
-    }
-
-    fn norm_fwd(&self, x: &Tensor, args: &NormArgs) -> Result<NormOut> {
-        norm::norm_fwd(self, x, args)
-    }
-    fn norm_bwd(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        stats: &Tensor,
-        args: &NormArgs,
-    ) -> Result<NormGrads> {
-        norm::norm_bwd(self, dy, x, stats, args)
-    }
-
-    fn act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
-        pointwise::act(self, x, act)
-    }
-    fn act_bwd(&self, dy: &Tensor, x: &Tensor, act: Act) -> Result<Tensor> {
-        pointwise::act_bwd(self, dy, x, act)
-    }
-    fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        pointwise::lincomb(self, terms)
-    }
-    fn add_nc(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
-        pointwise::add_nc(self, x, v)
-    }
-    fn sum_spatial(&self, x: &Tensor) -> Result<Tensor> {
-        pointwise::sum_spatial(self, x)
-    }
-
-    fn concat_c(&self, xs: &[&Tensor]) -> Result<Tensor> {
-        layout::concat_c(self, xs)
-    }
-    fn slice_c(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-        layout::slice_c(self, x, start, len)
-    }
-    fn crop(&self, x: &Tensor, origin: [usize; 3], size: [usize; 3]) -> Result<Tensor> {
-        layout::crop(self, x, origin, size)
-    }
-    fn pad(&self, x: &Tensor, origin: [usize; 3], full: [usize; 3]) -> Result<Tensor> {
-        layout::pad(self, x, origin, full)
-    }
-    fn upsample(&self, x: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
-        layout::upsample(self, x, factor)
-    }
-    fn upsample_bwd(&self, dy: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
-        layout::upsample_bwd(self, dy, factor)
-    }
-    fn maxpool(&self, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
-        layout::maxpool(self, x, window)
-    }
-    fn maxpool_bwd(&self, dy: &Tensor, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
-        layout::maxpool_bwd(self, dy, x, window)
-    }
-
-    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        loss::softmax(self, x)
-    }
-    fn softmax_bwd(&self, dp: &Tensor, p: &Tensor) -> Result<Tensor> {
-        loss::softmax_bwd(self, dp, p)
-    }
-    fn argmax_c(&self, x: &Tensor) -> Result<Tensor> {
-        loss::argmax_c(self, x)
-    }
-    fn one_hot(&self, labels: &Tensor, classes: usize, on: f32, off: f32) -> Result<Tensor> {
-        loss::one_hot(self, labels, classes, on, off)
-    }
-    fn cross_entropy(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        loss::cross_entropy(self, logits, target)
-    }
-    fn cross_entropy_bwd(
-        &self,
-        logits: &Tensor,
-        target: &Tensor,
-        dloss: &Tensor,
-    ) -> Result<Tensor> {
-        loss::cross_entropy_bwd(self, logits, target, dloss)
-    }
-    fn dice_loss(&self, p: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
-        loss::dice_loss(self, p, target)
-    }
-    fn dice_loss_bwd(
-        &self,
-        p: &Tensor,
-        target: &Tensor,
-        sums: &Tensor,
-        dloss: &Tensor,
-    ) -> Result<Tensor> {
-        loss::dice_loss_bwd(self, p, target, sums, dloss)
-    }
-    fn mse(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        loss::mse(self, a, b)
-    }
-    fn mse_bwd(&self, a: &Tensor, b: &Tensor, dloss: &Tensor) -> Result<Tensor> {
-        loss::mse_bwd(self, a, b, dloss)
-    }
-    fn scaled_to_logits(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
-        diffusion::scaled_to_logits(self, x, eps)
-    }
-    fn scaled_to_logits_bwd(&self, dy: &Tensor, x: &Tensor, eps: f32) -> Result<Tensor> {
-        diffusion::scaled_to_logits_bwd(self, dy, x, eps)
-    }
-    fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        loss::scalar_lincomb(self, terms)
-    }
-
-    fn adamw_step(&self, slots: &[ParamSlot], hp: &AdamW, lr: f32, step: u64) -> Result<Tensor> {
-        optim::adamw_step(self, slots, hp, lr, step)
-    }
-
-    fn randn(&self, shape: Shape, dtype: DType, seed: u64, offset: u64) -> Result<Tensor> {
-        let t = self.alloc(shape, dtype)?;
-        let out = view_mut(&t);
-        // Parallel over chunks: each chunk's noise depends only on its offset.
-        use rayon::prelude::*;
-        const CHUNK: usize = 1 << 14;
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, c)| super::philox::fill_normal(c, seed, offset + (i * CHUNK) as u64));
-        Ok(t)
     }
 }

@@ -53,11 +53,12 @@
 //! |μ|·2⁻²⁴/σ: negligible for activations (|μ|/σ ≲ 10³), 1e-2 at |μ|/σ ≈ 10⁵.
 mod tiles;
 
-use super::pointwise::{check_nc, dispatch_act, should_stream, with_simd};
-use super::{check, check_ndhwc, view, view_mut, CpuBackend};
-use crate::backend::{Act, NormArgs, NormGrads, NormOut};
+use super::pointwise::{dispatch_act, should_stream, with_simd};
+use super::{view, view_mut, CpuBackend};
+use crate::ops::NormOps;
+use crate::ops::{Act, NormArgs, NormGrads, NormOut};
 use crate::tensor::{Shape, Tensor};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -123,70 +124,28 @@ struct Inputs<'a> {
     residual: Option<&'a [f32]>,
 }
 
+/// The family contract ([`NormArgs::check`]), then this backend's own rule
+/// (every tensor f32 in host memory); the views of the inputs.
 fn validate<'a>(op: &str, x: &'a Tensor, args: &NormArgs<'a>) -> Result<(Geom, Inputs<'a>)> {
-    let xs = view(x, &format!("{op}: x"))?;
-    check_ndhwc(x, &format!("{op}: x"))?;
-    let sh = x.shape();
-    let c = sh.c();
-    ensure!(
-        args.groups >= 1 && c.is_multiple_of(args.groups),
-        "{op}: groups = {} must divide the {c} channels of x ({sh})",
-        args.groups
-    );
-    ensure!(
-        sh.voxels() >= 1 && sh.n() >= 1,
-        "{op}: x ({sh}) has no voxels to normalise"
-    );
-    ensure!(
-        args.eps >= 0.0 && args.eps.is_finite(),
-        "{op}: eps must be finite and non-negative, got {}",
-        args.eps
-    );
-    let vector = |t: Option<&'a Tensor>, name: &str| -> Result<Option<&'a [f32]>> {
-        let Some(t) = t else { return Ok(None) };
-        let what = format!("{op}: {name}");
-        check(t, &what)?;
-        ensure!(
-            t.shape().dims() == [c],
-            "{what}: expected shape [{c}] (the channels of x), got {}",
-            t.shape()
-        );
-        Ok(Some(view(t, &what)?))
+    args.check(op, x)?;
+    let input = |t: Option<&'a Tensor>, name: &str| -> Result<Option<&'a [f32]>> {
+        t.map(|t| view(t, &format!("{op}: {name}"))).transpose()
     };
-    let gamma = vector(args.gamma, "gamma")?;
-    let beta = vector(args.beta, "beta")?;
     let film = match args.film {
         None => None,
-        Some((s, h)) => {
-            check_nc(s, sh, &format!("{op}: film scale"))?;
-            check_nc(h, sh, &format!("{op}: film shift"))?;
-            Some((
-                view(s, &format!("{op}: film scale"))?,
-                view(h, &format!("{op}: film shift"))?,
-            ))
-        }
-    };
-    let residual = match args.residual {
-        None => None,
-        Some(r) => {
-            let what = format!("{op}: residual");
-            let rs = view(r, &what)?;
-            ensure!(
-                r.shape() == sh,
-                "{what}: shape {} differs from x ({sh})",
-                r.shape()
-            );
-            Some(rs)
-        }
+        Some((s, h)) => Some((
+            view(s, &format!("{op}: film scale"))?,
+            view(h, &format!("{op}: film shift"))?,
+        )),
     };
     Ok((
-        Geom::new(sh, args.groups),
+        Geom::new(x.shape(), args.groups),
         Inputs {
-            x: xs,
-            gamma,
-            beta,
+            x: view(x, &format!("{op}: x"))?,
+            gamma: input(args.gamma, "gamma")?,
+            beta: input(args.beta, "beta")?,
             film,
-            residual,
+            residual: input(args.residual, "residual")?,
         },
     ))
 }
@@ -301,195 +260,185 @@ fn statistics(g: &Geom, x: &[f32], eps: f32) -> Vec<f64> {
     stats
 }
 
-pub fn norm_fwd(b: &CpuBackend, x: &Tensor, args: &NormArgs) -> Result<NormOut> {
-    let (g, inp) = validate("norm_fwd", x, args)?;
-    let stats = statistics(&g, inp.x, args.eps);
-    let co = Coefs::new(&g, &stats, &inp);
-    let y = b.out_uninit(x.shape())?;
-    let nt = should_stream(y.numel());
-    let tasks = g.split(view_mut(&y));
-    dispatch_act!(args.act, A => {
-        tasks.into_par_iter().enumerate().for_each(|(t, yc)| {
-            let (n, r) = g.task(t);
-            let res = inp.residual.map(|s| &s[r.clone()]);
-            let coef = co.sample(n, g.c);
-            tiles::dispatch_width!(g.c, W => with_simd(
-                #[inline(always)]
-                || tiles::normalize::<A, W>(&inp.x[r], res, yc, coef, nt),
-            ));
-        })
-    });
-    let st = b.out_uninit(Shape::new(&[g.n, g.groups, 2]))?;
-    for (o, &v) in view_mut(&st).iter_mut().zip(&stats) {
-        *o = v as f32;
-    }
-    Ok(NormOut { y, stats: st })
-}
-
-// --------------------------------------------------------------- backward
-
-pub fn norm_bwd(
-    b: &CpuBackend,
-    dy: &Tensor,
-    x: &Tensor,
-    stats: &Tensor,
-    args: &NormArgs,
-) -> Result<NormGrads> {
-    let (g, inp) = validate("norm_bwd", x, args)?;
-    let dys = view(dy, "norm_bwd: dy")?;
-    ensure!(
-        dy.shape() == x.shape(),
-        "norm_bwd: dy has shape {} but x has {}",
-        dy.shape(),
-        x.shape()
-    );
-    let sts = view(stats, "norm_bwd: stats")?;
-    ensure!(
-        stats.shape().dims() == [g.n, g.groups, 2],
-        "norm_bwd: stats must have shape {}×{}×2 ([N, groups, 2]), got {}",
-        g.n,
-        g.groups,
-        stats.shape()
-    );
-    let co = Coefs::new(&g, sts, &inp);
-    let c = g.c;
-    let nt = should_stream(x.numel());
-
-    // Pass 1: S1, S2 per task; du is stored when there is a residual (it is
-    // dresidual) or when act' is costly (into dx, overwritten in pass 2).
-    let dres = match inp.residual {
-        Some(_) => Some(b.out_uninit(x.shape())?),
-        None => None,
-    };
-    let dx = b.out_uninit(x.shape())?;
-    let du_in_dx = dres.is_none() && matches!(args.act, Act::Silu | Act::Gelu);
-    let du_tasks: Vec<Option<&mut [f32]>> = match (&dres, du_in_dx) {
-        (Some(t), _) => g.split(view_mut(t)).into_iter().map(Some).collect(),
-        (None, true) => g.split(view_mut(&dx)).into_iter().map(Some).collect(),
-        (None, false) => (0..g.tasks()).map(|_| None).collect(),
-    };
-    let mut partial = vec![0f64; g.tasks() * 2 * c];
-    dispatch_act!(args.act, A => {
-        partial
-            .par_chunks_mut(2 * c)
-            .zip(du_tasks.into_par_iter())
-            .enumerate()
-            .for_each(|(t, (out, du))| {
+impl NormOps for CpuBackend {
+    fn norm_fwd(&self, x: &Tensor, args: &NormArgs) -> Result<NormOut> {
+        let (g, inp) = validate("norm_fwd", x, args)?;
+        let stats = statistics(&g, inp.x, args.eps);
+        let co = Coefs::new(&g, &stats, &inp);
+        let y = self.out_uninit(x.shape())?;
+        let nt = should_stream(y.numel());
+        let tasks = g.split(view_mut(&y));
+        dispatch_act!(args.act, A => {
+            tasks.into_par_iter().enumerate().for_each(|(t, yc)| {
                 let (n, r) = g.task(t);
                 let res = inp.residual.map(|s| &s[r.clone()]);
+                let coef = co.sample(n, g.c);
+                tiles::dispatch_width!(g.c, W => with_simd(
+                    #[inline(always)]
+                    || tiles::normalize::<A, W>(&inp.x[r], res, yc, coef, nt),
+                ));
+            })
+        });
+        let st = self.out_uninit(Shape::new(&[g.n, g.groups, 2]))?;
+        for (o, &v) in view_mut(&st).iter_mut().zip(&stats) {
+            *o = v as f32;
+        }
+        Ok(NormOut { y, stats: st })
+    }
+
+    fn norm_bwd(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        stats: &Tensor,
+        args: &NormArgs,
+    ) -> Result<NormGrads> {
+        args.check_bwd(dy, x, stats)?;
+        let (g, inp) = validate("norm_bwd", x, args)?;
+        let dys = view(dy, "norm_bwd: dy")?;
+        let sts = view(stats, "norm_bwd: stats")?;
+        let co = Coefs::new(&g, sts, &inp);
+        let c = g.c;
+        let nt = should_stream(x.numel());
+
+        // Pass 1: S1, S2 per task; du is stored when there is a residual (it is
+        // dresidual) or when act' is costly (into dx, overwritten in pass 2).
+        let dres = match inp.residual {
+            Some(_) => Some(self.out_uninit(x.shape())?),
+            None => None,
+        };
+        let dx = self.out_uninit(x.shape())?;
+        let du_in_dx = dres.is_none() && matches!(args.act, Act::Silu | Act::Gelu);
+        let du_tasks: Vec<Option<&mut [f32]>> = match (&dres, du_in_dx) {
+            (Some(t), _) => g.split(view_mut(t)).into_iter().map(Some).collect(),
+            (None, true) => g.split(view_mut(&dx)).into_iter().map(Some).collect(),
+            (None, false) => (0..g.tasks()).map(|_| None).collect(),
+        };
+        let mut partial = vec![0f64; g.tasks() * 2 * c];
+        dispatch_act!(args.act, A => {
+            partial
+                .par_chunks_mut(2 * c)
+                .zip(du_tasks.into_par_iter())
+                .enumerate()
+                .for_each(|(t, (out, du))| {
+                    let (n, r) = g.task(t);
+                    let res = inp.residual.map(|s| &s[r.clone()]);
+                    let coef = co.sample(n, c);
+                    tiles::dispatch_width!(c, W => with_simd(
+                        #[inline(always)]
+                        || tiles::grad_sums::<A, W>(&dys[r.clone()], &inp.x[r], res, du, coef, out, nt),
+                    ));
+                })
+        });
+        // S1, S2 per (n, c), blocks combined in order.
+        let mut s1 = vec![0f64; g.n * c];
+        let mut s2 = vec![0f64; g.n * c];
+        for n in 0..g.n {
+            for j in 0..g.blocks {
+                let part = &partial[(n * g.blocks + j) * 2 * c..][..2 * c];
+                for ci in 0..c {
+                    s1[n * c + ci] += part[ci];
+                    s2[n * c + ci] += part[c + ci];
+                }
+            }
+        }
+
+        // Per (n, c): P, Q, R of the gradient pass.
+        let mut p = vec![0f32; g.n * c];
+        let mut q = vec![0f32; g.n * c];
+        let mut r = vec![0f32; g.n * c];
+        for n in 0..g.n {
+            for gi in 0..g.groups {
+                let chans = gi * g.cpg..(gi + 1) * g.cpg;
+                let (mut m1, mut m2) = (0f64, 0f64);
+                for ci in chans.clone() {
+                    let i = n * c + ci;
+                    m1 += co.k[i] as f64 * s1[i];
+                    m2 += co.k[i] as f64 * s2[i];
+                }
+                m1 /= g.group_size();
+                m2 /= g.group_size();
+                for ci in chans {
+                    let i = n * c + ci;
+                    let rs = co.rstd[i] as f64;
+                    p[i] = (rs * co.k[i] as f64) as f32;
+                    q[i] = (-rs * rs * m2) as f32;
+                    r[i] = (-rs * m1) as f32;
+                }
+            }
+        }
+
+        // Pass 2: dx.
+        let dx_tasks = g.split(view_mut(&dx));
+        let du_all: Option<&[f32]> = match &dres {
+            Some(t) => Some(view(t, "norm_bwd: dresidual")?),
+            None => None,
+        };
+        dispatch_act!(args.act, A => {
+            dx_tasks.into_par_iter().enumerate().for_each(|(t, dxc)| {
+                let (n, rg) = g.task(t);
+                let src = match du_all {
+                    Some(d) => tiles::DuSource::Read(&d[rg.clone()]),
+                    None if du_in_dx => tiles::DuSource::InPlace,
+                    None => tiles::DuSource::Recompute(&dys[rg.clone()]),
+                };
+                let pqr = (
+                    Coefs::row(&p, n, c),
+                    Coefs::row(&q, n, c),
+                    Coefs::row(&r, n, c),
+                );
                 let coef = co.sample(n, c);
                 tiles::dispatch_width!(c, W => with_simd(
                     #[inline(always)]
-                    || tiles::grad_sums::<A, W>(&dys[r.clone()], &inp.x[r], res, du, coef, out, nt),
+                    || tiles::grad_input::<A, W>(&inp.x[rg], src, dxc, coef, pqr, nt),
                 ));
             })
-    });
-    // S1, S2 per (n, c), blocks combined in order.
-    let mut s1 = vec![0f64; g.n * c];
-    let mut s2 = vec![0f64; g.n * c];
-    for n in 0..g.n {
-        for j in 0..g.blocks {
-            let part = &partial[(n * g.blocks + j) * 2 * c..][..2 * c];
-            for ci in 0..c {
-                s1[n * c + ci] += part[ci];
-                s2[n * c + ci] += part[c + ci];
-            }
-        }
-    }
+        });
 
-    // Per (n, c): P, Q, R of the gradient pass.
-    let mut p = vec![0f32; g.n * c];
-    let mut q = vec![0f32; g.n * c];
-    let mut r = vec![0f32; g.n * c];
-    for n in 0..g.n {
-        for gi in 0..g.groups {
-            let chans = gi * g.cpg..(gi + 1) * g.cpg;
-            let (mut m1, mut m2) = (0f64, 0f64);
-            for ci in chans.clone() {
-                let i = n * c + ci;
-                m1 += co.k[i] as f64 * s1[i];
-                m2 += co.k[i] as f64 * s2[i];
+        // Parameter and conditioning gradients from S1, S2 (f64, samples in order).
+        let film_s1 = |i: usize| inp.film.map_or(1.0, |(s, _)| 1.0 + s[i] as f64);
+        let per_channel = |sums: &[f64]| -> Result<Tensor> {
+            let t = self.out_uninit(Shape::new(&[c]))?;
+            let o = view_mut(&t);
+            for (ci, o) in o.iter_mut().enumerate() {
+                *o = (0..g.n)
+                    .map(|n| film_s1(n * c + ci) * sums[n * c + ci])
+                    .sum::<f64>() as f32;
             }
-            m1 /= g.group_size();
-            m2 /= g.group_size();
-            for ci in chans {
-                let i = n * c + ci;
-                let rs = co.rstd[i] as f64;
-                p[i] = (rs * co.k[i] as f64) as f32;
-                q[i] = (-rs * rs * m2) as f32;
-                r[i] = (-rs * m1) as f32;
+            Ok(t)
+        };
+        let dgamma = match inp.gamma {
+            Some(_) => Some(per_channel(&s2)?),
+            None => None,
+        };
+        let dbeta = match inp.beta {
+            Some(_) => Some(per_channel(&s1)?),
+            None => None,
+        };
+        let dfilm = match inp.film {
+            None => None,
+            Some(_) => {
+                let ds = self.out_uninit(Shape::new(&[g.n, c]))?;
+                let dh = self.out_uninit(Shape::new(&[g.n, c]))?;
+                let (dsv, dhv) = (view_mut(&ds), view_mut(&dh));
+                for i in 0..g.n * c {
+                    let ci = i % c;
+                    let gamma = inp.gamma.map_or(1.0, |v| v[ci] as f64);
+                    let beta = inp.beta.map_or(0.0, |v| v[ci] as f64);
+                    dsv[i] = (gamma * s2[i] + beta * s1[i]) as f32;
+                    dhv[i] = s1[i] as f32;
+                }
+                Some((ds, dh))
             }
-        }
-    }
-
-    // Pass 2: dx.
-    let dx_tasks = g.split(view_mut(&dx));
-    let du_all: Option<&[f32]> = match &dres {
-        Some(t) => Some(view(t, "norm_bwd: dresidual")?),
-        None => None,
-    };
-    dispatch_act!(args.act, A => {
-        dx_tasks.into_par_iter().enumerate().for_each(|(t, dxc)| {
-            let (n, rg) = g.task(t);
-            let src = match du_all {
-                Some(d) => tiles::DuSource::Read(&d[rg.clone()]),
-                None if du_in_dx => tiles::DuSource::InPlace,
-                None => tiles::DuSource::Recompute(&dys[rg.clone()]),
-            };
-            let pqr = (
-                Coefs::row(&p, n, c),
-                Coefs::row(&q, n, c),
-                Coefs::row(&r, n, c),
-            );
-            let coef = co.sample(n, c);
-            tiles::dispatch_width!(c, W => with_simd(
-                #[inline(always)]
-                || tiles::grad_input::<A, W>(&inp.x[rg], src, dxc, coef, pqr, nt),
-            ));
+        };
+        Ok(NormGrads {
+            dx,
+            dgamma,
+            dbeta,
+            dfilm,
+            dresidual: dres,
         })
-    });
-
-    // Parameter and conditioning gradients from S1, S2 (f64, samples in order).
-    let film_s1 = |i: usize| inp.film.map_or(1.0, |(s, _)| 1.0 + s[i] as f64);
-    let per_channel = |sums: &[f64]| -> Result<Tensor> {
-        let t = b.out_uninit(Shape::new(&[c]))?;
-        let o = view_mut(&t);
-        for (ci, o) in o.iter_mut().enumerate() {
-            *o = (0..g.n)
-                .map(|n| film_s1(n * c + ci) * sums[n * c + ci])
-                .sum::<f64>() as f32;
-        }
-        Ok(t)
-    };
-    let dgamma = match inp.gamma {
-        Some(_) => Some(per_channel(&s2)?),
-        None => None,
-    };
-    let dbeta = match inp.beta {
-        Some(_) => Some(per_channel(&s1)?),
-        None => None,
-    };
-    let dfilm = match inp.film {
-        None => None,
-        Some(_) => {
-            let ds = b.out_uninit(Shape::new(&[g.n, c]))?;
-            let dh = b.out_uninit(Shape::new(&[g.n, c]))?;
-            let (dsv, dhv) = (view_mut(&ds), view_mut(&dh));
-            for i in 0..g.n * c {
-                let ci = i % c;
-                let gamma = inp.gamma.map_or(1.0, |v| v[ci] as f64);
-                let beta = inp.beta.map_or(0.0, |v| v[ci] as f64);
-                dsv[i] = (gamma * s2[i] + beta * s1[i]) as f32;
-                dhv[i] = s1[i] as f32;
-            }
-            Some((ds, dh))
-        }
-    };
-    Ok(NormGrads {
-        dx,
-        dgamma,
-        dbeta,
-        dfilm,
-        dresidual: dres,
-    })
+    }
 }
+
+// --------------------------------------------------------------- backward

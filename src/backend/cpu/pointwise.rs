@@ -11,7 +11,8 @@
 //!
 //! Elementwise ops run in parallel over chunks of [`CHUNK`] elements.
 use super::{check, check_ndhwc, check_same_shape, view, view_mut, CpuBackend};
-use crate::backend::Act;
+use crate::ops::Act;
+use crate::ops::PointwiseOps;
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -238,19 +239,19 @@ fn clamp10(x: f32) -> f32 {
 macro_rules! dispatch_act {
     ($act:expr, $A:ident => $body:expr) => {
         match $act {
-            $crate::backend::Act::Identity => {
+            $crate::ops::Act::Identity => {
                 type $A = $crate::backend::cpu::pointwise::IdentityAct;
                 $body
             }
-            $crate::backend::Act::Relu => {
+            $crate::ops::Act::Relu => {
                 type $A = $crate::backend::cpu::pointwise::ReluAct;
                 $body
             }
-            $crate::backend::Act::Silu => {
+            $crate::ops::Act::Silu => {
                 type $A = $crate::backend::cpu::pointwise::SiluAct;
                 $body
             }
-            $crate::backend::Act::Gelu => {
+            $crate::ops::Act::Gelu => {
                 type $A = $crate::backend::cpu::pointwise::GeluAct;
                 $body
             }
@@ -348,57 +349,136 @@ fn map_elementwise<const K: usize, M: ElemMap<K>>(m: M, ins: [&[f32]; K], out: &
     });
 }
 
-/// `y = act(x)` elementwise, any shape.
-pub fn act(b: &CpuBackend, x: &Tensor, act: Act) -> Result<Tensor> {
-    let xs = view(x, "act: x")?;
-    let y = b.out_uninit(x.shape())?;
-    dispatch_act!(act, A => map_elementwise(ActValue::<A>(Default::default()), [xs], view_mut(&y)));
-    Ok(y)
-}
+impl PointwiseOps for CpuBackend {
+    /// `y = act(x)` elementwise, any shape.
+    fn act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+        let xs = view(x, "act: x")?;
+        let y = self.out_uninit(x.shape())?;
+        dispatch_act!(act, A => map_elementwise(ActValue::<A>(Default::default()), [xs], view_mut(&y)));
+        Ok(y)
+    }
 
-/// `dx = dy · act'(x)` elementwise, any shape.
-pub fn act_bwd(b: &CpuBackend, dy: &Tensor, x: &Tensor, act: Act) -> Result<Tensor> {
-    let dys = view(dy, "act_bwd: dy")?;
-    let xs = view(x, "act_bwd: x")?;
-    check_same_shape(dy, x, "act_bwd: dy vs x")?;
-    let dx = b.out_uninit(x.shape())?;
-    dispatch_act!(act, A => map_elementwise(ActGrad::<A>(Default::default()), [dys, xs], view_mut(&dx)));
-    Ok(dx)
-}
+    /// `dx = dy · act'(x)` elementwise, any shape.
+    fn act_bwd(&self, dy: &Tensor, x: &Tensor, act: Act) -> Result<Tensor> {
+        let dys = view(dy, "act_bwd: dy")?;
+        let xs = view(x, "act_bwd: x")?;
+        check_same_shape(dy, x, "act_bwd: dy vs x")?;
+        let dx = self.out_uninit(x.shape())?;
+        dispatch_act!(act, A => map_elementwise(ActGrad::<A>(Default::default()), [dys, xs], view_mut(&dx)));
+        Ok(dx)
+    }
 
-/// `y = Σ_i coef_i · x_i` for 1 to 4 terms of one shape, summed left to right
-/// in f32 (`((c0·x0 + c1·x1) + c2·x2) + c3·x3`).
-pub fn lincomb(b: &CpuBackend, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-    ensure!(
-        (1..=4).contains(&terms.len()),
-        "lincomb: takes 1 to 4 terms, got {}",
-        terms.len()
-    );
-    let shape = terms[0].1.shape();
-    let mut xs: Vec<&[f32]> = Vec::with_capacity(4);
-    for (i, (_, t)) in terms.iter().enumerate() {
-        let what = format!("lincomb: term {i}");
-        xs.push(view(t, &what)?);
+    /// `y = Σ_i coef_i · x_i` for 1 to 4 terms of one shape, summed left to right
+    /// in f32 (`((c0·x0 + c1·x1) + c2·x2) + c3·x3`).
+    fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
         ensure!(
-            t.shape() == shape,
-            "lincomb: term {i} has shape {}, term 0 has {shape}",
-            t.shape()
+            (1..=4).contains(&terms.len()),
+            "lincomb: takes 1 to 4 terms, got {}",
+            terms.len()
         );
+        let shape = terms[0].1.shape();
+        let mut xs: Vec<&[f32]> = Vec::with_capacity(4);
+        for (i, (_, t)) in terms.iter().enumerate() {
+            let what = format!("lincomb: term {i}");
+            xs.push(view(t, &what)?);
+            ensure!(
+                t.shape() == shape,
+                "lincomb: term {i} has shape {}, term 0 has {shape}",
+                t.shape()
+            );
+        }
+        let c: Vec<f32> = terms.iter().map(|t| t.0).collect();
+        let y = self.out_uninit(shape)?;
+        let out = view_mut(&y);
+        match xs.len() {
+            1 => map_elementwise(LinComb([c[0]]), [xs[0]], out),
+            2 => map_elementwise(LinComb([c[0], c[1]]), [xs[0], xs[1]], out),
+            3 => map_elementwise(LinComb([c[0], c[1], c[2]]), [xs[0], xs[1], xs[2]], out),
+            _ => map_elementwise(
+                LinComb([c[0], c[1], c[2], c[3]]),
+                [xs[0], xs[1], xs[2], xs[3]],
+                out,
+            ),
+        }
+        Ok(y)
     }
-    let c: Vec<f32> = terms.iter().map(|t| t.0).collect();
-    let y = b.out_uninit(shape)?;
-    let out = view_mut(&y);
-    match xs.len() {
-        1 => map_elementwise(LinComb([c[0]]), [xs[0]], out),
-        2 => map_elementwise(LinComb([c[0], c[1]]), [xs[0], xs[1]], out),
-        3 => map_elementwise(LinComb([c[0], c[1], c[2]]), [xs[0], xs[1], xs[2]], out),
-        _ => map_elementwise(
-            LinComb([c[0], c[1], c[2], c[3]]),
-            [xs[0], xs[1], xs[2], xs[3]],
-            out,
-        ),
+
+    /// `y[n,v,c] = x[n,v,c] + v[n,c]`; parallel over (sample, voxel chunk).
+    fn add_nc(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let xs = view(x, "add_nc: x")?;
+        check_ndhwc(x, "add_nc: x")?;
+        check_nc(v, x.shape(), "add_nc: v")?;
+        let vs = view(v, "add_nc: v")?;
+        let (c, per_sample) = (x.shape().c(), x.shape().voxels() * x.shape().c());
+        let y = self.out_uninit(x.shape())?;
+        let ys = view_mut(&y);
+        if y.numel() == 0 {
+            return Ok(y);
+        }
+        let chunk = (CHUNK / c).max(1) * c;
+        ys.par_chunks_mut(per_sample)
+            .zip(xs.par_chunks(per_sample))
+            .enumerate()
+            .for_each(|(n, (yn, xn))| {
+                let vn = &vs[n * c..(n + 1) * c];
+                yn.par_chunks_mut(chunk)
+                    .zip(xn.par_chunks(chunk))
+                    .for_each(|(yc, xc)| {
+                        with_simd(
+                            #[inline(always)]
+                            || {
+                                for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
+                                    for ((o, &a), &bias) in yr.iter_mut().zip(xr).zip(vn) {
+                                        *o = a + bias;
+                                    }
+                                }
+                            },
+                        )
+                    })
+            });
+        Ok(y)
     }
-    Ok(y)
+
+    /// `s[n,c] = Σ_v x[n,v,c]`, f32 `[N, C]`. Parallel over (sample, voxel chunk)
+    /// into f64 partial sums, combined in chunk order (deterministic).
+    fn sum_spatial(&self, x: &Tensor) -> Result<Tensor> {
+        let xs = view(x, "sum_spatial: x")?;
+        check_ndhwc(x, "sum_spatial: x")?;
+        let sh = x.shape();
+        let (n, c) = (sh.n(), sh.c());
+        let s = self.out(Shape::new(&[n, c]))?;
+        if x.numel() == 0 {
+            return Ok(s);
+        }
+        let per_sample = sh.voxels() * c;
+        let chunk = (4 * CHUNK / c).max(1) * c;
+        let chunks_per_sample = per_sample.div_ceil(chunk);
+        let mut partial = vec![0f64; n * chunks_per_sample * c];
+        partial
+            .par_chunks_mut(c)
+            .enumerate()
+            .for_each(|(task, acc)| {
+                let (ni, j) = (task / chunks_per_sample, task % chunks_per_sample);
+                let lo = ni * per_sample + j * chunk;
+                let hi = (lo + chunk).min((ni + 1) * per_sample);
+                let mut lane = vec![0f32; c];
+                with_simd(
+                    #[inline(always)]
+                    || add_channel_sums(&xs[lo..hi], c, &mut lane, acc),
+                );
+            });
+        let out = view_mut(&s);
+        for ni in 0..n {
+            for ci in 0..c {
+                let mut total = 0f64;
+                for j in 0..chunks_per_sample {
+                    total += partial[(ni * chunks_per_sample + j) * c + ci];
+                }
+                out[ni * c + ci] = total as f32;
+            }
+        }
+        Ok(s)
+    }
 }
 
 /// Check `v` is f32 `[N, C]` for the NDHWC shape `x`.
@@ -412,42 +492,6 @@ pub(super) fn check_nc(v: &Tensor, x: Shape, what: &str) -> Result<()> {
         v.shape()
     );
     Ok(())
-}
-
-/// `y[n,v,c] = x[n,v,c] + v[n,c]`; parallel over (sample, voxel chunk).
-pub fn add_nc(b: &CpuBackend, x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let xs = view(x, "add_nc: x")?;
-    check_ndhwc(x, "add_nc: x")?;
-    check_nc(v, x.shape(), "add_nc: v")?;
-    let vs = view(v, "add_nc: v")?;
-    let (c, per_sample) = (x.shape().c(), x.shape().voxels() * x.shape().c());
-    let y = b.out_uninit(x.shape())?;
-    let ys = view_mut(&y);
-    if y.numel() == 0 {
-        return Ok(y);
-    }
-    let chunk = (CHUNK / c).max(1) * c;
-    ys.par_chunks_mut(per_sample)
-        .zip(xs.par_chunks(per_sample))
-        .enumerate()
-        .for_each(|(n, (yn, xn))| {
-            let vn = &vs[n * c..(n + 1) * c];
-            yn.par_chunks_mut(chunk)
-                .zip(xn.par_chunks(chunk))
-                .for_each(|(yc, xc)| {
-                    with_simd(
-                        #[inline(always)]
-                        || {
-                            for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                                for ((o, &a), &bias) in yr.iter_mut().zip(xr).zip(vn) {
-                                    *o = a + bias;
-                                }
-                            }
-                        },
-                    )
-                })
-        });
-    Ok(y)
 }
 
 /// Per-channel sums of a run of NDHWC rows (`x.len()` a multiple of `c`):
@@ -466,45 +510,4 @@ fn add_channel_sums(x: &[f32], c: usize, lane: &mut [f32], acc: &mut [f64]) {
             *a += s as f64;
         }
     }
-}
-
-/// `s[n,c] = Σ_v x[n,v,c]`, f32 `[N, C]`. Parallel over (sample, voxel chunk)
-/// into f64 partial sums, combined in chunk order (deterministic).
-pub fn sum_spatial(b: &CpuBackend, x: &Tensor) -> Result<Tensor> {
-    let xs = view(x, "sum_spatial: x")?;
-    check_ndhwc(x, "sum_spatial: x")?;
-    let sh = x.shape();
-    let (n, c) = (sh.n(), sh.c());
-    let s = b.out(Shape::new(&[n, c]))?;
-    if x.numel() == 0 {
-        return Ok(s);
-    }
-    let per_sample = sh.voxels() * c;
-    let chunk = (4 * CHUNK / c).max(1) * c;
-    let chunks_per_sample = per_sample.div_ceil(chunk);
-    let mut partial = vec![0f64; n * chunks_per_sample * c];
-    partial
-        .par_chunks_mut(c)
-        .enumerate()
-        .for_each(|(task, acc)| {
-            let (ni, j) = (task / chunks_per_sample, task % chunks_per_sample);
-            let lo = ni * per_sample + j * chunk;
-            let hi = (lo + chunk).min((ni + 1) * per_sample);
-            let mut lane = vec![0f32; c];
-            with_simd(
-                #[inline(always)]
-                || add_channel_sums(&xs[lo..hi], c, &mut lane, acc),
-            );
-        });
-    let out = view_mut(&s);
-    for ni in 0..n {
-        for ci in 0..c {
-            let mut total = 0f64;
-            for j in 0..chunks_per_sample {
-                total += partial[(ni * chunks_per_sample + j) * c + ci];
-            }
-            out[ni * c + ci] = total as f32;
-        }
-    }
-    Ok(s)
 }

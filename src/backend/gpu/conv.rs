@@ -83,7 +83,8 @@
 use super::device::{KernelArgs, LaunchConfig};
 use super::registry::Kernel;
 use super::GpuBackend;
-use crate::backend::ConvSpec;
+use crate::ops::ConvSpec;
+use crate::ops::{ConvOps, MemoryOps};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Context, Result};
 
@@ -227,124 +228,6 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// `y = conv(x, w) + bias` ([`ConvSpec`]); y has x's dtype.
-    pub fn conv3d(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&Tensor>,
-        spec: ConvSpec,
-    ) -> Result<Tensor> {
-        self.check_activation(x, "conv3d input")?;
-        self.check(w, "conv3d weight")?;
-        let (cin, cout, y_shape) = spec.forward_shapes(x.shape(), w, bias)?;
-        if let Some(b) = bias {
-            self.check(b, "conv3d bias")?;
-            ensure!(
-                b.dtype() == DType::F32,
-                "conv3d bias: dtype {} (f32 expected)",
-                b.dtype().name()
-            );
-        }
-        let x_dims = x.shape().spatial();
-        let y = self.alloc(y_shape, x.dtype())?;
-        self.check_activation(&y, "conv3d output")?;
-        let s = spec.stride.map(|v| v as i64);
-        let plan = if spec.transposed {
-            // y[i·s + t] = x[i] · w[t]
-            GemmPlan {
-                scatter: true,
-                kernel: spec.kernel,
-                map_a: s,
-                map_b: [1; 3],
-                map_c: [0; 3],
-                map_e: [1; 3],
-                w_tap: cin * cout,
-                w_ci: cout,
-                w_co: 1,
-            }
-        } else {
-            // y[o] = Σ_t x[o·s + t − pad_lo] · w[t]
-            GemmPlan {
-                scatter: false,
-                kernel: spec.kernel,
-                map_a: s,
-                map_b: [1; 3],
-                map_c: spec.pad_lo(x_dims).map(|p| -(p as i64)),
-                map_e: [1; 3],
-                w_tap: cin * cout,
-                w_ci: cout,
-                w_co: 1,
-            }
-        };
-        self.implicit_gemm(&plan, x, w, bias, &y)
-            .context("conv3d")?;
-        Ok(y)
-    }
-
-    /// `dx = ∂(Σ dy ⊙ conv(x, w)) / ∂x` for an input of shape `x_shape`; dx has dy's dtype.
-    pub fn conv3d_dgrad(
-        &self,
-        dy: &Tensor,
-        w: &Tensor,
-        x_shape: Shape,
-        spec: ConvSpec,
-    ) -> Result<Tensor> {
-        self.check_activation(dy, "conv3d_dgrad output gradient")?;
-        self.check(w, "conv3d_dgrad weight")?;
-        let (cin, cout) = spec.dgrad_shapes(dy.shape(), w, x_shape)?;
-        let x_dims = x_shape.spatial();
-        let dx = self.alloc(x_shape, dy.dtype())?;
-        self.check_activation(&dx, "conv3d_dgrad input gradient")?;
-        let s = spec.stride.map(|v| v as i64);
-        let pad = spec.pad_lo(x_dims).map(|p| p as i64);
-        // B[(t, co), ci] = w[t, ci, co]: the GEMM's input channel is the conv's output channel.
-        let (w_tap, w_ci, w_co) = (cin * cout, 1, cout);
-        let plan = if spec.transposed {
-            // dx[i] = Σ_t dy[i·s + t] · w[t]ᵀ
-            GemmPlan {
-                scatter: false,
-                kernel: spec.kernel,
-                map_a: s,
-                map_b: [1; 3],
-                map_c: [0; 3],
-                map_e: [1; 3],
-                w_tap,
-                w_ci,
-                w_co,
-            }
-        } else if spec.kernel == spec.stride {
-            // dx[o·s + t − pad_lo] = dy[o] · w[t]ᵀ, every dx voxel exactly once
-            GemmPlan {
-                scatter: true,
-                kernel: spec.kernel,
-                map_a: s,
-                map_b: [1; 3],
-                map_c: pad.map(|p| -p),
-                map_e: [1; 3],
-                w_tap,
-                w_ci,
-                w_co,
-            }
-        } else {
-            // dx[i] = Σ_t dy[(i + pad_lo − t) / s] · w[t]ᵀ where s divides i + pad_lo − t
-            GemmPlan {
-                scatter: false,
-                kernel: spec.kernel,
-                map_a: [1; 3],
-                map_b: [-1; 3],
-                map_c: pad,
-                map_e: s,
-                w_tap,
-                w_ci,
-                w_co,
-            }
-        };
-        self.implicit_gemm(&plan, dy, w, None, &dx)
-            .context("conv3d_dgrad")?;
-        Ok(dx)
-    }
-
     /// One launch of `vd_conv3d_gather_*` / `vd_conv3d_scatter_*`: `x` is the
     /// GEMM's input activation, `y` its output (allocated by the caller, same dtype).
     fn implicit_gemm(
@@ -430,10 +313,130 @@ impl GpuBackend {
         let mut kargs = KernelArgs::new().pod(&args).tensor(&bt);
         self.device().launch(kernel, cfg, &mut kargs)
     }
+}
+
+impl ConvOps for GpuBackend {
+    /// `y = conv(x, w) + bias` ([`ConvSpec`]); y has x's dtype.
+    fn conv3d(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        spec: ConvSpec,
+    ) -> Result<Tensor> {
+        self.check_activation(x, "conv3d input")?;
+        self.check(w, "conv3d weight")?;
+        let (cin, cout, y_shape) = spec.forward_shapes(x.shape(), w, bias)?;
+        if let Some(b) = bias {
+            self.check(b, "conv3d bias")?;
+            ensure!(
+                b.dtype() == DType::F32,
+                "conv3d bias: dtype {} (f32 expected)",
+                b.dtype().name()
+            );
+        }
+        let x_dims = x.shape().spatial();
+        let y = self.alloc(y_shape, x.dtype())?;
+        self.check_activation(&y, "conv3d output")?;
+        let s = spec.stride.map(|v| v as i64);
+        let plan = if spec.transposed {
+            // y[i·s + t] = x[i] · w[t]
+            GemmPlan {
+                scatter: true,
+                kernel: spec.kernel,
+                map_a: s,
+                map_b: [1; 3],
+                map_c: [0; 3],
+                map_e: [1; 3],
+                w_tap: cin * cout,
+                w_ci: cout,
+                w_co: 1,
+            }
+        } else {
+            // y[o] = Σ_t x[o·s + t − pad_lo] · w[t]
+            GemmPlan {
+                scatter: false,
+                kernel: spec.kernel,
+                map_a: s,
+                map_b: [1; 3],
+                map_c: spec.pad_lo(x_dims).map(|p| -(p as i64)),
+                map_e: [1; 3],
+                w_tap: cin * cout,
+                w_ci: cout,
+                w_co: 1,
+            }
+        };
+        self.implicit_gemm(&plan, x, w, bias, &y)
+            .context("conv3d")?;
+        Ok(y)
+    }
+
+    /// `dx = ∂(Σ dy ⊙ conv(x, w)) / ∂x` for an input of shape `x_shape`; dx has dy's dtype.
+    fn conv3d_dgrad(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        x_shape: Shape,
+        spec: ConvSpec,
+    ) -> Result<Tensor> {
+        self.check_activation(dy, "conv3d_dgrad output gradient")?;
+        self.check(w, "conv3d_dgrad weight")?;
+        let (cin, cout) = spec.dgrad_shapes(dy.shape(), w, x_shape)?;
+        let x_dims = x_shape.spatial();
+        let dx = self.alloc(x_shape, dy.dtype())?;
+        self.check_activation(&dx, "conv3d_dgrad input gradient")?;
+        let s = spec.stride.map(|v| v as i64);
+        let pad = spec.pad_lo(x_dims).map(|p| p as i64);
+        // B[(t, co), ci] = w[t, ci, co]: the GEMM's input channel is the conv's output channel.
+        let (w_tap, w_ci, w_co) = (cin * cout, 1, cout);
+        let plan = if spec.transposed {
+            // dx[i] = Σ_t dy[i·s + t] · w[t]ᵀ
+            GemmPlan {
+                scatter: false,
+                kernel: spec.kernel,
+                map_a: s,
+                map_b: [1; 3],
+                map_c: [0; 3],
+                map_e: [1; 3],
+                w_tap,
+                w_ci,
+                w_co,
+            }
+        } else if spec.kernel == spec.stride {
+            // dx[o·s + t − pad_lo] = dy[o] · w[t]ᵀ, every dx voxel exactly once
+            GemmPlan {
+                scatter: true,
+                kernel: spec.kernel,
+                map_a: s,
+                map_b: [1; 3],
+                map_c: pad.map(|p| -p),
+                map_e: [1; 3],
+                w_tap,
+                w_ci,
+                w_co,
+            }
+        } else {
+            // dx[i] = Σ_t dy[(i + pad_lo − t) / s] · w[t]ᵀ where s divides i + pad_lo − t
+            GemmPlan {
+                scatter: false,
+                kernel: spec.kernel,
+                map_a: [1; 3],
+                map_b: [-1; 3],
+                map_c: pad,
+                map_e: s,
+                w_tap,
+                w_ci,
+                w_co,
+            }
+        };
+        self.implicit_gemm(&plan, dy, w, None, &dx)
+            .context("conv3d_dgrad")?;
+        Ok(dx)
+    }
 
     /// `(dw, db)`: gradients of `Σ dy ⊙ (conv(x, w) + bias)` w.r.t. the weight
     /// `[kd, kh, kw, Cin, Cout]` (f32) and, if `with_bias`, the bias `[Cout]` (f32).
-    pub fn conv3d_wgrad(
+    fn conv3d_wgrad(
         &self,
         x: &Tensor,
         dy: &Tensor,

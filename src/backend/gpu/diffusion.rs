@@ -10,17 +10,18 @@
 use super::device::{KernelArgs, LaunchConfig};
 use super::registry::Kernel;
 use super::GpuBackend;
+use crate::ops::{MemoryOps, RandOps};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::Result;
 
 const RANDN_THREADS: u32 = 256;
 const RANDN_MAX_BLOCKS: u64 = 4096;
 
-impl GpuBackend {
+impl RandOps for GpuBackend {
     /// Standard normal noise: element `i` is `philox::normal(seed, offset + i)`
     /// (`src/backend/philox.rs`; bit-identical uniforms, normals within float
     /// rounding of the CPU's), in `dtype` (bf16 rounds to nearest even).
-    pub fn randn(&self, shape: Shape, dtype: DType, seed: u64, offset: u64) -> Result<Tensor> {
+    fn randn(&self, shape: Shape, dtype: DType, seed: u64, offset: u64) -> Result<Tensor> {
         let y = self.alloc(shape, dtype)?;
         let n = shape.numel() as u64;
         if n == 0 {

@@ -29,6 +29,7 @@ use super::device::{KernelArgs, LaunchConfig};
 use super::pointwise::check_ndhwc;
 use super::registry::Kernel;
 use super::GpuBackend;
+use crate::ops::{LayoutOps, MemoryOps};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
 
@@ -189,9 +190,11 @@ impl GpuBackend {
             &mut args,
         )
     }
+}
 
+impl LayoutOps for GpuBackend {
     /// Concatenates NDHWC tensors of equal N, D, H, W and dtype along channels.
-    pub fn concat_c(&self, xs: &[&Tensor]) -> Result<Tensor> {
+    fn concat_c(&self, xs: &[&Tensor]) -> Result<Tensor> {
         ensure!(!xs.is_empty(), "concat_c: no tensors to concatenate");
         let first = xs[0];
         let mut c_total = 0usize;
@@ -220,7 +223,7 @@ impl GpuBackend {
     }
 
     /// Channels `[start, start + len)` of x.
-    pub fn slice_c(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    fn slice_c(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         check_ndhwc(self, x, "slice_c: x")?;
         let c = x.shape().c();
         ensure!(len >= 1, "slice_c: len must be at least 1");
@@ -235,7 +238,7 @@ impl GpuBackend {
     }
 
     /// `y[n, p, c] = x[n, origin + p, c]` for p in the box of extents `size`.
-    pub fn crop(&self, x: &Tensor, origin: [usize; 3], size: [usize; 3]) -> Result<Tensor> {
+    fn crop(&self, x: &Tensor, origin: [usize; 3], size: [usize; 3]) -> Result<Tensor> {
         check_ndhwc(self, x, "crop: x")?;
         let sp = x.shape().spatial();
         for i in 0..3 {
@@ -260,7 +263,7 @@ impl GpuBackend {
     }
 
     /// Zeros of spatial extents `full` with x placed at `origin` (the backward of crop).
-    pub fn pad(&self, x: &Tensor, origin: [usize; 3], full: [usize; 3]) -> Result<Tensor> {
+    fn pad(&self, x: &Tensor, origin: [usize; 3], full: [usize; 3]) -> Result<Tensor> {
         check_ndhwc(self, x, "pad: x")?;
         let sp = x.shape().spatial();
         for i in 0..3 {
@@ -284,7 +287,7 @@ impl GpuBackend {
     }
 
     /// Nearest-neighbour upsampling: `y[n, q, c] = x[n, q / factor, c]`.
-    pub fn upsample(&self, x: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
+    fn upsample(&self, x: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
         check_ndhwc(self, x, "upsample: x")?;
         check_factor("upsample", "factor", factor)?;
         let sp = x.shape().spatial();
@@ -303,7 +306,7 @@ impl GpuBackend {
     }
 
     /// Backward of upsample: `dx[n, p, c] = Σ_{k < factor} dy[n, p·factor + k, c]`.
-    pub fn upsample_bwd(&self, dy: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
+    fn upsample_bwd(&self, dy: &Tensor, factor: [usize; 3]) -> Result<Tensor> {
         check_ndhwc(self, dy, "upsample_bwd: dy")?;
         check_factor("upsample_bwd", "factor", factor)?;
         let sp = dy.shape().spatial();
@@ -326,7 +329,7 @@ impl GpuBackend {
     }
 
     /// Max pooling, window = stride, ceil mode (`out = ceil(in / window)`, clipped windows).
-    pub fn maxpool(&self, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
+    fn maxpool(&self, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
         check_ndhwc(self, x, "maxpool: x")?;
         check_factor("maxpool", "window", window)?;
         let sp = x.shape().spatial();
@@ -350,7 +353,7 @@ impl GpuBackend {
 
     /// Backward of maxpool: each output's gradient goes to the first voxel (in
     /// D, H, W scan order) of its window that holds the maximum; dx is 0 elsewhere.
-    pub fn maxpool_bwd(&self, dy: &Tensor, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
+    fn maxpool_bwd(&self, dy: &Tensor, x: &Tensor, window: [usize; 3]) -> Result<Tensor> {
         check_ndhwc(self, x, "maxpool_bwd: x")?;
         check_ndhwc(self, dy, "maxpool_bwd: dy")?;
         check_factor("maxpool_bwd", "window", window)?;

@@ -18,6 +18,7 @@
 use super::device::{KernelArgs, LaunchConfig};
 use super::registry::Kernel;
 use super::GpuBackend;
+use crate::ops::{MatmulOps, MemoryOps};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Context, Result};
 
@@ -100,9 +101,11 @@ impl GpuBackend {
         self.device().launch(Kernel::LinearGemm, cfg, &mut kargs)?;
         Ok(c)
     }
+}
 
+impl MatmulOps for GpuBackend {
     /// `y[M, N] = x[M, K] · w[K, N] + b[N]`.
-    pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (m, k) = matrix(self, x, "linear input")?;
         let (kw, n) = matrix(self, w, "linear weight")?;
         ensure!(
@@ -125,7 +128,7 @@ impl GpuBackend {
     }
 
     /// `dx[M, K] = dy[M, N] · w[K, N]ᵀ`.
-    pub fn linear_dgrad(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    fn linear_dgrad(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
         let (m, n) = matrix(self, dy, "linear_dgrad output gradient")?;
         let (k, nw) = matrix(self, w, "linear_dgrad weight")?;
         ensure!(
@@ -140,7 +143,7 @@ impl GpuBackend {
     }
 
     /// `dw[K, N] = x[M, K]ᵀ · dy[M, N]` and, if `with_bias`, `db[N] = Σ_m dy[m, :]`.
-    pub fn linear_wgrad(
+    fn linear_wgrad(
         &self,
         x: &Tensor,
         dy: &Tensor,

@@ -43,6 +43,7 @@ use super::device::{KernelArgs, LaunchConfig};
 use super::elementwise::ew_config;
 use super::registry::Kernel;
 use super::GpuBackend;
+use crate::ops::{LossOps, MemoryOps};
 use crate::tensor::{Buffer, DType, Shape, Tensor};
 use anyhow::{bail, ensure, Result};
 use std::sync::Arc;
@@ -180,63 +181,6 @@ impl GpuBackend {
         Ok(out)
     }
 
-    /// Softmax over channels: `p = e^{x − max} / Σ_c e^{x − max}` per voxel.
-    pub fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        let (rows, c) = self.loss_rows(x, "softmax: x")?;
-        let p = self.alloc(x.shape(), x.dtype())?;
-        if rows == 0 {
-            return Ok(p);
-        }
-        let kernel = by_dtype(x.dtype(), Kernel::LossSoftmaxF32, Kernel::LossSoftmaxBf16);
-        let mut args = KernelArgs::new()
-            .tensor(x)
-            .tensor(&p)
-            .i64(rows as i64)
-            .i32(c as i32);
-        self.device().launch(kernel, rows_config(rows), &mut args)?;
-        Ok(p)
-    }
-
-    /// `dx = p ⊙ (dp − Σ_c dp·p)` per voxel.
-    pub fn softmax_bwd(&self, dp: &Tensor, p: &Tensor) -> Result<Tensor> {
-        let (rows, c) = self.loss_pair("softmax_bwd", dp, "dp", p, "p")?;
-        let dx = self.alloc(p.shape(), p.dtype())?;
-        if rows == 0 {
-            return Ok(dx);
-        }
-        let kernel = by_dtype(
-            p.dtype(),
-            Kernel::LossSoftmaxBwdF32,
-            Kernel::LossSoftmaxBwdBf16,
-        );
-        let mut args = KernelArgs::new()
-            .tensor(dp)
-            .tensor(p)
-            .tensor(&dx)
-            .i64(rows as i64)
-            .i32(c as i32);
-        self.device().launch(kernel, rows_config(rows), &mut args)?;
-        Ok(dx)
-    }
-
-    /// `y[…, 0]` = the first channel holding the maximum, as a float (NaN for a
-    /// row holding NaN), in x's dtype.
-    pub fn argmax_c(&self, x: &Tensor) -> Result<Tensor> {
-        let (rows, c) = self.loss_rows(x, "argmax_c: x")?;
-        let y = self.alloc(x.shape().with_c(1), x.dtype())?;
-        if rows == 0 {
-            return Ok(y);
-        }
-        let kernel = by_dtype(x.dtype(), Kernel::LossArgmaxF32, Kernel::LossArgmaxBf16);
-        let mut args = KernelArgs::new()
-            .tensor(x)
-            .tensor(&y)
-            .i64(rows as i64)
-            .i32(c as i32);
-        self.device().launch(kernel, rows_config(rows), &mut args)?;
-        Ok(y)
-    }
-
     /// Reads back the pending `one_hot` id checks; the first bad id is an
     /// error naming its voxel and value.
     pub(super) fn settle_label_checks(&self) -> Result<()> {
@@ -263,6 +207,99 @@ impl GpuBackend {
         Ok(())
     }
 
+    /// Two tensors of one shape (any rank) and dtype; their element count.
+    fn same_elements(&self, op: &str, a: &Tensor, b: &Tensor) -> Result<usize> {
+        self.check_loss_input(a, &format!("{op}: a"))?;
+        self.check_loss_input(b, &format!("{op}: b"))?;
+        ensure!(
+            a.shape() == b.shape(),
+            "{op}: a has shape {} but b has shape {}",
+            a.shape(),
+            b.shape()
+        );
+        ensure!(
+            a.dtype() == b.dtype(),
+            "{op}: a is {} but b is {} (one dtype expected)",
+            a.dtype().name(),
+            b.dtype().name()
+        );
+        ensure!(a.numel() > 0, "{op}: empty input ({})", a.shape());
+        Ok(a.numel())
+    }
+}
+
+impl LossOps for GpuBackend {
+    /// Foreground soft Dice (`loss/dice.rs`).
+    fn dice_loss(&self, p: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.dice_loss_fwd(p, target)
+    }
+    fn dice_loss_bwd(
+        &self,
+        p: &Tensor,
+        target: &Tensor,
+        sums: &Tensor,
+        dloss: &Tensor,
+    ) -> Result<Tensor> {
+        self.dice_loss_grad(p, target, sums, dloss)
+    }
+
+    /// Softmax over channels: `p = e^{x − max} / Σ_c e^{x − max}` per voxel.
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, c) = self.loss_rows(x, "softmax: x")?;
+        let p = self.alloc(x.shape(), x.dtype())?;
+        if rows == 0 {
+            return Ok(p);
+        }
+        let kernel = by_dtype(x.dtype(), Kernel::LossSoftmaxF32, Kernel::LossSoftmaxBf16);
+        let mut args = KernelArgs::new()
+            .tensor(x)
+            .tensor(&p)
+            .i64(rows as i64)
+            .i32(c as i32);
+        self.device().launch(kernel, rows_config(rows), &mut args)?;
+        Ok(p)
+    }
+
+    /// `dx = p ⊙ (dp − Σ_c dp·p)` per voxel.
+    fn softmax_bwd(&self, dp: &Tensor, p: &Tensor) -> Result<Tensor> {
+        let (rows, c) = self.loss_pair("softmax_bwd", dp, "dp", p, "p")?;
+        let dx = self.alloc(p.shape(), p.dtype())?;
+        if rows == 0 {
+            return Ok(dx);
+        }
+        let kernel = by_dtype(
+            p.dtype(),
+            Kernel::LossSoftmaxBwdF32,
+            Kernel::LossSoftmaxBwdBf16,
+        );
+        let mut args = KernelArgs::new()
+            .tensor(dp)
+            .tensor(p)
+            .tensor(&dx)
+            .i64(rows as i64)
+            .i32(c as i32);
+        self.device().launch(kernel, rows_config(rows), &mut args)?;
+        Ok(dx)
+    }
+
+    /// `y[…, 0]` = the first channel holding the maximum, as a float (NaN for a
+    /// row holding NaN), in x's dtype.
+    fn argmax_c(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, c) = self.loss_rows(x, "argmax_c: x")?;
+        let y = self.alloc(x.shape().with_c(1), x.dtype())?;
+        if rows == 0 {
+            return Ok(y);
+        }
+        let kernel = by_dtype(x.dtype(), Kernel::LossArgmaxF32, Kernel::LossArgmaxBf16);
+        let mut args = KernelArgs::new()
+            .tensor(x)
+            .tensor(&y)
+            .i64(rows as i64)
+            .i32(c as i32);
+        self.device().launch(kernel, rows_config(rows), &mut args)?;
+        Ok(y)
+    }
+
     /// One-hot of float class ids `[N,D,H,W,1]` (f32 or bf16) in the act dtype:
     /// `on` at the class, `off` elsewhere.
     ///
@@ -274,7 +311,7 @@ impl GpuBackend {
     /// which report the error — as a CUDA device-side assertion surfaces at
     /// the next synchronising call. At most [`PENDING_LABEL_CHECKS`] stay
     /// unread, so the labels they keep alive stay bounded.
-    pub fn one_hot(&self, labels: &Tensor, classes: usize, on: f32, off: f32) -> Result<Tensor> {
+    fn one_hot(&self, labels: &Tensor, classes: usize, on: f32, off: f32) -> Result<Tensor> {
         let (rows, c) = self.loss_rows(labels, "one_hot: labels")?;
         ensure!(
             c == 1,
@@ -322,7 +359,7 @@ impl GpuBackend {
     }
 
     /// Mean over voxels of `−Σ_c t_c · log softmax(logits)_c`, f32 `[1]`.
-    pub fn cross_entropy(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    fn cross_entropy(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         let (rows, c) = self.loss_pair("cross_entropy", logits, "logits", target, "target")?;
         ensure!(rows > 0, "cross_entropy: empty input ({})", logits.shape());
         let blocks = partial_blocks(rows);
@@ -347,7 +384,7 @@ impl GpuBackend {
     }
 
     /// `dlogits = dloss · (softmax(logits) − t) / rows`, dloss read on the device.
-    pub fn cross_entropy_bwd(
+    fn cross_entropy_bwd(
         &self,
         logits: &Tensor,
         target: &Tensor,
@@ -373,28 +410,8 @@ impl GpuBackend {
         Ok(dx)
     }
 
-    /// Two tensors of one shape (any rank) and dtype; their element count.
-    fn same_elements(&self, op: &str, a: &Tensor, b: &Tensor) -> Result<usize> {
-        self.check_loss_input(a, &format!("{op}: a"))?;
-        self.check_loss_input(b, &format!("{op}: b"))?;
-        ensure!(
-            a.shape() == b.shape(),
-            "{op}: a has shape {} but b has shape {}",
-            a.shape(),
-            b.shape()
-        );
-        ensure!(
-            a.dtype() == b.dtype(),
-            "{op}: a is {} but b is {} (one dtype expected)",
-            a.dtype().name(),
-            b.dtype().name()
-        );
-        ensure!(a.numel() > 0, "{op}: empty input ({})", a.shape());
-        Ok(a.numel())
-    }
-
     /// Mean of `(a − b)²` over all elements, f32 `[1]`.
-    pub fn mse(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    fn mse(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let n = self.same_elements("mse", a, b)?;
         let blocks = partial_blocks(n.div_ceil(8));
         let partials = self.device().alloc(4 * blocks)?;
@@ -417,7 +434,7 @@ impl GpuBackend {
     }
 
     /// `da = dloss · 2(a − b) / numel`, dloss read on the device.
-    pub fn mse_bwd(&self, a: &Tensor, b: &Tensor, dloss: &Tensor) -> Result<Tensor> {
+    fn mse_bwd(&self, a: &Tensor, b: &Tensor, dloss: &Tensor) -> Result<Tensor> {
         let n = self.same_elements("mse_bwd", a, b)?;
         self.check_scalar(dloss, "mse_bwd: dloss")?;
         let da = self.alloc(a.shape(), a.dtype())?;
@@ -433,7 +450,7 @@ impl GpuBackend {
     }
 
     /// `y = ln(clamp((x + 1)/2, eps, 1))` elementwise (NaN stays NaN).
-    pub fn scaled_to_logits(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
+    fn scaled_to_logits(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
         self.check_loss_input(x, "scaled_to_logits: x")?;
         ensure!(
             eps > 0.0 && eps < 1.0,
@@ -459,7 +476,7 @@ impl GpuBackend {
     }
 
     /// `dx = dy / (x + 1)` where `eps < (x + 1)/2 < 1`, NaN where x is NaN, else 0.
-    pub fn scaled_to_logits_bwd(&self, dy: &Tensor, x: &Tensor, eps: f32) -> Result<Tensor> {
+    fn scaled_to_logits_bwd(&self, dy: &Tensor, x: &Tensor, eps: f32) -> Result<Tensor> {
         let n = self.same_elements("scaled_to_logits_bwd", dy, x)?;
         let dx = self.alloc(x.shape(), x.dtype())?;
         let kernel = by_dtype(
@@ -480,7 +497,7 @@ impl GpuBackend {
     /// `Σ_i coef_i · s_i` over f32 `[1]` scalars, f32 in term order, on the
     /// device: one single-thread launch per 8 terms (a longer sum carries the
     /// running total as the first term of the next launch).
-    pub fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
+    fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
         ensure!(!terms.is_empty(), "scalar_lincomb: no terms");
         for (i, (_, t)) in terms.iter().enumerate() {
             self.check_scalar(t, &format!("scalar_lincomb: term {i}"))?;

@@ -12,7 +12,6 @@
 //! Dtypes: activations are bf16 by default ([`GpuBackend::act_dtype`]) with f32
 //! accumulation inside kernels; parameters, statistics and scalars are f32.
 
-mod backend_impl;
 pub mod conv;
 pub mod cuda;
 pub mod device;
@@ -22,13 +21,14 @@ pub mod emu;
 pub mod layout;
 pub mod linear;
 pub mod loss;
+mod memory;
 pub use loss::PENDING_LABEL_CHECKS;
 pub mod norm;
 pub mod optim;
 pub mod pointwise;
 pub mod registry;
 
-use crate::tensor::{DType, MemoryKind, Shape, Tensor};
+use crate::tensor::{DType, MemoryKind, Tensor};
 use anyhow::{bail, ensure, Context, Result};
 use device::{Device, DeviceKind};
 use std::sync::Arc;
@@ -82,12 +82,6 @@ impl GpuBackend {
     pub fn device(&self) -> &Arc<dyn Device> {
         &self.device
     }
-    pub fn name(&self) -> String {
-        self.device.name()
-    }
-    pub fn act_dtype(&self) -> DType {
-        self.act_dtype
-    }
 
     fn memory_kind(&self) -> MemoryKind {
         match self.device.kind() {
@@ -107,69 +101,4 @@ impl GpuBackend {
     }
 
     // ----------------------------------------------------------------- memory
-    /// Uninitialised storage (poisoned with NaN on Emu).
-    pub fn alloc(&self, shape: Shape, dtype: DType) -> Result<Tensor> {
-        let buf = self.device.alloc(shape.numel() * dtype.size())?;
-        Ok(Tensor::from_buffer(shape, dtype, buf))
-    }
-    pub fn zeros(&self, shape: Shape, dtype: DType) -> Result<Tensor> {
-        let t = self.alloc(shape, dtype)?;
-        self.device.memset(t.addr(), 0, t.bytes())?;
-        Ok(t)
-    }
-    /// Copies host data, converted to `dtype` (bf16: round to nearest even), into a new tensor.
-    pub fn upload(&self, data: &[f32], shape: Shape, dtype: DType) -> Result<Tensor> {
-        ensure!(
-            data.len() == shape.numel(),
-            "upload: {} values for shape {shape}",
-            data.len()
-        );
-        let t = self.alloc(shape, dtype)?;
-        self.write(&t, data)?;
-        Ok(t)
-    }
-    /// Copies a tensor to the host as f32 (bf16 widens exactly).
-    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
-        self.check(t, "download")?;
-        self.settle_label_checks()?;
-        match t.dtype() {
-            DType::F32 => {
-                let mut out = vec![0f32; t.numel()];
-                self.device
-                    .memcpy_dtoh(bytemuck::cast_slice_mut(&mut out), t.addr())?;
-                Ok(out)
-            }
-            DType::BF16 => {
-                let mut raw = vec![half::bf16::ZERO; t.numel()];
-                self.device
-                    .memcpy_dtoh(bytemuck::cast_slice_mut(&mut raw), t.addr())?;
-                Ok(raw.into_iter().map(f32::from).collect())
-            }
-        }
-    }
-    /// Overwrites a tensor with host data (in place).
-    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
-        self.check(t, "write")?;
-        ensure!(
-            data.len() == t.numel(),
-            "write: {} values into shape {}",
-            data.len(),
-            t.shape()
-        );
-        match t.dtype() {
-            DType::F32 => self
-                .device
-                .memcpy_htod(t.addr(), bytemuck::cast_slice(data)),
-            DType::BF16 => {
-                let raw: Vec<half::bf16> = data.iter().map(|&x| half::bf16::from_f32(x)).collect();
-                self.device
-                    .memcpy_htod(t.addr(), bytemuck::cast_slice(&raw))
-            }
-        }
-    }
-    /// Waits until all queued work is done.
-    pub fn synchronize(&self) -> Result<()> {
-        self.device.synchronize()?;
-        self.settle_label_checks()
-    }
 }

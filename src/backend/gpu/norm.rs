@@ -62,10 +62,11 @@
 //! per element over the forward's 6 bytes per bf16 element).
 
 use super::device::{KernelArgs, LaunchConfig};
-use super::pointwise::{act_code, check_aligned16, check_like, check_nc, check_ndhwc, RowTiles};
+use super::pointwise::{act_code, check_aligned16, check_ndhwc, RowTiles};
 use super::registry::Kernel;
 use super::GpuBackend;
-use crate::backend::{NormArgs, NormGrads, NormOut};
+use crate::ops::{MemoryOps, NormOps};
+use crate::ops::{NormArgs, NormGrads, NormOut};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
 
@@ -155,45 +156,26 @@ impl GpuBackend {
         x: &Tensor,
         args: &NormArgs,
     ) -> Result<(RowTiles, NormKernelArgs)> {
+        args.check(op, x)?;
+        // This backend's own rules: device memory, 16-byte aligned activations.
         check_ndhwc(self, x, &format!("{op}: x"))?;
-        let sh = x.shape();
-        let c = sh.c();
-        ensure!(
-            args.groups >= 1 && c.is_multiple_of(args.groups),
-            "{op}: groups = {} must divide the {c} channels of x ({sh})",
-            args.groups
-        );
-        ensure!(
-            args.eps >= 0.0 && args.eps.is_finite(),
-            "{op}: eps must be finite and non-negative, got {}",
-            args.eps
-        );
-        ensure!(
-            sh.numel() > 0,
-            "{op}: x ({sh}) has no elements to normalise"
-        );
-        for (t, name) in [(args.gamma, "gamma"), (args.beta, "beta")] {
+        for (t, name) in [
+            (args.gamma, "gamma"),
+            (args.beta, "beta"),
+            (args.film.map(|f| f.0), "film scale"),
+            (args.film.map(|f| f.1), "film shift"),
+        ] {
             if let Some(t) = t {
-                let what = format!("{op}: {name}");
-                self.check(t, &what)?;
-                ensure!(
-                    t.dtype() == DType::F32 && t.shape().dims() == [c],
-                    "{what}: expected f32 [{c}] (the channels of x), got {} {}",
-                    t.dtype().name(),
-                    t.shape()
-                );
+                self.check(t, &format!("{op}: {name}"))?;
             }
-        }
-        if let Some((s, h)) = args.film {
-            check_nc(self, s, sh, &format!("{op}: film scale"))?;
-            check_nc(self, h, sh, &format!("{op}: film shift"))?;
         }
         if let Some(r) = args.residual {
             let what = format!("{op}: residual");
             self.check(r, &what)?;
-            check_like(r, x, &what)?;
             check_aligned16(r, &what)?;
         }
+        let sh = x.shape();
+        let c = sh.c();
         let tiles = RowTiles::new(sh)?;
         ensure!(
             args.groups <= 65535,
@@ -220,9 +202,11 @@ impl GpuBackend {
         };
         Ok((tiles, k))
     }
+}
 
+impl NormOps for GpuBackend {
     /// Fused group norm forward ([`NormArgs`]): y in x's dtype, stats f32 `[N, G, 2]`.
-    pub fn norm_fwd(&self, x: &Tensor, args: &NormArgs) -> Result<NormOut> {
+    fn norm_fwd(&self, x: &Tensor, args: &NormArgs) -> Result<NormOut> {
         let (t, mut k) = self.norm_setup("norm_fwd", x, args)?;
         let sh = x.shape();
         let kernels = pass_kernels(x.dtype(), t.vec);
@@ -253,27 +237,19 @@ impl GpuBackend {
     }
 
     /// Backward of [`GpuBackend::norm_fwd`] from the same x, stats and args.
-    pub fn norm_bwd(
+    fn norm_bwd(
         &self,
         dy: &Tensor,
         x: &Tensor,
         stats: &Tensor,
         args: &NormArgs,
     ) -> Result<NormGrads> {
+        args.check_bwd(dy, x, stats)?;
         let (t, mut k) = self.norm_setup("norm_bwd", x, args)?;
         let sh = x.shape();
         self.check(dy, "norm_bwd: dy")?;
-        check_like(dy, x, "norm_bwd: dy vs x")?;
         check_aligned16(dy, "norm_bwd: dy")?;
         self.check(stats, "norm_bwd: stats")?;
-        ensure!(
-            stats.dtype() == DType::F32 && stats.shape().dims() == [sh.n(), args.groups, 2],
-            "norm_bwd: stats: expected f32 [{}, {}, 2], got {} {}",
-            sh.n(),
-            args.groups,
-            stats.dtype().name(),
-            stats.shape()
-        );
         let kernels = pass_kernels(x.dtype(), t.vec);
         let nc = Shape::new(&[sh.n(), sh.c()]);
         let cvec = Shape::new(&[sh.c()]);

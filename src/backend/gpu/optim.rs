@@ -26,7 +26,8 @@
 use super::device::{KernelArgs, LaunchConfig};
 use super::registry::Kernel;
 use super::GpuBackend;
-use crate::backend::{AdamW, ParamSlot};
+use crate::ops::{AdamW, ParamSlot};
+use crate::ops::{MemoryOps, OptimOps};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
 use std::collections::HashMap;
@@ -127,17 +128,13 @@ impl GpuBackend {
         );
         Ok((table, tiles))
     }
+}
 
+impl OptimOps for GpuBackend {
     /// One AdamW step over all slots, in place, with global-norm clipping (see
     /// the [`crate::backend::Backend::adamw_step`] contract and the module
     /// docs). Returns the pre-clip global gradient norm, f32 `[1]`.
-    pub fn adamw_step(
-        &self,
-        slots: &[ParamSlot],
-        hp: &AdamW,
-        lr: f32,
-        step: u64,
-    ) -> Result<Tensor> {
+    fn adamw_step(&self, slots: &[ParamSlot], hp: &AdamW, lr: f32, step: u64) -> Result<Tensor> {
         ensure!(step >= 1, "adamw_step: step counts from 1, got 0");
         if let Some(mx) = hp.max_grad_norm {
             ensure!(

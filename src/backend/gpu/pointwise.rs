@@ -20,12 +20,26 @@
 //! all, so ≤ 8 KiB per channel — small next to x for any real volume).
 
 use super::device::{KernelArgs, LaunchConfig};
-use super::elementwise::ew_config;
+use super::elementwise::{check_vector_aligned, ew_config};
 use super::registry::Kernel;
 use super::GpuBackend;
-use crate::backend::Act;
+use crate::ops::Act;
+use crate::ops::{MemoryOps, PointwiseOps};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
+
+/// Mirrors `VdLincombArgs` in kernels/elementwise.cu (80 bytes; the launch
+/// checks the size against the kernel's parameter).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LincombArgs {
+    x: [u64; 4],
+    coef: [f32; 4],
+    x_is_bf16: [i32; 4],
+    terms: i32,
+    pad: i32,
+    n: i64,
+}
 
 /// Channels per thread of the vector variants (one 16-byte vector of bf16).
 pub const VEC: usize = 8;
@@ -178,9 +192,9 @@ pub(crate) fn check_like(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
     Ok(())
 }
 
-impl GpuBackend {
+impl PointwiseOps for GpuBackend {
     /// `y = act(x)` elementwise (any shape; f32 or bf16, the output in x's dtype).
-    pub fn act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+    fn act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
         self.check(x, "act: x")?;
         check_aligned16(x, "act: x")?;
         let y = self.alloc(x.shape(), x.dtype())?;
@@ -202,7 +216,7 @@ impl GpuBackend {
     }
 
     /// `dx = dy · act'(x)` elementwise (dy and x of one shape and dtype).
-    pub fn act_bwd(&self, dy: &Tensor, x: &Tensor, act: Act) -> Result<Tensor> {
+    fn act_bwd(&self, dy: &Tensor, x: &Tensor, act: Act) -> Result<Tensor> {
         self.check(dy, "act_bwd: dy")?;
         self.check(x, "act_bwd: x")?;
         check_like(dy, x, "act_bwd: dy vs x")?;
@@ -228,7 +242,7 @@ impl GpuBackend {
     }
 
     /// `y[n,…,c] = x[n,…,c] + v[n,c]`, v f32 `[N, C]`; y in x's dtype.
-    pub fn add_nc(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fn add_nc(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         check_ndhwc(self, x, "add_nc: x")?;
         check_nc(self, v, x.shape(), "add_nc: v")?;
         let y = self.alloc(x.shape(), x.dtype())?;
@@ -253,7 +267,7 @@ impl GpuBackend {
     }
 
     /// `s[n,c] = Σ_voxels x[n,…,c]`, f32 `[N, C]` (see the module docs for the passes).
-    pub fn sum_spatial(&self, x: &Tensor) -> Result<Tensor> {
+    fn sum_spatial(&self, x: &Tensor) -> Result<Tensor> {
         check_ndhwc(self, x, "sum_spatial: x")?;
         let sh = x.shape();
         let s = self.alloc(Shape::new(&[sh.n(), sh.c()]), DType::F32)?;
@@ -293,5 +307,50 @@ impl GpuBackend {
         self.device()
             .launch(Kernel::PointwiseSumMerge, merge, &mut args)?;
         Ok(s)
+    }
+
+    /// `Σ_i coef_i · x_i` over 1..=4 tensors of one shape (each f32 or bf16),
+    /// accumulated in f32 in term order with fused multiply-adds; the output has
+    /// the dtype of the first term.
+    fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
+        ensure!(
+            (1..=4).contains(&terms.len()),
+            "lincomb: {} terms (1..=4)",
+            terms.len()
+        );
+        let shape = terms[0].1.shape();
+        let mut a = LincombArgs {
+            x: [0; 4],
+            coef: [0.0; 4],
+            x_is_bf16: [0; 4],
+            terms: terms.len() as i32,
+            pad: 0,
+            n: shape.numel() as i64,
+        };
+        for (i, (c, t)) in terms.iter().enumerate() {
+            let what = format!("lincomb term {i}");
+            self.check(t, &what)?;
+            check_vector_aligned(t, &what)?;
+            ensure!(
+                t.shape() == shape,
+                "{what}: shape {} differs from the first term's {shape}",
+                t.shape()
+            );
+            a.x[i] = t.addr();
+            a.coef[i] = *c;
+            a.x_is_bf16[i] = (t.dtype() == DType::BF16) as i32;
+        }
+        let y = self.alloc(shape, terms[0].1.dtype())?;
+        if shape.numel() == 0 {
+            return Ok(y);
+        }
+        let kernel = match y.dtype() {
+            DType::F32 => Kernel::ElementwiseLincombF32,
+            DType::BF16 => Kernel::ElementwiseLincombBf16,
+        };
+        let mut args = KernelArgs::new().pod(&a).tensor(&y);
+        self.device()
+            .launch(kernel, ew_config(shape.numel()), &mut args)?;
+        Ok(y)
     }
 }

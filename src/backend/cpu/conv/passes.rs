@@ -18,7 +18,7 @@
 //!   pass over dy with kernel = stride = `s` and no padding.
 use super::pack::{use_dot, Packed};
 use super::rows::{Axis, Pass};
-use crate::backend::ConvSpec;
+use crate::ops::ConvSpec;
 
 /// Index of `w[kd, kh, kw, ci, co]`.
 fn w_index(

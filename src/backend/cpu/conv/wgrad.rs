@@ -30,7 +30,7 @@
 //! stored once per group, not once per row.
 use super::kernel::{balanced_split, wgrad_tile_fn, Isa, Segment, WgradTile, MAX_R};
 use super::pack::channel_blocks;
-use crate::backend::ConvSpec;
+use crate::ops::ConvSpec;
 use rayon::prelude::*;
 
 /// The inputs of a weight gradient (shapes already validated).

@@ -27,6 +27,7 @@ use crate::backend::gpu::device::KernelArgs;
 use crate::backend::gpu::device::LaunchConfig;
 use crate::backend::gpu::registry::Kernel;
 use crate::backend::gpu::GpuBackend;
+use crate::ops::MemoryOps;
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
 
@@ -57,7 +58,7 @@ impl GpuBackend {
     }
 
     /// Foreground soft Dice: (loss f32 `[1]`, sums f32 `[N, C, 3]` = Σp·t, Σp, Σt).
-    pub fn dice_loss(&self, p: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(super) fn dice_loss_fwd(&self, p: &Tensor, target: &Tensor) -> Result<(Tensor, Tensor)> {
         let (n, v, c) = self.dice_dims("dice_loss", p, target)?;
         let threads = LOSS_THREADS as usize;
         let rows_per_pass = threads / c.min(threads);
@@ -106,7 +107,7 @@ impl GpuBackend {
     /// `dp[n,v,c] = −dloss · 2(t·S − Σpt) / (K·S²)` (S = Σp + Σt) for the K
     /// averaged pairs, 0 elsewhere; in p's dtype. Only `target`, `sums` and
     /// `dloss` are read (the gradient does not depend on p's values).
-    pub fn dice_loss_bwd(
+    pub(super) fn dice_loss_grad(
         &self,
         p: &Tensor,
         target: &Tensor,
