@@ -20,7 +20,7 @@ struct Oracle<'a> {
 
 impl Denoiser for Oracle<'_> {
     fn denoise(&self, g: &mut Graph, input: &Var, t: &[f32]) -> anyhow::Result<Var> {
-        let b = g.b;
+        let b = g.dev;
         let classes = self.mask.shape().c();
         let ci = input.shape().c() - classes;
         let x_t = g.slice_c(input, ci, classes)?;

@@ -1,21 +1,31 @@
 //! Reverse-mode autograd over a tape.
 //!
 //! A [`Graph`] wraps a backend. Every op called through it computes its output
-//! with the backend and, when the graph records, appends a [`Node`] holding the
-//! op, the ids of its inputs and exactly the tensors its backward needs.
+//! with the backend and, when the graph records and some input is tracked,
+//! appends a [`Record`]: the output's id and a [`Backward`] object holding the
+//! input ids and exactly the tensors the op's backward reads. Each op family
+//! has one file here (`conv.rs`, `norm.rs`, `pointwise.rs`, …) in which an op's
+//! `Graph` method and its `Backward` impl sit side by side.
 //! [`Graph::backward`] walks the tape in reverse and accumulates gradients.
-//! There are no closures over host data: the tape is a plain list of ops, the
-//! same every step for fixed shapes.
+//! There are no closures over host data: the tape is the same list of ops
+//! every step for fixed shapes.
 //!
 //! Values live in [`Var`]s (a tensor plus an id), not in the graph, so a graph
 //! that does not record (inference, the no-gradient pass of recycling) frees
 //! each activation as soon as the model code drops it.
 
-mod backward;
+mod conv;
+mod layout;
+mod loss;
+mod matmul;
+mod norm;
+mod pointwise;
+
+pub use loss::PROB_EPS;
+pub use norm::NormOpts;
 
 use crate::backend::Backend;
-use crate::ops::{Act, ConvSpec, NormArgs};
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
 
 /// Identifies a value whose gradient is tracked.
@@ -41,134 +51,38 @@ impl Var {
     }
 }
 
-/// Norm options given to [`Graph::norm`] (tensors as Vars).
-#[derive(Clone, Copy)]
-pub struct NormOpts<'a> {
-    pub groups: usize,
-    pub eps: f32,
-    pub gamma: Option<&'a Var>,
-    pub beta: Option<&'a Var>,
-    pub film: Option<(&'a Var, &'a Var)>,
-    pub residual: Option<&'a Var>,
-    pub act: Act,
+/// The backward of one recorded op: given the gradient of its output, add
+/// the gradients of its tracked inputs into `grads`. Accumulation rule:
+/// input gradients are added to whatever the slot holds (`GradAcc::add`);
+/// nothing else is written.
+pub(crate) trait Backward {
+    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()>;
 }
 
-/// One recorded op. Saved tensors are only those its backward reads.
-pub(crate) enum Node {
-    Conv {
-        out: VarId,
-        x: Option<VarId>,
-        w: Option<VarId>,
-        b: Option<VarId>,
-        /// Saved input (needed when the weight needs a gradient).
-        x_t: Option<Tensor>,
-        /// Saved weight (needed when the input needs a gradient).
-        w_t: Option<Tensor>,
-        x_shape: Shape,
-        spec: ConvSpec,
-    },
-    Linear {
-        out: VarId,
-        x: Option<VarId>,
-        w: Option<VarId>,
-        b: Option<VarId>,
-        x_t: Option<Tensor>,
-        w_t: Option<Tensor>,
-    },
-    Norm {
-        out: VarId,
-        x: Option<VarId>,
-        gamma: Option<(Option<VarId>, Tensor)>,
-        beta: Option<(Option<VarId>, Tensor)>,
-        film: Option<(Option<VarId>, Tensor, Option<VarId>, Tensor)>,
-        residual: Option<(Option<VarId>, Tensor)>,
-        x_t: Tensor,
-        stats: Tensor,
-        groups: usize,
-        eps: f32,
-        act: Act,
-    },
-    Act {
-        out: VarId,
-        x: VarId,
-        x_t: Tensor,
-        act: Act,
-    },
-    LinComb {
-        out: VarId,
-        terms: Vec<(f32, Option<VarId>)>,
-    },
-    AddNc {
-        out: VarId,
-        x: Option<VarId>,
-        v: Option<VarId>,
-    },
-    Concat {
-        out: VarId,
-        parts: Vec<(Option<VarId>, usize)>,
-    },
-    SliceC {
-        out: VarId,
-        x: VarId,
-        start: usize,
-        c_in: usize,
-    },
-    Crop {
-        out: VarId,
-        x: VarId,
-        origin: [usize; 3],
-        full: [usize; 3],
-    },
-    Upsample {
-        out: VarId,
-        x: VarId,
-        factor: [usize; 3],
-    },
-    MaxPool {
-        out: VarId,
-        x: VarId,
-        x_t: Tensor,
-        window: [usize; 3],
-    },
-    Softmax {
-        out: VarId,
-        x: VarId,
-        p_t: Tensor,
-    },
-    CrossEntropy {
-        out: VarId,
-        logits: VarId,
-        logits_t: Tensor,
-        target_t: Tensor,
-    },
-    Dice {
-        out: VarId,
-        p: VarId,
-        p_t: Tensor,
-        target_t: Tensor,
-        sums: Tensor,
-    },
-    Mse {
-        out: VarId,
-        a: Option<VarId>,
-        b: Option<VarId>,
-        a_t: Tensor,
-        b_t: Tensor,
-    },
-    ScalarLinComb {
-        out: VarId,
-        terms: Vec<(f32, Option<VarId>)>,
-    },
-    ScaledToLogits {
-        out: VarId,
-        x: VarId,
-        x_t: Tensor,
-        eps: f32,
-    },
+/// One entry of the tape.
+struct Record {
+    out: VarId,
+    op: Box<dyn Backward>,
 }
 
-/// Clamp floor of [`Graph::scaled_to_logits`] (the ImgX reference's `EPS`).
-pub const PROB_EPS: f32 = 1e-5;
+/// Gradients by value id during a backward pass.
+pub(crate) struct GradAcc<'a> {
+    pub dev: &'a dyn Backend,
+    slots: Vec<Option<Tensor>>,
+}
+
+impl GradAcc<'_> {
+    /// Add `g` into the gradient of `id` (nothing when `id` is None: an
+    /// untracked input).
+    pub fn add(&mut self, id: Option<VarId>, g: Tensor) -> Result<()> {
+        let Some(id) = id else { return Ok(()) };
+        self.slots[id] = Some(match self.slots[id].take() {
+            None => g,
+            Some(prev) => self.dev.lincomb(&[(1.0, &prev), (1.0, &g)])?,
+        });
+        Ok(())
+    }
+}
 
 /// The gradients of one backward pass, by parameter index.
 pub struct Grads {
@@ -176,28 +90,28 @@ pub struct Grads {
 }
 
 /// A computation on one backend, recording a tape when asked to.
-pub struct Graph<'b> {
-    pub b: &'b dyn Backend,
+pub struct Graph<'d> {
+    pub dev: &'d dyn Backend,
     record: bool,
-    tape: Vec<Node>,
+    tape: Vec<Record>,
     /// For each VarId: the parameter it stands for, if any.
     param_of: Vec<Option<usize>>,
 }
 
-impl<'b> Graph<'b> {
+impl<'d> Graph<'d> {
     /// A graph that records a tape for [`Graph::backward`].
-    pub fn train(b: &'b dyn Backend) -> Graph<'b> {
+    pub fn train(dev: &'d dyn Backend) -> Graph<'d> {
         Graph {
-            b,
+            dev,
             record: true,
             tape: Vec::new(),
             param_of: Vec::new(),
         }
     }
     /// A graph that records nothing (inference; no gradients anywhere).
-    pub fn inference(b: &'b dyn Backend) -> Graph<'b> {
+    pub fn inference(dev: &'d dyn Backend) -> Graph<'d> {
         Graph {
-            b,
+            dev,
             record: false,
             tape: Vec::new(),
             param_of: Vec::new(),
@@ -215,10 +129,29 @@ impl<'b> Graph<'b> {
         self.param_of.push(param);
         self.param_of.len() - 1
     }
-    /// Output var: tracked when recording and any input is tracked.
-    fn output(&mut self, t: Tensor, tracked: bool) -> Var {
-        let id = (self.record && tracked).then(|| self.new_id(None));
-        Var { t, id }
+
+    /// The output `y` of an op whose inputs have the ids `inputs`: tracked
+    /// when the graph records and some input is tracked, and then `backward()`
+    /// (which captures what the op's backward needs) goes on the tape. Every
+    /// op of every family records through here.
+    pub(crate) fn record<B: Backward + 'static>(
+        &mut self,
+        y: Tensor,
+        inputs: &[Option<VarId>],
+        backward: impl FnOnce() -> B,
+    ) -> Var {
+        if !self.record || inputs.iter().all(Option::is_none) {
+            return Var { t: y, id: None };
+        }
+        let out = self.new_id(None);
+        self.tape.push(Record {
+            out,
+            op: Box::new(backward()),
+        });
+        Var {
+            t: y,
+            id: Some(out),
+        }
     }
 
     /// A value without gradient (data, targets, noise).
@@ -238,296 +171,6 @@ impl<'b> Graph<'b> {
         }
     }
 
-    // ------------------------------------------------------------------ ops
-
-    pub fn conv3d(&mut self, x: &Var, w: &Var, b: Option<&Var>, spec: ConvSpec) -> Result<Var> {
-        let y = self.b.conv3d(&x.t, &w.t, b.map(|b| &b.t), spec)?;
-        let tracked = x.id.is_some() || w.id.is_some() || b.and_then(|b| b.id).is_some();
-        let out = self.output(y, tracked);
-        if let Some(o) = out.id {
-            self.tape.push(Node::Conv {
-                out: o,
-                x: x.id,
-                w: w.id,
-                b: b.and_then(|b| b.id),
-                x_t: w.id.map(|_| x.t.clone()),
-                w_t: x.id.map(|_| w.t.clone()),
-                x_shape: x.shape(),
-                spec,
-            });
-        }
-        Ok(out)
-    }
-
-    pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = self.b.linear(&x.t, &w.t, b.map(|b| &b.t))?;
-        let tracked = x.id.is_some() || w.id.is_some() || b.and_then(|b| b.id).is_some();
-        let out = self.output(y, tracked);
-        if let Some(o) = out.id {
-            self.tape.push(Node::Linear {
-                out: o,
-                x: x.id,
-                w: w.id,
-                b: b.and_then(|b| b.id),
-                x_t: w.id.map(|_| x.t.clone()),
-                w_t: x.id.map(|_| w.t.clone()),
-            });
-        }
-        Ok(out)
-    }
-
-    /// Fused group norm + affine + FiLM + residual + activation.
-    pub fn norm(&mut self, x: &Var, o: NormOpts) -> Result<Var> {
-        let args = NormArgs {
-            groups: o.groups,
-            eps: o.eps,
-            gamma: o.gamma.map(|v| &v.t),
-            beta: o.beta.map(|v| &v.t),
-            film: o.film.map(|(s, h)| (&s.t, &h.t)),
-            residual: o.residual.map(|v| &v.t),
-            act: o.act,
-        };
-        let r = self.b.norm_fwd(&x.t, &args)?;
-        let ids = [
-            x.id,
-            o.gamma.and_then(|v| v.id),
-            o.beta.and_then(|v| v.id),
-            o.film.and_then(|(s, _)| s.id),
-            o.film.and_then(|(_, h)| h.id),
-            o.residual.and_then(|v| v.id),
-        ];
-        let out = self.output(r.y, ids.iter().any(|i| i.is_some()));
-        if let Some(id) = out.id {
-            self.tape.push(Node::Norm {
-                out: id,
-                x: x.id,
-                gamma: o.gamma.map(|v| (v.id, v.t.clone())),
-                beta: o.beta.map(|v| (v.id, v.t.clone())),
-                film: o.film.map(|(s, h)| (s.id, s.t.clone(), h.id, h.t.clone())),
-                residual: o.residual.map(|v| (v.id, v.t.clone())),
-                x_t: x.t.clone(),
-                stats: r.stats,
-                groups: o.groups,
-                eps: o.eps,
-                act: o.act,
-            });
-        }
-        Ok(out)
-    }
-
-    pub fn act(&mut self, x: &Var, act: Act) -> Result<Var> {
-        if act == Act::Identity {
-            return Ok(x.clone());
-        }
-        let y = self.b.act(&x.t, act)?;
-        let out = self.output(y, x.id.is_some());
-        if let (Some(o), Some(xi)) = (out.id, x.id) {
-            self.tape.push(Node::Act {
-                out: o,
-                x: xi,
-                x_t: x.t.clone(),
-                act,
-            });
-        }
-        Ok(out)
-    }
-
-    /// `Σ coef_i · x_i` (equal shapes).
-    pub fn lincomb(&mut self, terms: &[(f32, &Var)]) -> Result<Var> {
-        let ts: Vec<(f32, &Tensor)> = terms.iter().map(|(c, v)| (*c, &v.t)).collect();
-        let y = self.b.lincomb(&ts)?;
-        let out = self.output(y, terms.iter().any(|(_, v)| v.id.is_some()));
-        if let Some(o) = out.id {
-            self.tape.push(Node::LinComb {
-                out: o,
-                terms: terms.iter().map(|(c, v)| (*c, v.id)).collect(),
-            });
-        }
-        Ok(out)
-    }
-
-    pub fn add(&mut self, a: &Var, b: &Var) -> Result<Var> {
-        self.lincomb(&[(1.0, a), (1.0, b)])
-    }
-
-    /// `x[n,…,c] + v[n,c]`.
-    pub fn add_nc(&mut self, x: &Var, v: &Var) -> Result<Var> {
-        let y = self.b.add_nc(&x.t, &v.t)?;
-        let out = self.output(y, x.id.is_some() || v.id.is_some());
-        if let Some(o) = out.id {
-            self.tape.push(Node::AddNc {
-                out: o,
-                x: x.id,
-                v: v.id,
-            });
-        }
-        Ok(out)
-    }
-
-    pub fn concat_c(&mut self, xs: &[&Var]) -> Result<Var> {
-        let ts: Vec<&Tensor> = xs.iter().map(|v| &v.t).collect();
-        let y = self.b.concat_c(&ts)?;
-        let out = self.output(y, xs.iter().any(|v| v.id.is_some()));
-        if let Some(o) = out.id {
-            self.tape.push(Node::Concat {
-                out: o,
-                parts: xs.iter().map(|v| (v.id, v.shape().c())).collect(),
-            });
-        }
-        Ok(out)
-    }
-
-    pub fn slice_c(&mut self, x: &Var, start: usize, len: usize) -> Result<Var> {
-        let y = self.b.slice_c(&x.t, start, len)?;
-        let out = self.output(y, x.id.is_some());
-        if let (Some(o), Some(xi)) = (out.id, x.id) {
-            self.tape.push(Node::SliceC {
-                out: o,
-                x: xi,
-                start,
-                c_in: x.shape().c(),
-            });
-        }
-        Ok(out)
-    }
-
-    /// The leading spatial corner of extents `size` (a no-op when equal).
-    pub fn crop_to(&mut self, x: &Var, size: [usize; 3]) -> Result<Var> {
-        if x.shape().spatial() == size {
-            return Ok(x.clone());
-        }
-        self.crop(x, [0, 0, 0], size)
-    }
-
-    pub fn crop(&mut self, x: &Var, origin: [usize; 3], size: [usize; 3]) -> Result<Var> {
-        let y = self.b.crop(&x.t, origin, size)?;
-        let out = self.output(y, x.id.is_some());
-        if let (Some(o), Some(xi)) = (out.id, x.id) {
-            self.tape.push(Node::Crop {
-                out: o,
-                x: xi,
-                origin,
-                full: x.shape().spatial(),
-            });
-        }
-        Ok(out)
-    }
-
-    pub fn upsample(&mut self, x: &Var, factor: [usize; 3]) -> Result<Var> {
-        let y = self.b.upsample(&x.t, factor)?;
-        let out = self.output(y, x.id.is_some());
-        if let (Some(o), Some(xi)) = (out.id, x.id) {
-            self.tape.push(Node::Upsample {
-                out: o,
-                x: xi,
-                factor,
-            });
-        }
-        Ok(out)
-    }
-
-    pub fn maxpool(&mut self, x: &Var, window: [usize; 3]) -> Result<Var> {
-        let y = self.b.maxpool(&x.t, window)?;
-        let out = self.output(y, x.id.is_some());
-        if let (Some(o), Some(xi)) = (out.id, x.id) {
-            self.tape.push(Node::MaxPool {
-                out: o,
-                x: xi,
-                x_t: x.t.clone(),
-                window,
-            });
-        }
-        Ok(out)
-    }
-
-    pub fn softmax(&mut self, x: &Var) -> Result<Var> {
-        let p = self.b.softmax(&x.t)?;
-        let out = self.output(p, x.id.is_some());
-        if let (Some(o), Some(xi)) = (out.id, x.id) {
-            self.tape.push(Node::Softmax {
-                out: o,
-                x: xi,
-                p_t: out.t.clone(),
-            });
-        }
-        Ok(out)
-    }
-
-    /// Mean cross-entropy of `logits` against a one-hot `target` (no gradient to the target).
-    pub fn cross_entropy(&mut self, logits: &Var, target: &Tensor) -> Result<Var> {
-        let l = self.b.cross_entropy(&logits.t, target)?;
-        let out = self.output(l, logits.id.is_some());
-        if let (Some(o), Some(li)) = (out.id, logits.id) {
-            self.tape.push(Node::CrossEntropy {
-                out: o,
-                logits: li,
-                logits_t: logits.t.clone(),
-                target_t: target.clone(),
-            });
-        }
-        Ok(out)
-    }
-
-    /// Foreground soft Dice loss of probabilities `p` against a one-hot `target`.
-    pub fn dice_loss(&mut self, p: &Var, target: &Tensor) -> Result<Var> {
-        let (l, sums) = self.b.dice_loss(&p.t, target)?;
-        let out = self.output(l, p.id.is_some());
-        if let (Some(o), Some(pi)) = (out.id, p.id) {
-            self.tape.push(Node::Dice {
-                out: o,
-                p: pi,
-                p_t: p.t.clone(),
-                target_t: target.clone(),
-                sums,
-            });
-        }
-        Ok(out)
-    }
-
-    pub fn mse(&mut self, a: &Var, b: &Var) -> Result<Var> {
-        let l = self.b.mse(&a.t, &b.t)?;
-        let out = self.output(l, a.id.is_some() || b.id.is_some());
-        if let Some(o) = out.id {
-            self.tape.push(Node::Mse {
-                out: o,
-                a: a.id,
-                b: b.id,
-                a_t: a.t.clone(),
-                b_t: b.t.clone(),
-            });
-        }
-        Ok(out)
-    }
-
-    /// `Σ coef_i · s_i` over scalars (e.g. weighting losses).
-    pub fn scalar_lincomb(&mut self, terms: &[(f32, &Var)]) -> Result<Var> {
-        let ts: Vec<(f32, &Tensor)> = terms.iter().map(|(c, v)| (*c, &v.t)).collect();
-        let y = self.b.scalar_lincomb(&ts)?;
-        let out = self.output(y, terms.iter().any(|(_, v)| v.id.is_some()));
-        if let Some(o) = out.id {
-            self.tape.push(Node::ScalarLinComb {
-                out: o,
-                terms: terms.iter().map(|(c, v)| (*c, v.id)).collect(),
-            });
-        }
-        Ok(out)
-    }
-
-    /// `ln(clamp((x + 1)/2, PROB_EPS, 1))`: [−1, 1]-space probabilities to logits.
-    pub fn scaled_to_logits(&mut self, x: &Var) -> Result<Var> {
-        let y = self.b.scaled_to_logits(&x.t, PROB_EPS)?;
-        let out = self.output(y, x.id.is_some());
-        if let (Some(o), Some(xi)) = (out.id, x.id) {
-            self.tape.push(Node::ScaledToLogits {
-                out: o,
-                x: xi,
-                x_t: x.t.clone(),
-                eps: PROB_EPS,
-            });
-        }
-        Ok(out)
-    }
-
     /// Gradients of the scalar `loss` w.r.t. every parameter used in this
     /// graph (`num_params` is the size of the model's parameter store). The
     /// tape is consumed.
@@ -542,21 +185,39 @@ impl<'b> Graph<'b> {
             anyhow::bail!("the loss does not depend on any parameter");
         };
         let tape = std::mem::take(&mut self.tape);
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.param_of.len()];
-        grads[lid] = Some(
-            self.b
-                .upload(&[1.0], Shape::scalar(), crate::tensor::DType::F32)?,
-        );
-        for node in tape.into_iter().rev() {
-            backward::node(self.b, node, &mut grads)?;
-        }
-        let mut by_param: Vec<Option<Tensor>> = vec![None; num_params];
-        for (id, g) in grads.into_iter().enumerate() {
-            if let (Some(p), Some(g)) = (self.param_of[id], g) {
-                ensure!(p < num_params, "parameter index {p} out of range");
-                backward::acc(self.b, &mut by_param, Some(p), g)?;
+        let mut acc = GradAcc {
+            dev: self.dev,
+            slots: vec![None; self.param_of.len()],
+        };
+        acc.slots[lid] = Some(self.dev.upload(&[1.0], Shape::scalar(), DType::F32)?);
+        for rec in tape.into_iter().rev() {
+            // An output nobody used downstream of the loss has no gradient.
+            if let Some(dy) = acc.slots[rec.out].take() {
+                rec.op.backward(dy, &mut acc)?;
             }
         }
-        Ok(Grads { by_param })
+        let mut by_param = GradAcc {
+            dev: self.dev,
+            slots: vec![None; num_params],
+        };
+        for (id, g) in acc.slots.into_iter().enumerate() {
+            if let (Some(p), Some(g)) = (self.param_of[id], g) {
+                ensure!(p < num_params, "parameter index {p} out of range");
+                by_param.add(Some(p), g)?;
+            }
+        }
+        Ok(Grads {
+            by_param: by_param.slots,
+        })
     }
+}
+
+/// Σ over rows of an `[M, N]` f32 matrix, as `[N]`: a product with a ones vector.
+pub(crate) fn column_sum(dev: &dyn Backend, m: &Tensor) -> Result<Tensor> {
+    let rows = m.shape().dims()[0];
+    let cols = m.numel() / rows;
+    let m2 = m.reshape(Shape::new(&[rows, cols]));
+    let ones = dev.upload(&vec![1.0; rows], Shape::new(&[1, rows]), m.dtype())?;
+    let s = dev.linear(&ones, &m2, None)?;
+    Ok(s.reshape(Shape::new(&[cols])))
 }

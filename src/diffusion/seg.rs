@@ -182,7 +182,7 @@ impl SegDiffusion {
         seed: u64,
         step: u64,
     ) -> Result<Var> {
-        let b = g.b;
+        let b = g.dev;
         let tt = self.steps();
         ensure!(t < tt, "time step {t} outside 0..{tt}");
         ensure!(

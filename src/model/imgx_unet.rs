@@ -277,7 +277,9 @@ impl ImgxUnet {
                 );
                 let dim = self.cfg.time_dim();
                 let emb = time::sinusoidal(ts, dim, 10_000.0);
-                let e = g.b.upload(&emb, Shape::new(&[ts.len(), dim]), DType::F32)?;
+                let e = g
+                    .dev
+                    .upload(&emb, Shape::new(&[ts.len(), dim]), DType::F32)?;
                 let e = g.constant(e);
                 Some(g.act(&e, Act::Gelu)?)
             }

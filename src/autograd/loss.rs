@@ -1,0 +1,155 @@
+//! Softmax and the losses. Targets are constants (no gradient flows to them).
+
+use super::{Backward, GradAcc, Graph, Var, VarId};
+use crate::tensor::Tensor;
+use anyhow::Result;
+
+/// Clamp floor of [`Graph::scaled_to_logits`] (the ImgX reference's `EPS`).
+pub const PROB_EPS: f32 = 1e-5;
+
+impl Graph<'_> {
+    pub fn softmax(&mut self, x: &Var) -> Result<Var> {
+        let p = self.dev.softmax(&x.t)?;
+        let p_t = p.clone();
+        Ok(self.record(p, &[x.id], || Softmax { x: x.id, p_t }))
+    }
+
+    /// Mean cross-entropy of `logits` against a one-hot `target` (no gradient to the target).
+    pub fn cross_entropy(&mut self, logits: &Var, target: &Tensor) -> Result<Var> {
+        let l = self.dev.cross_entropy(&logits.t, target)?;
+        Ok(self.record(l, &[logits.id], || CrossEntropy {
+            logits: logits.id,
+            logits_t: logits.t.clone(),
+            target_t: target.clone(),
+        }))
+    }
+
+    /// Foreground soft Dice loss of probabilities `p` against a one-hot `target`.
+    pub fn dice_loss(&mut self, p: &Var, target: &Tensor) -> Result<Var> {
+        let (l, sums) = self.dev.dice_loss(&p.t, target)?;
+        Ok(self.record(l, &[p.id], || Dice {
+            p: p.id,
+            p_t: p.t.clone(),
+            target_t: target.clone(),
+            sums,
+        }))
+    }
+
+    pub fn mse(&mut self, a: &Var, b: &Var) -> Result<Var> {
+        let l = self.dev.mse(&a.t, &b.t)?;
+        Ok(self.record(l, &[a.id, b.id], || Mse {
+            a: a.id,
+            b: b.id,
+            a_t: a.t.clone(),
+            b_t: b.t.clone(),
+        }))
+    }
+
+    /// `Σ coef_i · s_i` over scalars (e.g. weighting losses).
+    pub fn scalar_lincomb(&mut self, terms: &[(f32, &Var)]) -> Result<Var> {
+        let ts: Vec<(f32, &Tensor)> = terms.iter().map(|(c, v)| (*c, &v.t)).collect();
+        let y = self.dev.scalar_lincomb(&ts)?;
+        let ids: Vec<Option<VarId>> = terms.iter().map(|(_, v)| v.id).collect();
+        Ok(self.record(y, &ids, || ScalarLinComb {
+            terms: terms.iter().map(|(c, v)| (*c, v.id)).collect(),
+        }))
+    }
+
+    /// `ln(clamp((x + 1)/2, PROB_EPS, 1))`: [−1, 1]-space probabilities to logits.
+    pub fn scaled_to_logits(&mut self, x: &Var) -> Result<Var> {
+        let y = self.dev.scaled_to_logits(&x.t, PROB_EPS)?;
+        Ok(self.record(y, &[x.id], || ScaledToLogits {
+            x: x.id,
+            x_t: x.t.clone(),
+        }))
+    }
+}
+
+struct Softmax {
+    x: Option<VarId>,
+    p_t: Tensor,
+}
+
+impl Backward for Softmax {
+    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
+        let dx = grads.dev.softmax_bwd(&dy, &self.p_t)?;
+        grads.add(self.x, dx)
+    }
+}
+
+struct CrossEntropy {
+    logits: Option<VarId>,
+    logits_t: Tensor,
+    target_t: Tensor,
+}
+
+impl Backward for CrossEntropy {
+    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
+        let g = grads
+            .dev
+            .cross_entropy_bwd(&self.logits_t, &self.target_t, &dy)?;
+        grads.add(self.logits, g)
+    }
+}
+
+struct Dice {
+    p: Option<VarId>,
+    p_t: Tensor,
+    target_t: Tensor,
+    sums: Tensor,
+}
+
+impl Backward for Dice {
+    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
+        let g = grads
+            .dev
+            .dice_loss_bwd(&self.p_t, &self.target_t, &self.sums, &dy)?;
+        grads.add(self.p, g)
+    }
+}
+
+struct Mse {
+    a: Option<VarId>,
+    b: Option<VarId>,
+    a_t: Tensor,
+    b_t: Tensor,
+}
+
+impl Backward for Mse {
+    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
+        let ga = grads.dev.mse_bwd(&self.a_t, &self.b_t, &dy)?;
+        if self.b.is_some() {
+            let gb = grads.dev.lincomb(&[(-1.0, &ga)])?;
+            grads.add(self.b, gb)?;
+        }
+        grads.add(self.a, ga)
+    }
+}
+
+struct ScalarLinComb {
+    terms: Vec<(f32, Option<VarId>)>,
+}
+
+impl Backward for ScalarLinComb {
+    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
+        for (c, id) in self.terms {
+            if id.is_some() {
+                let g = grads.dev.scalar_lincomb(&[(c, &dy)])?;
+                grads.add(id, g)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct ScaledToLogits {
+    x: Option<VarId>,
+    x_t: Tensor,
+}
+
+impl Backward for ScaledToLogits {
+    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
+        let dx = grads.dev.scaled_to_logits_bwd(&dy, &self.x_t, PROB_EPS)?;
+        grads.add(self.x, dx)
+    }
+}
