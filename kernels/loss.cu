@@ -291,59 +291,6 @@ extern "C" __global__ void vd_loss_mse_bwd_bf16(const bf16* __restrict__ a, cons
     vd_loss_mse_bwd(a, b, dloss, n, da);
 }
 
-// ------------------------------------------------------- scaled_to_logits
-// y = ln(clamp((x + 1)/2, eps, 1)); the clamp keeps NaN (fminf/fmaxf would not).
-VD_DEVICE float vd_loss_half_shift(float x) { return (x + 1.0f) * 0.5f; }
-template <typename T>
-VD_DEVICE void vd_loss_scaled_to_logits(const T* __restrict__ x, T* __restrict__ y, i64 n, float eps) {
-    const i64 chunks = (n + VD_LOSS_CHUNK - 1) / VD_LOSS_CHUNK;
-    for (i64 ch = vd_loss_gtid(); ch < chunks; ch += vd_loss_gstride()) {
-        float v[8];
-        const int len = vd_loss_ld_chunk(x, ch * VD_LOSS_CHUNK, n, v);
-#pragma unroll
-        for (int j = 0; j < VD_LOSS_CHUNK; ++j) {
-            float p = vd_loss_half_shift(v[j]);
-            p = p < eps ? eps : (p > 1.0f ? 1.0f : p);
-            v[j] = logf(p);
-        }
-        vd_loss_st_chunk(y, ch * VD_LOSS_CHUNK, len, v);
-    }
-}
-extern "C" __global__ void vd_loss_scaled_to_logits_f32(const float* __restrict__ x, float* __restrict__ y, i64 n,
-                                                        float eps) {
-    vd_loss_scaled_to_logits(x, y, n, eps);
-}
-extern "C" __global__ void vd_loss_scaled_to_logits_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, i64 n,
-                                                         float eps) {
-    vd_loss_scaled_to_logits(x, y, n, eps);
-}
-
-// dx = dy / (x + 1) where eps < (x + 1)/2 < 1, NaN where x is NaN, else 0.
-template <typename T>
-VD_DEVICE void vd_loss_scaled_to_logits_bwd(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx,
-                                            i64 n, float eps) {
-    const i64 chunks = (n + VD_LOSS_CHUNK - 1) / VD_LOSS_CHUNK;
-    for (i64 ch = vd_loss_gtid(); ch < chunks; ch += vd_loss_gstride()) {
-        float vx[8], vd[8];
-        const int len = vd_loss_ld_chunk(x, ch * VD_LOSS_CHUNK, n, vx);
-        vd_loss_ld_chunk(dy, ch * VD_LOSS_CHUNK, n, vd);
-#pragma unroll
-        for (int j = 0; j < VD_LOSS_CHUNK; ++j) {
-            const float p = vd_loss_half_shift(vx[j]);
-            vd[j] = (p > eps && p < 1.0f) ? vd[j] / (vx[j] + 1.0f) : (p != p ? p : 0.0f);
-        }
-        vd_loss_st_chunk(dx, ch * VD_LOSS_CHUNK, len, vd);
-    }
-}
-extern "C" __global__ void vd_loss_scaled_to_logits_bwd_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                                            float* __restrict__ dx, i64 n, float eps) {
-    vd_loss_scaled_to_logits_bwd(dy, x, dx, n, eps);
-}
-extern "C" __global__ void vd_loss_scaled_to_logits_bwd_bf16(const bf16* __restrict__ dy, const bf16* __restrict__ x,
-                                                             bf16* __restrict__ dx, i64 n, float eps) {
-    vd_loss_scaled_to_logits_bwd(dy, x, dx, n, eps);
-}
-
 // ----------------------------------------------------------------- scalars
 // out[0] = Σ_{i < terms} coef[i] · s_i[0], f32, in term order (fmaf). One
 // thread. Mirrored by `ScalarLincombArgs` in src/backend/gpu/loss.rs.

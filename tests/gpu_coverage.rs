@@ -14,6 +14,8 @@ use voxdiff::backend::gpu::emu::{launches, Emu};
 use voxdiff::backend::gpu::registry::{Family, Kernel};
 use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
+use voxdiff::diffusion::logits::{ScaledToLogits, ScaledToLogitsGrad};
+use voxdiff::ops::custom;
 use voxdiff::ops::{Act, AdamW, ConvSpec, NormArgs, ParamSlot};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
@@ -538,16 +540,24 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
     );
     let x0 = b.lincomb(&[(2.0, &p), (-1.0, &t)]).unwrap();
     let l = d.expect(
-        "scaled_to_logits",
-        &["vd_loss_scaled_to_logits_f32"],
-        &["vd_loss_scaled_to_logits_bf16"],
-        || b.scaled_to_logits(&x0, 1e-5).unwrap(),
+        "scaled_to_logits (custom op)",
+        &["vd_diffusion_scaled_to_logits_f32"],
+        &["vd_diffusion_scaled_to_logits_bf16"],
+        || {
+            custom::run(b, &ScaledToLogits { eps: 1e-5 }, &[&x0])
+                .unwrap()
+                .remove(0)
+        },
     );
     d.expect(
-        "scaled_to_logits_bwd",
-        &["vd_loss_scaled_to_logits_bwd_f32"],
-        &["vd_loss_scaled_to_logits_bwd_bf16"],
-        || b.scaled_to_logits_bwd(&l, &x0, 1e-5).unwrap(),
+        "scaled_to_logits_bwd (custom op)",
+        &["vd_diffusion_scaled_to_logits_bwd_f32"],
+        &["vd_diffusion_scaled_to_logits_bwd_bf16"],
+        || {
+            custom::run(b, &ScaledToLogitsGrad { eps: 1e-5 }, &[&l, &x0])
+                .unwrap()
+                .remove(0)
+        },
     );
     d.expect(
         "scalar_lincomb",

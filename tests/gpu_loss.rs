@@ -285,67 +285,6 @@ fn mse_and_backward_match_the_cpu() {
     }
 }
 
-// ---------------------------------------------------- scaled_to_logits
-
-#[test]
-fn scaled_to_logits_and_backward_match_the_cpu() {
-    let c_b = cpu();
-    let mut rng = Rng::new(8);
-    let eps = 1e-5;
-    for dtype in DTYPES {
-        let g = gpu(dtype);
-        for shape in [
-            Shape::new(&[9]),
-            Shape::ndhwc(1, 3, 5, 7, 3),
-            Shape::ndhwc(2, 1, 9, 11, 5),
-        ] {
-            let what = format!("scaled_to_logits {shape} {}", dtype.name());
-            // Beyond both clamp ends: (x + 1)/2 < eps and > 1 both occur.
-            let (x, xs) = put(&g, &rng.vec(shape.numel(), -1.3, 1.3), shape, dtype);
-            let xc = on_cpu(&c_b, &xs, shape);
-            let y = g.scaled_to_logits(&x, eps).unwrap();
-            assert_eq!((y.shape(), y.dtype()), (shape, dtype));
-            let want = c_b
-                .download(&c_b.scaled_to_logits(&xc, eps).unwrap())
-                .unwrap();
-            rel(&what, &g.download(&y).unwrap(), &want, tol(dtype));
-
-            let (dy, dys) = put(&g, &rng.vec(shape.numel(), -2.0, 2.0), shape, dtype);
-            let dx = g.scaled_to_logits_bwd(&dy, &x, eps).unwrap();
-            let want = c_b
-                .download(
-                    &c_b.scaled_to_logits_bwd(&on_cpu(&c_b, &dys, shape), &xc, eps)
-                        .unwrap(),
-                )
-                .unwrap();
-            rel(
-                &format!("{what} backward"),
-                &g.download(&dx).unwrap(),
-                &want,
-                tol(dtype),
-            );
-        }
-        // NaN stays NaN through both; the clamp ends map to ln(eps) and 0.
-        let x = g
-            .upload(&[f32::NAN, -1.0, 1.0, 3.0], Shape::new(&[4]), dtype)
-            .unwrap();
-        let y = g.download(&g.scaled_to_logits(&x, eps).unwrap()).unwrap();
-        assert!(y[0].is_nan(), "{}: {y:?}", dtype.name());
-        assert_eq!(y[2..], [0.0, 0.0], "{}", dtype.name());
-        let lneps = match dtype {
-            DType::F32 => eps.ln(),
-            DType::BF16 => half::bf16::from_f32(eps.ln()).to_f32(),
-        };
-        assert_eq!(y[1], lneps, "{}", dtype.name());
-        let dy = g.upload(&[1.0; 4], Shape::new(&[4]), dtype).unwrap();
-        let dx = g
-            .download(&g.scaled_to_logits_bwd(&dy, &x, eps).unwrap())
-            .unwrap();
-        assert!(dx[0].is_nan(), "{}: {dx:?}", dtype.name());
-        assert_eq!(dx[1..], [0.0, 0.0, 0.0], "{}", dtype.name());
-    }
-}
-
 // -------------------------------------------------------------- scalars
 
 #[test]

@@ -4,9 +4,6 @@ use super::{Backward, GradAcc, Graph, Var, VarId};
 use crate::tensor::Tensor;
 use anyhow::Result;
 
-/// Clamp floor of [`Graph::scaled_to_logits`] (the ImgX reference's `EPS`).
-pub const PROB_EPS: f32 = 1e-5;
-
 impl Graph<'_> {
     pub fn softmax(&mut self, x: &Var) -> Result<Var> {
         let p = self.dev.softmax(&x.t)?;
@@ -52,15 +49,6 @@ impl Graph<'_> {
         let ids: Vec<Option<VarId>> = terms.iter().map(|(_, v)| v.id).collect();
         Ok(self.record(y, &ids, || ScalarLinComb {
             terms: terms.iter().map(|(c, v)| (*c, v.id)).collect(),
-        }))
-    }
-
-    /// `ln(clamp((x + 1)/2, PROB_EPS, 1))`: [−1, 1]-space probabilities to logits.
-    pub fn scaled_to_logits(&mut self, x: &Var) -> Result<Var> {
-        let y = self.dev.scaled_to_logits(&x.t, PROB_EPS)?;
-        Ok(self.record(y, &[x.id], || ScaledToLogits {
-            x: x.id,
-            x_t: x.t.clone(),
         }))
     }
 }
@@ -139,17 +127,5 @@ impl Backward for ScalarLinComb {
             }
         }
         Ok(())
-    }
-}
-
-struct ScaledToLogits {
-    x: Option<VarId>,
-    x_t: Tensor,
-}
-
-impl Backward for ScaledToLogits {
-    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
-        let dx = grads.dev.scaled_to_logits_bwd(&dy, &self.x_t, PROB_EPS)?;
-        grads.add(self.x, dx)
     }
 }

@@ -242,7 +242,7 @@ impl SegDiffusion {
                 // probabilities (x̂_0 + 1)/2 are mapped to logits by ln(clamp(·, ε, 1)).
                 let mse = g.mse(&out, &noise)?;
                 let x0 = self.x0_hat(g, &out, &x_t, sched, t, &ones)?;
-                let logits = g.scaled_to_logits(&x0)?;
+                let logits = super::logits::scaled_to_logits(g, &x0)?;
                 let seg = seg_loss(
                     g,
                     &logits,

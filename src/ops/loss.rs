@@ -40,11 +40,6 @@ pub trait LossOps {
     fn mse(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// Gradient w.r.t. `a`: `dloss · 2(a − b) / numel` (w.r.t. `b` it is the negation).
     fn mse_bwd(&self, a: &Tensor, b: &Tensor, dloss: &Tensor) -> Result<Tensor>;
-    /// Probabilities in [−1, 1] space back to logits, as the ImgX reference's
-    /// `x_to_logits`: `y = ln(clamp((x + 1)/2, eps, 1))`.
-    fn scaled_to_logits(&self, x: &Tensor, eps: f32) -> Result<Tensor>;
-    /// `dx = dy / (x + 1)` where `eps < (x + 1)/2 < 1`, else 0.
-    fn scaled_to_logits_bwd(&self, dy: &Tensor, x: &Tensor, eps: f32) -> Result<Tensor>;
     /// `Σ_i coef_i · s_i` over f32 `[1]` scalars (loss weighting on device).
     fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor>;
 }

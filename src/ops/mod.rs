@@ -15,6 +15,7 @@
 //! - Bad arguments (mismatched shapes, wrong dtypes) are errors, not panics.
 
 pub mod conv;
+pub mod custom;
 pub mod layout;
 pub mod loss;
 pub mod matmul;

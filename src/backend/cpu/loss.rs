@@ -353,40 +353,6 @@ impl LossOps for CpuBackend {
         Ok(da)
     }
 
-    /// `y = ln(clamp((x + 1)/2, eps, 1))`.
-    fn scaled_to_logits(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
-        let xs = view(x, "scaled_to_logits")?;
-        let y = self.out(x.shape())?;
-        view_mut(&y)
-            .par_iter_mut()
-            .zip(xs.par_iter())
-            .for_each(|(y, &x)| *y = ((x + 1.0) * 0.5).clamp(eps, 1.0).ln());
-        Ok(y)
-    }
-
-    /// `dx = dy / (x + 1)` inside the clamp range, 0 outside.
-    fn scaled_to_logits_bwd(&self, dy: &Tensor, x: &Tensor, eps: f32) -> Result<Tensor> {
-        check_same_shape(dy, x, "scaled_to_logits_bwd")?;
-        let xs = view(x, "scaled_to_logits_bwd x")?;
-        let ds = view(dy, "scaled_to_logits_bwd dy")?;
-        let dx = self.out(x.shape())?;
-        view_mut(&dx)
-            .par_iter_mut()
-            .zip(xs.par_iter().zip(ds.par_iter()))
-            .for_each(|(o, (&x, &d))| {
-                let p = (x + 1.0) * 0.5;
-                // NaN fails both comparisons and propagates through the product.
-                *o = if p > eps && p < 1.0 {
-                    d / (x + 1.0)
-                } else if p.is_nan() {
-                    f32::NAN
-                } else {
-                    0.0
-                };
-            });
-        Ok(dx)
-    }
-
     /// `Σ_i coef_i · s_i` over f32 `[1]` scalars (f64 sum).
     fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
         ensure!(!terms.is_empty(), "scalar_lincomb: no terms");

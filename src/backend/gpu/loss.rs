@@ -12,7 +12,7 @@
 //!   thread per voxel row of C channels, `blocks = ⌈rows / 256⌉` capped at
 //!   [`LOSS_MAX_BLOCKS`] = 4096 (grid-stride beyond). A warp covers 32
 //!   consecutive rows = one contiguous span of 32·C elements.
-//! - Elementwise ops (mse_bwd, scaled_to_logits and its backward): chunks of 8
+//! - Elementwise ops (mse_bwd): chunks of 8
 //!   elements with 16-byte vector access, as the elementwise family
 //!   ([`ew_config`]).
 //! - Reductions (cross_entropy, mse): stage 1 with
@@ -31,7 +31,6 @@
 //! - cross_entropy: reads 2E·b + 4·blocks; ≈ 5E FLOPs + E exp + rows log.
 //!   cross_entropy_bwd: reads 2E·b, writes E·b; ≈ 6E FLOPs + 2E exp.
 //! - mse: reads 2n·b; 2n FLOPs. mse_bwd: reads 2n·b, writes n·b; 2n FLOPs.
-//! - scaled_to_logits: n·b in, n·b out, n log; backward 2n·b in, n·b out.
 //!
 //! These are memory-bound: the floor is bytes / bandwidth (an H100 moves
 //! ≈3 TB/s, so softmax of a 1×96³×3 bf16 volume — 5.3 MB in, 5.3 MB out —
@@ -447,51 +446,6 @@ impl LossOps for GpuBackend {
             .tensor(&da);
         self.device().launch(kernel, ew_config(n), &mut args)?;
         Ok(da)
-    }
-
-    /// `y = ln(clamp((x + 1)/2, eps, 1))` elementwise (NaN stays NaN).
-    fn scaled_to_logits(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
-        self.check_loss_input(x, "scaled_to_logits: x")?;
-        ensure!(
-            eps > 0.0 && eps < 1.0,
-            "scaled_to_logits: eps must be in (0, 1), got {eps}"
-        );
-        let y = self.alloc(x.shape(), x.dtype())?;
-        let n = x.numel();
-        if n == 0 {
-            return Ok(y);
-        }
-        let kernel = by_dtype(
-            x.dtype(),
-            Kernel::LossScaledToLogitsF32,
-            Kernel::LossScaledToLogitsBf16,
-        );
-        let mut args = KernelArgs::new()
-            .tensor(x)
-            .tensor(&y)
-            .i64(n as i64)
-            .f32(eps);
-        self.device().launch(kernel, ew_config(n), &mut args)?;
-        Ok(y)
-    }
-
-    /// `dx = dy / (x + 1)` where `eps < (x + 1)/2 < 1`, NaN where x is NaN, else 0.
-    fn scaled_to_logits_bwd(&self, dy: &Tensor, x: &Tensor, eps: f32) -> Result<Tensor> {
-        let n = self.same_elements("scaled_to_logits_bwd", dy, x)?;
-        let dx = self.alloc(x.shape(), x.dtype())?;
-        let kernel = by_dtype(
-            x.dtype(),
-            Kernel::LossScaledToLogitsBwdF32,
-            Kernel::LossScaledToLogitsBwdBf16,
-        );
-        let mut args = KernelArgs::new()
-            .tensor(dy)
-            .tensor(x)
-            .tensor(&dx)
-            .i64(n as i64)
-            .f32(eps);
-        self.device().launch(kernel, ew_config(n), &mut args)?;
-        Ok(dx)
     }
 
     /// `Σ_i coef_i · s_i` over f32 `[1]` scalars, f32 in term order, on the
