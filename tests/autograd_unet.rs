@@ -8,7 +8,7 @@ use voxdiff::autograd::Graph;
 use voxdiff::backend::prelude::*;
 use voxdiff::diffusion::seg::{DiffusionConfig, Recycle};
 use voxdiff::model::{ImgxUnet, TimeConditioning, UnetConfig};
-use voxdiff::nn::ParamStore;
+use voxdiff::nn::{ParamBuilder, ParamStore};
 use voxdiff::pipeline::seg_model::{ModelConfig, ModelKind, SegModel};
 use voxdiff::tensor::{DType, Shape};
 
@@ -43,7 +43,7 @@ fn output_shape_equals_input_shape_at_odd_sizes() {
     // The paper's network (K = 16) at reduced width keeps the same topology.
     let mut cfg = UnetConfig::imgx(16, TimeConditioning::Film);
     cfg.channels = vec![4, 8, 8, 8];
-    let net = ImgxUnet::new(&mut ps, &b, cfg).unwrap();
+    let net = ImgxUnet::new(&mut ParamBuilder::new(&mut ps, &b), cfg).unwrap();
     for dims in [[15, 16, 17], [29, 30, 31]] {
         let x = b
             .randn(

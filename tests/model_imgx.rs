@@ -2,12 +2,16 @@
 
 use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::model::{ImgxUnet, TimeConditioning, UnetConfig};
-use voxdiff::nn::ParamStore;
+use voxdiff::nn::{ParamBuilder, ParamStore};
 
 fn count(tc: TimeConditioning, classes: usize) -> usize {
     let b = CpuBackend::new();
     let mut ps = ParamStore::new(0);
-    ImgxUnet::new(&mut ps, &b, UnetConfig::imgx(classes, tc)).unwrap();
+    ImgxUnet::new(
+        &mut ParamBuilder::new(&mut ps, &b),
+        UnetConfig::imgx(classes, tc),
+    )
+    .unwrap();
     ps.count()
 }
 

@@ -27,8 +27,7 @@
 //! resampling 1×2×2, the same code path.
 
 use crate::autograd::{Graph, Var};
-use crate::backend::Backend;
-use crate::nn::{time, Conv, Linear, Norm, NormEpilogue, ParamStore};
+use crate::nn::{time, Conv, Linear, Norm, NormEpilogue, ParamBuilder, ParamStore};
 use crate::ops::{Act, ConvSpec};
 use crate::tensor::{DType, Shape};
 use anyhow::{ensure, Result};
@@ -117,33 +116,23 @@ struct ResBlock {
 }
 
 impl ResBlock {
-    fn new(
-        ps: &mut ParamStore,
-        b: &dyn Backend,
-        name: &str,
-        c: usize,
-        cfg: &UnetConfig,
-    ) -> Result<ResBlock> {
+    fn new(pb: &mut ParamBuilder, c: usize, cfg: &UnetConfig) -> Result<ResBlock> {
         let k3 = cfg.k3();
-        let conv1 = Conv::new(ps, b, &format!("{name}.conv1"), c, c, k3, false)?;
-        let norm1 = Norm::instance(ps, b, &format!("{name}.norm1"), c)?;
-        let conv2 = Conv::new(ps, b, &format!("{name}.conv2"), c, c, k3, false)?;
+        let conv1 = Conv::new(&mut pb.pp("conv1"), c, c, k3, false)?;
+        let norm1 = Norm::instance(&mut pb.pp("norm1"), c)?;
+        let conv2 = Conv::new(&mut pb.pp("conv2"), c, c, k3, false)?;
         let time = match cfg.time_conditioning {
             TimeConditioning::None => TimeInput::None,
-            TimeConditioning::Faithful => TimeInput::Add(Linear::new(
-                ps,
-                b,
-                &format!("{name}.time"),
-                cfg.time_dim(),
-                c,
-            )?),
+            TimeConditioning::Faithful => {
+                TimeInput::Add(Linear::new(&mut pb.pp("time"), cfg.time_dim(), c)?)
+            }
             // Zero-initialised: the modulation starts as the identity.
             TimeConditioning::Film => TimeInput::Film {
-                scale: Linear::zeros(ps, b, &format!("{name}.time_scale"), cfg.time_dim(), c)?,
-                shift: Linear::zeros(ps, b, &format!("{name}.time_shift"), cfg.time_dim(), c)?,
+                scale: Linear::zeros(&mut pb.pp("time_scale"), cfg.time_dim(), c)?,
+                shift: Linear::zeros(&mut pb.pp("time_shift"), cfg.time_dim(), c)?,
             },
         };
-        let norm2 = Norm::instance(ps, b, &format!("{name}.norm2"), c)?;
+        let norm2 = Norm::instance(&mut pb.pp("norm2"), c)?;
         Ok(ResBlock {
             conv1,
             norm1,
@@ -203,8 +192,8 @@ pub struct ImgxUnet {
 }
 
 impl ImgxUnet {
-    /// Build the network, registering its parameters in `ps`.
-    pub fn new(ps: &mut ParamStore, b: &dyn Backend, cfg: UnetConfig) -> Result<ImgxUnet> {
+    /// Build the network, creating its parameters through `pb`.
+    pub fn new(pb: &mut ParamBuilder, cfg: UnetConfig) -> Result<ImgxUnet> {
         ensure!(
             !cfg.channels.is_empty(),
             "the UNet needs at least one level"
@@ -214,16 +203,18 @@ impl ImgxUnet {
             "empty input or output channels"
         );
         let c0 = cfg.channels[0];
-        let stem_conv = Conv::new(ps, b, "stem.conv", cfg.in_channels, c0, cfg.k3(), false)?;
-        let stem_norm = Norm::instance(ps, b, "stem.norm", c0)?;
-        let stem_block = ResBlock::new(ps, b, "stem.block", c0, &cfg)?;
+        let mut stem = pb.pp("stem");
+        let stem_conv = Conv::new(&mut stem.pp("conv"), cfg.in_channels, c0, cfg.k3(), false)?;
+        let stem_norm = Norm::instance(&mut stem.pp("norm"), c0)?;
+        let stem_block = ResBlock::new(&mut stem.pp("block"), c0, &cfg)?;
         let mut down = Vec::new();
         let mut prev = c0;
         for (i, &c) in cfg.channels.iter().enumerate() {
-            let name = format!("down{i}");
-            let conv = Conv::new(ps, b, &format!("{name}.conv"), prev, c, cfg.down(), false)?;
-            let norm = Norm::instance(ps, b, &format!("{name}.norm"), c)?;
-            let block = ResBlock::new(ps, b, &format!("{name}.block"), c, &cfg)?;
+            let mut level = pb.pp("down");
+            let mut level = level.pp(i);
+            let conv = Conv::new(&mut level.pp("conv"), prev, c, cfg.down(), false)?;
+            let norm = Norm::instance(&mut level.pp("norm"), c)?;
+            let block = ResBlock::new(&mut level.pp("block"), c, &cfg)?;
             down.push((conv, norm, block));
             prev = c;
         }
@@ -232,13 +223,14 @@ impl ImgxUnet {
         dec.extend_from_slice(&cfg.channels[..cfg.channels.len() - 1]);
         let mut up = Vec::new();
         for (i, &c) in dec.iter().rev().enumerate() {
-            let name = format!("up{i}");
-            let conv = Conv::new(ps, b, &format!("{name}.deconv"), prev, c, cfg.up(), true)?;
-            let block = ResBlock::new(ps, b, &format!("{name}.block"), c, &cfg)?;
+            let mut level = pb.pp("up");
+            let mut level = level.pp(i);
+            let conv = Conv::new(&mut level.pp("deconv"), prev, c, cfg.up(), true)?;
+            let block = ResBlock::new(&mut level.pp("block"), c, &cfg)?;
             up.push((conv, block));
             prev = c;
         }
-        let head = Conv::new(ps, b, "head", c0, cfg.out_channels, ConvSpec::K1, true)?;
+        let head = Conv::new(&mut pb.pp("head"), c0, cfg.out_channels, ConvSpec::K1, true)?;
         Ok(ImgxUnet {
             cfg,
             stem_conv,

@@ -1,8 +1,9 @@
-//! Convolution, dense and normalisation layers.
+//! Convolution, dense and normalisation layers. Each creates its parameters
+//! through a [`ParamBuilder`] at the level the model code gives it (`w`, `b`
+//! for weights and biases, `scale`, `offset` for norm affines).
 
-use super::params::{Init, ParamId, ParamStore};
+use super::params::{Init, ParamBuilder, ParamId, ParamStore};
 use crate::autograd::{Graph, NormOpts, Var};
-use crate::backend::Backend;
 use crate::ops::{Act, ConvSpec};
 use crate::tensor::Shape;
 use anyhow::Result;
@@ -20,29 +21,26 @@ impl Conv {
     /// Weights `[kd,kh,kw,cin,cout]` with Haiku's Conv initialisation
     /// (fan-in truncated normal); the bias, if any, starts at zero.
     pub fn new(
-        ps: &mut ParamStore,
-        b: &dyn Backend,
-        name: &str,
+        pb: &mut ParamBuilder,
         cin: usize,
         cout: usize,
         spec: ConvSpec,
         bias: bool,
     ) -> Result<Conv> {
         let fan_in = spec.taps() * cin;
-        let w = ps.add(
-            b,
-            &format!("{name}.w"),
+        let w = pb.add(
+            "w",
             spec.weight_shape(cin, cout),
             Init::FanIn { fan_in, scale: 1.0 },
         )?;
-        let bias = if bias {
-            Some(ps.add(b, &format!("{name}.b"), Shape::new(&[cout]), Init::Zeros)?)
+        let b = if bias {
+            Some(pb.add("b", Shape::new(&[cout]), Init::Zeros)?)
         } else {
             None
         };
         Ok(Conv {
             w,
-            b: bias,
+            b,
             spec,
             cin,
             cout,
@@ -50,8 +48,8 @@ impl Conv {
     }
 
     pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var) -> Result<Var> {
-        let w = g.param(self.w.0, ps.get(self.w));
-        let b = self.b.map(|id| g.param(id.0, ps.get(id)));
+        let w = ps.var(g, self.w);
+        let b = self.b.map(|id| ps.var(g, id));
         g.conv3d(x, &w, b.as_ref(), self.spec)
     }
 }
@@ -65,48 +63,30 @@ pub struct Linear {
 impl Linear {
     /// Weights `[in, out]` ~ truncated normal with σ = 1/sqrt(in) (Haiku's
     /// Linear default); bias zero.
-    pub fn new(
-        ps: &mut ParamStore,
-        b: &dyn Backend,
-        name: &str,
-        din: usize,
-        dout: usize,
-    ) -> Result<Linear> {
-        let w = ps.add(
-            b,
-            &format!("{name}.w"),
+    pub fn new(pb: &mut ParamBuilder, din: usize, dout: usize) -> Result<Linear> {
+        let w = pb.add(
+            "w",
             Shape::new(&[din, dout]),
             Init::TruncatedNormal {
                 std: 1.0 / (din as f32).sqrt(),
             },
         )?;
-        let bias = ps.add(b, &format!("{name}.b"), Shape::new(&[dout]), Init::Zeros)?;
-        Ok(Linear { w, b: bias })
+        let b = pb.add("b", Shape::new(&[dout]), Init::Zeros)?;
+        Ok(Linear { w, b })
     }
 
     /// Weights and bias start at zero: the layer outputs 0 until it learns
     /// (FiLM projections start as the identity modulation).
-    pub fn zeros(
-        ps: &mut ParamStore,
-        b: &dyn Backend,
-        name: &str,
-        din: usize,
-        dout: usize,
-    ) -> Result<Linear> {
-        let w = ps.add(
-            b,
-            &format!("{name}.w"),
-            Shape::new(&[din, dout]),
-            Init::Zeros,
-        )?;
-        ps.entries[w.0].decay = true;
-        let bias = ps.add(b, &format!("{name}.b"), Shape::new(&[dout]), Init::Zeros)?;
-        Ok(Linear { w, b: bias })
+    pub fn zeros(pb: &mut ParamBuilder, din: usize, dout: usize) -> Result<Linear> {
+        let w = pb.add("w", Shape::new(&[din, dout]), Init::Zeros)?;
+        pb.set_decay(w, true);
+        let b = pb.add("b", Shape::new(&[dout]), Init::Zeros)?;
+        Ok(Linear { w, b })
     }
 
     pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var) -> Result<Var> {
-        let w = g.param(self.w.0, ps.get(self.w));
-        let b = g.param(self.b.0, ps.get(self.b));
+        let w = ps.var(g, self.w);
+        let b = ps.var(g, self.b);
         g.linear(x, &w, Some(&b))
     }
 }
@@ -132,34 +112,13 @@ pub struct NormEpilogue<'a> {
 
 impl Norm {
     /// Instance norm over `channels` (Haiku's `InstanceNorm`, eps 1e-5).
-    pub fn instance(
-        ps: &mut ParamStore,
-        b: &dyn Backend,
-        name: &str,
-        channels: usize,
-    ) -> Result<Norm> {
-        Norm::group(ps, b, name, channels, channels)
+    pub fn instance(pb: &mut ParamBuilder, channels: usize) -> Result<Norm> {
+        Norm::group(pb, channels, channels)
     }
 
-    pub fn group(
-        ps: &mut ParamStore,
-        b: &dyn Backend,
-        name: &str,
-        channels: usize,
-        groups: usize,
-    ) -> Result<Norm> {
-        let gamma = ps.add(
-            b,
-            &format!("{name}.scale"),
-            Shape::new(&[channels]),
-            Init::Ones,
-        )?;
-        let beta = ps.add(
-            b,
-            &format!("{name}.offset"),
-            Shape::new(&[channels]),
-            Init::Zeros,
-        )?;
+    pub fn group(pb: &mut ParamBuilder, channels: usize, groups: usize) -> Result<Norm> {
+        let gamma = pb.add("scale", Shape::new(&[channels]), Init::Ones)?;
+        let beta = pb.add("offset", Shape::new(&[channels]), Init::Zeros)?;
         Ok(Norm {
             gamma,
             beta,
@@ -169,8 +128,8 @@ impl Norm {
     }
 
     pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var, e: NormEpilogue) -> Result<Var> {
-        let gamma = g.param(self.gamma.0, ps.get(self.gamma));
-        let beta = g.param(self.beta.0, ps.get(self.beta));
+        let gamma = ps.var(g, self.gamma);
+        let beta = ps.var(g, self.beta);
         g.norm(
             x,
             NormOpts {

@@ -7,4 +7,4 @@ pub mod params;
 pub mod time;
 
 pub use layers::{Conv, Linear, Norm, NormEpilogue};
-pub use params::{Init, ParamId, ParamStore};
+pub use params::{Init, ParamBuilder, ParamId, ParamStore};

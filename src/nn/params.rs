@@ -1,7 +1,11 @@
 //! The parameter store: named f32 tensors on a backend, deterministically
 //! initialised from a seed, so a model built twice with the same seed is the
-//! same model on every backend.
+//! same model on every backend. Layers create their parameters through a
+//! [`ParamBuilder`], which names them hierarchically (`down.1.block.conv1.w`)
+//! from the prefixes the model code pushes; a parameter can be frozen (kept
+//! out of the gradient and the optimiser, e.g. a pretrained encoder).
 
+use crate::autograd::{Graph, Var};
 use crate::backend::{philox, Backend};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::Result;
@@ -36,6 +40,8 @@ pub struct ParamEntry {
     pub t: Tensor,
     /// Decoupled weight decay applies (weights yes; biases and norm affines no).
     pub decay: bool,
+    /// Held fixed: the graph treats it as a constant and the optimiser skips it.
+    pub frozen: bool,
 }
 
 /// All parameters of a model, in creation order.
@@ -77,16 +83,30 @@ impl ParamStore {
         };
         let t = b.upload(&values, shape, DType::F32)?;
         let decay = matches!(init, Init::FanIn { .. } | Init::TruncatedNormal { .. });
+        anyhow::ensure!(
+            self.find(name).is_none(),
+            "parameter {name} is defined twice"
+        );
         self.entries.push(ParamEntry {
             name: name.to_string(),
             t,
             decay,
+            frozen: false,
         });
         Ok(ParamId(index))
     }
 
     pub fn get(&self, id: ParamId) -> &Tensor {
         &self.entries[id.0].t
+    }
+    /// Parameter `id` as a value of `g`: tracked, or a constant when frozen.
+    pub fn var(&self, g: &mut Graph, id: ParamId) -> Var {
+        let e = &self.entries[id.0];
+        if e.frozen {
+            g.constant(e.t.clone())
+        } else {
+            g.param(id.0, &e.t)
+        }
     }
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -103,6 +123,81 @@ impl ParamStore {
             .iter()
             .position(|e| e.name == name)
             .map(ParamId)
+    }
+    /// Freeze every parameter whose name starts with `prefix` (all with "");
+    /// returns how many.
+    pub fn freeze(&mut self, prefix: &str) -> usize {
+        let mut n = 0;
+        for e in self
+            .entries
+            .iter_mut()
+            .filter(|e| e.name.starts_with(prefix))
+        {
+            e.frozen = true;
+            n += 1;
+        }
+        n
+    }
+    /// Parameters the optimiser updates.
+    pub fn trainable(&self) -> impl Iterator<Item = (ParamId, &ParamEntry)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.frozen)
+            .map(|(i, e)| (ParamId(i), e))
+    }
+}
+
+/// Creates parameters under a name prefix: `pb.pp("down").pp(1).pp("conv")`
+/// adds `down.1.conv.<name>`. The model code pushes one prefix per level of
+/// its structure instead of formatting names.
+pub struct ParamBuilder<'a> {
+    store: &'a mut ParamStore,
+    dev: &'a dyn Backend,
+    prefix: String,
+}
+
+impl<'a> ParamBuilder<'a> {
+    /// Parameters of `store` on `dev`, at the root.
+    pub fn new(store: &'a mut ParamStore, dev: &'a dyn Backend) -> ParamBuilder<'a> {
+        ParamBuilder {
+            store,
+            dev,
+            prefix: String::new(),
+        }
+    }
+    /// A builder one level down: names under `<prefix>.<part>`.
+    pub fn pp(&mut self, part: impl std::fmt::Display) -> ParamBuilder<'_> {
+        let prefix = if self.prefix.is_empty() {
+            part.to_string()
+        } else {
+            format!("{}.{part}", self.prefix)
+        };
+        ParamBuilder {
+            store: self.store,
+            dev: self.dev,
+            prefix,
+        }
+    }
+    /// The full name of `name` at this level.
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+    /// Create parameter `name` at this level (see [`ParamStore::add`]).
+    pub fn add(&mut self, name: &str, shape: Shape, init: Init) -> Result<ParamId> {
+        let full = self.path(name);
+        self.store.add(self.dev, &full, shape, init)
+    }
+    /// Set whether decoupled weight decay applies to `id`.
+    pub fn set_decay(&mut self, id: ParamId, decay: bool) {
+        self.store.entries[id.0].decay = decay;
+    }
+    pub fn dev(&self) -> &dyn Backend {
+        self.dev
     }
 }
 

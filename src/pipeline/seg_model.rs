@@ -4,9 +4,10 @@
 
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
-use crate::diffusion::seg::{seg_loss, Denoiser, DiffusionConfig, Sampler, SegDiffusion};
+use crate::diffusion::seg::{seg_loss, Denoiser, DiffusionConfig, SegDiffusion};
+use crate::diffusion::Sampler;
 use crate::model::{ImgxUnet, TimeConditioning, UnetConfig};
-use crate::nn::ParamStore;
+use crate::nn::{ParamBuilder, ParamStore};
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -49,9 +50,11 @@ pub struct UnetDenoiser<'a> {
     pub ps: &'a ParamStore,
 }
 
+/// The ImgX network's conditioning: the image concatenated with x_t.
 impl Denoiser for UnetDenoiser<'_> {
-    fn denoise(&self, g: &mut Graph, input: &Var, t: &[f32]) -> Result<Var> {
-        self.net.forward(g, self.ps, input, Some(t))
+    fn denoise(&self, g: &mut Graph, cond: &Var, x_t: &Var, t: &[f32]) -> Result<Var> {
+        let input = g.concat_c(&[cond, x_t])?;
+        self.net.forward(g, self.ps, &input, Some(t))
     }
 }
 
@@ -88,7 +91,7 @@ impl SegModel {
         let mut ucfg = UnetConfig::imgx(classes, tc);
         ucfg.channels = cfg.channels.clone();
         let mut ps = ParamStore::new(cfg.init_seed);
-        let net = ImgxUnet::new(&mut ps, b, ucfg)?;
+        let net = ImgxUnet::new(&mut ParamBuilder::new(&mut ps, b), ucfg)?;
         let diffusion = match cfg.kind {
             ModelKind::Diffusion => Some(SegDiffusion::new(diff.clone())?),
             ModelKind::Unet => None,
