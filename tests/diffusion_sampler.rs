@@ -7,7 +7,9 @@ mod common;
 use common::{cpu, Rng};
 use voxdiff::autograd::{Graph, Var};
 use voxdiff::backend::prelude::*;
-use voxdiff::diffusion::seg::{Denoiser, DiffusionConfig, Output, Sampler, SegDiffusion};
+use voxdiff::diffusion::gaussian;
+use voxdiff::diffusion::seg::{Denoiser, DiffusionConfig, SegDiffusion};
+use voxdiff::diffusion::{Prediction, Sampler};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// Returns logits that put the true class far ahead (x_0 mode), or the ε that
@@ -19,15 +21,12 @@ struct Oracle<'a> {
 }
 
 impl Denoiser for Oracle<'_> {
-    fn denoise(&self, g: &mut Graph, input: &Var, t: &[f32]) -> anyhow::Result<Var> {
+    fn denoise(&self, g: &mut Graph, _cond: &Var, x_t: &Var, t: &[f32]) -> anyhow::Result<Var> {
         let b = g.dev;
-        let classes = self.mask.shape().c();
-        let ci = input.shape().c() - classes;
-        let x_t = g.slice_c(input, ci, classes)?;
         let m = g.constant(self.mask.clone());
         match self.diff.cfg.output {
-            Output::X0 => g.lincomb(&[(40.0, &m)]),
-            Output::Eps => {
+            Prediction::X0 => g.lincomb(&[(40.0, &m)]),
+            Prediction::Eps => {
                 // ε = (√(1/ᾱ) x_t − x_0) / √(1/ᾱ − 1) at the training step t.
                 let k = t[0] as usize;
                 assert!(self.steps_of_t.contains(&k));
@@ -36,7 +35,7 @@ impl Denoiser for Oracle<'_> {
                 b.fill(&ones, 1.0)?;
                 let ones = g.constant(ones);
                 let x0 = g.lincomb(&[(2.0, &m), (-1.0, &ones)])?;
-                g.lincomb(&[((a / bb) as f32, &x_t), (-(1.0 / bb) as f32, &x0)])
+                g.lincomb(&[((a / bb) as f32, x_t), (-(1.0 / bb) as f32, &x0)])
             }
         }
     }
@@ -56,7 +55,7 @@ fn oracle_sampling_recovers_the_mask() {
     let image = b
         .randn(Shape::ndhwc(1, d, h, w, 1), DType::F32, 9, 0)
         .unwrap();
-    for output in [Output::X0, Output::Eps] {
+    for output in [Prediction::X0, Prediction::Eps] {
         let diff = SegDiffusion::new(DiffusionConfig {
             output,
             ..Default::default()
@@ -106,7 +105,7 @@ fn q_sample_has_the_forward_moments() {
     let x0v = g.constant(x0);
     let ev = g.constant(eps);
     for t in 0..5 {
-        let xt = diff.q_sample(&mut g, &x0v, &ev, &diff.schedule, t).unwrap();
+        let xt = gaussian::q_sample(&mut g, &diff.schedule, &x0v, &ev, t).unwrap();
         let v = b.download(&xt.t).unwrap();
         let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
         let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
@@ -126,9 +125,9 @@ struct Recording<'a> {
 }
 
 impl Denoiser for Recording<'_> {
-    fn denoise(&self, g: &mut Graph, input: &Var, t: &[f32]) -> anyhow::Result<Var> {
+    fn denoise(&self, g: &mut Graph, cond: &Var, x_t: &Var, t: &[f32]) -> anyhow::Result<Var> {
         self.steps.borrow_mut().push(t.to_vec());
-        self.oracle.denoise(g, input, t)
+        self.oracle.denoise(g, cond, x_t, t)
     }
 }
 

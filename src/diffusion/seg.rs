@@ -1,24 +1,17 @@
-//! Diffusion segmentation (ImgX-DiffSeg): the noised object is the one-hot
-//! mask scaled to [−1, 1]; the network sees `concat(image, x_t)` and predicts
-//! x_0 logits (or ε). Training recycles the network's own prediction; sampling
-//! runs DDPM or DDIM over the (possibly respaced) schedule.
+//! Diffusion segmentation (ImgX-DiffSeg), the objective on top of the
+//! Gaussian process of [`super::gaussian`]: the noised object is the one-hot
+//! mask scaled to [−1, 1]; the network sees the image (the condition) and
+//! x_t and predicts x₀ logits (or ε). Training recycles the network's own
+//! prediction; the loss is CE + foreground soft Dice; sampling maps each
+//! prediction to x̂₀ and runs the Gaussian reverse process.
 
-use super::schedule::{even_indices, BetaSchedule, Schedule, Variance};
+use super::gaussian::{self, stream_seed, Prediction, SampleSpec, Sampler, Stream};
+use super::schedule::{BetaSchedule, Schedule, Variance};
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
-
-/// What the network predicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Output {
-    /// Logits of x_0; x̂_0 = softmax(logits)·2 − 1.
-    X0,
-    /// The noise ε; x̂_0 = √(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε̂.
-    Eps,
-}
 
 /// Recycling: where the network's own x̂_0, used as the training target's
 /// stand-in, comes from.
@@ -35,14 +28,6 @@ pub enum Recycle {
     Off,
 }
 
-/// DDPM (ancestral) or DDIM (η = 0, deterministic) sampling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Sampler {
-    Ddpm,
-    Ddim,
-}
-
 /// Diffusion settings; the defaults are the paper's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -54,7 +39,8 @@ pub struct DiffusionConfig {
     pub beta_end: f64,
     /// Training steps T (ᾱ resampled from the defining schedule).
     pub num_timesteps: usize,
-    pub output: Output,
+    /// What the network predicts: x₀ logits (x̂₀ = softmax·2 − 1) or ε.
+    pub output: Prediction,
     pub variance: Variance,
     pub recycle: Recycle,
     /// Weight of the ε MSE in ε mode.
@@ -71,7 +57,7 @@ impl Default for DiffusionConfig {
             beta_start: 1e-4,
             beta_end: 0.02,
             num_timesteps: 5,
-            output: Output::X0,
+            output: Prediction::X0,
             variance: Variance::FixedLarge,
             recycle: Recycle::Xt,
             mse_weight: 0.1,
@@ -81,9 +67,11 @@ impl Default for DiffusionConfig {
     }
 }
 
-/// A network that maps `concat(image, x_t)` and time steps to logits or ε.
+/// A denoising network: the condition (here the image) and x_t in, x₀
+/// logits or ε out. How the condition enters (concatenation, a feature sum,
+/// extra clean channels) is the network's choice.
 pub trait Denoiser {
-    fn denoise(&self, g: &mut Graph, input: &Var, t: &[f32]) -> Result<Var>;
+    fn denoise(&self, g: &mut Graph, cond: &Var, x_t: &Var, t: &[f32]) -> Result<Var>;
 }
 
 /// The segmentation loss of the papers: `ce·CE(logits) + dice·Dice(softmax(logits))`
@@ -99,21 +87,6 @@ pub fn seg_loss(g: &mut Graph, logits: &Var, target: &Tensor, ce: f32, dice: f32
 pub struct SegDiffusion {
     pub cfg: DiffusionConfig,
     pub schedule: Schedule,
-}
-
-/// Which random stream a draw comes from (noise never repeats across uses).
-#[derive(Clone, Copy)]
-enum Stream {
-    Recycle = 1,
-    Train = 2,
-    SampleInit = 3,
-    SampleStep = 4,
-}
-
-fn stream_seed(seed: u64, stream: Stream, index: u64) -> u64 {
-    let mut z = seed ^ ((stream as u64) << 56) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z ^ (z >> 29)
 }
 
 impl SegDiffusion {
@@ -133,19 +106,6 @@ impl SegDiffusion {
         self.schedule.len()
     }
 
-    /// x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε.
-    pub fn q_sample(
-        &self,
-        g: &mut Graph,
-        x0: &Var,
-        noise: &Var,
-        sched: &Schedule,
-        t: usize,
-    ) -> Result<Var> {
-        let (a, s) = sched.q_coefs(t);
-        g.lincomb(&[(a as f32, x0), (s as f32, noise)])
-    }
-
     /// x̂_0 in [−1, 1] space from the network output at step t.
     fn x0_hat(
         &self,
@@ -157,14 +117,11 @@ impl SegDiffusion {
         ones: &Var,
     ) -> Result<Var> {
         match self.cfg.output {
-            Output::X0 => {
+            Prediction::X0 => {
                 let p = g.softmax(out)?;
                 g.lincomb(&[(2.0, &p), (-1.0, ones)])
             }
-            Output::Eps => {
-                let (a, b) = sched.x0_from_eps_coefs(t);
-                g.lincomb(&[(a as f32, x_t), (-(b as f32), out)])
-            }
+            Prediction::Eps => gaussian::x0_from_eps(g, sched, x_t, out, t),
         }
     }
 
@@ -217,27 +174,25 @@ impl SegDiffusion {
                     stream_seed(seed, Stream::Recycle, step),
                     0,
                 )?);
-                let x_tp = self.q_sample(&mut ng, &x0_true, &noise, sched, t_prev)?;
-                let input = ng.concat_c(&[&img, &x_tp])?;
-                let out = model.denoise(&mut ng, &input, &vec![t_prev as f32; sh.n()])?;
+                let x_tp = gaussian::q_sample(&mut ng, sched, &x0_true, &noise, t_prev)?;
+                let out = model.denoise(&mut ng, &img, &x_tp, &vec![t_prev as f32; sh.n()])?;
                 let x0 = self.x0_hat(&mut ng, &out, &x_tp, sched, t_prev, &ones)?;
                 g.constant(x0.t)
             }
         };
         let noise =
             g.constant(b.randn(sh, b.act_dtype(), stream_seed(seed, Stream::Train, step), 0)?);
-        let x_t = self.q_sample(g, &x_start, &noise, sched, t)?;
-        let input = g.concat_c(&[&img, &x_t])?;
-        let out = model.denoise(g, &input, &vec![t as f32; sh.n()])?;
+        let x_t = gaussian::q_sample(g, sched, &x_start, &noise, t)?;
+        let out = model.denoise(g, &img, &x_t, &vec![t as f32; sh.n()])?;
         match self.cfg.output {
-            Output::X0 => seg_loss(
+            Prediction::X0 => seg_loss(
                 g,
                 &out,
                 mask,
                 self.cfg.ce_weight as f32,
                 self.cfg.dice_weight as f32,
             ),
-            Output::Eps => {
+            Prediction::Eps => {
                 // ε mode: MSE on ε plus the segmentation loss on x̂_0, whose
                 // probabilities (x̂_0 + 1)/2 are mapped to logits by ln(clamp(·, ε, 1)).
                 let mse = g.mse(&out, &noise)?;
@@ -258,76 +213,49 @@ impl SegDiffusion {
     /// The schedule used to sample with `steps` steps (≤ T) and, for each of
     /// its steps, the training time index the network is called with.
     pub fn sampling_schedule(&self, steps: Option<usize>) -> Result<(Schedule, Vec<usize>)> {
-        let tt = self.steps();
-        let k = steps.unwrap_or(tt);
-        ensure!(k >= 1 && k <= tt, "sampling steps {k} must be in 1..={tt}");
-        if k == tt {
-            return Ok((self.schedule.clone(), (0..tt).collect()));
-        }
-        let idx = even_indices(tt, k);
-        Ok((self.schedule.respaced(&idx)?, idx))
+        gaussian::sampling_schedule(&self.schedule, steps)
     }
 
-    /// Sample a mask for `image` (`[N,D,H,W,Ci]`) with `classes` classes:
-    /// x_T ~ N(0, I), then DDPM or DDIM steps down to t = 0. Returns the final
-    /// x̂_0 (in [−1, 1]; argmax over channels is the mask); `on_step(k, x̂_0)` sees
-    /// each step's prediction (for `--save-steps`).
+    /// Sample a mask for `image` (`[N,D,H,W,Ci]`) with `classes` classes by
+    /// the Gaussian reverse process ([`gaussian::sample`]) with the fixed-large
+    /// (or configured) variance. Returns the final x̂₀ (in [−1, 1]; argmax over
+    /// channels is the mask); `on_step(k, x̂₀)` sees each step's prediction.
     #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
-        b: &dyn Backend,
+        dev: &dyn Backend,
         model: &dyn Denoiser,
         image: &Tensor,
         classes: usize,
         sampler: Sampler,
         steps: Option<usize>,
         seed: u64,
-        mut on_step: impl FnMut(usize, &Tensor) -> Result<()>,
+        on_step: impl FnMut(usize, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
-        let (sched, model_t) = self.sampling_schedule(steps)?;
         let sh = image.shape().with_c(classes);
-        let mut g = Graph::inference(b);
-        let ones = g.constant(full(b, sh, 1.0)?);
-        let img = g.constant(image.clone());
-        let mut x = g.constant(b.randn(
+        let (sched, _) = self.sampling_schedule(steps)?;
+        let ones = full(dev, sh, 1.0)?;
+        let spec = SampleSpec {
+            sampler,
+            variance: self.cfg.variance,
+            steps,
+            seed,
+        };
+        let mut k = sched.len();
+        gaussian::sample(
+            dev,
+            &self.schedule,
+            spec,
             sh,
-            b.act_dtype(),
-            stream_seed(seed, Stream::SampleInit, 0),
-            0,
-        )?);
-        let mut x0_last = None;
-        for k in (0..sched.len()).rev() {
-            let t_net = model_t[k] as f32;
-            let input = g.concat_c(&[&img, &x])?;
-            let out = model.denoise(&mut g, &input, &vec![t_net; sh.n()])?;
-            let x0 = self.x0_hat(&mut g, &out, &x, &sched, k, &ones)?;
-            on_step(k, &x0.t)?;
-            if k > 0 {
-                x = match sampler {
-                    Sampler::Ddpm => {
-                        let cs = sched.posterior_coef_start[k] as f32;
-                        let ct = sched.posterior_coef_t[k] as f32;
-                        let sd = sched.sampling_variance(self.cfg.variance, k).sqrt() as f32;
-                        let z = g.constant(b.randn(
-                            sh,
-                            b.act_dtype(),
-                            stream_seed(seed, Stream::SampleStep, k as u64),
-                            0,
-                        )?);
-                        g.lincomb(&[(cs, &x0), (ct, &x), (sd, &z)])?
-                    }
-                    Sampler::Ddim => {
-                        // ε̂ = (a x_t − x̂_0)/b; x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1}) ε̂.
-                        let (a, bb) = sched.x0_from_eps_coefs(k);
-                        let ap = sched.alphas_cumprod_prev[k];
-                        let c_eps = (1.0 - ap).sqrt() / bb;
-                        g.lincomb(&[((ap.sqrt() - c_eps) as f32, &x0), ((c_eps * a) as f32, &x)])?
-                    }
-                };
-            }
-            x0_last = Some(x0);
-        }
-        Ok(x0_last.expect("at least one sampling step").t)
+            |g, x, t_net| {
+                k -= 1;
+                let img = g.constant(image.clone());
+                let ones = g.constant(ones.clone());
+                let out = model.denoise(g, &img, x, &vec![t_net; sh.n()])?;
+                self.x0_hat(g, &out, x, &sched, k, &ones)
+            },
+            on_step,
+        )
     }
 }
 
@@ -336,13 +264,4 @@ fn full(b: &dyn Backend, shape: Shape, value: f32) -> Result<Tensor> {
     let t = b.zeros(shape, b.act_dtype())?;
     b.fill(&t, value)?;
     Ok(t)
-}
-
-/// Convert a float tensor of any dtype to the backend's activation dtype.
-pub fn to_act(b: &dyn Backend, t: &Tensor) -> Result<Tensor> {
-    if t.dtype() == b.act_dtype() {
-        Ok(t.clone())
-    } else {
-        b.cast(t, b.act_dtype())
-    }
 }

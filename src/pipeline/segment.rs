@@ -18,7 +18,7 @@ use crate::backend::{self, Backend};
 use crate::data::resample::{resample_to_grid, Interp, Outside};
 use crate::data::sliding::{argmax_channels, Aggregation, SlidingWindow};
 use crate::data::{write_nifti_with, DataType, Volume, WriteOptions};
-use crate::diffusion::seg::Sampler;
+use crate::diffusion::Sampler;
 use crate::train::checkpoint;
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
