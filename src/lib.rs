@@ -10,11 +10,13 @@
 //! - [`autograd`]: the tape
 //! - [`backend`]: the `Backend` trait and its implementations
 //! - [`data`], [`metrics`], [`train`]: I/O and preprocessing, scores, optimisation
+//! - [`draw`]: figures and overlays as PNG
 
 pub mod autograd;
 pub mod backend;
 pub mod data;
 pub mod diffusion;
+pub mod draw;
 pub mod fsutil;
 pub mod metrics;
 pub mod model;
