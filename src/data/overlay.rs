@@ -129,9 +129,12 @@ pub fn render(ov: &Overlay) -> Result<Rgb> {
     let labs: Vec<Volume> = ov.labels.iter().map(|(_, l)| to_canonical(l).0).collect();
     let [_, h, w] = img.dims;
     let ks = pick_slices(&foreground_per_slice(&labs), ov.slices);
-    // Voxel column c of the picture is patient-right first: i = w−1−c; row r is anterior first: j = h−1−r.
     let (cols, rows) = panel_maps(w, h, img.spacing[2], img.spacing[1]);
     let (pw, ph) = (cols.len(), rows.len());
+    // The voxel of each picture column and row: patient's right first
+    // (i = w−1−col), anterior first (j = h−1−row).
+    let vi: Vec<usize> = cols.iter().map(|&c| w - 1 - c).collect();
+    let vj: Vec<usize> = rows.iter().map(|&r| h - 1 - r).collect();
     let mut shown: Vec<u32> = Vec::new();
     for l in &labs {
         for &k in &ks {
@@ -168,10 +171,10 @@ pub fn render(ov: &Overlay) -> Result<Rgb> {
         let y0 = GAP_PX + row * (TITLE_PX + ph + GAP_PX) + TITLE_PX;
         for (col, lab) in labs.iter().enumerate() {
             let x0 = GAP_PX + col * (pw + GAP_PX);
-            let class_at = |c: usize, r: usize| lab.at(k, h - 1 - rows[r], w - 1 - cols[c]) as u32;
-            for r in 0..ph {
-                for c in 0..pw {
-                    let v = ov.window.map(img.at(k, h - 1 - rows[r], w - 1 - cols[c]));
+            let class_at = |c: usize, r: usize| lab.at(k, vj[r], vi[c]) as u32;
+            for (r, &j) in vj.iter().enumerate() {
+                for (c, &i) in vi.iter().enumerate() {
+                    let v = ov.window.map(img.at(k, j, i));
                     let g = (v.clamp(0.0, 1.0) * 255.0) as u8;
                     let mut rgb = [g; 3];
                     let cls = class_at(c, r);

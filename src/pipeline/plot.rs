@@ -128,6 +128,9 @@ fn tick(v: f64) -> String {
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
+/// A line of a panel: its points, colour and legend label.
+type Series<'a> = (&'a [(f64, f64)], RGBColor, String);
+
 /// One panel: `series` of (points, colour, legend label) over `x`, y on a
 /// log scale if asked (and possible).
 fn panel(
@@ -135,7 +138,7 @@ fn panel(
     title: &str,
     y_desc: &str,
     x: (f64, f64),
-    series: &[(&[(f64, f64)], RGBColor, String)],
+    series: &[Series],
     log_y: bool,
 ) -> Result<()> {
     let all = || series.iter().flat_map(|s| s.0.iter().map(|p| p.1));
@@ -214,8 +217,7 @@ pub fn render(p: &Progress, title: &str) -> Result<Rgb> {
         let x = (x0, x1);
         let w = smoothing_half_width(p.loss.len());
         let smoothed = smooth(&p.loss, w);
-        let mut loss: Vec<(&[(f64, f64)], RGBColor, String)> =
-            vec![(&p.loss, RAW_LOSS, "logged value".into())];
+        let mut loss: Vec<Series> = vec![(&p.loss, RAW_LOSS, "logged value".into())];
         if w > 0 {
             let label = format!("moving mean of {} values", 2 * w + 1);
             loss.push((&smoothed, SMOOTH_LOSS, label));
