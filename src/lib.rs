@@ -11,11 +11,13 @@
 //! - [`ops`]: the op families (argument types, contracts, the family traits)
 //! - [`backend`]: `Backend`, the sum of the family traits, and its implementations
 //! - [`data`], [`metrics`], [`train`]: I/O and preprocessing, scores, optimisation
+//! - [`draw`]: figures and overlays as PNG
 
 pub mod autograd;
 pub mod backend;
 pub mod data;
 pub mod diffusion;
+pub mod draw;
 pub mod fsutil;
 pub mod metrics;
 pub mod model;

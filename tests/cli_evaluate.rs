@@ -290,7 +290,7 @@ fn evaluate_writes_overlays_of_the_prediction_on_the_scan() {
         .arg(ct.join("btcv13_to_totalseg_ids.json"))
         .arg("--image")
         .arg(ct.join("example_ct_sm.nii.gz"))
-        .args(["--overlay-slices", "4", "--out"])
+        .args(["--overlay-slices", "2", "--out"])
         .arg(&out)
         .output()
         .unwrap();
@@ -304,8 +304,16 @@ fn evaluate_writes_overlays_of_the_prediction_on_the_scan() {
     let mut reader = dec.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
-    // Four axial slices of 122 (W) × 101 (H) side by side, RGB.
-    assert_eq!((info.width, info.height), (4 * 122, 101));
+    // Two rows (slices) of reference and prediction side by side: 122 × 101
+    // voxels at 3 mm are enlarged to 366 mm / 303 mm at MIN_PANEL_PX pixels
+    // on the shorter side, plus titles, gaps and a legend column.
+    use voxdiff::data::overlay::MIN_PANEL_PX;
+    let (pw, ph) = (
+        (366.0 * MIN_PANEL_PX as f64 / 303.0).round() as u32,
+        MIN_PANEL_PX as u32,
+    );
+    assert!(info.width > 8 + 2 * (pw + 8), "width {}", info.width);
+    assert_eq!(info.height, 8 + 2 * (30 + ph + 8));
     let coloured = buf
         .chunks(3)
         .filter(|p| !(p[0] == p[1] && p[1] == p[2]))

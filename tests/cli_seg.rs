@@ -44,7 +44,7 @@ fn sets(extra: &[&str]) -> Vec<String> {
 }
 
 #[test]
-fn demo_writes_mask_scan_overlay_loss_curve_and_metrics() {
+fn demo_writes_mask_scan_overlay_progress_figure_and_metrics() {
     let out = tmp("demo");
     let stdout = run_ok(
         bin()
@@ -64,7 +64,8 @@ fn demo_writes_mask_scan_overlay_loss_curve_and_metrics() {
         .all(|&v| v >= 0.0 && v < 14.0 && v.fract() == 0.0));
     for f in [
         "overlay.png",
-        "loss.png",
+        "progress.png",
+        "run/progress.png",
         "run/checkpoint.safetensors",
         "run/log.jsonl",
     ] {

@@ -1,4 +1,4 @@
-//! Everything between a scan on disk and a tensor: NIfTI I/O with geometry,
+//! Everything between a scan on disk and a tensor: NIfTI and DICOM input with geometry,
 //! preprocessing, datasets and splits, patch sampling, augmentation, a
 //! prefetching loader, sliding-window inference geometry, a synthetic
 //! abdomen phantom, and PNG overlays. See `docs/data.md`.
@@ -7,6 +7,7 @@ pub mod affine;
 pub mod augment;
 pub mod crop;
 pub mod dataset;
+pub mod dicom;
 pub mod intensity;
 pub mod labels;
 pub mod loader;
@@ -22,6 +23,7 @@ pub mod sliding;
 pub mod volume;
 
 pub use affine::Affine;
+pub use dicom::{read_dicom_series, read_scan};
 pub use labels::ClassMap;
 pub use nifti_io::{read_nifti, write_nifti, write_nifti_with, WriteOptions};
 pub use volume::{DataType, Volume};

@@ -1,24 +1,26 @@
 //! `voxdiff demo`: the main job on the built-in phantom, end to end — train a
 //! diffusion segmentation model on a few synthetic abdomens, segment a
 //! held-out one with the 5-step sampler, print its metrics, and write the
-//! mask, the scan, an overlay PNG and the loss curve.
+//! mask, the scan, an overlay PNG and the run's progress figure.
 //!
 //! ```text
-//! <out>/run/            the training run (config, log, checkpoint, loss.png)
+//! <out>/run/            the training run (config, log, checkpoint, progress.png)
 //! <out>/scan.nii.gz     the held-out phantom scan (HU)
 //! <out>/truth.nii.gz    its true labels
 //! <out>/mask.nii.gz     the predicted labels (+ mask.json: class names)
-//! <out>/overlay.png     the prediction on six axial slices
+//! <out>/overlay.png     truth and prediction side by side on three axial slices
+//! <out>/progress.png    the run's progress figure (loss, learning rate, time per step)
 //! <out>/metrics.json    per-class Dice, IoU, NSD, HD95, ASSD, centroid distance
 //! ```
 
+use super::plot::PROGRESS;
 use super::seg_config::{DataSource, SegConfig};
 use super::seg_data::{class_map, class_names, prepare_volume};
 use super::seg_train::train_run;
 use super::segment::{load_run, predict_scores, to_scan_grid, write_mask};
 use crate::backend::{self, Backend};
 use crate::data::intensity::Window;
-use crate::data::overlay::write_overlay;
+use crate::data::overlay::{write_overlay, Overlay};
 use crate::data::phantom;
 use crate::data::sliding::argmax_channels;
 use crate::data::{write_nifti_with, DataType, WriteOptions};
@@ -155,14 +157,17 @@ pub fn run_demo(b: &dyn Backend, args: &DemoArgs) -> Result<Vec<(String, ClassMe
     }
     write_mask(&mask, &out.join("mask.nii.gz"), &names)?;
     write_overlay(
-        &scan,
-        &mask,
-        Window::new(-200.0, 300.0),
-        6,
+        &Overlay {
+            image: &scan,
+            labels: vec![("truth", &truth), ("prediction", &mask)],
+            names: &names,
+            window: Window::new(-200.0, 300.0),
+            slices: 3,
+        },
         out.join("overlay.png"),
     )?;
-    let curve = std::fs::read(run.join("loss.png")).context("reading the run's loss curve")?;
-    crate::fsutil::write_atomic(&out.join("loss.png"), &curve)?;
+    let figure = std::fs::read(run.join(PROGRESS)).context("reading the run's progress figure")?;
+    crate::fsutil::write_atomic(&out.join(PROGRESS), &figure)?;
     let ids: Vec<u32> = (1..names.len() as u32).collect();
     let m = label_metrics(
         &truth.data,
@@ -206,7 +211,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         crate::metrics::summary::Stat::of(&m.iter().map(|c| c.dice).collect::<Vec<_>>()).mean
     );
     println!(
-        "wrote {}/{{mask.nii.gz, scan.nii.gz, truth.nii.gz, overlay.png, loss.png, metrics.json}} in {:.0} s on {}",
+        "wrote {}/{{mask.nii.gz, scan.nii.gz, truth.nii.gz, overlay.png, progress.png, metrics.json}} in {:.0} s on {}",
         args.out.display(),
         t0.elapsed().as_secs_f64(),
         b.name()

@@ -7,7 +7,7 @@
 //! `<out>/summary.json` (nan-mean ± sd and counts per class and overall), and
 //! prints the per-class means.
 
-use crate::data::overlay::write_overlay;
+use crate::data::overlay::{write_overlay, Overlay};
 use crate::data::{labels::present_ids, read_nifti, ClassMap, Volume};
 use crate::fsutil::write_atomic;
 use crate::metrics::summary::Stat;
@@ -44,11 +44,12 @@ pub struct EvaluateArgs {
     #[arg(long, default_value = "evaluation")]
     pub out: PathBuf,
     /// The scan (file, or folder paired by case name, `_0000` allowed): also
-    /// write `<out>/overlays/<case>.png`, the prediction on a few axial slices.
+    /// write `<out>/overlays/<case>.png`: reference and prediction side by
+    /// side on the slice with the most foreground, with a legend of the classes.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Number of slices in each overlay.
-    #[arg(long, default_value_t = 6)]
+    /// Slices (rows) in each overlay.
+    #[arg(long, default_value_t = 1)]
     pub overlay_slices: usize,
 }
 
@@ -324,19 +325,24 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
             .with_context(|| format!("case {case}"))?;
         if let Some(img) = &args.image {
             let scan = read_nifti(image_for(img, case)?)?;
-            let shown = match pred_map.as_ref().or(map.as_ref()) {
-                Some(m) => m.remap(&pred)?,
-                None => pred.clone(),
+            let remap = |m: Option<&ClassMap>, v: &Volume| match m {
+                Some(m) => m.remap(v),
+                None => Ok(v.clone()),
             };
-            let dir = args.out.join("overlays");
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("{}: cannot create", dir.display()))?;
+            let shown_pred = remap(pred_map.as_ref().or(map.as_ref()), &pred)?;
+            let shown_gt = remap(map.as_ref(), &gt)?;
+            let names: Vec<String> = std::iter::once("background".to_string())
+                .chain(map.iter().flat_map(|m| m.names.iter().cloned()))
+                .collect();
             write_overlay(
-                &scan,
-                &shown,
-                auto_window(&scan),
-                args.overlay_slices,
-                dir.join(format!("{case}.png")),
+                &Overlay {
+                    image: &scan,
+                    labels: vec![("reference", &shown_gt), ("prediction", &shown_pred)],
+                    names: &names,
+                    window: auto_window(&scan),
+                    slices: args.overlay_slices,
+                },
+                args.out.join("overlays").join(format!("{case}.png")),
             )
             .with_context(|| format!("case {case}"))?;
         }

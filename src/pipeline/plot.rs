@@ -1,183 +1,256 @@
-//! Line plots as PNG (the loss curve of a run), drawn with a tiny bitmap
-//! font so no plotting stack is needed: axes, min/max tick labels, one or
-//! more series.
+//! The progress figure of a training run (`<run>/progress.png`), in the
+//! spirit of nnU-Net's `progress.png`: three panels over the optimiser step,
+//! read from the run's `log.jsonl` —
+//!
+//! 1. training loss: every logged value (light) and, from 8 values on, their
+//!    moving mean (dark), on a log scale when every value is positive (the
+//!    axis says which);
+//! 2. learning rate;
+//! 3. seconds per step: the wall time between consecutive log records over the
+//!    steps between them (a resumed run restarts its clock; the gap across a
+//!    restart is left out).
+//!
+//! The training loop logs no validation score, so there is no validation
+//! panel.
 
+use crate::draw::{fonts, plot_err, Rgb, FONT};
 use anyhow::{ensure, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::Value;
 use std::path::Path;
 
-/// 3×5 glyphs, one row per u8 (bit 2 = left column).
-fn glyph(c: char) -> [u8; 5] {
-    match c {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        'e' => [0, 7, 7, 4, 7],
-        's' => [0, 7, 4, 1, 7],
-        't' => [2, 7, 2, 2, 3],
-        'p' => [0, 7, 5, 7, 4],
-        'l' => [6, 2, 2, 2, 7],
-        'o' => [0, 7, 5, 5, 7],
-        _ => [0; 5],
-    }
+/// The figure's file name in a run folder.
+pub const PROGRESS: &str = "progress.png";
+
+/// Figure size in pixels.
+pub const WIDTH: usize = 1000;
+pub const HEIGHT: usize = 1000;
+
+/// Series colours: raw loss, smoothed loss, learning rate, seconds per step.
+pub const RAW_LOSS: RGBColor = RGBColor(240, 160, 160);
+pub const SMOOTH_LOSS: RGBColor = RGBColor(190, 20, 20);
+pub const LR: RGBColor = RGBColor(20, 90, 200);
+pub const STEP_TIME: RGBColor = RGBColor(20, 140, 60);
+
+/// What the figure shows, taken from a run log.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// (step, loss) of every record with both.
+    pub loss: Vec<(f64, f64)>,
+    /// (step, learning rate).
+    pub lr: Vec<(f64, f64)>,
+    /// (step, seconds per step since the previous record of the same process).
+    pub step_time: Vec<(f64, f64)>,
 }
 
-struct Canvas {
-    w: usize,
-    h: usize,
-    px: Vec<u8>,
-}
-
-impl Canvas {
-    fn new(w: usize, h: usize) -> Canvas {
-        Canvas {
-            w,
-            h,
-            px: vec![255; w * h * 3],
-        }
-    }
-    fn set(&mut self, x: i64, y: i64, rgb: [u8; 3]) {
-        if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
-            let o = (y as usize * self.w + x as usize) * 3;
-            self.px[o..o + 3].copy_from_slice(&rgb);
-        }
-    }
-    /// Bresenham line.
-    fn line(&mut self, (mut x0, mut y0): (i64, i64), (x1, y1): (i64, i64), rgb: [u8; 3]) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let mut err = dx + dy;
-        loop {
-            self.set(x0, y0, rgb);
-            if x0 == x1 && y0 == y1 {
-                break;
+impl Progress {
+    /// Collect the series from log records (`step`, `loss`, `lr`, `seconds`).
+    pub fn from_records(recs: &[Value]) -> Progress {
+        let mut p = Progress::default();
+        let mut prev: Option<(f64, f64)> = None; // (step, seconds)
+        for r in recs {
+            let Some(step) = r.get("step").and_then(Value::as_f64) else {
+                continue;
+            };
+            let num = |k: &str| r.get(k).and_then(Value::as_f64).filter(|v| v.is_finite());
+            if let Some(l) = num("loss") {
+                p.loss.push((step, l));
             }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x0 += sx;
+            if let Some(l) = num("lr") {
+                p.lr.push((step, l));
             }
-            if e2 <= dx {
-                err += dx;
-                y0 += sy;
-            }
-        }
-    }
-    /// Text at (x, y) (top-left), glyphs scaled by `s`.
-    fn text(&mut self, x: i64, y: i64, s: i64, text: &str) {
-        for (i, c) in text.chars().enumerate() {
-            let g = glyph(c);
-            for (r, row) in g.iter().enumerate() {
-                for col in 0..3 {
-                    if row & (4 >> col) != 0 {
-                        for dy in 0..s {
-                            for dx in 0..s {
-                                self.set(
-                                    x + i as i64 * 4 * s + col * s + dx,
-                                    y + r as i64 * s + dy,
-                                    [0, 0, 0],
-                                );
-                            }
-                        }
-                    }
+            if let Some(s) = num("seconds") {
+                // A later record of the same process has a larger step and a
+                // larger clock; anything else is a restart.
+                if let Some((s0, t0)) = prev.filter(|&(s0, t0)| step > s0 && s >= t0) {
+                    p.step_time.push((step, (s - t0) / (step - s0)));
                 }
+                prev = Some((step, s));
             }
         }
+        p
     }
 }
 
-fn fmt_num(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e9 {
-        format!("{v:.0}")
-    } else if v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e5) {
+/// Half-width of the moving mean over `n` logged values: `n / 40`, at least
+/// 1; 0 (no smoothed curve) below 8 values.
+pub fn smoothing_half_width(n: usize) -> usize {
+    if n < 8 {
+        0
+    } else {
+        (n / 40).max(1)
+    }
+}
+
+/// Moving mean over the `2w + 1` surrounding values (fewer at the ends): a
+/// curve that follows the trend of a noisy loss.
+pub fn smooth(pts: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
+    (0..pts.len())
+        .map(|i| {
+            let (a, b) = (i.saturating_sub(w), (i + w + 1).min(pts.len()));
+            let m = pts[a..b].iter().map(|p| p.1).sum::<f64>() / (b - a) as f64;
+            (pts[i].0, m)
+        })
+        .collect()
+}
+
+/// The range of `vals`, widened when empty or flat.
+fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    if !lo.is_finite() {
+        (0.0, 1.0)
+    } else if hi > lo {
+        (lo, hi)
+    } else {
+        let d = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
+        (lo - d, hi + d)
+    }
+}
+
+/// Tick labels that stay short: plain for moderate values (no trailing
+/// zeros), else scientific.
+fn tick(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-2..1e4).contains(&a) {
         format!("{v:.1e}")
-    } else if v.abs() >= 100.0 {
+    } else if a >= 100.0 {
         format!("{v:.0}")
     } else {
-        format!("{v:.3}")
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
-/// Plot series of (x, y) points (one colour each) with the y axis on a log
-/// scale when `log_y` and every value is positive; writes a PNG atomically.
-pub fn line_plot(path: &Path, series: &[(&[(f64, f64)], [u8; 3])], log_y: bool) -> Result<()> {
-    let pts: Vec<(f64, f64)> = series
-        .iter()
-        .flat_map(|(s, _)| s.iter().copied())
-        .filter(|p| p.1.is_finite())
-        .collect();
-    ensure!(!pts.is_empty(), "{}: nothing to plot", path.display());
-    let log_y = log_y && pts.iter().all(|p| p.1 > 0.0);
-    let ty = |y: f64| if log_y { y.log10() } else { y };
-    let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
-    let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, y) in &pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(ty(y));
-        y1 = y1.max(ty(y));
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if y1 <= y0 {
-        y1 = y0 + 1.0;
-    }
-    let (w, h) = (640usize, 400usize);
-    let (l, r, t, b) = (70i64, 20i64, 20i64, 40i64);
-    let mut c = Canvas::new(w, h);
-    let (pw, ph) = (w as i64 - l - r, h as i64 - t - b);
-    let grey = [160, 160, 160];
-    c.line((l, t), (l, t + ph), grey);
-    c.line((l, t + ph), (l + pw, t + ph), grey);
-    let to_px = |x: f64, y: f64| -> (i64, i64) {
-        let px = l + ((x - x0) / (x1 - x0) * pw as f64).round() as i64;
-        let py = t + ph - ((ty(y) - y0) / (y1 - y0) * ph as f64).round() as i64;
-        (px, py)
-    };
-    for (s, rgb) in series {
-        let mut prev: Option<(i64, i64)> = None;
-        for &(x, y) in s.iter().filter(|p| p.1.is_finite()) {
-            let p = to_px(x, y);
-            if let Some(q) = prev {
-                c.line(q, p, *rgb);
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// A line of a panel: its points, colour and legend label.
+type Series<'a> = (&'a [(f64, f64)], RGBColor, String);
+
+/// One panel: `series` of (points, colour, legend label) over `x`, y on a
+/// log scale if asked (and possible).
+fn panel(
+    area: &Area,
+    title: &str,
+    y_desc: &str,
+    x: (f64, f64),
+    series: &[Series],
+    log_y: bool,
+) -> Result<()> {
+    let all = || series.iter().flat_map(|s| s.0.iter().map(|p| p.1));
+    let (y0, y1) = range(all());
+    let mut chart = ChartBuilder::on(area);
+    chart
+        .caption(title, (FONT, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80);
+    let draw_legend = series.len() > 1;
+    macro_rules! finish {
+        ($chart:expr, $y_desc:expr) => {{
+            let mut c = $chart;
+            c.configure_mesh()
+                .x_desc("step")
+                .y_desc($y_desc)
+                .axis_desc_style((FONT, 17))
+                .label_style((FONT, 14))
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .y_label_formatter(&|v| tick(*v))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()
+                .map_err(plot_err)?;
+            for (pts, colour, label) in series {
+                let colour = *colour;
+                c.draw_series(LineSeries::new(pts.iter().copied(), colour.stroke_width(2)))
+                    .map_err(plot_err)?
+                    .label(label.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3))
+                    });
             }
-            prev = Some(p);
-        }
+            if draw_legend {
+                c.configure_series_labels()
+                    .position(SeriesLabelPosition::UpperRight)
+                    .label_font((FONT, 15))
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .draw()
+                    .map_err(plot_err)?;
+            }
+        }};
     }
-    let unty = |v: f64| if log_y { 10f64.powf(v) } else { v };
-    c.text(4, t, 2, &fmt_num(unty(y1)));
-    c.text(4, t + ph - 10, 2, &fmt_num(unty(y0)));
-    c.text(l, t + ph + 8, 2, &fmt_num(x0));
-    let xr = fmt_num(x1);
-    c.text(l + pw - xr.len() as i64 * 8, t + ph + 8, 2, &xr);
-    c.text(l + pw / 2 - 16, t + ph + 8, 2, "step");
-    c.text(4, t + ph / 2, 2, "loss");
-    crate::fsutil::write_atomic_with(path, |f| {
-        let mut enc = png::Encoder::new(f, w as u32, h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header()?;
-        wr.write_image_data(&c.px)?;
-        wr.finish()?;
-        Ok(())
-    })
+    if log_y && y0 > 0.0 {
+        let c = chart
+            .build_cartesian_2d(x.0..x.1, (y0 * 0.9..y1 * 1.1).log_scale())
+            .map_err(plot_err)?;
+        finish!(c, format!("{y_desc} (log scale)"));
+    } else {
+        // Non-negative quantities (rates, times) start at 0.
+        let pad = (y1 - y0) * 0.05;
+        let lo = if y0 >= 0.0 { 0.0 } else { y0 - pad };
+        let c = chart
+            .build_cartesian_2d(x.0..x.1, lo..y1 + pad)
+            .map_err(plot_err)?;
+        finish!(c, y_desc.to_string());
+    }
+    Ok(())
 }
 
-/// The loss curve of a run's log (`step`, `loss` records) as a PNG.
-pub fn loss_curve(log: &Path, out: &Path) -> Result<()> {
+/// Draw the progress figure of `p` into an RGB image.
+pub fn render(p: &Progress, title: &str) -> Result<Rgb> {
+    ensure!(!p.loss.is_empty(), "no loss values to plot");
+    fonts();
+    let mut img = Rgb::filled(WIDTH, HEIGHT, [255, 255, 255]);
+    {
+        let root = BitMapBackend::with_buffer(&mut img.px, (WIDTH as u32, HEIGHT as u32))
+            .into_drawing_area();
+        let (head, body) = root.split_vertically(36);
+        head.titled(title, (FONT, 24).into_font().style(FontStyle::Bold))
+            .map_err(plot_err)?;
+        let panels = body.split_evenly((3, 1));
+        let steps = p.loss.iter().chain(&p.lr).chain(&p.step_time).map(|q| q.0);
+        let (x0, x1) = range(steps);
+        let x = (x0, x1);
+        let w = smoothing_half_width(p.loss.len());
+        let smoothed = smooth(&p.loss, w);
+        let mut loss: Vec<Series> = vec![(&p.loss, RAW_LOSS, "logged value".into())];
+        if w > 0 {
+            let label = format!("moving mean of {} values", 2 * w + 1);
+            loss.push((&smoothed, SMOOTH_LOSS, label));
+        }
+        panel(&panels[0], "training loss", "loss", x, &loss, true)?;
+        panel(
+            &panels[1],
+            "learning rate",
+            "learning rate",
+            x,
+            &[(&p.lr, LR, "learning rate".into())],
+            false,
+        )?;
+        panel(
+            &panels[2],
+            "time per optimiser step",
+            "seconds per step",
+            x,
+            &[(&p.step_time, STEP_TIME, "seconds per step".into())],
+            false,
+        )?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(img)
+}
+
+/// The progress figure of a run log, written to `out` as PNG (atomically).
+pub fn progress_figure(log: &Path, out: &Path) -> Result<()> {
     let recs = crate::train::RunLog::read(log)?;
-    let pts: Vec<(f64, f64)> = recs
-        .iter()
-        .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get("loss")?.as_f64()?)))
-        .collect();
-    line_plot(out, &[(&pts, [200, 40, 40])], true)
+    let p = Progress::from_records(&recs);
+    let run = log.parent().unwrap_or(Path::new("."));
+    let last = p.loss.last().map(|q| q.0).unwrap_or(0.0);
+    let img = render(&p, &format!("{} · step {last:.0}", run.display()))
+        .map_err(|e| e.context(format!("{}: progress figure", log.display())))?;
+    img.write_png(out)
 }

@@ -11,7 +11,7 @@ use crate::data::loader::{Loader, LoaderConfig, PreparedCase};
 use crate::data::orient::{to_canonical, Reorientation};
 use crate::data::patch::PatchSampler;
 use crate::data::resample::{resample_to_spacing, Interp};
-use crate::data::{phantom, read_nifti, ClassMap, Volume};
+use crate::data::{phantom, read_nifti, read_scan, ClassMap, Volume};
 use anyhow::{ensure, Context, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -92,9 +92,10 @@ fn to_training_grid(
     Ok((res, canon, reo))
 }
 
-/// Prepare a scan (read from disk) the way the run's training data was.
+/// Prepare a scan (a NIfTI file or a DICOM series folder) the way the run's
+/// training data was.
 pub fn prepare_scan(cfg: &DataConfig, path: &Path) -> Result<PreparedScan> {
-    let original = read_nifti(path)?;
+    let original = read_scan(path)?;
     prepare_volume(cfg, original)
 }
 
@@ -140,7 +141,7 @@ pub fn training_cases(cfg: &DataConfig, map: &ClassMap) -> Result<Vec<PreparedCa
         }
         DataSource::Files => {
             for (ip, lp) in cfg.images.iter().zip(&cfg.labels) {
-                let img = read_nifti(ip)?;
+                let img = read_scan(ip)?;
                 let lab = read_nifti(lp)?;
                 let id = crate::pipeline::evaluate::case_name(ip);
                 cases.push(prepare_case(cfg, map, id, img, lab)?);

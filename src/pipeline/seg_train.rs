@@ -6,7 +6,7 @@
 //! <run>/classes.json            training class names by id (MSD "labels" form)
 //! <run>/log.jsonl               one JSON record per logged step
 //! <run>/checkpoint.safetensors  parameters, AdamW moments, step, data position
-//! <run>/loss.png                the loss curve
+//! <run>/progress.png            loss, learning rate and time per step
 //! ```
 //! `--resume` continues a killed run from its checkpoint with its own config.
 
@@ -162,7 +162,7 @@ pub fn train_run(
         );
     }
     let summary = train_loop::train(b, &model, &cfg.train, &mut source, run, resume, progress)?;
-    plot::loss_curve(&run.join(LOG), &run.join("loss.png"))?;
+    plot::progress_figure(&run.join(LOG), &run.join(plot::PROGRESS))?;
     Ok(summary)
 }
 

@@ -28,7 +28,7 @@ pub struct SegmentArgs {
     /// Run folder of `voxdiff train seg`.
     #[arg(long)]
     pub run: PathBuf,
-    /// Scan to segment (.nii / .nii.gz).
+    /// Scan to segment (.nii / .nii.gz), or a folder holding one DICOM series.
     #[arg(long)]
     pub input: PathBuf,
     /// Mask to write (.nii.gz compresses).
