@@ -27,15 +27,14 @@ impl Denoiser for Oracle<'_> {
         match self.diff.cfg.output {
             Prediction::X0 => g.lincomb(&[(40.0, &m)]),
             Prediction::Eps => {
-                // ε = (√(1/ᾱ) x_t − x_0) / √(1/ᾱ − 1) at the training step t.
+                // The ε that maps x_t back onto the true x_0 at the training step t.
                 let k = t[0] as usize;
                 assert!(self.steps_of_t.contains(&k));
-                let (a, bb) = self.diff.schedule.x0_from_eps_coefs(k);
                 let ones = b.zeros(self.mask.shape(), DType::F32)?;
                 b.fill(&ones, 1.0)?;
                 let ones = g.constant(ones);
                 let x0 = g.lincomb(&[(2.0, &m), (-1.0, &ones)])?;
-                g.lincomb(&[((a / bb) as f32, x_t), (-(1.0 / bb) as f32, &x0)])
+                gaussian::eps_from_x0(g, &self.diff.schedule, x_t, &x0, k)
             }
         }
     }

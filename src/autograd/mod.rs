@@ -42,10 +42,6 @@ impl Var {
     pub fn shape(&self) -> Shape {
         self.t.shape()
     }
-    /// True when gradients flow to this value.
-    pub fn requires_grad(&self) -> bool {
-        self.id.is_some()
-    }
     pub fn id(&self) -> Option<VarId> {
         self.id
     }
@@ -117,14 +113,6 @@ impl<'d> Graph<'d> {
             param_of: Vec::new(),
         }
     }
-    pub fn is_recording(&self) -> bool {
-        self.record
-    }
-    /// Number of recorded ops.
-    pub fn tape_len(&self) -> usize {
-        self.tape.len()
-    }
-
     fn new_id(&mut self, param: Option<usize>) -> VarId {
         self.param_of.push(param);
         self.param_of.len() - 1

@@ -139,12 +139,6 @@ pub fn centre_pad_crop(vol: &Volume, size: [usize; 3], fill: f32) -> (Volume, Pa
     )
 }
 
-/// Pad (centred, with `fill`) only the axes shorter than `min`.
-pub fn pad_to_at_least(vol: &Volume, min: [usize; 3], fill: f32) -> (Volume, PadCrop) {
-    let size = [0, 1, 2].map(|a| vol.dims[a].max(min[a]));
-    centre_pad_crop(vol, size, fill)
-}
-
 /// Bounding box `(lo, hi)` (hi exclusive) of the true voxels, or None.
 pub fn bounding_box(mask: &[bool], dims: [usize; 3]) -> Option<([usize; 3], [usize; 3])> {
     let [_, h, w] = dims;

@@ -22,10 +22,6 @@ pub struct Reorientation {
 }
 
 impl Reorientation {
-    pub fn is_identity(&self) -> bool {
-        self.src_axis == [0, 1, 2] && self.flip == [false; 3]
-    }
-
     /// Map a volume in the canonical frame back to the original grid.
     pub fn undo(&self, canon: &Volume, original_affine: &Affine) -> Result<Volume> {
         let new_ext = [canon.dims[2], canon.dims[1], canon.dims[0]];

@@ -147,11 +147,6 @@ impl Volume {
         })
     }
 
-    /// A volume filled with `value` on the grid of `self` (source kept).
-    pub fn filled_like(&self, value: f32) -> Volume {
-        self.with_data(vec![value; self.numel()])
-    }
-
     /// New voxel data on the same grid (same dims, spacing, affine, source).
     pub fn with_data(&self, data: Vec<f32>) -> Volume {
         assert_eq!(data.len(), self.numel(), "with_data: wrong voxel count");

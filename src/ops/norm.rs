@@ -4,7 +4,7 @@
 //! and [`NormOps`].
 
 use super::pointwise::Act;
-use crate::tensor::{DType, Shape, Tensor};
+use crate::tensor::{DType, Tensor};
 use anyhow::{ensure, Result};
 
 /// Arguments of the fused normalisation op.
@@ -133,11 +133,6 @@ impl NormArgs<'_> {
             stats.shape()
         );
         Ok(())
-    }
-
-    /// The shape of the statistics `[N, groups, 2]` for input `x`.
-    pub fn stats_shape(&self, x: Shape) -> Shape {
-        Shape::new(&[x.n(), self.groups, 2])
     }
 }
 

@@ -11,6 +11,7 @@
 //!
 //! Elementwise ops run in parallel over chunks of [`CHUNK`] elements.
 use super::{check, check_ndhwc, check_same_shape, view, view_mut, CpuBackend};
+use crate::ops::pointwise::check_lincomb;
 use crate::ops::Act;
 use crate::ops::PointwiseOps;
 use crate::tensor::{Shape, Tensor};
@@ -371,22 +372,12 @@ impl PointwiseOps for CpuBackend {
     /// `y = Σ_i coef_i · x_i` for 1 to 4 terms of one shape, summed left to right
     /// in f32 (`((c0·x0 + c1·x1) + c2·x2) + c3·x3`).
     fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        ensure!(
-            (1..=4).contains(&terms.len()),
-            "lincomb: takes 1 to 4 terms, got {}",
-            terms.len()
-        );
-        let shape = terms[0].1.shape();
-        let mut xs: Vec<&[f32]> = Vec::with_capacity(4);
-        for (i, (_, t)) in terms.iter().enumerate() {
-            let what = format!("lincomb: term {i}");
-            xs.push(view(t, &what)?);
-            ensure!(
-                t.shape() == shape,
-                "lincomb: term {i} has shape {}, term 0 has {shape}",
-                t.shape()
-            );
-        }
+        let shape = check_lincomb(terms)?;
+        let xs = terms
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| view(t, &format!("lincomb: term {i}")))
+            .collect::<Result<Vec<&[f32]>>>()?;
         let c: Vec<f32> = terms.iter().map(|t| t.0).collect();
         let y = self.out_uninit(shape)?;
         let out = view_mut(&y);

@@ -103,9 +103,6 @@ impl Emu {
             shuffle,
         }
     }
-    pub fn shuffle_seed(&self) -> Option<u64> {
-        self.shuffle
-    }
 }
 
 impl Device for Emu {

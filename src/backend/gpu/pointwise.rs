@@ -23,6 +23,7 @@ use super::device::{KernelArgs, LaunchConfig};
 use super::elementwise::{check_vector_aligned, ew_config};
 use super::registry::Kernel;
 use super::GpuBackend;
+use crate::ops::pointwise::check_lincomb;
 use crate::ops::Act;
 use crate::ops::{MemoryOps, PointwiseOps};
 use crate::tensor::{DType, Shape, Tensor};
@@ -313,12 +314,7 @@ impl PointwiseOps for GpuBackend {
     /// accumulated in f32 in term order with fused multiply-adds; the output has
     /// the dtype of the first term.
     fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        ensure!(
-            (1..=4).contains(&terms.len()),
-            "lincomb: {} terms (1..=4)",
-            terms.len()
-        );
-        let shape = terms[0].1.shape();
+        let shape = check_lincomb(terms)?;
         let mut a = LincombArgs {
             x: [0; 4],
             coef: [0.0; 4],
@@ -328,14 +324,9 @@ impl PointwiseOps for GpuBackend {
             n: shape.numel() as i64,
         };
         for (i, (c, t)) in terms.iter().enumerate() {
-            let what = format!("lincomb term {i}");
+            let what = format!("lincomb: term {i}");
             self.check(t, &what)?;
             check_vector_aligned(t, &what)?;
-            ensure!(
-                t.shape() == shape,
-                "{what}: shape {} differs from the first term's {shape}",
-                t.shape()
-            );
             a.x[i] = t.addr();
             a.coef[i] = *c;
             a.x_is_bf16[i] = (t.dtype() == DType::BF16) as i32;
