@@ -182,6 +182,14 @@ fn bad_inputs_get_errors_that_name_the_problem() {
         ),
         (vec!["--device".into(), "tpu".into()], "unknown device"),
         (
+            vec!["--set".into(), "train.lr.peak=-0.001".into()],
+            "train.lr.peak must be a finite number > 0, got -0.001",
+        ),
+        (
+            vec!["--set".into(), "train.adamw.beta1=3".into()],
+            "train.adamw.beta1 must be in [0, 1), got 3",
+        ),
+        (
             vec!["--config".into(), "/nonexistent/x.toml".into()],
             "/nonexistent/x.toml",
         ),
