@@ -1,6 +1,6 @@
 //! The configuration of a segmentation run: every numeric setting is range
 //! checked at load with its key named, errors mention command-line settings
-//! only when some were given.
+//! only when some were given, and data paths resolve once to absolute paths.
 
 mod common;
 use common::tmp;
@@ -194,4 +194,30 @@ fn errors_mention_command_line_settings_only_when_there_were_some() {
         SegConfig::load(Some(&p), &["train.seed=3".into()]).unwrap_err()
     );
     assert!(err.contains("command-line settings train.seed=3"), "{err}");
+}
+
+#[test]
+fn data_paths_resolve_once_to_absolute_paths() {
+    let dir = tmp("paths");
+    std::fs::create_dir_all(dir.join("configs")).unwrap();
+    let p = dir.join("configs/c.toml");
+    std::fs::write(
+        &p,
+        "[data]\nsource = \"files\"\nimages = [\"../data/ct.nii.gz\"]\nlabels = [\"../data/seg.nii.gz\"]\n",
+    )
+    .unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let cfg = SegConfig::load(Some(&p), &["data.class_map=\"maps/m.json\"".into()]).unwrap();
+    let base = std::fs::canonicalize(&dir).unwrap();
+    // File paths against the file's folder, command-line ones against the cwd.
+    assert_eq!(cfg.data.images, vec![base.join("data/ct.nii.gz")]);
+    assert_eq!(cfg.data.labels, vec![base.join("data/seg.nii.gz")]);
+    assert_eq!(
+        cfg.data.class_map,
+        Some(std::fs::canonicalize(&cwd).unwrap().join("maps/m.json"))
+    );
+    // Written out and read back from anywhere, they stay the same.
+    let again = dir.join("again.toml");
+    std::fs::write(&again, cfg.to_toml().unwrap()).unwrap();
+    assert_eq!(SegConfig::load(Some(&again), &[]).unwrap().data, cfg.data);
 }

@@ -4,6 +4,7 @@
 //! `--set section.field=value` (the value is TOML: `--set train.steps=200`,
 //! `--set data.spacing=[5.0,5.0,5.0]`, `--set model.kind="unet"`).
 
+use super::run::absolute;
 use super::seg_model::ModelConfig;
 use super::train_loop::TrainConfig;
 use crate::data::phantom::PhantomConfig;
@@ -147,6 +148,32 @@ fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
     Ok(())
 }
 
+/// The data keys that hold file paths.
+const PATH_KEYS: [&str; 3] = ["images", "labels", "class_map"];
+
+/// Make the relative data paths of `doc` absolute against `base`
+/// ([`super::run::absolute`]). Values of the wrong type are left for the
+/// deserialiser to report.
+fn resolve_paths(doc: &mut toml::Table, base: &Path) {
+    let Some(toml::Value::Table(data)) = doc.get_mut("data") else {
+        return;
+    };
+    let fix = |v: &mut toml::Value| {
+        if let toml::Value::String(s) = v {
+            *s = absolute(Path::new(s.as_str()), base)
+                .to_string_lossy()
+                .into_owned();
+        }
+    };
+    for key in PATH_KEYS {
+        match data.get_mut(key) {
+            Some(toml::Value::Array(a)) => a.iter_mut().for_each(fix),
+            Some(v) => fix(v),
+            None => {}
+        }
+    }
+}
+
 /// The range checks of [`SegConfig::validate`]: each failed check adds a
 /// line naming the key, the range and the value.
 #[derive(Default)]
@@ -205,19 +232,28 @@ impl Checks {
 
 impl SegConfig {
     /// Read `path` (if any), apply `overrides`, validate. Relative data paths
-    /// are resolved against the config file's folder.
+    /// in the file resolve against the file's folder, those given in
+    /// `overrides` against the working directory; both are stored absolute
+    /// (see [`super::run`]).
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<SegConfig> {
+        let cwd = std::env::current_dir().context("cannot read the working directory")?;
         let mut doc: toml::Table = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("{}: cannot read config", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("{}: invalid TOML", p.display()))?
+                let mut doc: toml::Table = toml::from_str(&text)
+                    .with_context(|| format!("{}: invalid TOML", p.display()))?;
+                let folder = p.parent().unwrap_or(Path::new(""));
+                resolve_paths(&mut doc, &absolute(folder, &cwd));
+                doc
             }
             None => toml::Table::new(),
         };
         for o in overrides {
             apply_override(&mut doc, o)?;
         }
+        // What is still relative came from the command line.
+        resolve_paths(&mut doc, &cwd);
         let origin = || match (path, overrides.is_empty()) {
             (Some(p), true) => format!("{}: bad configuration", p.display()),
             (Some(p), false) => format!(
@@ -231,19 +267,7 @@ impl SegConfig {
             ),
             (None, true) => "bad default configuration".to_string(),
         };
-        let mut cfg: SegConfig = toml::Value::Table(doc).try_into().with_context(origin)?;
-        if let Some(base) = path.and_then(|p| p.parent()) {
-            let fix = |p: &mut PathBuf| {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
-            };
-            cfg.data.images.iter_mut().for_each(fix);
-            cfg.data.labels.iter_mut().for_each(fix);
-            if let Some(m) = cfg.data.class_map.as_mut() {
-                fix(m);
-            }
-        }
+        let cfg: SegConfig = toml::Value::Table(doc).try_into().with_context(origin)?;
         cfg.validate().with_context(origin)?;
         Ok(cfg)
     }

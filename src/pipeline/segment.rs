@@ -9,10 +9,11 @@
 //! With `--save-steps DIR`, the x̂₀ of every denoising step is written too
 //! (`DIR/step_<k>.nii.gz`, k = T−1 … 0).
 
+use super::run::CONFIG;
 use super::seg_config::{InferConfig, SegConfig};
 use super::seg_data::{prepare_scan, PreparedScan};
 use super::seg_model::{volume_shape, SegModel};
-use super::seg_train::{classes_json, read_classes, CONFIG};
+use super::seg_train::{classes_json, read_classes};
 use super::train_loop::CHECKPOINT;
 use crate::backend::{self, Backend};
 use crate::data::resample::{resample_to_grid, Interp, Outside};
