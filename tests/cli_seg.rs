@@ -140,7 +140,8 @@ fn a_resumed_run_continues_exactly_where_it_stopped() {
 }
 
 #[test]
-fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
+fn a_diverging_run_says_whether_and_at_which_step_a_checkpoint_exists() {
+    // Diverges at once: no checkpoint can exist, and the error must say so.
     let run = tmp("diverge");
     let out = bin()
         .args([
@@ -157,7 +158,47 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("training diverged at step"), "{err}");
-    assert!(err.contains("checkpoint"), "{err}");
+    assert!(
+        err.contains("no checkpoint was written") && !err.contains("intact"),
+        "{err}"
+    );
+    assert!(!run.join("checkpoint.safetensors").exists());
+
+    // A small rate first, then a huge one: checkpoints exist when it
+    // diverges, and the error names the step of the one on disk.
+    let run = tmp("diverge_late");
+    let out = bin()
+        .args([
+            "train", "seg", "--quiet", "--device", "cpu", "--steps", "40", "--run",
+        ])
+        .arg(&run)
+        .args(sets(&[
+            "train.lr.init=1e-4",
+            "train.lr.peak=1e30",
+            "train.lr.warmup_steps=3",
+            "train.adamw.max_grad_norm=1e30",
+            "train.checkpoint_every=1",
+        ]))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let at = err
+        .find("the checkpoint of step ")
+        .unwrap_or_else(|| panic!("no checkpoint step named: {err}"));
+    let step: u64 = err[at + "the checkpoint of step ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        header.metadata().as_ref().unwrap()["step"],
+        step.to_string(),
+        "{err}"
+    );
 }
 
 /// A project folder as a user lays one out: `data/` with a phantom scan, its
