@@ -321,3 +321,102 @@ fn evaluate_writes_overlays_of_the_prediction_on_the_scan() {
     assert!(coloured > 1000, "{coloured} coloured pixels");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// A reference with TotalSegmentator-like ids (spleen 1, liver 5) and the
+/// same organs predicted with voxdiff's ids (liver 1, spleen 2), as
+/// `voxdiff segment` writes them: a mask and its class-name sidecar.
+fn differing_ids(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use voxdiff::data::{write_nifti_with, DataType, Volume, WriteOptions};
+    let dims = [6, 8, 10];
+    let organ = |i: usize| -> u8 {
+        let (d, h, w) = (i / 80, (i / 10) % 8, i % 10);
+        match ((1..5).contains(&d), h, w) {
+            (true, 1..=3, 1..=4) => 1, // liver
+            (true, 4..=6, 6..=8) => 2, // spleen
+            _ => 0,
+        }
+    };
+    let n = dims.iter().product::<usize>();
+    let vol = |f: &dyn Fn(u8) -> f32| {
+        Volume::new((0..n).map(|i| f(organ(i))).collect(), dims, [2.0, 1.5, 1.5]).unwrap()
+    };
+    let gt = vol(&|o| [0.0, 5.0, 1.0][o as usize]);
+    let pred = vol(&|o| o as f32);
+    let (g, p, m) = (
+        dir.join("ref.nii.gz"),
+        dir.join("mask.nii.gz"),
+        dir.join("map.json"),
+    );
+    write_nifti_with(&gt, &g, WriteOptions::plain(DataType::U8)).unwrap();
+    write_nifti_with(&pred, &p, WriteOptions::plain(DataType::U8)).unwrap();
+    std::fs::write(
+        dir.join("mask.json"),
+        r#"{"labels": {"0": "background", "1": "liver", "2": "spleen"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &m,
+        r#"{"classes": [{"name": "spleen", "ids": [1]}, {"name": "liver", "ids": [5]}]}"#,
+    )
+    .unwrap();
+    (p, g, m)
+}
+
+fn dice_of(out: &Path, class: &str) -> f64 {
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    s["per_class"][class]["dice"]["mean"].as_f64().unwrap()
+}
+
+#[test]
+fn evaluate_reads_the_class_names_segment_writes_next_to_the_mask() {
+    let dir = tmp("sidecar");
+    let (pred, gt, map) = differing_ids(&dir);
+    // The README's command: no --pred-classes; the sidecar is found.
+    let out = dir.join("eval");
+    let res = Command::new(env!("CARGO_BIN_EXE_voxdiff"))
+        .args(["evaluate", "--pred"])
+        .arg(&pred)
+        .arg("--gt")
+        .arg(&gt)
+        .arg("--classes")
+        .arg(&map)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(dice_of(&out, "liver"), 1.0);
+    assert_eq!(dice_of(&out, "spleen"), 1.0);
+
+    // Without the sidecar the ids are taken as the reference's: Dice 0, and
+    // a loud warning says where the predicted organs lie.
+    std::fs::remove_file(dir.join("mask.json")).unwrap();
+    let out = dir.join("eval_raw");
+    let res = Command::new(env!("CARGO_BIN_EXE_voxdiff"))
+        .args(["evaluate", "--pred"])
+        .arg(&pred)
+        .arg("--gt")
+        .arg(&gt)
+        .arg("--classes")
+        .arg(&map)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{err}");
+    assert_eq!(dice_of(&out, "spleen"), 0.0);
+    assert!(
+        err.contains(
+            "warning: case ref: spleen: the prediction never overlaps the reference's spleen"
+        ) && err.contains("100 % of its 48 voxels lie on the reference's liver")
+            && err.contains("in the reference but never predicted: liver"),
+        "{err}"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["warnings"].as_array().unwrap().len(), 2, "{s}");
+}

@@ -141,7 +141,8 @@ fn a_resumed_run_continues_exactly_where_it_stopped() {
 }
 
 #[test]
-fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
+fn a_diverging_run_says_whether_and_at_which_step_a_checkpoint_exists() {
+    // Diverges at once: no checkpoint can exist, and the error must say so.
     let run = tmp("diverge");
     let out = bin()
         .args([
@@ -158,7 +159,217 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("training diverged at step"), "{err}");
-    assert!(err.contains("checkpoint"), "{err}");
+    assert!(
+        err.contains("no checkpoint was written") && !err.contains("intact"),
+        "{err}"
+    );
+    assert!(!run.join("checkpoint.safetensors").exists());
+
+    // A small rate first, then a huge one: checkpoints exist when it
+    // diverges, and the error names the step of the one on disk.
+    let run = tmp("diverge_late");
+    let out = bin()
+        .args([
+            "train", "seg", "--quiet", "--device", "cpu", "--steps", "40", "--run",
+        ])
+        .arg(&run)
+        .args(sets(&[
+            "train.lr.init=1e-4",
+            "train.lr.peak=1e30",
+            "train.lr.warmup_steps=3",
+            "train.adamw.max_grad_norm=1e30",
+            "train.checkpoint_every=1",
+        ]))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let at = err
+        .find("the checkpoint of step ")
+        .unwrap_or_else(|| panic!("no checkpoint step named: {err}"));
+    let step: u64 = err[at + "the checkpoint of step ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        header.metadata().as_ref().unwrap()["step"],
+        step.to_string(),
+        "{err}"
+    );
+}
+
+/// A project folder as a user lays one out: `data/` with a phantom scan, its
+/// label map and a class map, and `configs/tiny.toml` pointing at them with
+/// paths relative to the config file.
+fn project(root: &Path) {
+    use voxdiff::data::phantom::{generate, PhantomConfig};
+    let cfg = PhantomConfig {
+        dims: [12, 20, 20],
+        spacing: [16.0, 14.0, 14.0],
+        noise_hu: 12.0,
+    };
+    let (img, lab) = generate(&cfg, 3);
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::create_dir_all(root.join("configs")).unwrap();
+    voxdiff::data::write_nifti(&img, root.join("data/ct.nii.gz")).unwrap();
+    voxdiff::data::write_nifti(&lab, root.join("data/seg.nii.gz")).unwrap();
+    std::fs::write(
+        root.join("data/classes.json"),
+        r#"{"classes": [{"name": "liver", "ids": [6]}, {"name": "spleen", "ids": [1]}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("configs/tiny.toml"),
+        r#"[data]
+source = "files"
+images = ["../data/ct.nii.gz"]
+labels = ["../data/seg.nii.gz"]
+class_map = "../data/classes.json"
+
+[model]
+channels = [4, 8]
+
+[train]
+log_every = 1
+checkpoint_every = 1
+"#,
+    )
+    .unwrap();
+}
+
+fn trained_steps(run: &Path) -> String {
+    let bytes = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    header.metadata().as_ref().unwrap()["step"].clone()
+}
+
+#[test]
+fn a_run_started_from_a_relative_config_resumes_from_anywhere_and_after_a_move() {
+    let root = tmp("relative_run");
+    let proj = root.join("project");
+    project(&proj);
+    let train = |cwd: &Path, args: &[&str]| {
+        run_ok(
+            bin()
+                .current_dir(cwd)
+                .args(["train", "seg", "--quiet", "--device", "cpu"])
+                .args(args),
+        )
+    };
+    // As the README says: a relative config and a relative run folder.
+    train(
+        &proj,
+        &[
+            "--config",
+            "configs/tiny.toml",
+            "--run",
+            "runs/X",
+            "--steps",
+            "1",
+        ],
+    );
+    let run = proj.join("runs/X");
+    // A partial checkpoint a killed run left behind (its writer is gone).
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let partial = run.join(format!(".checkpoint.safetensors.tmp{dead}"));
+    std::fs::write(&partial, vec![0u8; 4096]).unwrap();
+
+    // Resume from the same folder, the documented command.
+    train(&proj, &["--run", "runs/X", "--resume", "--steps", "2"]);
+    assert_eq!(trained_steps(&run), "2");
+    assert!(
+        !partial.exists(),
+        "the stale partial checkpoint was not removed"
+    );
+    // From another working directory.
+    train(
+        &root,
+        &["--run", run.to_str().unwrap(), "--resume", "--steps", "3"],
+    );
+    assert_eq!(trained_steps(&run), "3");
+
+    // The project (data and run together) moved: found relative to the run.
+    let moved = root.join("moved");
+    std::fs::rename(&proj, &moved).unwrap();
+    let out = bin()
+        .current_dir(&moved)
+        .args(["train", "seg", "--quiet", "--device", "cpu"])
+        .args(["--run", "runs/X", "--resume", "--steps", "4"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(trained_steps(&moved.join("runs/X")), "4");
+    assert!(err.contains("relative to the run folder"), "{err}");
+    assert!(
+        err.contains(&*moved.join("data/ct.nii.gz").to_string_lossy()),
+        "{err}"
+    );
+
+    // Data gone from both places: the error names what was tried.
+    std::fs::remove_file(moved.join("data/seg.nii.gz")).unwrap();
+    let out = bin()
+        .current_dir(&moved)
+        .args(["train", "seg", "--quiet", "--device", "cpu"])
+        .args(["--run", "runs/X", "--resume", "--steps", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data.labels[0]")
+            && err.contains(&*proj.join("data/seg.nii.gz").to_string_lossy())
+            && err.contains(&*moved.join("data/seg.nii.gz").to_string_lossy()),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_documented_real_ct_run_resumes() {
+    // The exact workflow of the README on configs/ct_abdomen.toml, from the
+    // repository root with a relative run folder (tiny network, few steps).
+    let Some(_) = data_dir() else { return };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tmp("ct_resume");
+    let run = dir.join("X");
+    // `run` relative to the repository, as a user types it (`runs/X`).
+    let (r, b): (Vec<_>, Vec<_>) = (run.components().collect(), repo.components().collect());
+    let common = r.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut rel = std::path::PathBuf::new();
+    for _ in common..b.len() {
+        rel.push("..");
+    }
+    rel.extend(&r[common..]);
+    let rel = rel.as_path();
+    let small = [
+        "--set",
+        "model.channels=[4,8]",
+        "--set",
+        "data.spacing=[15.0,15.0,15.0]",
+    ];
+    run_ok(
+        bin()
+            .current_dir(repo)
+            .args(["train", "seg", "--quiet", "--device", "cpu", "--steps", "1"])
+            .args(["--config", "configs/ct_abdomen.toml", "--run"])
+            .arg(rel)
+            .args(small),
+    );
+    let out = run_ok(
+        bin()
+            .current_dir(repo)
+            .args(["train", "seg", "--quiet", "--device", "cpu", "--steps", "2"])
+            .args(["--resume", "--run"])
+            .arg(rel),
+    );
+    assert!(out.contains("trained 1 steps"), "{out}");
+    assert_eq!(trained_steps(&run), "2");
 }
 
 #[test]
@@ -182,6 +393,14 @@ fn bad_inputs_get_errors_that_name_the_problem() {
             "unicorn",
         ),
         (vec!["--device".into(), "tpu".into()], "unknown device"),
+        (
+            vec!["--set".into(), "train.lr.peak=-0.001".into()],
+            "train.lr.peak must be a finite number > 0, got -0.001",
+        ),
+        (
+            vec!["--set".into(), "train.adamw.beta1=3".into()],
+            "train.adamw.beta1 must be in [0, 1), got 3",
+        ),
         (
             vec!["--config".into(), "/nonexistent/x.toml".into()],
             "/nonexistent/x.toml",

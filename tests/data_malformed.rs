@@ -216,6 +216,33 @@ fn nifti_cases() -> Vec<Case> {
             bytes: with(&|b| put_f32(b, VOX_OFFSET, 100.0)),
             expect: "vox_offset = 100",
         },
+        Case {
+            kind: "more data than the header says",
+            file: "long.nii",
+            bytes: [ok.clone(), vec![0u8; 100]].concat(),
+            expect: "but the file holds 100 bytes more",
+        },
+        Case {
+            kind: "more data than the header says, compressed",
+            file: "long.nii.gz",
+            bytes: gz(&[ok.clone(), vec![0u8; 1 << 20]].concat()),
+            expect: "but the file holds at least 1 byte more",
+        },
+        Case {
+            // A few kilobytes that claim 8 Gi voxels (a decompression bomb's
+            // header): refused from the header, before reading the rest — the
+            // second gzip member here is garbage that is never reached.
+            kind: "volume beyond the size limit",
+            file: "bomb.nii.gz",
+            bytes: {
+                let mut h = ok[..352].to_vec();
+                for k in 1..=3 {
+                    put_i16(&mut h, DIM + 2 * k, 2048);
+                }
+                [gz(&h), vec![0x1f, 0x8b, 8, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]].concat()
+            },
+            expect: "describes 8589934592 voxels (16.0 GiB as int16, 32.0 GiB as float32), more than the 1073741824 voxels voxdiff reads",
+        },
     ]
 }
 

@@ -1,11 +1,15 @@
 //! NIfTI-1 read and write (.nii, .nii.gz), with the geometry checked.
 //!
-//! Reading: the whole file is read (gunzipped when it starts with the gzip
-//! magic), the 348-byte header is parsed by the `nifti` crate (which detects
-//! the byte order from `dim[0]`), every field voxdiff relies on is validated —
-//! a header that lies is an error naming the file and the field — and the
-//! voxels are decoded to f32 with `value = raw · scl_slope + scl_inter`
-//! (slope 0 means "unscaled", as the standard says).
+//! Reading streams the file (gunzipping it on the fly when it starts with
+//! the gzip magic): the 348-byte header is read first and parsed by the
+//! `nifti` crate (which detects the byte order from `dim[0]`), and every
+//! field voxdiff relies on is validated — a header that lies is an error
+//! naming the file and the field — before any voxel is read. A header whose
+//! volume exceeds [`MAX_VOXELS`] is refused there, so a small file that
+//! decompresses to gigabytes costs nothing. Then exactly the voxels the
+//! header describes are read and decoded to f32 chunk by chunk with
+//! `value = raw · scl_slope + scl_inter` (slope 0 means "unscaled", as the
+//! standard says); a stream shorter or longer than that is refused.
 //!
 //! The affine follows the standard's priority: sform when `sform_code > 0`,
 //! else qform (quaternion, "method 2") when `qform_code > 0`, else the ANALYZE
@@ -17,7 +21,7 @@ use super::affine::{Affine, Quatern};
 use super::volume::{DataType, Source, Volume};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use nifti::{Endianness, NiftiHeader};
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 pub use super::nifti_write::{encode, write_nifti, write_nifti_with, WriteOptions};
@@ -26,11 +30,14 @@ pub(crate) const HEADER_BYTES: usize = 348;
 /// Header plus the 4-byte extension flag: where voxels start in files we write.
 pub(crate) const DATA_OFFSET: usize = 352;
 
+/// The largest volume read: 2³⁰ voxels (over all channels), 4 GiB as f32 —
+/// more than a whole-body CT at full resolution (512×512×2000 is 2⁻¹ of it).
+pub const MAX_VOXELS: usize = 1 << 30;
+
 /// Read a NIfTI-1 file (.nii or .nii.gz) into a [`Volume`].
 pub fn read_nifti(path: impl AsRef<Path>) -> Result<Volume> {
     let path = path.as_ref();
-    let bytes = read_bytes(path)?;
-    let mut v = decode(&bytes, path, false).with_context(|| format!("{}", path.display()))?;
+    let mut v = read_volumes(path, false).with_context(|| format!("{}", path.display()))?;
     Ok(v.remove(0))
 }
 
@@ -38,8 +45,7 @@ pub fn read_nifti(path: impl AsRef<Path>) -> Result<Volume> {
 /// channel, in file order; a 3D file gives one. See [`interleave_channels`].
 pub fn read_nifti_channels(path: impl AsRef<Path>) -> Result<Vec<Volume>> {
     let path = path.as_ref();
-    let bytes = read_bytes(path)?;
-    decode(&bytes, path, true).with_context(|| format!("{}", path.display()))
+    read_volumes(path, true).with_context(|| format!("{}", path.display()))
 }
 
 /// Channels on one grid as a `[D, H, W, C]` array (one NDHWC sample).
@@ -58,29 +64,73 @@ pub fn interleave_channels(vols: &[Volume]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Only the header (for listing and checks). Reads and gunzips the whole file.
+/// Only the header (for listing and checks): reads its 348 bytes, nothing more.
 pub fn read_header(path: impl AsRef<Path>) -> Result<NiftiHeader> {
     let path = path.as_ref();
-    let bytes = read_bytes(path)?;
-    parse_header(&bytes).with_context(|| format!("{}", path.display()))
+    let (mut stream, _) = open(path)?;
+    let hdr = read_header_bytes(&mut stream).with_context(|| format!("{}", path.display()))?;
+    parse_header(&hdr).with_context(|| format!("{}", path.display()))
 }
 
-/// The file's bytes, gunzipped when they start with the gzip magic.
-fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        gunzip(&raw).with_context(|| format!("{}", path.display()))
+/// The file's byte stream, gunzipped when it starts with the gzip magic, and
+/// the file's length when it is not compressed.
+fn open(path: &Path) -> Result<(Stream, Option<u64>)> {
+    let f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let len = f.metadata().ok().map(|m| m.len());
+    let mut r = std::io::BufReader::with_capacity(1 << 16, f);
+    let head = r
+        .fill_buf()
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    if head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b {
+        Ok((Stream::Gzip(flate2::bufread::MultiGzDecoder::new(r)), None))
     } else {
-        Ok(raw)
+        Ok((Stream::Plain(r), len))
     }
 }
 
-fn gunzip(raw: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(raw.len() * 4);
-    flate2::read::MultiGzDecoder::new(raw)
-        .read_to_end(&mut out)
-        .map_err(|e| anyhow!("gzip stream is truncated or corrupt ({e})"))?;
-    Ok(out)
+/// A NIfTI byte stream: the file itself or its gunzipped content.
+enum Stream {
+    Plain(std::io::BufReader<std::fs::File>),
+    Gzip(flate2::bufread::MultiGzDecoder<std::io::BufReader<std::fs::File>>),
+}
+
+impl Stream {
+    /// Read into `buf` until it is full or the stream ends; the bytes read.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            let r = match self {
+                Stream::Plain(f) => f
+                    .read(&mut buf[got..])
+                    .map_err(|e| anyhow!("cannot read ({e})")),
+                Stream::Gzip(g) => g
+                    .read(&mut buf[got..])
+                    .map_err(|e| anyhow!("gzip stream is truncated or corrupt ({e})")),
+            };
+            match r {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => {
+                    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                        if io.kind() == std::io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// The first 348 bytes (fewer when the stream ends before).
+fn read_header_bytes(stream: &mut Stream) -> Result<Vec<u8>> {
+    let mut hdr = vec![0u8; HEADER_BYTES];
+    let got = stream.read_full(&mut hdr)?;
+    hdr.truncate(got);
+    Ok(hdr)
 }
 
 fn parse_header(bytes: &[u8]) -> Result<NiftiHeader> {
@@ -173,10 +223,13 @@ pub fn header_affine(h: &NiftiHeader) -> Result<Affine> {
     Ok(aff)
 }
 
-/// Decode a file into its 3D volumes: one, or (with `allow_channels`) one
-/// per entry of dims 4..=7 (time points or vector components, in file order).
-fn decode(bytes: &[u8], path: &Path, allow_channels: bool) -> Result<Vec<Volume>> {
-    let h = parse_header(bytes)?;
+/// Read a file's 3D volumes: one, or (with `allow_channels`) one per entry
+/// of dims 4..=7 (time points or vector components, in file order). The
+/// header is read and checked before any voxel.
+fn read_volumes(path: &Path, allow_channels: bool) -> Result<Vec<Volume>> {
+    let (mut stream, file_len) = open(path)?;
+    let hdr = read_header_bytes(&mut stream)?;
+    let h = parse_header(&hdr)?;
     let ndim = h.dim[0];
     ensure!(
         (1..=7).contains(&ndim),
@@ -253,11 +306,25 @@ fn decode(bytes: &[u8], path: &Path, allow_channels: bool) -> Result<Vec<Volume>
     );
     let vox_offset = vox_offset as usize;
     let n = ext[0] * ext[1] * ext[2];
-    let need = n * channels * dt.size();
-    let avail = bytes.len().saturating_sub(vox_offset);
-    if avail < need {
-        let slice = ext[0] * ext[1] * dt.size();
+    let total = n.checked_mul(channels).filter(|&t| t <= MAX_VOXELS);
+    let Some(total) = total else {
         bail!(
+            "header dim[1..=3] = {:?}{} ({}) describes {} voxels ({:.1} GiB as {}, {:.1} GiB as float32), \
+             more than the {} voxels voxdiff reads: refusing it before reading its data",
+            ext,
+            if channels > 1 { format!(" × {channels} volumes") } else { String::new() },
+            dt.name(),
+            n as u128 * channels as u128,
+            (n as u128 * channels as u128 * dt.size() as u128) as f64 / (1u64 << 30) as f64,
+            dt.name(),
+            (n as u128 * channels as u128 * 4) as f64 / (1u64 << 30) as f64,
+            MAX_VOXELS
+        );
+    };
+    let need = total * dt.size();
+    let short = |avail: usize| {
+        let slice = ext[0] * ext[1] * dt.size();
+        anyhow!(
             "header dim[1..=3] = {:?}{} ({}) needs {need} bytes of voxels after vox_offset {vox_offset}, \
              the file holds {avail}: header dim[3]={} but file holds {} slices",
             ext,
@@ -265,11 +332,55 @@ fn decode(bytes: &[u8], path: &Path, allow_channels: bool) -> Result<Vec<Volume>
             dt.name(),
             ext[2] * channels,
             avail / slice.max(1)
-        );
+        )
+    };
+    let long = |extra: String| {
+        anyhow!(
+            "header dim[1..=3] = {:?}{} ({}) needs {need} bytes of voxels after vox_offset {vox_offset}, \
+             but the file holds {extra} more: its data does not match its header",
+            ext,
+            if channels > 1 { format!(" × {channels} volumes") } else { String::new() },
+            dt.name(),
+        )
+    };
+    // An uncompressed file's length tells at once.
+    if let Some(len) = file_len {
+        let avail = (len as usize).saturating_sub(vox_offset);
+        if avail < need {
+            return Err(short(avail));
+        }
+        if avail > need {
+            return Err(long(format!("{} bytes", avail - need)));
+        }
     }
-    let payload = &bytes[vox_offset..vox_offset + need];
+    // Skip the extensions between the header and vox_offset.
+    let mut skip = vec![0u8; vox_offset - hdr.len()];
+    let got = stream.read_full(&mut skip)?;
+    if got < skip.len() {
+        return Err(short(0));
+    }
+    drop(skip);
+    // The voxels, decoded chunk by chunk (never the whole raw payload at once).
     let big = h.endianness == Endianness::Big;
-    let mut data = decode_voxels(payload, dt, big);
+    let chunk_voxels = 1 << 16;
+    let mut data: Vec<f32> = Vec::with_capacity(total.min(1 << 24));
+    let mut buf = vec![0u8; chunk_voxels * dt.size()];
+    let mut read = 0usize;
+    while read < need {
+        let want = (need - read).min(buf.len());
+        let got = stream.read_full(&mut buf[..want])?;
+        // A partial voxel at the end of a truncated stream is not decoded.
+        let whole = got - got % dt.size();
+        data.extend(decode_voxels(&buf[..whole], dt, big));
+        read += got;
+        if got < want {
+            return Err(short(read));
+        }
+    }
+    let mut probe = [0u8; 1];
+    if stream.read_full(&mut probe)? > 0 {
+        return Err(long("at least 1 byte".into()));
+    }
     if slope != 1.0 || inter != 0.0 {
         for v in data.iter_mut() {
             *v = *v * slope + inter;
@@ -282,16 +393,17 @@ fn decode(bytes: &[u8], path: &Path, allow_channels: bool) -> Result<Vec<Volume>
         scl_inter: inter,
         header: h,
     };
-    Ok(data
-        .chunks_exact(n)
-        .map(|c| Volume {
-            data: c.to_vec(),
-            dims: [ext[2], ext[1], ext[0]],
-            spacing: [spacing_ijk[2], spacing_ijk[1], spacing_ijk[0]],
-            affine,
-            source: Some(source.clone()),
-        })
-        .collect())
+    let volume = |data: Vec<f32>| Volume {
+        data,
+        dims: [ext[2], ext[1], ext[0]],
+        spacing: [spacing_ijk[2], spacing_ijk[1], spacing_ijk[0]],
+        affine,
+        source: Some(source.clone()),
+    };
+    if channels == 1 {
+        return Ok(vec![volume(data)]);
+    }
+    Ok(data.chunks_exact(n).map(|c| volume(c.to_vec())).collect())
 }
 
 /// Raw voxels (no scaling) to f32.

@@ -184,6 +184,22 @@ impl Volume {
             })
     }
 
+    /// The voxels that are NaN or ±∞: how many, and the first one's (d, h, w).
+    pub fn nonfinite(&self) -> (usize, Option<[usize; 3]>) {
+        let mut count = 0;
+        let mut first = None;
+        for (i, v) in self.data.iter().enumerate() {
+            if !v.is_finite() {
+                count += 1;
+                if first.is_none() {
+                    let [_, h, w] = self.dims;
+                    first = Some([i / (h * w), (i / w) % h, i % w]);
+                }
+            }
+        }
+        (count, first)
+    }
+
     /// A short name for messages: the source file, or "volume".
     pub fn name(&self) -> String {
         self.source

@@ -2,7 +2,13 @@
 //!
 //! For one pair of files or two folders paired by file name: both maps are
 //! read, checked to lie on the same grid, remapped through the class map (if
-//! given), and scored per class ([`crate::metrics`]). Writes
+//! given), and scored per class ([`crate::metrics`]). A prediction's own class
+//! names — `--pred-classes`, or else the sidecar `voxdiff segment` writes next
+//! to it (`mask.nii.gz` → `mask.json`) — are matched by name to those of
+//! `--classes`. Label maps that disagree in a way that makes the scores
+//! meaningless (a predicted class that never overlaps its reference class but
+//! lies on another one; classes only one side has) are reported as warnings
+//! on stderr and in `summary.json`. Writes
 //! `<out>/per_class.csv` (one row per case and class) and
 //! `<out>/summary.json` (nan-mean ± sd and counts per class and overall), and
 //! prints the per-class means.
@@ -12,6 +18,7 @@ use crate::data::{labels::present_ids, read_nifti, ClassMap, Volume};
 use crate::fsutil::write_atomic;
 use crate::metrics::summary::Stat;
 use crate::metrics::{label_metrics, ClassMetrics, MetricOptions, SurfaceConvention};
+use crate::pipeline::segment::sidecar;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -29,9 +36,10 @@ pub struct EvaluateArgs {
     /// without it, every non-zero id present is a class of its own.
     #[arg(long)]
     pub classes: Option<PathBuf>,
-    /// Class map of the prediction when its ids differ from the reference's
-    /// (e.g. the `mask.json` that `voxdiff segment` writes); classes are
-    /// matched by name to those of --classes, and only classes both name are scored.
+    /// Class map of the prediction when its ids differ from the reference's;
+    /// classes are matched by name to those of --classes, and only classes
+    /// both name are scored. Default: the sidecar `voxdiff segment` writes
+    /// next to each prediction (`<mask>.json`), when it is there.
     #[arg(long)]
     pub pred_classes: Option<PathBuf>,
     /// NSD tolerances in mm (comma separated).
@@ -213,16 +221,23 @@ pub fn align_by_name(pred: &ClassMap, reference: &ClassMap) -> Result<(ClassMap,
     Ok((restrict(reference, ref_ids), restrict(pred, pred_ids)))
 }
 
-/// Score one case: (class id, name, metrics) per class. `pred_map` remaps the
-/// prediction when its ids differ from the reference's; it must list the
-/// classes of `map` in the same order (see [`align_by_name`]).
+/// The scores of one case, and what looked wrong about its label maps.
+pub struct CaseScores {
+    /// (class id, name, metrics) per class.
+    pub classes: Vec<(u32, String, ClassMetrics)>,
+    pub warnings: Vec<String>,
+}
+
+/// Score one case. `pred_map` remaps the prediction when its ids differ from
+/// the reference's; it must list the classes of `map` in the same order (see
+/// [`align_by_name`]).
 pub fn evaluate_case(
     pred: &Volume,
     gt: &Volume,
     map: Option<&ClassMap>,
     pred_map: Option<&ClassMap>,
     opt: &MetricOptions,
-) -> Result<Vec<(u32, String, ClassMetrics)>> {
+) -> Result<CaseScores> {
     gt.check_same_grid(pred, 1e-3)?;
     let (gt_c, pred_c, classes): (Volume, Volume, Vec<(u32, String)>) = match map {
         Some(m) => (
@@ -258,11 +273,81 @@ pub fn evaluate_case(
     };
     let ids: Vec<u32> = classes.iter().map(|c| c.0).collect();
     let ms = label_metrics(&gt_c.data, &pred_c.data, gt_c.dims, gt_c.spacing, &ids, opt);
-    Ok(classes
+    let scored: Vec<(u32, String, ClassMetrics)> = classes
         .into_iter()
         .zip(ms)
         .map(|((id, n), m)| (id, n, m))
-        .collect())
+        .collect();
+    let warnings = disagreements(&pred_c.data, &gt_c.data, &scored);
+    Ok(CaseScores {
+        classes: scored,
+        warnings,
+    })
+}
+
+/// What makes the scores of a case suspect: classes only one side has, and
+/// predicted classes that never overlap their reference class but lie mostly
+/// on another one (the prediction's label ids are not the reference's).
+fn disagreements(pred: &[f32], gt: &[f32], scored: &[(u32, String, ClassMetrics)]) -> Vec<String> {
+    let mut w = Vec::new();
+    let name = |id: u32| {
+        scored
+            .iter()
+            .find(|c| c.0 == id)
+            .map_or(format!("id {id}"), |c| c.1.clone())
+    };
+    let only = |pick: &dyn Fn(&ClassMetrics) -> bool| -> Vec<String> {
+        scored
+            .iter()
+            .filter(|c| pick(&c.2))
+            .map(|c| c.1.clone())
+            .collect()
+    };
+    let pred_only = only(&|m| m.pred_voxels > 0 && m.gt_voxels == 0);
+    if !pred_only.is_empty() {
+        w.push(format!(
+            "predicted but absent from the reference: {}",
+            pred_only.join(", ")
+        ));
+    }
+    let gt_only = only(&|m| m.gt_voxels > 0 && m.pred_voxels == 0);
+    if !gt_only.is_empty() {
+        w.push(format!(
+            "in the reference but never predicted: {}",
+            gt_only.join(", ")
+        ));
+    }
+    // Where the voxels of each predicted class lie in the reference.
+    let mut lies_on: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+    for (&p, &g) in pred.iter().zip(gt) {
+        if p != 0.0 {
+            *lies_on.entry((p as u32, g as u32)).or_default() += 1;
+        }
+    }
+    for (id, n, m) in scored {
+        if m.pred_voxels == 0 || m.gt_voxels == 0 || m.dice > 0.0 {
+            continue;
+        }
+        let best = lies_on
+            .iter()
+            .filter(|((p, g), _)| p == id && *g != 0)
+            .max_by_key(|(_, &count)| count);
+        w.push(match best {
+            Some(((_, g), &count)) => format!(
+                "{n}: the prediction never overlaps the reference's {n} (Dice 0), but {:.0} % of \
+                 its {} voxels lie on the reference's {}: are the prediction's label ids the \
+                 reference's? (give --pred-classes, or keep the mask's .json sidecar next to it)",
+                100.0 * count as f64 / m.pred_voxels as f64,
+                m.pred_voxels,
+                name(*g)
+            ),
+            None => format!(
+                "{n}: the prediction never overlaps the reference's {n} (Dice 0) nor any other \
+                 reference class"
+            ),
+        });
+    }
+    w
 }
 
 fn fmt_num(v: f64) -> String {
@@ -302,37 +387,65 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
             "--tolerance {t}: must be a non-negative number of mm"
         );
     }
-    let mut map = args.classes.as_ref().map(ClassMap::read).transpose()?;
-    let pred_map = match (&args.pred_classes, &map) {
-        (Some(p), Some(m)) => {
-            let (gt_map, pred_map) = align_by_name(&ClassMap::read(p)?, m)?;
-            map = Some(gt_map);
-            Some(pred_map)
-        }
-        (Some(_), None) => bail!("--pred-classes needs --classes (the reference's class map)"),
-        (None, _) => None,
-    };
+    let map = args.classes.as_ref().map(ClassMap::read).transpose()?;
+    if args.pred_classes.is_some() && map.is_none() {
+        bail!("--pred-classes needs --classes (the reference's class map)");
+    }
     let opt = MetricOptions {
         tolerances_mm: args.tolerance.clone(),
         convention: args.surface,
     };
     let cases = pair_cases(&args.pred, &args.gt)?;
     let mut rows: Vec<Row> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    let mut warn = |case: &str, msg: String| {
+        let line = format!("case {case}: {msg}");
+        eprintln!("warning: {line}");
+        warnings.push(line);
+    };
     for (case, p, g) in &cases {
         let pred = read_nifti(p)?;
         let gt = read_nifti(g)?;
-        let res = evaluate_case(&pred, &gt, map.as_ref(), pred_map.as_ref(), &opt)
+        // The prediction's class names: given, or the sidecar of `segment`.
+        let side = sidecar(p);
+        let pred_names = match &args.pred_classes {
+            Some(pc) => Some(pc.clone()),
+            None => side.is_file().then_some(side),
+        };
+        let (case_map, pred_map) = match (&pred_names, &map) {
+            (Some(pn), Some(m)) => {
+                let (gt_map, pred_map) = align_by_name(&ClassMap::read(pn)?, m)
+                    .with_context(|| format!("case {case}: {}", pn.display()))?;
+                (Some(gt_map), Some(pred_map))
+            }
+            (Some(pn), None) => {
+                warn(
+                    case,
+                    format!(
+                        "{} names the prediction's classes, but without --classes (the \
+                         reference's class map) they cannot be matched: scoring raw label ids",
+                        pn.display()
+                    ),
+                );
+                (None, None)
+            }
+            (None, m) => (m.clone(), None),
+        };
+        let res = evaluate_case(&pred, &gt, case_map.as_ref(), pred_map.as_ref(), &opt)
             .with_context(|| format!("case {case}"))?;
+        for w in res.warnings {
+            warn(case, w);
+        }
         if let Some(img) = &args.image {
             let scan = read_nifti(image_for(img, case)?)?;
             let remap = |m: Option<&ClassMap>, v: &Volume| match m {
                 Some(m) => m.remap(v),
                 None => Ok(v.clone()),
             };
-            let shown_pred = remap(pred_map.as_ref().or(map.as_ref()), &pred)?;
-            let shown_gt = remap(map.as_ref(), &gt)?;
+            let shown_pred = remap(pred_map.as_ref().or(case_map.as_ref()), &pred)?;
+            let shown_gt = remap(case_map.as_ref(), &gt)?;
             let names: Vec<String> = std::iter::once("background".to_string())
-                .chain(map.iter().flat_map(|m| m.names.iter().cloned()))
+                .chain(case_map.iter().flat_map(|m| m.names.iter().cloned()))
                 .collect();
             write_overlay(
                 &Overlay {
@@ -346,7 +459,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
             )
             .with_context(|| format!("case {case}"))?;
         }
-        for (class_id, class, m) in res {
+        for (class_id, class, m) in res.classes {
             rows.push(Row {
                 case: case.clone(),
                 class_id,
@@ -413,6 +526,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         "per_class": per_class,
         "overall": overall,
         "note": "mean and sd (population) over finite values; n counts them, skipped counts NaN (absent or undefined)",
+        "warnings": warnings,
     });
     let json_path = args.out.join("summary.json");
     let text = serde_json::to_string_pretty(&summary)?;
@@ -460,5 +574,12 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         )
     });
     println!("wrote {} and {}", csv_path.display(), json_path.display());
+    if !warnings.is_empty() {
+        eprintln!(
+            "warning: {} problem(s) with the label maps (above, and in {}): the scores may be meaningless",
+            warnings.len(),
+            json_path.display()
+        );
+    }
     Ok(())
 }

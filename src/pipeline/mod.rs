@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod evaluate;
 pub mod plot;
+pub mod run;
 pub mod seg_config;
 pub mod seg_data;
 pub mod seg_model;

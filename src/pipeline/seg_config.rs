@@ -4,6 +4,7 @@
 //! `--set section.field=value` (the value is TOML: `--set train.steps=200`,
 //! `--set data.spacing=[5.0,5.0,5.0]`, `--set model.kind="unet"`).
 
+use super::run::absolute;
 use super::seg_model::ModelConfig;
 use super::train_loop::TrainConfig;
 use crate::data::phantom::PhantomConfig;
@@ -148,77 +149,253 @@ fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
     Ok(())
 }
 
+/// The data keys that hold file paths.
+const PATH_KEYS: [&str; 3] = ["images", "labels", "class_map"];
+
+/// Make the relative data paths of `doc` absolute against `base`
+/// ([`super::run::absolute`]). Values of the wrong type are left for the
+/// deserialiser to report.
+fn resolve_paths(doc: &mut toml::Table, base: &Path) {
+    let Some(toml::Value::Table(data)) = doc.get_mut("data") else {
+        return;
+    };
+    let fix = |v: &mut toml::Value| {
+        if let toml::Value::String(s) = v {
+            *s = absolute(Path::new(s.as_str()), base)
+                .to_string_lossy()
+                .into_owned();
+        }
+    };
+    for key in PATH_KEYS {
+        match data.get_mut(key) {
+            Some(toml::Value::Array(a)) => a.iter_mut().for_each(fix),
+            Some(v) => fix(v),
+            None => {}
+        }
+    }
+}
+
+/// The range checks of [`SegConfig::validate`]: each failed check adds a
+/// line naming the key, the range and the value.
+#[derive(Default)]
+struct Checks(Vec<String>);
+
+impl Checks {
+    fn require(&mut self, ok: bool, msg: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(msg());
+        }
+    }
+    /// A finite number > 0.
+    fn positive(&mut self, key: &str, v: f64) {
+        self.require(v.is_finite() && v > 0.0, || {
+            format!("{key} must be a finite number > 0, got {v}")
+        });
+    }
+    /// A finite number ≥ 0.
+    fn non_negative(&mut self, key: &str, v: f64) {
+        self.require(v.is_finite() && v >= 0.0, || {
+            format!("{key} must be a finite number ≥ 0, got {v}")
+        });
+    }
+    /// In [0, 1] (`closed`) or [0, 1).
+    fn fraction(&mut self, key: &str, v: f64, closed: bool) {
+        let ok = v >= 0.0 && if closed { v <= 1.0 } else { v < 1.0 };
+        self.require(ok, || {
+            format!(
+                "{key} must be in [0, 1{}, got {v}",
+                if closed { "]" } else { ")" }
+            )
+        });
+    }
+    /// An integer ≥ `min`.
+    fn at_least(&mut self, key: &str, v: u64, min: u64) {
+        self.require(v >= min, || format!("{key} must be ≥ {min}, got {v}"));
+    }
+    /// A patch extent the network can take: `zero_ok` and 0 (the whole
+    /// extent), or at least the network's downsampling factor.
+    fn patch(&mut self, key: &str, p: [usize; 3], factor: usize, zero_ok: bool) {
+        let ok = p.iter().all(|&v| (zero_ok && v == 0) || v >= factor);
+        self.require(ok, || {
+            format!(
+                "{key} must be {}≥ {factor} along every axis (the network halves the extents \
+                 {} times), got {p:?}",
+                if zero_ok {
+                    "0 (the whole extent) or "
+                } else {
+                    ""
+                },
+                factor.trailing_zeros()
+            )
+        });
+    }
+}
+
 impl SegConfig {
     /// Read `path` (if any), apply `overrides`, validate. Relative data paths
-    /// are resolved against the config file's folder.
+    /// in the file resolve against the file's folder, those given in
+    /// `overrides` against the working directory; both are stored absolute
+    /// (see [`super::run`]).
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<SegConfig> {
+        let cwd = std::env::current_dir().context("cannot read the working directory")?;
         let mut doc: toml::Table = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("{}: cannot read config", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("{}: invalid TOML", p.display()))?
+                let mut doc: toml::Table = toml::from_str(&text)
+                    .with_context(|| format!("{}: invalid TOML", p.display()))?;
+                let folder = p.parent().unwrap_or(Path::new(""));
+                resolve_paths(&mut doc, &absolute(folder, &cwd));
+                doc
             }
             None => toml::Table::new(),
         };
         for o in overrides {
             apply_override(&mut doc, o)?;
         }
-        let mut cfg: SegConfig =
-            toml::Value::Table(doc)
-                .try_into()
-                .with_context(|| match path {
-                    Some(p) => {
-                        format!("{}: bad configuration (after --set overrides)", p.display())
-                    }
-                    None => "bad configuration (from --set overrides)".to_string(),
-                })?;
-        if let Some(base) = path.and_then(|p| p.parent()) {
-            let fix = |p: &mut PathBuf| {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
-            };
-            cfg.data.images.iter_mut().for_each(fix);
-            cfg.data.labels.iter_mut().for_each(fix);
-            if let Some(m) = cfg.data.class_map.as_mut() {
-                fix(m);
-            }
-        }
-        cfg.validate()?;
+        // What is still relative came from the command line.
+        resolve_paths(&mut doc, &cwd);
+        let origin = || match (path, overrides.is_empty()) {
+            (Some(p), true) => format!("{}: bad configuration", p.display()),
+            (Some(p), false) => format!(
+                "{}: bad configuration (with the command-line settings {})",
+                p.display(),
+                overrides.join(", ")
+            ),
+            (None, false) => format!(
+                "bad configuration (the defaults with the command-line settings {})",
+                overrides.join(", ")
+            ),
+            (None, true) => "bad default configuration".to_string(),
+        };
+        let cfg: SegConfig = toml::Value::Table(doc).try_into().with_context(origin)?;
+        cfg.validate().with_context(origin)?;
         Ok(cfg)
     }
 
+    /// Check every setting against its range; the error lists each setting
+    /// out of range with its key, the range and the value.
     pub fn validate(&self) -> Result<()> {
+        let mut c = Checks::default();
         let d = &self.data;
         if d.source == DataSource::Files {
-            ensure!(!d.images.is_empty(), "data.images: no scans given");
-            ensure!(
-                d.images.len() == d.labels.len(),
-                "data: {} images but {} label maps",
-                d.images.len(),
-                d.labels.len()
-            );
+            c.require(!d.images.is_empty(), || {
+                "data.images: no scans given (data.source = \"files\")".into()
+            });
+            c.require(d.images.len() == d.labels.len(), || {
+                format!(
+                    "data: {} images but {} label maps",
+                    d.images.len(),
+                    d.labels.len()
+                )
+            });
         } else {
-            ensure!(d.phantom_cases >= 1, "data.phantom_cases must be ≥ 1");
+            c.at_least("data.phantom_cases", d.phantom_cases as u64, 1);
         }
-        ensure!(
-            d.window[1] > d.window[0],
-            "data.window: high end must exceed low end"
-        );
-        ensure!(
-            (0.0..=1.0).contains(&d.fg_prob),
-            "data.fg_prob must be in [0, 1]"
-        );
-        if let Some(s) = d.spacing {
-            ensure!(
-                s.iter().all(|&v| v.is_finite() && v > 0.0),
-                "data.spacing must be positive"
+        for a in 0..3 {
+            c.at_least(
+                &format!("data.phantom.dims[{a}]"),
+                d.phantom.dims[a] as u64,
+                1,
             );
+            c.positive(&format!("data.phantom.spacing[{a}]"), d.phantom.spacing[a]);
         }
-        ensure!(!self.model.channels.is_empty(), "model.channels is empty");
-        ensure!(self.train.steps >= 1, "train.steps must be ≥ 1");
-        ensure!(self.infer.samples >= 1, "infer.samples must be ≥ 1");
-        Ok(())
+        c.non_negative("data.phantom.noise_hu", d.phantom.noise_hu as f64);
+        if let Some(s) = d.spacing {
+            for (a, &v) in s.iter().enumerate() {
+                c.positive(&format!("data.spacing[{a}]"), v);
+            }
+        }
+        c.require(
+            d.window.iter().all(|v| v.is_finite()) && d.window[1] > d.window[0],
+            || {
+                format!(
+                    "data.window must be two finite numbers, low < high, got {:?}",
+                    d.window
+                )
+            },
+        );
+        c.fraction("data.fg_prob", d.fg_prob, true);
+        c.at_least("data.workers", d.workers as u64, 1);
+
+        let m = &self.model;
+        c.require(!m.channels.is_empty(), || {
+            "model.channels must list at least one level, got []".into()
+        });
+        c.require(m.channels.iter().all(|&v| v >= 1), || {
+            format!("model.channels must all be ≥ 1, got {:?}", m.channels)
+        });
+        let factor = 1usize << m.channels.len().min(16);
+        c.patch("data.patch", d.patch, factor, true);
+
+        let f = &self.diffusion;
+        c.at_least(
+            "diffusion.num_timesteps_beta",
+            f.num_timesteps_beta as u64,
+            1,
+        );
+        c.require(
+            (1..=f.num_timesteps_beta.max(1)).contains(&f.num_timesteps),
+            || {
+                format!(
+                    "diffusion.num_timesteps must be in 1..={} (diffusion.num_timesteps_beta), got {}",
+                    f.num_timesteps_beta, f.num_timesteps
+                )
+            },
+        );
+        for (key, v) in [
+            ("diffusion.beta_start", f.beta_start),
+            ("diffusion.beta_end", f.beta_end),
+        ] {
+            c.require(v > 0.0 && v < 1.0, || {
+                format!("{key} must be in (0, 1), got {v}")
+            });
+        }
+        c.non_negative("diffusion.mse_weight", f.mse_weight);
+        c.non_negative("diffusion.ce_weight", f.ce_weight);
+        c.non_negative("diffusion.dice_weight", f.dice_weight);
+        c.require(f.ce_weight + f.dice_weight > 0.0, || {
+            "diffusion.ce_weight and diffusion.dice_weight are both 0: the loss would be 0".into()
+        });
+
+        let t = &self.train;
+        c.at_least("train.steps", t.steps, 1);
+        c.non_negative("train.max_minutes", t.max_minutes);
+        c.non_negative("train.lr.init", t.lr.init as f64);
+        c.positive("train.lr.peak", t.lr.peak as f64);
+        c.non_negative("train.lr.end", t.lr.end as f64);
+        c.fraction("train.adamw.beta1", t.adamw.beta1 as f64, false);
+        c.fraction("train.adamw.beta2", t.adamw.beta2 as f64, false);
+        c.positive("train.adamw.eps", t.adamw.eps as f64);
+        c.non_negative("train.adamw.weight_decay", t.adamw.weight_decay as f64);
+        if let Some(g) = t.adamw.max_grad_norm {
+            c.positive("train.adamw.max_grad_norm", g as f64);
+        }
+        c.at_least("train.log_every", t.log_every, 1);
+        c.at_least("train.checkpoint_every", t.checkpoint_every, 1);
+
+        let i = &self.infer;
+        if let Some(s) = i.steps {
+            c.require((1..=f.num_timesteps).contains(&s), || {
+                format!(
+                    "infer.steps must be in 1..={} (diffusion.num_timesteps), got {s}",
+                    f.num_timesteps
+                )
+            });
+        }
+        c.at_least("infer.samples", i.samples as u64, 1);
+        if let Some(p) = i.patch {
+            c.patch("infer.patch", p, factor, false);
+        }
+        c.fraction("infer.overlap", i.overlap, false);
+        if let Aggregation::Gaussian { sigma_scale } = i.aggregation {
+            c.positive("infer.aggregation.Gaussian.sigma_scale", sigma_scale);
+        }
+        if c.0.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", c.0.join("\n"))
+        }
     }
 
     pub fn to_toml(&self) -> Result<String> {

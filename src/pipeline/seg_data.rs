@@ -92,11 +92,92 @@ fn to_training_grid(
     Ok((res, canon, reo))
 }
 
+/// What to do with NaN or infinite voxels in a scan.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NonFinite {
+    /// Refuse the scan (naming the file and how many voxels).
+    Refuse,
+    /// Set them to this value (in the scan's units, e.g. HU).
+    Replace(f32),
+}
+
+/// Read a scan (a NIfTI file or a DICOM series folder) and apply `policy`
+/// to its non-finite voxels, before anything is computed from it. `hint` is
+/// appended to the refusal (what the user can do).
+pub fn read_finite_scan(path: &Path, policy: NonFinite, hint: &str) -> Result<Volume> {
+    let mut v = read_scan(path)?;
+    let (count, first) = v.nonfinite();
+    if count > 0 {
+        match policy {
+            NonFinite::Refuse => {
+                let nan = v.data.iter().filter(|x| x.is_nan()).count();
+                let [d, h, w] = first.unwrap_or_default();
+                anyhow::bail!(
+                    "{}: {count} of {} voxels are not finite ({nan} NaN, {} infinite; the first at \
+                     voxel (d,h,w)=({d}, {h}, {w})){hint}",
+                    path.display(),
+                    v.numel(),
+                    count - nan
+                );
+            }
+            NonFinite::Replace(x) => {
+                for y in v.data.iter_mut().filter(|y| !y.is_finite()) {
+                    *y = x;
+                }
+                eprintln!(
+                    "{}: {count} voxels that were not finite set to {x}",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(v)
+}
+
 /// Prepare a scan (a NIfTI file or a DICOM series folder) the way the run's
 /// training data was.
-pub fn prepare_scan(cfg: &DataConfig, path: &Path) -> Result<PreparedScan> {
-    let original = read_scan(path)?;
+pub fn prepare_scan(cfg: &DataConfig, path: &Path, policy: NonFinite) -> Result<PreparedScan> {
+    let hint =
+        ": fix the scan, or pass --replace-nonfinite <value> to set them (e.g. -1000, air in CT)";
+    let original = read_finite_scan(path, policy, hint)?;
     prepare_volume(cfg, original)
+}
+
+/// Refuse a prepared scan that a network halving the extents `levels`
+/// times cannot see: fewer voxels than 2^levels along some axis (a 2D slice
+/// or a 1D profile, or a slab thinner than the network's coarsest voxel).
+pub fn check_extent(scan: &PreparedScan, levels: usize, path: &Path) -> Result<()> {
+    let min = 1usize << levels;
+    let dims = scan.image.dims;
+    let sp = scan.image.spacing;
+    let orig = scan.original.dims;
+    if dims.iter().all(|&n| n >= min) {
+        return Ok(());
+    }
+    let mm = |a: usize| min as f64 * sp[a];
+    anyhow::bail!(
+        "{}: {}×{}×{} voxels (D×H×W; {}×{}×{} on the model's {:.3}×{:.3}×{:.3} mm grid) — the model \
+         needs at least {min} voxels along every axis of its grid ({:.0}×{:.0}×{:.0} mm: its {levels} \
+         levels each halve the extents){}",
+        path.display(),
+        orig[0],
+        orig[1],
+        orig[2],
+        dims[0],
+        dims[1],
+        dims[2],
+        sp[0],
+        sp[1],
+        sp[2],
+        mm(0),
+        mm(1),
+        mm(2),
+        if orig.contains(&1) {
+            "; a 2D slice or 1D profile cannot be segmented by this 3D model"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Prepare an in-memory scan the way the run's training data was.
@@ -141,7 +222,7 @@ pub fn training_cases(cfg: &DataConfig, map: &ClassMap) -> Result<Vec<PreparedCa
         }
         DataSource::Files => {
             for (ip, lp) in cfg.images.iter().zip(&cfg.labels) {
-                let img = read_scan(ip)?;
+                let img = read_finite_scan(ip, NonFinite::Refuse, ": fix the scan")?;
                 let lab = read_nifti(lp)?;
                 let id = crate::pipeline::evaluate::case_name(ip);
                 cases.push(prepare_case(cfg, map, id, img, lab)?);

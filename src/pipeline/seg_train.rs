@@ -2,13 +2,17 @@
 //! supervised baseline) into a run folder:
 //!
 //! ```text
-//! <run>/config.toml             the resolved configuration (all defaults written out)
+//! <run>/config.toml             the resolved configuration (all defaults written out,
+//!                               data paths absolute)
+//! <run>/run.json                where the run folder was created (see super::run)
 //! <run>/classes.json            training class names by id (MSD "labels" form)
 //! <run>/log.jsonl               one JSON record per logged step
 //! <run>/checkpoint.safetensors  parameters, AdamW moments, step, data position
 //! <run>/progress.png            loss, learning rate and time per step
 //! ```
-//! `--resume` continues a killed run from its checkpoint with its own config.
+//! `--resume` continues a killed run from its checkpoint with its own config,
+//! from any working directory (see [`super::run`] for how its data is found).
+//! Temp files a killed run left in the folder are removed when a run starts.
 
 use super::plot;
 use super::seg_config::SegConfig;
@@ -80,8 +84,7 @@ impl TrainSegArgs {
     }
 }
 
-pub const CONFIG: &str = "config.toml";
-pub const CLASSES: &str = "classes.json";
+pub use super::run::{CLASSES, CONFIG};
 
 /// The MSD-style `{"labels": {"0": "background", …}}` description of classes.
 pub fn classes_json(names: &[String]) -> serde_json::Value {
@@ -130,6 +133,12 @@ pub fn train_run(
 ) -> Result<TrainSummary> {
     let map = class_map(&cfg.data)?;
     let names = class_names(&map);
+    // A killed run may have left a partial checkpoint (or other file) behind.
+    for p in crate::fsutil::remove_stale_temps(run)? {
+        if progress {
+            eprintln!("removed {} (left by an interrupted run)", p.display());
+        }
+    }
     if !resume {
         if run.join(CHECKPOINT).exists() {
             bail!(
@@ -140,6 +149,7 @@ pub fn train_run(
         std::fs::create_dir_all(run)
             .with_context(|| format!("{}: cannot create run folder", run.display()))?;
         crate::fsutil::write_atomic(&run.join(CONFIG), cfg.to_toml()?.as_bytes())?;
+        super::run::write_manifest(run)?;
         crate::fsutil::write_atomic(
             &run.join(CLASSES),
             serde_json::to_string_pretty(&classes_json(&names))?.as_bytes(),
@@ -175,7 +185,11 @@ pub fn run(args: &TrainSegArgs) -> Result<()> {
                 args.run.display()
             );
         }
-        SegConfig::load(Some(&p), &args.overrides())?
+        let mut cfg = SegConfig::load(Some(&p), &args.overrides())?;
+        for note in super::run::locate_data(&mut cfg, &args.run)? {
+            eprintln!("{note}");
+        }
+        cfg
     } else {
         SegConfig::load(args.config.as_deref(), &args.overrides())?
     };

@@ -8,11 +8,19 @@
 //! (nearest) back onto the canonical grid and reoriented to the scan's own.
 //! With `--save-steps DIR`, the x̂₀ of every denoising step is written too
 //! (`DIR/step_<k>.nii.gz`, k = T−1 … 0).
+//!
+//! Before any compute: every output location is checked to be writable and
+//! different from the input, the options are validated like the run's
+//! configuration, the scan's voxels must be finite (or `--replace-nonfinite`
+//! given), and the scan must span at least the network's coarsest voxel
+//! along every axis ([`check_extent`]).
 
+use super::run::absolute;
+use super::run::CONFIG;
 use super::seg_config::{InferConfig, SegConfig};
-use super::seg_data::{prepare_scan, PreparedScan};
+use super::seg_data::{check_extent, prepare_scan, NonFinite, PreparedScan};
 use super::seg_model::{volume_shape, SegModel};
-use super::seg_train::{classes_json, read_classes, CONFIG};
+use super::seg_train::{classes_json, read_classes};
 use super::train_loop::CHECKPOINT;
 use crate::backend::{self, Backend};
 use crate::data::resample::{resample_to_grid, Interp, Outside};
@@ -20,7 +28,7 @@ use crate::data::sliding::{argmax_channels, Aggregation, SlidingWindow};
 use crate::data::{write_nifti_with, DataType, Volume, WriteOptions};
 use crate::diffusion::Sampler;
 use crate::train::checkpoint;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -50,6 +58,10 @@ pub struct SegmentArgs {
     pub save_steps: Option<PathBuf>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Set voxels that are NaN or infinite to this value (in the scan's
+    /// units, e.g. -1000 for air in CT); without it such a scan is refused.
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
+    pub replace_nonfinite: Option<f32>,
     /// auto, cpu, emu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -204,10 +216,54 @@ pub fn sidecar(path: &Path) -> PathBuf {
     path.with_file_name(format!("{stem}.json"))
 }
 
+/// The files `segment` writes: the mask, its class-name sidecar and (with
+/// `--save-steps`) one mask per denoising step (at most T, checked as one).
+fn outputs(args: &SegmentArgs) -> Vec<(&'static str, PathBuf)> {
+    let mut v = vec![
+        ("--output", args.output.clone()),
+        ("--output", sidecar(&args.output)),
+    ];
+    if let Some(d) = &args.save_steps {
+        v.push(("--save-steps", d.join("step_0.nii.gz")));
+    }
+    v
+}
+
+/// Refuse outputs that would overwrite the input or cannot be written, before
+/// anything is computed.
+fn check_outputs(args: &SegmentArgs) -> Result<()> {
+    let name = args.output.to_string_lossy();
+    if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
+        bail!(
+            "--output {}: the mask is NIfTI, its name must end in .nii or .nii.gz",
+            args.output.display()
+        );
+    }
+    let here = Path::new(".");
+    let input = absolute(&args.input, here);
+    if let Some(d) = &args.save_steps {
+        if d.is_file() {
+            bail!("--save-steps {}: is a file, not a folder", d.display());
+        }
+    }
+    for (flag, out) in outputs(args) {
+        if absolute(&out, here) == input {
+            bail!(
+                "{flag} {}: it is the input scan {} (it would be overwritten); choose another name",
+                out.display(),
+                args.input.display()
+            );
+        }
+        crate::fsutil::check_writable(&out).context(flag)?;
+    }
+    Ok(())
+}
+
 pub fn run(args: &SegmentArgs) -> Result<()> {
+    check_outputs(args)?;
     let b = backend::select(&args.device)?;
-    let run = load_run(b.as_ref(), &args.run)?;
-    let mut infer = run.cfg.infer.clone();
+    let mut run = load_run(b.as_ref(), &args.run)?;
+    let infer = &mut run.cfg.infer;
     if let Some(s) = args.steps {
         infer.steps = Some(s);
     }
@@ -226,8 +282,22 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     if let Some(s) = args.seed {
         infer.seed = s;
     }
-    ensure!(infer.samples >= 1, "--samples must be ≥ 1");
-    let scan = prepare_scan(&run.cfg.data, &args.input)?;
+    run.cfg
+        .validate()
+        .context("the run's inference settings with --steps/--samples/--patch")?;
+    let infer = run.cfg.infer.clone();
+    let policy = match args.replace_nonfinite {
+        Some(v) => {
+            ensure!(
+                v.is_finite(),
+                "--replace-nonfinite {v}: must be a finite number"
+            );
+            NonFinite::Replace(v)
+        }
+        None => NonFinite::Refuse,
+    };
+    let scan = prepare_scan(&run.cfg.data, &args.input, policy)?;
+    check_extent(&scan, run.cfg.model.channels.len(), &args.input)?;
     let t0 = std::time::Instant::now();
     let (scores, steps) = predict_scores(
         b.as_ref(),

@@ -92,6 +92,33 @@ fn draw_t(seed: u64, step: u64, timesteps: usize) -> usize {
     ((z ^ (z >> 32)) % timesteps as u64) as usize
 }
 
+/// The error of a run whose loss or gradient norm `l`, `n` at step `done`
+/// is not finite, saying whether (and at which step) a checkpoint exists.
+fn check_finite(
+    l: f32,
+    n: f32,
+    done: u64,
+    saved_step: Option<u64>,
+    cfg: &TrainConfig,
+    run_dir: &Path,
+) -> Result<()> {
+    if l.is_finite() && n.is_finite() {
+        return Ok(());
+    }
+    let ckpt = match saved_step {
+        Some(s) => format!(
+            "the checkpoint of step {s} in {} is intact",
+            run_dir.display()
+        ),
+        None => format!(
+            "no checkpoint was written: the run diverged before its first one \
+             (train.checkpoint_every = {})",
+            cfg.checkpoint_every
+        ),
+    };
+    bail!("training diverged at step {done}: loss {l}, gradient norm {n} ({ckpt})")
+}
+
 /// Train `model` in `run_dir` (which must exist). With `resume`, continue
 /// from the run's checkpoint. `progress` shows a progress bar on stderr.
 pub fn train(
@@ -105,6 +132,8 @@ pub fn train(
 ) -> Result<TrainSummary> {
     let mut opt = Optimizer::new(b, &model.ps, cfg.adamw)?;
     let ckpt_path = run_dir.join(CHECKPOINT);
+    // The step of the checkpoint on disk, if there is one.
+    let mut saved_step = None;
     if resume {
         let ck = checkpoint::load(&ckpt_path, b, &model.ps, Some(&mut opt))
             .with_context(|| format!("resuming from {}", ckpt_path.display()))?;
@@ -114,6 +143,7 @@ pub fn train(
             .and_then(|v| v.as_u64())
             .unwrap_or(ck.step);
         source.seek(pos)?;
+        saved_step = Some(ck.step);
     }
     let mut log = RunLog::open(&run_dir.join(LOG))?;
     let start_step = opt.step;
@@ -135,6 +165,9 @@ pub fn train(
     };
     let t0 = Instant::now();
     let (mut first_loss, mut last_loss) = (None, None);
+    // The last step whose loss was checked, and the last step's loss and norm.
+    let mut checked = opt.step;
+    let mut last = None;
     let timesteps = model.timesteps();
     while opt.step < cfg.steps {
         if cfg.max_minutes > 0.0 && t0.elapsed().as_secs_f64() > cfg.max_minutes * 60.0 {
@@ -159,31 +192,39 @@ pub fn train(
         let done = opt.step;
         let log_now =
             done % cfg.log_every.max(1) == 0 || done == cfg.steps || done == start_step + 1;
-        if log_now {
+        let checkpoint_now = done % cfg.checkpoint_every.max(1) == 0;
+        // Checked at every logged step and before every checkpoint, so a
+        // checkpoint never holds a diverged model.
+        if log_now || checkpoint_now {
             let l = b.download(&loss.t)?[0];
             let n = b.download(&norm)?[0];
-            if !l.is_finite() || !n.is_finite() {
-                bail!(
-                    "training diverged at step {done}: loss {l}, gradient norm {n} (the last checkpoint in {} is intact)",
-                    run_dir.display()
-                );
+            check_finite(l, n, done, saved_step, cfg, run_dir)?;
+            if log_now {
+                first_loss.get_or_insert(l);
+                last_loss = Some(l);
+                log.write(&serde_json::json!({
+                    "step": done, "loss": l, "grad_norm": n, "lr": lr, "t": t,
+                    "seconds": t0.elapsed().as_secs_f64(),
+                }))?;
+                if let Some(pb) = &bar {
+                    pb.set_message(format!("loss {l:.4}"));
+                }
             }
-            first_loss.get_or_insert(l);
-            last_loss = Some(l);
-            log.write(&serde_json::json!({
-                "step": done, "loss": l, "grad_norm": n, "lr": lr, "t": t,
-                "seconds": t0.elapsed().as_secs_f64(),
-            }))?;
-            if let Some(pb) = &bar {
-                pb.set_message(format!("loss {l:.4}"));
-            }
+            checked = done;
         }
         if let Some(pb) = &bar {
             pb.set_position(done);
         }
-        if done % cfg.checkpoint_every.max(1) == 0 {
+        if checkpoint_now {
             save(&opt, source)?;
+            saved_step = Some(done);
         }
+        last = Some((loss.t.clone(), norm));
+    }
+    // A run stopped by its time limit may end on a step not checked yet.
+    if let Some((loss, norm)) = last.filter(|_| checked != opt.step) {
+        let (l, n) = (b.download(&loss)?[0], b.download(&norm)?[0]);
+        check_finite(l, n, opt.step, saved_step, cfg, run_dir)?;
     }
     save(&opt, source)?;
     if let Some(pb) = bar {

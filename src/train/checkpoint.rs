@@ -5,7 +5,19 @@
 //! Tensor names: `param/<name>`, `adam_m/<name>`, `adam_v/<name>` (f32,
 //! parameter shapes). Metadata (strings): `format` = `voxdiff-checkpoint-1`,
 //! `step` (optimiser updates applied), `extra` (JSON chosen by the caller:
-//! config, RNG position, …).
+//! config, RNG position, …), `sha256` (the content hash below).
+//!
+//! The content hash is SHA-256 over every tensor in name order: its name, a
+//! zero byte, its shape (u64 little-endian each), then its bytes. Loading
+//! recomputes it and refuses a file whose tensors changed (a disk or copy
+//! error that leaves finite but wrong weights would otherwise load and
+//! silently lower the scores). SHA-256 rather than a faster non-cryptographic
+//! hash: it is the standard, well-kept checksum anyone can recompute, and the
+//! `sha2` crate uses the CPU's SHA instructions where present — 0.8–1.0 GB/s
+//! measured on the 2-core AMD EPYC development machine (a throwaway program
+//! hashing 82 MiB three times), so the 82 MB of a 6.8 M-parameter checkpoint
+//! with its moments cost about 0.1 s per save or load. Checkpoints written
+//! before the hash existed load with a warning.
 
 use crate::backend::Backend;
 use crate::nn::ParamStore;
@@ -14,6 +26,7 @@ use crate::train::Optimizer;
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -23,6 +36,22 @@ const FORMAT: &str = "voxdiff-checkpoint-1";
 pub struct Checkpoint {
     pub step: u64,
     pub extra: serde_json::Value,
+}
+
+/// The content hash (see the module docs) of `(name, shape, bytes)` tensors.
+fn content_hash<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8])>) -> String {
+    let mut all: Vec<(&str, &[usize], &[u8])> = tensors.into_iter().collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = Sha256::new();
+    for (name, shape, data) in all {
+        h.update(name.as_bytes());
+        h.update([0u8]);
+        for &d in shape {
+            h.update((d as u64).to_le_bytes());
+        }
+        h.update(data);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -67,6 +96,14 @@ pub fn save(
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert("step".to_string(), opt.map_or(0, |o| o.step).to_string());
     meta.insert("extra".to_string(), extra.to_string());
+    meta.insert(
+        "sha256".to_string(),
+        content_hash(
+            blobs
+                .iter()
+                .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())),
+        ),
+    );
     let bytes = safetensors::serialize(views, Some(meta))?;
     crate::fsutil::write_atomic(path, &bytes)
 }
@@ -91,6 +128,25 @@ pub fn load(
         path.display(),
         meta.get("format")
     );
+    let tensors = st.tensors();
+    let actual = content_hash(
+        tensors
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.shape(), v.data())),
+    );
+    match meta.get("sha256") {
+        Some(stored) => ensure!(
+            *stored == actual,
+            "{}: checkpoint is corrupt: its tensors hash to SHA-256 {actual}, \
+             the file records {stored}",
+            path.display()
+        ),
+        None => eprintln!(
+            "warning: {}: checkpoint has no content hash (written by an older voxdiff); \
+             its tensors cannot be verified",
+            path.display()
+        ),
+    }
     let read = |name: &str, like: &Tensor| -> Result<Vec<f32>> {
         let v = st
             .tensor(name)
@@ -138,4 +194,69 @@ pub fn load(
         .with_context(|| format!("{}: bad extra metadata", path.display()))?
         .unwrap_or(serde_json::Value::Null);
     Ok(Checkpoint { step, extra })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::nn::Init;
+    use crate::tensor::Shape;
+
+    fn model(b: &dyn Backend) -> ParamStore {
+        let mut ps = ParamStore::new(7);
+        ps.add(
+            b,
+            "w",
+            Shape::new(&[3, 4]),
+            Init::TruncatedNormal { std: 0.5 },
+        )
+        .unwrap();
+        ps.add(b, "b", Shape::new(&[4]), Init::Ones).unwrap();
+        ps
+    }
+
+    #[test]
+    fn a_changed_tensor_byte_is_refused_and_old_files_load_with_a_warning() {
+        let b = CpuBackend::new();
+        let ps = model(&b);
+        let dir = std::env::temp_dir().join(format!("voxdiff_ckpt_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ck.safetensors");
+        let opt = Optimizer::new(&b, &ps, crate::ops::AdamW::default()).unwrap();
+        save(&path, &b, &ps, Some(&opt), &serde_json::json!({"k": 1})).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(
+            header.metadata().as_ref().unwrap()["sha256"].len(),
+            64,
+            "a hex SHA-256 is stored"
+        );
+        let fresh = model(&b);
+        assert_eq!(load(&path, &b, &fresh, None).unwrap().extra["k"], 1);
+
+        // Flip the lowest mantissa bit of the last stored value: still a
+        // finite float, so only the hash can tell.
+        let mut bad = bytes.clone();
+        let last = bad.len() - 4;
+        bad[last] ^= 1;
+        assert!(f32::from_le_bytes(bad[last..].try_into().unwrap()).is_finite());
+        let corrupt = dir.join("corrupt.safetensors");
+        std::fs::write(&corrupt, &bad).unwrap();
+        let err = format!("{:#}", load(&corrupt, &b, &fresh, None).err().unwrap());
+        assert!(
+            err.contains("corrupt.safetensors") && err.contains("checkpoint is corrupt"),
+            "{err}"
+        );
+
+        // The same tensors without the hash (an older checkpoint) still load.
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.remove("sha256");
+        let old = safetensors::serialize(st.tensors(), Some(meta)).unwrap();
+        let old_path = dir.join("old.safetensors");
+        std::fs::write(&old_path, old).unwrap();
+        load(&old_path, &b, &fresh, None).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
