@@ -11,9 +11,10 @@ use voxdiff::data::intensity::Window;
 use voxdiff::data::overlay::{colour, pick_slices, render, write_overlay, Overlay, MIN_PANEL_PX};
 use voxdiff::data::phantom::{generate, PhantomConfig, CLASS_NAMES};
 use voxdiff::pipeline::plot::{
-    progress_figure, smooth, smoothing_half_width, Progress, HEIGHT, LR, PROGRESS, RAW_LOSS,
-    SMOOTH_LOSS, STEP_TIME, WIDTH,
+    progress_figure, smooth, smoothing_half_width, Progress, HEIGHT, LR, RAW_LOSS, SMOOTH_LOSS,
+    STEP_TIME, WIDTH,
 };
+use voxdiff::pipeline::run::PROGRESS;
 use voxdiff::pipeline::seg_config::SegConfig;
 use voxdiff::pipeline::seg_train::train_run;
 

@@ -13,7 +13,7 @@
 //! <out>/metrics.json    per-class Dice, IoU, NSD, HD95, ASSD, centroid distance
 //! ```
 
-use super::plot::PROGRESS;
+use super::run::PROGRESS;
 use super::seg_config::{DataSource, SegConfig};
 use super::seg_data::{class_map, class_names, prepare_volume};
 use super::seg_train::train_run;

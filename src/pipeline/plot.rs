@@ -20,9 +20,6 @@ use plotters::prelude::*;
 use serde_json::Value;
 use std::path::Path;
 
-/// The figure's file name in a run folder.
-pub const PROGRESS: &str = "progress.png";
-
 /// Figure size in pixels.
 pub const WIDTH: usize = 1000;
 pub const HEIGHT: usize = 1000;

@@ -1,6 +1,18 @@
-//! The run folder of `voxdiff train seg`, and how the data paths of its
-//! configuration are stored so that a run can be resumed from any working
-//! directory and still finds its data after the folder was moved with it.
+//! The run folder, the one format every training command writes and every
+//! inference command reads:
+//!
+//! ```text
+//! <run>/config.toml             the resolved configuration (defaults written out, data paths absolute)
+//! <run>/run.json                where the run folder was created
+//! <run>/classes.json            class names by id (MSD "labels" form), for segmenting runs
+//! <run>/log.jsonl               one JSON record per logged step
+//! <run>/checkpoint.safetensors  parameters, AdamW moments, step, data position, SHA-256
+//! <run>/progress.png            loss, learning rate and time per step
+//! ```
+//! [`prepare`] starts or resumes a run, [`finish`] draws its figure; the
+//! class names, the manifest and the file names live here, and how data
+//! paths are stored so that a run can be resumed from any working directory
+//! and still finds its data after the folder was moved with it:
 //!
 //! Every data path is resolved once, when a configuration is loaded
 //! ([`super::seg_config::SegConfig::load`]): a path written in a config file
@@ -14,7 +26,6 @@
 //! folder — data that moved together with the run — and says which path it
 //! took; when neither exists, the error names both.
 
-use super::seg_config::SegConfig;
 use anyhow::{bail, Context, Result};
 use std::path::{Component, Path, PathBuf};
 
@@ -22,6 +33,9 @@ use std::path::{Component, Path, PathBuf};
 pub const CONFIG: &str = "config.toml";
 pub const CLASSES: &str = "classes.json";
 pub const MANIFEST: &str = "run.json";
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const LOG: &str = "log.jsonl";
+pub const PROGRESS: &str = "progress.png";
 const FORMAT: &str = "voxdiff-run-1";
 
 /// `path` made absolute against `base` (itself made absolute against the
@@ -123,28 +137,17 @@ fn created_in(run: &Path) -> Result<Option<PathBuf>> {
     Ok(v.get("folder").and_then(|f| f.as_str()).map(PathBuf::from))
 }
 
-/// Point every data path of `cfg` (the configuration of the run in `run`)
-/// at an existing file: the stored absolute path, or else the same place
-/// relative to the run folder when the run was moved. Returns a note per
-/// path that was found at its relative place; an error names each file
-/// found at neither.
-pub fn locate_data(cfg: &mut SegConfig, run: &Path) -> Result<Vec<String>> {
+/// Point every data path of a run's configuration (`slots`: each path with
+/// its config key) at an existing file: the stored absolute path, or else the
+/// same place relative to the run folder when the run was moved. Returns a
+/// note per path that was found at its relative place; an error names each
+/// file found at neither.
+pub fn locate_data(slots: Vec<(String, &mut PathBuf)>, run: &Path) -> Result<Vec<String>> {
     let origin = created_in(run)?;
     let here = absolute(run, Path::new("."));
     let config = run.join(CONFIG);
     let mut notes = Vec::new();
     let mut missing = Vec::new();
-    let d = &mut cfg.data;
-    let mut slots: Vec<(String, &mut PathBuf)> = Vec::new();
-    for (i, p) in d.images.iter_mut().enumerate() {
-        slots.push((format!("data.images[{i}]"), p));
-    }
-    for (i, p) in d.labels.iter_mut().enumerate() {
-        slots.push((format!("data.labels[{i}]"), p));
-    }
-    if let Some(p) = d.class_map.as_mut() {
-        slots.push(("data.class_map".to_string(), p));
-    }
     for (key, p) in slots {
         if p.exists() {
             continue;
@@ -181,6 +184,90 @@ pub fn locate_data(cfg: &mut SegConfig, run: &Path) -> Result<Vec<String>> {
         );
     }
     Ok(notes)
+}
+
+/// Start a run in `run` with the resolved configuration `config_toml`, or
+/// resume the one there: a new run refuses a folder that already holds a
+/// checkpoint, creates the folder and writes `config.toml` and `run.json`;
+/// both remove the temporary files a killed run left (a partial checkpoint).
+pub fn prepare(run: &Path, config_toml: &str, resume: bool, verbose: bool) -> Result<()> {
+    for p in crate::fsutil::remove_stale_temps(run)? {
+        if verbose {
+            eprintln!("removed {} (left by an interrupted run)", p.display());
+        }
+    }
+    if resume {
+        return Ok(());
+    }
+    if run.join(CHECKPOINT).exists() {
+        bail!(
+            "{}: already holds a trained run (use --resume to continue it, or another --run folder)",
+            run.display()
+        );
+    }
+    std::fs::create_dir_all(run)
+        .with_context(|| format!("{}: cannot create run folder", run.display()))?;
+    crate::fsutil::write_atomic(&run.join(CONFIG), config_toml.as_bytes())?;
+    write_manifest(run)
+}
+
+/// The `config.toml` of the run in `run`, which `--resume` continues.
+pub fn config_to_resume(run: &Path) -> Result<PathBuf> {
+    let p = run.join(CONFIG);
+    if !p.exists() {
+        bail!("{}: no run to resume (config.toml missing)", run.display());
+    }
+    Ok(p)
+}
+
+/// Draw the run's progress figure from its log.
+pub fn finish(run: &Path) -> Result<()> {
+    super::plot::progress_figure(&run.join(LOG), &run.join(PROGRESS))
+}
+
+/// The MSD-style `{"labels": {"0": "background", …}}` description of classes.
+pub fn classes_json(names: &[String]) -> serde_json::Value {
+    let labels: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i.to_string(), n.clone().into()))
+        .collect();
+    serde_json::json!({ "labels": labels })
+}
+
+/// Write the class names of the run in `run`.
+pub fn write_classes(run: &Path, names: &[String]) -> Result<()> {
+    crate::fsutil::write_atomic(
+        &run.join(CLASSES),
+        serde_json::to_string_pretty(&classes_json(names))?.as_bytes(),
+    )
+}
+
+/// Read the class names of a run folder.
+pub fn read_classes(run: &Path) -> Result<Vec<String>> {
+    let p = run.join(CLASSES);
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?,
+    )
+    .with_context(|| format!("{}: invalid JSON", p.display()))?;
+    let labels = v
+        .get("labels")
+        .and_then(|l| l.as_object())
+        .with_context(|| format!("{}: no \"labels\"", p.display()))?;
+    let mut names = vec![String::new(); labels.len()];
+    for (k, n) in labels {
+        let i: usize = k
+            .parse()
+            .with_context(|| format!("{}: label key {k:?} is not an id", p.display()))?;
+        anyhow::ensure!(
+            i < names.len(),
+            "{}: label ids must be 0..{}",
+            p.display(),
+            names.len()
+        );
+        names[i] = n.as_str().unwrap_or_default().to_string();
+    }
+    Ok(names)
 }
 
 #[cfg(test)]

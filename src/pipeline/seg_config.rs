@@ -232,6 +232,23 @@ impl Checks {
 }
 
 impl SegConfig {
+    /// Every data path of the configuration with its key, for
+    /// [`super::run::locate_data`].
+    pub fn data_paths_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
+        let d = &mut self.data;
+        let mut slots: Vec<(String, &mut PathBuf)> = Vec::new();
+        for (i, p) in d.images.iter_mut().enumerate() {
+            slots.push((format!("data.images[{i}]"), p));
+        }
+        for (i, p) in d.labels.iter_mut().enumerate() {
+            slots.push((format!("data.labels[{i}]"), p));
+        }
+        if let Some(p) = d.class_map.as_mut() {
+            slots.push(("data.class_map".to_string(), p));
+        }
+        slots
+    }
+
     /// Read `path` (if any), apply `overrides`, validate. Relative data paths
     /// in the file resolve against the file's folder, those given in
     /// `overrides` against the working directory; both are stored absolute

@@ -4,7 +4,7 @@
 //! threads. The same preprocessing serves training and `voxdiff segment`.
 
 use super::seg_config::{DataConfig, DataSource};
-use super::train_loop::{Example, ExampleSource};
+use super::train_loop::BatchSource;
 use crate::data::augment::Augment;
 use crate::data::intensity::Window;
 use crate::data::loader::{Loader, LoaderConfig, PreparedCase};
@@ -291,8 +291,18 @@ impl LoaderSource {
     }
 }
 
-impl ExampleSource for LoaderSource {
-    fn next_example(&mut self) -> Result<Example> {
+/// One training example: an image patch (already normalised) and its label ids.
+pub struct Example {
+    /// Spatial extents [D, H, W].
+    pub dims: [usize; 3],
+    pub image: Vec<f32>,
+    /// Class ids (0 … K−1) as floats.
+    pub labels: Vec<f32>,
+}
+
+impl BatchSource for LoaderSource {
+    type Batch = Example;
+    fn next_batch(&mut self) -> Result<Example> {
         let s = self.loader.next_sample()?;
         self.position += 1;
         Ok(Example {

@@ -2,6 +2,8 @@
 //! either as a diffusion denoiser or as the supervised baseline, its
 //! parameters, and one training step's loss.
 
+use super::seg_data::Example;
+use super::train_loop::{StepKey, StepLoss, Trainable};
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
 use crate::diffusion::seg::{seg_loss, Denoiser, DiffusionConfig, SegDiffusion};
@@ -110,6 +112,14 @@ impl SegModel {
         self.diffusion.as_ref().map_or(1, |d| d.steps())
     }
 
+    /// The diffusion time step of training step `key`: uniform over 0..T.
+    pub fn draw_t(&self, key: StepKey) -> usize {
+        let mut z = key.seed ^ key.step.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5851_F42D_4C95_7F2D;
+        z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        ((z ^ (z >> 32)) % self.timesteps() as u64) as usize
+    }
+
     /// The training loss of one example, recorded on `g`. `image` is
     /// `[1,D,H,W,1]`, `mask` the one-hot target `[1,D,H,W,K]`; `t` is the
     /// diffusion step (ignored by the supervised model).
@@ -192,4 +202,26 @@ impl SegModel {
 /// `[1, D, H, W, C]`.
 pub fn volume_shape(dims: [usize; 3], c: usize) -> Shape {
     Shape::ndhwc(1, dims[0], dims[1], dims[2], c)
+}
+
+/// Training on (image, label ids) patches: the diffusion loss at a drawn time
+/// step, or the supervised CE + Dice.
+impl Trainable for SegModel {
+    type Batch = Example;
+    fn params(&self) -> &ParamStore {
+        &self.ps
+    }
+    fn loss(&self, g: &mut Graph, ex: &Example, key: StepKey) -> Result<StepLoss> {
+        let dev = g.dev;
+        let shape = volume_shape(ex.dims, 1);
+        let image = dev.upload(&ex.image, shape, dev.act_dtype())?;
+        let labels = dev.upload(&ex.labels, shape, dev.act_dtype())?;
+        let mask = dev.one_hot(&labels, self.classes, 1.0, 0.0)?;
+        let t = self.draw_t(key);
+        let loss = self.loss(g, &image, &mask, t, key.seed, key.step)?;
+        Ok(StepLoss {
+            loss,
+            log: vec![("t", t.into())],
+        })
+    }
 }

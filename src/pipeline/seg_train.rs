@@ -14,13 +14,13 @@
 //! from any working directory (see [`super::run`] for how its data is found).
 //! Temp files a killed run left in the folder are removed when a run starts.
 
-use super::plot;
+use super::run as run_dir;
 use super::seg_config::SegConfig;
 use super::seg_data::{class_map, class_names, training_cases, LoaderSource};
 use super::seg_model::{ModelKind, SegModel};
-use super::train_loop::{self, TrainSummary, CHECKPOINT, LOG};
+use super::train_loop::{self, TrainSummary};
 use crate::backend::{self, Backend};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -84,45 +84,6 @@ impl TrainSegArgs {
     }
 }
 
-pub use super::run::{CLASSES, CONFIG};
-
-/// The MSD-style `{"labels": {"0": "background", …}}` description of classes.
-pub fn classes_json(names: &[String]) -> serde_json::Value {
-    let labels: serde_json::Map<String, serde_json::Value> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (i.to_string(), n.clone().into()))
-        .collect();
-    serde_json::json!({ "labels": labels })
-}
-
-/// Read the class names of a run folder.
-pub fn read_classes(run: &Path) -> Result<Vec<String>> {
-    let p = run.join(CLASSES);
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?,
-    )
-    .with_context(|| format!("{}: invalid JSON", p.display()))?;
-    let labels = v
-        .get("labels")
-        .and_then(|l| l.as_object())
-        .with_context(|| format!("{}: no \"labels\"", p.display()))?;
-    let mut names = vec![String::new(); labels.len()];
-    for (k, n) in labels {
-        let i: usize = k
-            .parse()
-            .with_context(|| format!("{}: label key {k:?} is not an id", p.display()))?;
-        anyhow::ensure!(
-            i < names.len(),
-            "{}: label ids must be 0..{}",
-            p.display(),
-            names.len()
-        );
-        names[i] = n.as_str().unwrap_or_default().to_string();
-    }
-    Ok(names)
-}
-
 /// Train as configured into `run` on `b`; returns the summary.
 pub fn train_run(
     b: &dyn Backend,
@@ -133,27 +94,9 @@ pub fn train_run(
 ) -> Result<TrainSummary> {
     let map = class_map(&cfg.data)?;
     let names = class_names(&map);
-    // A killed run may have left a partial checkpoint (or other file) behind.
-    for p in crate::fsutil::remove_stale_temps(run)? {
-        if progress {
-            eprintln!("removed {} (left by an interrupted run)", p.display());
-        }
-    }
+    run_dir::prepare(run, &cfg.to_toml()?, resume, progress)?;
     if !resume {
-        if run.join(CHECKPOINT).exists() {
-            bail!(
-                "{}: already holds a trained run (use --resume to continue it, or another --run folder)",
-                run.display()
-            );
-        }
-        std::fs::create_dir_all(run)
-            .with_context(|| format!("{}: cannot create run folder", run.display()))?;
-        crate::fsutil::write_atomic(&run.join(CONFIG), cfg.to_toml()?.as_bytes())?;
-        super::run::write_manifest(run)?;
-        crate::fsutil::write_atomic(
-            &run.join(CLASSES),
-            serde_json::to_string_pretty(&classes_json(&names))?.as_bytes(),
-        )?;
+        run_dir::write_classes(run, &names)?;
     }
     let cases = training_cases(&cfg.data, &map)?;
     let mut source = LoaderSource::new(&cfg.data, cases, cfg.train.seed)?;
@@ -172,21 +115,17 @@ pub fn train_run(
         );
     }
     let summary = train_loop::train(b, &model, &cfg.train, &mut source, run, resume, progress)?;
-    plot::progress_figure(&run.join(LOG), &run.join(plot::PROGRESS))?;
+    run_dir::finish(run)?;
     Ok(summary)
 }
 
 pub fn run(args: &TrainSegArgs) -> Result<()> {
     let cfg = if args.resume {
-        let p = args.run.join(CONFIG);
-        if !p.exists() {
-            bail!(
-                "{}: no run to resume (config.toml missing)",
-                args.run.display()
-            );
-        }
-        let mut cfg = SegConfig::load(Some(&p), &args.overrides())?;
-        for note in super::run::locate_data(&mut cfg, &args.run)? {
+        let mut cfg = SegConfig::load(
+            Some(&run_dir::config_to_resume(&args.run)?),
+            &args.overrides(),
+        )?;
+        for note in run_dir::locate_data(cfg.data_paths_mut(), &args.run)? {
             eprintln!("{note}");
         }
         cfg

@@ -16,12 +16,10 @@
 //! along every axis ([`check_extent`]).
 
 use super::run::absolute;
-use super::run::CONFIG;
+use super::run::{classes_json, read_classes, CHECKPOINT, CONFIG};
 use super::seg_config::{InferConfig, SegConfig};
 use super::seg_data::{check_extent, prepare_scan, NonFinite, PreparedScan};
 use super::seg_model::{volume_shape, SegModel};
-use super::seg_train::{classes_json, read_classes};
-use super::train_loop::CHECKPOINT;
 use crate::backend::{self, Backend};
 use crate::data::resample::{resample_to_grid, Interp, Outside};
 use crate::data::sliding::{argmax_channels, Aggregation, SlidingWindow};

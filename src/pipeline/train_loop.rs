@@ -1,12 +1,16 @@
-//! The training loop shared by the segmentation systems: draw an example,
-//! compute the loss on a recording graph, backpropagate, apply AdamW, log,
-//! checkpoint. Resumable: the checkpoint holds parameters, moments, the step
-//! and the data position, so a killed run continues where its last
-//! checkpoint left it.
+//! The one training loop of every system: draw a batch, compute the loss on
+//! a recording graph, backpropagate, apply AdamW, log, checkpoint — with
+//! resume, divergence guards and progress written once. A system plugs in
+//! through two seams: [`Trainable`] (its parameters and the loss of a batch
+//! under a step's random key) and [`BatchSource`] (an endless, seeded,
+//! seekable supply of batches). Resumable: the checkpoint holds parameters,
+//! moments, the step and the data position, so a killed run continues where
+//! its last checkpoint left it.
 
-use super::seg_model::{volume_shape, SegModel};
-use crate::autograd::Graph;
+use super::run::{CHECKPOINT, LOG};
+use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
+use crate::nn::ParamStore;
 use crate::ops::AdamW;
 use crate::train::{checkpoint, LrSchedule, Optimizer, RunLog};
 use anyhow::{bail, Context, Result};
@@ -14,22 +18,41 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
 
-/// One training example: an image patch (already normalised) and its label ids.
-pub struct Example {
-    /// Spatial extents [D, H, W].
-    pub dims: [usize; 3],
-    pub image: Vec<f32>,
-    /// Class ids (0 … K−1) as floats.
-    pub labels: Vec<f32>,
+/// The random key of one optimiser step: every draw of the step (noise, time
+/// steps, masks) derives from (run seed, step), so a resumed run repeats the
+/// uninterrupted one exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepKey {
+    pub seed: u64,
+    pub step: u64,
 }
 
-/// An endless, seeded supply of training examples. `position` / `seek` let a
-/// resumed run continue the same sequence.
-pub trait ExampleSource {
-    fn next_example(&mut self) -> Result<Example>;
-    /// Examples drawn so far.
+/// A step's scalar loss and the values to log beside it (e.g. the diffusion
+/// time step drawn).
+pub struct StepLoss {
+    pub loss: Var,
+    pub log: Vec<(&'static str, serde_json::Value)>,
+}
+
+/// A model the loop can train.
+pub trait Trainable {
+    /// What one step trains on, as host data (the loss uploads it).
+    type Batch;
+    /// Every parameter (frozen ones are left alone by the optimiser).
+    fn params(&self) -> &ParamStore;
+    /// The loss of `batch` recorded on `g` (which records), with every random
+    /// draw derived from `key`.
+    fn loss(&self, g: &mut Graph, batch: &Self::Batch, key: StepKey) -> Result<StepLoss>;
+}
+
+/// An endless, seeded supply of batches. `position` / `seek` let a resumed
+/// run continue the same sequence.
+pub trait BatchSource {
+    type Batch;
+    fn next_batch(&mut self) -> Result<Self::Batch>;
+    /// Batches drawn so far.
     fn position(&self) -> u64;
-    /// Continue as if `n` examples had been drawn.
+    /// Continue as if `n` batches had been drawn.
     fn seek(&mut self, n: u64) -> Result<()>;
 }
 
@@ -72,24 +95,12 @@ impl Default for TrainConfig {
     }
 }
 
-/// File names inside a run folder.
-pub const CHECKPOINT: &str = "checkpoint.safetensors";
-pub const LOG: &str = "log.jsonl";
-
 /// What a finished (or time-limited) run did.
 pub struct TrainSummary {
     pub steps_done: u64,
     pub first_loss: Option<f32>,
     pub last_loss: Option<f32>,
     pub seconds: f64,
-}
-
-/// Time step for update `step` of a run with seed `seed`: uniform over 0..T.
-fn draw_t(seed: u64, step: u64, timesteps: usize) -> usize {
-    let mut z = seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5851_F42D_4C95_7F2D;
-    z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    ((z ^ (z >> 32)) % timesteps as u64) as usize
 }
 
 /// The error of a run whose loss or gradient norm `l`, `n` at step `done`
@@ -121,21 +132,22 @@ fn check_finite(
 
 /// Train `model` in `run_dir` (which must exist). With `resume`, continue
 /// from the run's checkpoint. `progress` shows a progress bar on stderr.
-pub fn train(
-    b: &dyn Backend,
-    model: &SegModel,
+pub fn train<M: Trainable>(
+    dev: &dyn Backend,
+    model: &M,
     cfg: &TrainConfig,
-    source: &mut dyn ExampleSource,
+    source: &mut dyn BatchSource<Batch = M::Batch>,
     run_dir: &Path,
     resume: bool,
     progress: bool,
 ) -> Result<TrainSummary> {
-    let mut opt = Optimizer::new(b, &model.ps, cfg.adamw)?;
+    let ps = model.params();
+    let mut opt = Optimizer::new(dev, ps, cfg.adamw)?;
     let ckpt_path = run_dir.join(CHECKPOINT);
     // The step of the checkpoint on disk, if there is one.
     let mut saved_step = None;
     if resume {
-        let ck = checkpoint::load(&ckpt_path, b, &model.ps, Some(&mut opt))
+        let ck = checkpoint::load(&ckpt_path, dev, ps, Some(&mut opt))
             .with_context(|| format!("resuming from {}", ckpt_path.display()))?;
         let pos = ck
             .extra
@@ -159,36 +171,35 @@ pub fn train(
         pb.set_position(start_step);
         pb
     });
-    let save = |opt: &Optimizer, source: &dyn ExampleSource| -> Result<()> {
-        let extra = serde_json::json!({ "data_position": source.position() });
-        checkpoint::save(&ckpt_path, b, &model.ps, Some(opt), &extra)
+    let save = |opt: &Optimizer, position: u64| -> Result<()> {
+        let extra = serde_json::json!({ "data_position": position });
+        checkpoint::save(&ckpt_path, dev, ps, Some(opt), &extra)
     };
     let t0 = Instant::now();
     let (mut first_loss, mut last_loss) = (None, None);
     // The last step whose loss was checked, and the last step's loss and norm.
     let mut checked = opt.step;
     let mut last = None;
-    let timesteps = model.timesteps();
     while opt.step < cfg.steps {
         if cfg.max_minutes > 0.0 && t0.elapsed().as_secs_f64() > cfg.max_minutes * 60.0 {
             break;
         }
         let step = opt.step;
-        let ex = source.next_example()?;
-        let image = b.upload(&ex.image, volume_shape(ex.dims, 1), b.act_dtype())?;
-        let labels = b.upload(&ex.labels, volume_shape(ex.dims, 1), b.act_dtype())?;
-        let mask = b.one_hot(&labels, model.classes, 1.0, 0.0)?;
-        let t = draw_t(cfg.seed, step, timesteps);
-        let mut g = Graph::train(b);
-        let loss = model.loss(&mut g, &image, &mask, t, cfg.seed, step)?;
-        let grads = g.backward(&loss, model.ps.len())?;
+        let batch = source.next_batch()?;
+        let mut g = Graph::train(dev);
+        let key = StepKey {
+            seed: cfg.seed,
+            step,
+        };
+        let StepLoss { loss, log: fields } = model.loss(&mut g, &batch, key)?;
+        let grads = g.backward(&loss, ps.len())?;
         let lr = if cfg.lr_follows_time && cfg.max_minutes > 0.0 {
             cfg.lr
                 .at_progress(step, t0.elapsed().as_secs_f64() / (cfg.max_minutes * 60.0))
         } else {
             cfg.lr.at(step)
         };
-        let norm = opt.update(b, &model.ps, &grads, lr)?;
+        let norm = opt.update(dev, ps, &grads, lr)?;
         let done = opt.step;
         let log_now =
             done % cfg.log_every.max(1) == 0 || done == cfg.steps || done == start_step + 1;
@@ -196,16 +207,20 @@ pub fn train(
         // Checked at every logged step and before every checkpoint, so a
         // checkpoint never holds a diverged model.
         if log_now || checkpoint_now {
-            let l = b.download(&loss.t)?[0];
-            let n = b.download(&norm)?[0];
+            let l = dev.download(&loss.t)?[0];
+            let n = dev.download(&norm)?[0];
             check_finite(l, n, done, saved_step, cfg, run_dir)?;
             if log_now {
                 first_loss.get_or_insert(l);
                 last_loss = Some(l);
-                log.write(&serde_json::json!({
-                    "step": done, "loss": l, "grad_norm": n, "lr": lr, "t": t,
+                let mut record = serde_json::json!({
+                    "step": done, "loss": l, "grad_norm": n, "lr": lr,
                     "seconds": t0.elapsed().as_secs_f64(),
-                }))?;
+                });
+                for (k, v) in fields {
+                    record[k] = v;
+                }
+                log.write(&record)?;
                 if let Some(pb) = &bar {
                     pb.set_message(format!("loss {l:.4}"));
                 }
@@ -216,17 +231,17 @@ pub fn train(
             pb.set_position(done);
         }
         if checkpoint_now {
-            save(&opt, source)?;
+            save(&opt, source.position())?;
             saved_step = Some(done);
         }
         last = Some((loss.t.clone(), norm));
     }
     // A run stopped by its time limit may end on a step not checked yet.
     if let Some((loss, norm)) = last.filter(|_| checked != opt.step) {
-        let (l, n) = (b.download(&loss)?[0], b.download(&norm)?[0]);
+        let (l, n) = (dev.download(&loss)?[0], dev.download(&norm)?[0]);
         check_finite(l, n, opt.step, saved_step, cfg, run_dir)?;
     }
-    save(&opt, source)?;
+    save(&opt, source.position())?;
     if let Some(pb) = bar {
         pb.finish();
     }

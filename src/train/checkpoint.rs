@@ -108,46 +108,56 @@ pub fn save(
     crate::fsutil::write_atomic(path, &bytes)
 }
 
-/// Restore parameters (and, if `opt` is given, moments and step) from `path`
-/// into an already built model. Every parameter must be present with its shape.
-pub fn load(
-    path: &Path,
-    b: &dyn Backend,
-    ps: &ParamStore,
-    opt: Option<&mut Optimizer>,
-) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    ensure!(
-        meta.get("format").map(String::as_str) == Some(FORMAT),
-        "{}: not a voxdiff checkpoint (format {:?})",
-        path.display(),
-        meta.get("format")
-    );
-    let tensors = st.tensors();
-    let actual = content_hash(
-        tensors
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.shape(), v.data())),
-    );
-    match meta.get("sha256") {
-        Some(stored) => ensure!(
-            *stored == actual,
-            "{}: checkpoint is corrupt: its tensors hash to SHA-256 {actual}, \
-             the file records {stored}",
-            path.display()
-        ),
-        None => eprintln!(
-            "warning: {}: checkpoint has no content hash (written by an older voxdiff); \
-             its tensors cannot be verified",
-            path.display()
-        ),
+/// A checkpoint file read whole, its format and content hash verified.
+struct Opened<'p> {
+    path: &'p Path,
+    bytes: Vec<u8>,
+    meta: HashMap<String, String>,
+}
+
+impl<'p> Opened<'p> {
+    fn read(path: &'p Path) -> Result<Opened<'p>> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        ensure!(
+            meta.get("format").map(String::as_str) == Some(FORMAT),
+            "{}: not a voxdiff checkpoint (format {:?})",
+            path.display(),
+            meta.get("format")
+        );
+        let tensors = st.tensors();
+        let actual = content_hash(
+            tensors
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.shape(), v.data())),
+        );
+        match meta.get("sha256") {
+            Some(stored) => ensure!(
+                *stored == actual,
+                "{}: checkpoint is corrupt: its tensors hash to SHA-256 {actual}, \
+                 the file records {stored}",
+                path.display()
+            ),
+            None => eprintln!(
+                "warning: {}: checkpoint has no content hash (written by an older voxdiff); \
+                 its tensors cannot be verified",
+                path.display()
+            ),
+        }
+        Ok(Opened { path, bytes, meta })
     }
-    let read = |name: &str, like: &Tensor| -> Result<Vec<f32>> {
+
+    fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("deserialized once already")
+    }
+
+    /// The values of tensor `name`, which must be f32 of `like`'s shape and finite.
+    fn values(&self, st: &SafeTensors, name: &str, like: &Tensor) -> Result<Vec<f32>> {
+        let path = self.path;
         let v = st
             .tensor(name)
             .with_context(|| format!("{}: missing tensor {name}", path.display()))?;
@@ -172,22 +182,43 @@ pub fn load(
             );
         }
         Ok(vals)
-    };
-    for e in &ps.entries {
-        b.write(&e.t, &read(&format!("param/{}", e.name), &e.t)?)?;
     }
-    let step: u64 = meta
+}
+
+/// Restore parameters (and, if `opt` is given, moments and step) from `path`
+/// into an already built model. Every parameter must be present with its
+/// shape, and the file's content hash must match.
+pub fn load(
+    path: &Path,
+    b: &dyn Backend,
+    ps: &ParamStore,
+    opt: Option<&mut Optimizer>,
+) -> Result<Checkpoint> {
+    let file = Opened::read(path)?;
+    let st = file.tensors();
+    for e in &ps.entries {
+        b.write(&e.t, &file.values(&st, &format!("param/{}", e.name), &e.t)?)?;
+    }
+    let step: u64 = file
+        .meta
         .get("step")
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("{}: bad step metadata", path.display()))?;
     if let Some(o) = opt {
         for (i, e) in ps.entries.iter().enumerate() {
-            b.write(&o.m[i], &read(&format!("adam_m/{}", e.name), &e.t)?)?;
-            b.write(&o.v[i], &read(&format!("adam_v/{}", e.name), &e.t)?)?;
+            b.write(
+                &o.m[i],
+                &file.values(&st, &format!("adam_m/{}", e.name), &e.t)?,
+            )?;
+            b.write(
+                &o.v[i],
+                &file.values(&st, &format!("adam_v/{}", e.name), &e.t)?,
+            )?;
         }
         o.step = step;
     }
-    let extra = meta
+    let extra = file
+        .meta
         .get("extra")
         .map(|s| serde_json::from_str(s))
         .transpose()
@@ -196,11 +227,41 @@ pub fn load(
     Ok(Checkpoint { step, extra })
 }
 
+/// Load part of a model from another run's checkpoint: every parameter of
+/// `ps` whose name starts with `into` takes the checkpoint's parameter named
+/// with `from` in its place (a probe's `backbone.down.0.conv.w` from a
+/// pretraining run's `down.0.conv.w` with `into = "backbone."`, `from = ""`).
+/// Each must be present with its shape; the other parameters are left
+/// alone. Returns how many were loaded (an error when none matched).
+pub fn load_params_under(
+    path: &Path,
+    dev: &dyn Backend,
+    ps: &ParamStore,
+    from: &str,
+    into: &str,
+) -> Result<usize> {
+    let file = Opened::read(path)?;
+    let st = file.tensors();
+    let mut n = 0;
+    for e in ps.entries.iter().filter(|e| e.name.starts_with(into)) {
+        let name = format!("param/{from}{}", &e.name[into.len()..]);
+        dev.write(&e.t, &file.values(&st, &name, &e.t)?)?;
+        n += 1;
+    }
+    ensure!(
+        n > 0,
+        "{}: the model has no parameter under {into:?} to load",
+        path.display()
+    );
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
     use crate::nn::Init;
+    use crate::ops::MemoryOps;
     use crate::tensor::Shape;
 
     fn model(b: &dyn Backend) -> ParamStore {
@@ -257,6 +318,50 @@ mod tests {
         let old_path = dir.join("old.safetensors");
         std::fs::write(&old_path, old).unwrap();
         load(&old_path, &b, &fresh, None).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_frozen_encoder_loads_from_another_runs_checkpoint_under_a_prefix() {
+        let b = CpuBackend::new();
+        let src = model(&b);
+        let dir = std::env::temp_dir().join(format!("voxdiff_ckpt_sub_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pre.safetensors");
+        save(&path, &b, &src, None, &serde_json::Value::Null).unwrap();
+
+        let mut probe = ParamStore::new(9);
+        probe
+            .add(&b, "backbone.w", Shape::new(&[3, 4]), Init::Zeros)
+            .unwrap();
+        probe
+            .add(&b, "backbone.b", Shape::new(&[4]), Init::Zeros)
+            .unwrap();
+        probe
+            .add(&b, "head.w", Shape::new(&[4, 2]), Init::Zeros)
+            .unwrap();
+        let n = load_params_under(&path, &b, &probe, "", "backbone.").unwrap();
+        assert_eq!(n, 2);
+        for (name, want) in [("backbone.w", "w"), ("backbone.b", "b")] {
+            let got = b.download(probe.get(probe.find(name).unwrap())).unwrap();
+            let exp = b.download(src.get(src.find(want).unwrap())).unwrap();
+            assert_eq!(got, exp, "{name}");
+        }
+        let head = b
+            .download(probe.get(probe.find("head.w").unwrap()))
+            .unwrap();
+        assert!(head.iter().all(|&v| v == 0.0), "head.w left alone");
+
+        let e = format!(
+            "{:#}",
+            load_params_under(&path, &b, &probe, "", "encoder.").unwrap_err()
+        );
+        assert!(e.contains("no parameter under \"encoder.\""), "{e}");
+        let e = format!(
+            "{:#}",
+            load_params_under(&path, &b, &probe, "net.", "backbone.").unwrap_err()
+        );
+        assert!(e.contains("missing tensor param/net.w"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
