@@ -650,6 +650,16 @@ const SELFTESTS: &[(&str, &str, &str)] = &[
         include_str!("emu_warp.rs"),
     ),
     (
+        "vd_selftest_mma_regs",
+        "emu_cute_oracle.rs",
+        include_str!("emu_cute_oracle.rs"),
+    ),
+    (
+        "vd_selftest_ldmatrix_rows",
+        "emu_cute_oracle.rs",
+        include_str!("emu_cute_oracle.rs"),
+    ),
+    (
         "vd_selftest_cp_async",
         "emu_warp.rs",
         include_str!("emu_warp.rs"),
