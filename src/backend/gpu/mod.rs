@@ -13,6 +13,7 @@
 //! accumulation inside kernels; parameters, statistics and scalars are f32.
 
 mod backend_impl;
+pub mod code_image;
 pub mod conv;
 pub mod cuda;
 pub mod device;
