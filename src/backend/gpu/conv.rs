@@ -17,6 +17,9 @@
 //! | dgrad, kernel == stride | scatter (z = tap) | N·out voxels | Cout | dx at `o·s + t − pad_lo` |
 //! | dgrad, any other | gather | N·in voxels | taps·Cout | `q = i + pad_lo − t`, input `q / s` if `s ∣ q` |
 //!
+//! In bf16, the gathers with `s = 1` in the last column (`e = 1`: no division
+//! to find the input voxel) run on the pipelined kernels below.
+//!
 //! Stride-1 data gradients are the forward with flipped taps (the `b = −1` of
 //! the mapping). Strided data gradients other than kernel == stride (e.g. 3×3×3
 //! stride 2) take the general row: every tap is visited and the ones that fall
@@ -42,14 +45,38 @@
 //!   2 × 4 grid, each 32 voxels × 16 channels = 2 × 2 `mma.sync.m16n8k16`
 //!   per step from ldmatrix.x4 fragments; tiles in bf16, 6144 bytes). Grid
 //!   `(ceil(M / 64), ceil(N / 64), 1 | taps)`.
-//! - bf16 with GEMM input channels a multiple of 8 (every UNet layer but the
-//!   first): `vd_conv3d_pack_weights` first writes the weight as bf16
-//!   `[tap][N][Cin]` (one thread per element, the data gradient's transpose
-//!   included), then the `_async_` kernels run the same tile and tensor-core
-//!   step with 32-column steps in a two-stage cp.async pipeline: each thread
-//!   copies one 16-byte chunk (8 channels of one voxel, zero-filled outside the
-//!   input) of A and one of B per step, the copies of step s + 1 in flight
-//!   during the mma of step s; 20480 bytes of static shared memory.
+//! - bf16 gathers with `e == 1` and at most [`PIPE_MAX_TAPS`] taps (every
+//!   forward, stride-1 and transposed data gradient: [`takes_pipeline`]) run
+//!   on the pipelined kernels `vd_conv3d_fprop_{128x32,128x64,64x64}[_splitk]_bf16`
+//!   (kernels/conv3d_pipe.cuh). An activation whose channels are not a
+//!   multiple of 8 (the stem's 15, the head gradient's 14) or not 16-byte
+//!   aligned is first copied with its channels zero-padded to the next
+//!   multiple of 8 (`vd_conv3d_pad_channels`, one 16-byte chunk per thread);
+//!   `vd_conv3d_pack_weights` writes the weight as bf16 `[tap][N][Cin_pad]`
+//!   (zeros past Cin; one thread per element, the data gradient's transpose
+//!   included). Blocks of [`PIPE_THREADS`] = 128 threads (4 warps); the tile
+//!   per layer ([`fprop_tiling`]): 128 × 32 (warp tiles 32 × 32) when
+//!   Cout ≤ 32, else 128 × 64 (warp tiles 64 × 32) when that still gives a
+//!   block per SM ([`SMS`]), else 64 × 64 (warp tiles 32 × 32). Each thread
+//!   computes, once, its rows' element offsets and 32-bit masks of the taps
+//!   that land inside the input; the K loop (steps of [`PIPE_BK`] = 32
+//!   columns, 3–4 cp.async stages in dynamic shared memory, one barrier per
+//!   step) adds the tap's offset and tests a mask bit per 16-byte chunk (8
+//!   channels of one voxel, zero-filled where the tap leaves the input).
+//!   Grid `(ceil(M / BM), ceil(N / BN), splits)`. When that grid has fewer
+//!   blocks than SMs, K is split (`_splitk`: each split at least
+//!   [`SPLIT_MIN_STEPS`] steps) into f32 partials `[splits][M][N]` that
+//!   `vd_conv3d_splitk_reduce_bf16` sums in split order with the bias
+//!   (deterministic; a thread per 4 outputs, blocks of 256, grid ≤ 4096);
+//!   without a split the epilogue adds the bias, stages the bf16 tile in
+//!   shared memory and stores 16-byte vectors.
+//! - bf16 scatters with input channels a multiple of 8:
+//!   `vd_conv3d_pack_weights`, then `vd_conv3d_scatter_async_bf16` runs the
+//!   64 × 64 tile with 32-column steps in a two-stage cp.async pipeline: each
+//!   thread copies one 16-byte chunk of A and one of B per step; 20480 bytes
+//!   of static shared memory. bf16 gathers with `e > 1` (strided data
+//!   gradients other than kernel == stride, used by no model) and scatters
+//!   with other channel counts take the register loader above.
 //! - wgrad partial: the same tile, step and cores over (tap, ci) rows × Cout
 //!   (loader: row/channel `t % 64`, K columns `t / 64 + 4j`); grid
 //!   `(M tiles · N tiles, splits, tap groups)`. `splits` is chosen so the grid
@@ -162,6 +189,94 @@ struct ConvWgradArgs {
     k_chunk: i32,
 }
 
+/// Mirrors `VdConvPipeArgs` in kernels/conv3d_pipe.cuh (152 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvPipeArgs {
+    x: u64,
+    bt: u64,
+    bias: u64,
+    y: u64,
+    ws: u64,
+    rows: i32,
+    cin: i32,
+    cout: i32,
+    taps: i32,
+    in_dims: [i32; 3],
+    out_dims: [i32; 3],
+    kernel: [i32; 3],
+    map_a: [i32; 3],
+    map_b: [i32; 3],
+    map_c: [i32; 3],
+    tap_step: [i32; 3],
+    steps: i32,
+    split_steps: i32,
+    pad: i32,
+}
+
+/// Streaming multiprocessors of the GPU the tiles are chosen for (H100 SXM).
+pub const SMS: usize = 132;
+/// K columns per step of the pipelined kernels.
+pub const PIPE_BK: usize = 32;
+/// Threads per block of the pipelined kernels (4 warps).
+pub const PIPE_THREADS: u32 = 128;
+/// Fewest K steps a split of a split-K launch gets.
+pub const SPLIT_MIN_STEPS: usize = 8;
+/// The pipelined forward handles kernels of at most this many taps (a 32-bit tap mask per row).
+pub const PIPE_MAX_TAPS: usize = 32;
+
+/// The block tile, kernel and K split of a pipelined forward / data gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FpropTiling {
+    pub kernel: Kernel,
+    pub bm: usize,
+    pub bn: usize,
+    /// K splits (grid z); 1 = no split.
+    pub splits: usize,
+    /// K steps per split.
+    pub split_steps: usize,
+    /// Dynamic shared memory per block: the pipeline stages.
+    pub shared_bytes: u32,
+}
+
+/// The tile of a pipelined forward / data gradient with `rows` GEMM rows,
+/// `cout` output channels and `steps` K steps of [`PIPE_BK`]: a 32-wide N
+/// tile when Cout ≤ 32 (no half-empty tiles at the 32-channel levels), else
+/// 64; 128-row M tiles where that still gives a block per SM, else 64; and
+/// when the grid has fewer blocks than [`SMS`], K split until it has about
+/// one per SM, each split keeping at least [`SPLIT_MIN_STEPS`] steps.
+pub fn fprop_tiling(rows: usize, cout: usize, steps: usize) -> FpropTiling {
+    let bn = if cout <= 32 { 32 } else { 64 };
+    let bm = if bn == 32 || rows.div_ceil(128) * cout.div_ceil(64) >= SMS {
+        128
+    } else {
+        64
+    };
+    let blocks = rows.div_ceil(bm) * cout.div_ceil(bn);
+    let want = if blocks < SMS {
+        SMS.div_ceil(blocks).min(steps / SPLIT_MIN_STEPS).max(1)
+    } else {
+        1
+    };
+    let split_steps = steps.div_ceil(want).max(1);
+    let splits = steps.div_ceil(split_steps).max(1);
+    let (kernel, stages) = match (bm, bn, splits > 1) {
+        (128, 32, false) => (Kernel::Conv3dFprop128x32Bf16, 4),
+        (128, 32, true) => (Kernel::Conv3dFprop128x32SplitkBf16, 4),
+        (128, 64, _) => (Kernel::Conv3dFprop128x64Bf16, 3),
+        (_, _, false) => (Kernel::Conv3dFprop64x64Bf16, 4),
+        (_, _, true) => (Kernel::Conv3dFprop64x64SplitkBf16, 4),
+    };
+    FpropTiling {
+        kernel,
+        bm,
+        bn,
+        splits,
+        split_steps,
+        shared_bytes: (stages * (bm + bn) * (PIPE_BK + 8) * 2) as u32,
+    }
+}
+
 /// How the forward / data-gradient GEMM reads its operands (see the table above).
 struct GemmPlan {
     /// Scatter (one tap per grid z, K = Cin) or gather (K = taps · Cin).
@@ -198,20 +313,27 @@ fn map_i32(v: [i64; 3], what: &str) -> Result<[i32; 3]> {
     ])
 }
 
-/// The forward / data-gradient kernel for a GEMM input activation of `dtype`
-/// with `cin` channels at address `addr`: f32 on the FMA core; bf16 on tensor
-/// cores, through the cp.async pipeline when every 8-channel chunk is 16
-/// contiguous, 16-byte aligned bytes (`cin % 8 == 0`), else the register loader.
+/// The register-loader / scatter kernel of a forward / data-gradient GEMM that
+/// does not take the pipelined path ([`GpuBackend`]'s `implicit_gemm` decides):
+/// f32 on the FMA core; bf16 on tensor cores, a scatter through the cp.async
+/// pipeline when every 8-channel chunk is 16 contiguous, 16-byte aligned bytes
+/// (`cin % 8 == 0`), else the register loader.
 pub fn gemm_kernel(scatter: bool, dtype: DType, cin: usize, addr: u64) -> Kernel {
     let vector = cin.is_multiple_of(8) && addr.is_multiple_of(16);
     match (scatter, dtype, vector) {
         (false, DType::F32, _) => Kernel::Conv3dGatherF32,
         (true, DType::F32, _) => Kernel::Conv3dScatterF32,
-        (false, DType::BF16, false) => Kernel::Conv3dGatherBf16,
+        (false, DType::BF16, _) => Kernel::Conv3dGatherBf16,
         (true, DType::BF16, false) => Kernel::Conv3dScatterBf16,
-        (false, DType::BF16, true) => Kernel::Conv3dGatherAsyncBf16,
         (true, DType::BF16, true) => Kernel::Conv3dScatterAsyncBf16,
     }
+}
+
+/// Whether a forward / data-gradient GEMM takes the pipelined kernels: bf16,
+/// a gather whose input index needs no division (e == 1), at most
+/// [`PIPE_MAX_TAPS`] taps.
+pub fn takes_pipeline(scatter: bool, dtype: DType, map_e: [i64; 3], taps: usize) -> bool {
+    dtype == DType::BF16 && !scatter && map_e == [1; 3] && taps <= PIPE_MAX_TAPS
 }
 
 impl GpuBackend {
@@ -355,8 +477,11 @@ impl GpuBackend {
         bias: Option<&Tensor>,
         y: &Tensor,
     ) -> Result<()> {
-        let (xs, ys) = (x.shape(), y.shape());
         let taps: usize = plan.kernel.iter().product();
+        if takes_pipeline(plan.scatter, x.dtype(), plan.map_e, taps) {
+            return self.fprop_pipelined(plan, x, w, bias, y);
+        }
+        let (xs, ys) = (x.shape(), y.shape());
         // Gather rows are output voxels; scatter rows are input voxels.
         let rows = if plan.scatter {
             xs.n() * xs.voxels()
@@ -401,25 +526,45 @@ impl GpuBackend {
             shared_bytes: 0,
         };
         let kernel = gemm_kernel(plan.scatter, x.dtype(), xs.c(), x.addr());
-        if !matches!(
-            kernel,
-            Kernel::Conv3dGatherAsyncBf16 | Kernel::Conv3dScatterAsyncBf16
-        ) {
+        if kernel != Kernel::Conv3dScatterAsyncBf16 {
             let mut kargs = KernelArgs::new().pod(&args);
             return self.device().launch(kernel, cfg, &mut kargs);
         }
-        // The cp.async kernels read B as bf16 bt[tap][n][ci], packed here from the
-        // f32 weight through the plan's strides: one thread per element, blocks
-        // of 256, grid capped at 4096 (grid-stride beyond).
-        let packed = taps * ys.c() * xs.c();
+        let bt = self.pack_weights(plan, w, taps, ys.c(), xs.c(), xs.c())?;
+        let mut kargs = KernelArgs::new().pod(&args).tensor(&bt);
+        self.device().launch(kernel, cfg, &mut kargs)
+    }
+
+    /// The weight as the B operand of the cp.async kernels: bf16
+    /// `bt[tap][n][c]` for n < `n_out` (the GEMM's N), c < `n_in_pad` (its
+    /// input channels, zero past `n_in`), read from the f32 weight through the
+    /// plan's strides: one thread per element, blocks of 256, grid capped at
+    /// 4096 (grid-stride beyond).
+    fn pack_weights(
+        &self,
+        plan: &GemmPlan,
+        w: &Tensor,
+        taps: usize,
+        n_out: usize,
+        n_in: usize,
+        n_in_pad: usize,
+    ) -> Result<Tensor> {
+        let packed = taps * n_out * n_in_pad;
+        i32_of(packed as i64, "packed weight elements")?;
         let bt = self.alloc(Shape::new(&[packed]), DType::BF16)?;
         let blocks = packed
             .div_ceil(REDUCE_THREADS as usize)
             .clamp(1, REDUCE_MAX_BLOCKS) as u32;
         let mut pargs = KernelArgs::new()
-            .pod(&args)
+            .tensor(w)
             .tensor(&bt)
-            .i32(i32_of(taps as i64, "taps")?);
+            .i32(taps as i32)
+            .i32(n_out as i32)
+            .i32(n_in as i32)
+            .i32(n_in_pad as i32)
+            .i32(i32_of(plan.w_tap as i64, "weight tap stride")?)
+            .i32(i32_of(plan.w_ci as i64, "weight channel stride")?)
+            .i32(i32_of(plan.w_co as i64, "weight channel stride")?);
         self.device()
             .launch(
                 Kernel::Conv3dPackWeights,
@@ -427,8 +572,139 @@ impl GpuBackend {
                 &mut pargs,
             )
             .context("packing the weight as bf16")?;
-        let mut kargs = KernelArgs::new().pod(&args).tensor(&bt);
-        self.device().launch(kernel, cfg, &mut kargs)
+        Ok(bt)
+    }
+
+    /// `x` with its channels zero-padded to `c_pad` (a multiple of 8) in a new
+    /// tensor: one 16-byte output chunk per thread, blocks of 256, grid capped
+    /// at 4096. Costs one read and one write of `x`.
+    fn pad_channels(&self, x: &Tensor, c_pad: usize) -> Result<Tensor> {
+        let xs = x.shape();
+        let voxels = xs.n() * xs.voxels();
+        let out = self.alloc(xs.with_c(c_pad), DType::BF16)?;
+        let blocks = (voxels * c_pad / 8)
+            .div_ceil(REDUCE_THREADS as usize)
+            .clamp(1, REDUCE_MAX_BLOCKS) as u32;
+        let mut args = KernelArgs::new()
+            .tensor(x)
+            .tensor(&out)
+            .i64(voxels as i64)
+            .i32(xs.c() as i32)
+            .i32(c_pad as i32);
+        self.device()
+            .launch(
+                Kernel::Conv3dPadChannels,
+                LaunchConfig::linear(blocks, REDUCE_THREADS),
+                &mut args,
+            )
+            .context("padding the channels to a multiple of 8")?;
+        Ok(out)
+    }
+
+    /// A bf16 gather GEMM with e == 1 on the pipelined kernels
+    /// (`vd_conv3d_fprop_*`, see the module doc): channels padded to a
+    /// multiple of 8 when they are not, the weight packed, the tile chosen by
+    /// [`fprop_tiling`], and with split K the reduction that adds the bias.
+    fn fprop_pipelined(
+        &self,
+        plan: &GemmPlan,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+    ) -> Result<()> {
+        let (xs, ys) = (x.shape(), y.shape());
+        let (cin, cout) = (xs.c(), ys.c());
+        let cin_pad = cin.next_multiple_of(8);
+        let padded;
+        let x = if cin_pad != cin || !x.addr().is_multiple_of(16) {
+            padded = self.pad_channels(x, cin_pad)?;
+            &padded
+        } else {
+            x
+        };
+        let taps: usize = plan.kernel.iter().product();
+        let rows = ys.n() * ys.voxels();
+        // 32-bit element offsets inside the kernel.
+        i32_of((xs.n() * xs.voxels() * cin_pad) as i64, "input elements")?;
+        i32_of((rows * cout) as i64, "output elements")?;
+        let steps = (taps * cin_pad).div_ceil(PIPE_BK);
+        let t = fprop_tiling(rows, cout, steps);
+        let bt = self.pack_weights(plan, w, taps, cout, cin, cin_pad)?;
+        let ws = if t.splits > 1 {
+            i32_of((t.splits * rows * cout) as i64, "split-K workspace")?;
+            Some(self.alloc(Shape::new(&[t.splits * rows * cout]), DType::F32)?)
+        } else {
+            None
+        };
+        let [_, in_h, in_w] = xs.spatial().map(|v| v as i64);
+        let [_, kh, kw] = plan.kernel.map(|v| v as i64);
+        let c = cin_pad as i64;
+        // A's offset per tap step along w, h, d (map_b is ±1 per axis).
+        let dw = plan.map_b[2] * c;
+        let dh = plan.map_b[1] * in_w * c;
+        let dd = plan.map_b[0] * in_h * in_w * c;
+        let args = ConvPipeArgs {
+            x: x.addr(),
+            bt: bt.addr(),
+            bias: bias.map_or(0, |b| b.addr()),
+            y: y.addr(),
+            ws: ws.as_ref().map_or(0, |t| t.addr()),
+            rows: i32_of(rows as i64, "rows")?,
+            cin: i32_of(c, "input channels")?,
+            cout: i32_of(cout as i64, "output channels")?,
+            taps: taps as i32,
+            in_dims: dims_i32(xs.spatial(), "input extent")?,
+            out_dims: dims_i32(ys.spatial(), "output extent")?,
+            kernel: dims_i32(plan.kernel, "kernel")?,
+            map_a: map_i32(plan.map_a, "stride")?,
+            map_b: map_i32(plan.map_b, "tap step")?,
+            map_c: map_i32(plan.map_c, "padding")?,
+            tap_step: map_i32(
+                [dw, dh - (kw - 1) * dw, dd - (kh - 1) * dh - (kw - 1) * dw],
+                "tap offset",
+            )?,
+            steps: i32_of(steps as i64, "K steps")?,
+            split_steps: t.split_steps as i32,
+            pad: 0,
+        };
+        let cfg = LaunchConfig {
+            grid: [
+                i32_of(rows.div_ceil(t.bm) as i64, "row tiles")? as u32,
+                i32_of(cout.div_ceil(t.bn) as i64, "channel tiles")? as u32,
+                t.splits as u32,
+            ],
+            block: [PIPE_THREADS, 1, 1],
+            shared_bytes: t.shared_bytes,
+        };
+        let mut kargs = KernelArgs::new().pod(&args);
+        self.device().launch(t.kernel, cfg, &mut kargs)?;
+        let Some(ws) = ws else { return Ok(()) };
+        // y = bias + Σ partials, split order: a thread per 4 outputs (per
+        // output when Cout is not a multiple of 4), blocks of 256, grid ≤ 4096.
+        let elems = rows * cout;
+        let items = if cout.is_multiple_of(4) {
+            elems / 4
+        } else {
+            elems
+        };
+        let blocks = items
+            .div_ceil(REDUCE_THREADS as usize)
+            .clamp(1, REDUCE_MAX_BLOCKS) as u32;
+        let mut rargs = KernelArgs::new()
+            .tensor(&ws)
+            .ptr(bias.map_or(0, |b| b.addr()))
+            .tensor(y)
+            .i64(elems as i64)
+            .i32(cout as i32)
+            .i32(t.splits as i32);
+        self.device()
+            .launch(
+                Kernel::Conv3dSplitkReduceBf16,
+                LaunchConfig::linear(blocks, REDUCE_THREADS),
+                &mut rargs,
+            )
+            .context("split-K reduction")
     }
 
     /// `(dw, db)`: gradients of `Σ dy ⊙ (conv(x, w) + bias)` w.r.t. the weight

@@ -1,0 +1,302 @@
+// The pipelined tensor-core convolution kernels (bf16 operands, f32
+// accumulation) of kernels/conv3d.cu: the forward / data-gradient implicit GEMM
+// ("fprop": gather mappings whose input index needs no division, e == 1) over
+// a multi-stage cp.async pipeline of 16-byte copies, warp tiles of MI × NI
+// m16n8k16 mma.sync, and no integer division inside the K loop (src/backend/gpu/conv.rs documents the launches and the
+// counted cost; tests/gpu_conv.rs reads the PTX for divisions).
+#pragma once
+#include "conv3d_tiles.cuh"
+
+#define VD_PIPE_BK 32        // K columns per pipeline step (2 mma k-slices)
+#define VD_PIPE_THREADS 128  // 4 warps per block
+#define VD_PIPE_KPITCH (VD_PIPE_BK + 8)  // [row][k] tiles: 80-byte rows
+
+// ------------------------------------------------------------ warp tile core
+// acc[mi][ni] is the m16n8 accumulator fragment (PTX ISA C layout, lane
+// l = 4g + q: acc[mi][ni][2h + e] is row 16·mi + g + 8h, column 8·ni + 2q + e
+// of the warp tile). One call multiplies one 16-deep k-slice of the staged
+// tiles: `a` points at the warp tile's first row (A_MK: A staged [m][k], k
+// contiguous; else [k][m], read with ldmatrix.trans), `b` likewise for B
+// (B_NK: [n][k]; else [k][n]); pitches in elements, rows 16-byte aligned.
+// Per slice: MI + NI/2 ldmatrix.x4 and MI · NI mma.
+template <int MI, int NI, bool A_MK, bool B_NK>
+VD_DEVICE void vd_warp_mma_k16(float (&acc)[MI][NI][4], const bf16* a, int a_pitch, const bf16* b, int b_pitch,
+                               int lane) {
+    static_assert(NI % 2 == 0, "n8 tiles are loaded in pairs");
+    const int q = lane >> 3, r = lane & 7;
+    u32 fa[MI][4], fb[NI][2];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        // matrices 0..3: rows 0-7 / 8-15 of the m16 tile × k 0-7, then × k 8-15
+        if (A_MK)
+            vd_ldmatrix_x4(fa[mi], a + (mi * 16 + (q & 1) * 8 + r) * a_pitch + (q >> 1) * 8);
+        else
+            vd_ldmatrix_x4_trans(fa[mi], a + ((q >> 1) * 8 + r) * a_pitch + mi * 16 + (q & 1) * 8);
+    }
+#pragma unroll
+    for (int ni = 0; ni < NI; ni += 2) {
+        // matrices 0..3: n8 tile ni × k 0-7 / 8-15, then tile ni + 1 × k 0-7 / 8-15
+        u32 t[4];
+        if (B_NK)
+            vd_ldmatrix_x4(t, b + (ni * 8 + (q >> 1) * 8 + r) * b_pitch + (q & 1) * 8);
+        else
+            vd_ldmatrix_x4_trans(t, b + ((q & 1) * 8 + r) * b_pitch + (ni + (q >> 1)) * 8);
+        fb[ni][0] = t[0];
+        fb[ni][1] = t[1];
+        fb[ni + 1][0] = t[2];
+        fb[ni + 1][1] = t[3];
+    }
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) vd_mma_bf16_16816(acc[mi][ni], fa[mi], fb[ni], acc[mi][ni]);
+}
+
+template <int MI, int NI>
+VD_DEVICE void vd_warp_acc_zero(float (&acc)[MI][NI][4]) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+}
+
+// ------------------------------------------------------------ fprop / dgrad
+// Mirrors `ConvPipeArgs` in src/backend/gpu/conv.rs.
+struct VdConvPipeArgs {
+    const bf16* x;      // GEMM input activation [n, in dims, cin] (cin a multiple of 8)
+    const bf16* bt;     // packed weight bt[tap][cout][cin]
+    const float* bias;  // [cout] or null
+    bf16* y;            // output [rows, cout] (no split) ...
+    float* ws;          // ... or f32 partials [splits][rows][cout] (split K)
+    int rows;           // GEMM M: n · out voxels
+    int cin;            // GEMM input channels (zero-padded to a multiple of 8)
+    int cout;           // GEMM N
+    int taps;           // ≤ 32
+    int in_dims[3];
+    int out_dims[3];
+    int kernel[3];
+    int map_a[3];  // per axis q = o·a + t·b + c, input index q (e == 1)
+    int map_b[3];
+    int map_c[3];
+    // Element offset of A when the tap steps: along w; from the end of a w row
+    // to the next h; from the end of an h plane to the next d.
+    int tap_step[3];  // {w, h, d}
+    int steps;        // K steps of VD_PIPE_BK columns in all
+    int split_steps;  // K steps per split (blockIdx.z)
+    int pad_;
+};
+
+// The K position of a loader thread: column k = tap · cin + ci with the tap's
+// digits, and the offsets the tap contributes to A (elements) and B.
+struct VdPipeK {
+    int ci, tap, td, th, tw, a_off, b_off;
+};
+
+VD_DEVICE VdPipeK vd_pipe_k_at(const VdConvPipeArgs& a, int k) {
+    VdPipeK s;
+    s.tap = k / a.cin;  // once, before the K loop
+    s.ci = k - s.tap * a.cin;
+    const int kh = a.kernel[1], kw = a.kernel[2];
+    s.tw = s.tap % kw;
+    s.th = (s.tap / kw) % kh;
+    s.td = s.tap / (kw * kh);
+    const int in_h = a.in_dims[1], in_w = a.in_dims[2];
+    s.a_off = ((s.td * a.map_b[0] * in_h + s.th * a.map_b[1]) * in_w + s.tw * a.map_b[2]) * a.cin;
+    s.b_off = s.tap * a.cout * a.cin;
+    return s;
+}
+
+// Moves the K position by VD_PIPE_BK columns: adds and compares only.
+VD_DEVICE void vd_pipe_k_advance(const VdConvPipeArgs& a, VdPipeK& s) {
+    s.ci += VD_PIPE_BK;
+    while (s.ci >= a.cin) {
+        s.ci -= a.cin;
+        ++s.tap;
+        s.b_off += a.cout * a.cin;
+        if (++s.tw < a.kernel[2]) {
+            s.a_off += a.tap_step[0];
+        } else {
+            s.tw = 0;
+            if (++s.th < a.kernel[1]) {
+                s.a_off += a.tap_step[1];
+            } else {
+                s.th = 0;
+                ++s.td;
+                s.a_off += a.tap_step[2];
+            }
+        }
+    }
+}
+
+// One GEMM row of the loader: its element offset in x before the tap's (may
+// be "outside" the tensor: only valid taps are read) and the taps that land
+// inside the input (bit t), 0 past the last row.
+struct VdPipeRow {
+    int off;
+    u32 taps;
+};
+
+VD_DEVICE VdPipeRow vd_pipe_row(const VdConvPipeArgs& a, int m) {
+    VdPipeRow r = {0, 0u};
+    if (m >= a.rows) return r;
+    const int out_d = a.out_dims[0], out_h = a.out_dims[1], out_w = a.out_dims[2];
+    const int in_d = a.in_dims[0], in_h = a.in_dims[1], in_w = a.in_dims[2];
+    const int ow = m % out_w, oh = (m / out_w) % out_h, od = (m / (out_w * out_h)) % out_d;
+    const int n = m / (out_w * out_h * out_d);
+    const int qd = od * a.map_a[0] + a.map_c[0];
+    const int qh = oh * a.map_a[1] + a.map_c[1];
+    const int qw = ow * a.map_a[2] + a.map_c[2];
+    r.off = (((n * in_d + qd) * in_h + qh) * in_w + qw) * a.cin;
+    // The w taps inside the input, then every (td, th) pair inside it adds them.
+    u32 wmask = 0;
+    for (int tw = 0; tw < a.kernel[2]; ++tw) {
+        const int q = qw + tw * a.map_b[2];
+        if (q >= 0 && q < in_w) wmask |= 1u << tw;
+    }
+    for (int td = 0; td < a.kernel[0]; ++td) {
+        const int q = qd + td * a.map_b[0];
+        if (q < 0 || q >= in_d) continue;
+        for (int th = 0; th < a.kernel[1]; ++th) {
+            const int p = qh + th * a.map_b[1];
+            if (p >= 0 && p < in_h) r.taps |= wmask << ((td * a.kernel[1] + th) * a.kernel[2]);
+        }
+    }
+    return r;
+}
+
+// Forward / data-gradient implicit GEMM, block tile BM × BN, warp tile WM × WN,
+// STAGES-deep cp.async pipeline. Thread t copies, per step, the 16-byte chunk
+// (8 channels) at K column 8·(t % 4) of A rows t / 4 + 32j and of B rows
+// (output channels) t / 4 + 32j. Without split K (SPLIT = false) the epilogue
+// adds the bias, rounds to bf16, stages the tile in shared memory and stores
+// 16-byte vectors; with it, blockIdx.z is the split and the f32 partial tile
+// goes to ws (vd_conv3d_splitk_reduce_bf16 finishes).
+template <int BM, int BN, int WM, int WN, int STAGES, bool SPLIT>
+VD_DEVICE void vd_conv_fprop_pipe(const VdConvPipeArgs& a) {
+    constexpr int MI = WM / 16, NI = WN / 8;
+    constexpr int WARPS_M = BM / WM;
+    static_assert((BM / WM) * (BN / WN) * 32 == VD_PIPE_THREADS, "4 warps");
+    constexpr int A_CHUNKS = BM / 32, B_CHUNKS = BN / 32;
+    constexpr int STAGE_ELEMS = (BM + BN) * VD_PIPE_KPITCH;
+    VD_DYNAMIC_SMEM(bf16, smem);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int wm0 = (warp % WARPS_M) * WM, wn0 = (warp / WARPS_M) * WN;
+    const int lr = tid >> 2, lc = (tid & 3) * 8;
+
+    VdPipeRow rows[A_CHUNKS];
+#pragma unroll
+    for (int j = 0; j < A_CHUNKS; ++j) rows[j] = vd_pipe_row(a, m0 + lr + 32 * j);
+    int b_rows[B_CHUNKS];
+#pragma unroll
+    for (int j = 0; j < B_CHUNKS; ++j) {
+        const int co = n0 + lr + 32 * j;
+        b_rows[j] = co < a.cout ? co * a.cin : -1;
+    }
+    const int s_begin = SPLIT ? blockIdx.z * a.split_steps : 0;
+    const int s_end = SPLIT ? min(s_begin + a.split_steps, a.steps) : a.steps;
+    VdPipeK k = vd_pipe_k_at(a, s_begin * VD_PIPE_BK + lc);
+
+    // Copies the loader's chunks of the current K position into stage `st`,
+    // then moves K on.
+    auto issue = [&](int st) {
+        bf16* sa = smem + st * STAGE_ELEMS;
+        bf16* sb = sa + BM * VD_PIPE_KPITCH;
+        const bool k_ok = k.tap < a.taps;
+#pragma unroll
+        for (int j = 0; j < A_CHUNKS; ++j) {
+            const bool ok = k_ok && ((rows[j].taps >> k.tap) & 1u);
+            const bf16* src = a.x + (ok ? rows[j].off + k.a_off + k.ci : 0);
+            vd_cp_async<16>(sa + (lr + 32 * j) * VD_PIPE_KPITCH + lc, src, ok);
+        }
+#pragma unroll
+        for (int j = 0; j < B_CHUNKS; ++j) {
+            const bool ok = k_ok && b_rows[j] >= 0;
+            const bf16* src = a.bt + (ok ? k.b_off + b_rows[j] + k.ci : 0);
+            vd_cp_async<16>(sb + (lr + 32 * j) * VD_PIPE_KPITCH + lc, src, ok);
+        }
+        vd_pipe_k_advance(a, k);
+    };
+
+    float acc[MI][NI][4];
+    vd_warp_acc_zero(acc);
+    const int steps = s_end - s_begin;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < steps) issue(s);
+        vd_cp_async_commit();  // empty groups keep the group count per step
+    }
+    int read = 0, write = STAGES - 1;
+    for (int s = 0; s < steps; ++s) {
+        vd_cp_async_wait<STAGES - 2>();
+        __syncthreads();  // step s has landed; every warp is done with step s − 1
+        if (s + STAGES - 1 < steps) issue(write);
+        vd_cp_async_commit();
+        const bf16* sa = smem + read * STAGE_ELEMS;
+        const bf16* sb = sa + BM * VD_PIPE_KPITCH;
+#pragma unroll
+        for (int k16 = 0; k16 < VD_PIPE_BK; k16 += 16)
+            vd_warp_mma_k16<MI, NI, true, true>(acc, sa + wm0 * VD_PIPE_KPITCH + k16, VD_PIPE_KPITCH,
+                                                sb + wn0 * VD_PIPE_KPITCH + k16, VD_PIPE_KPITCH, lane);
+        read = read + 1 == STAGES ? 0 : read + 1;
+        write = write + 1 == STAGES ? 0 : write + 1;
+    }
+    vd_cp_async_wait<0>();
+
+    const int g = lane >> 2, q4 = lane & 3;
+    if (SPLIT) {
+        float* ws = a.ws + (i64)blockIdx.z * a.rows * a.cout;
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int m = m0 + wm0 + mi * 16 + g + 8 * h;
+                if (m >= a.rows) continue;
+#pragma unroll
+                for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int co = n0 + wn0 + ni * 8 + 2 * q4 + e;
+                        if (co < a.cout) ws[(i64)m * a.cout + co] = acc[mi][ni][2 * h + e];
+                    }
+            }
+        return;
+    }
+    // Stage the bf16 tile [BM][BN + 8] over the pipeline buffers, then store
+    // rows of 8 channels as 16-byte vectors.
+    constexpr int OPITCH = BN + 8;
+    static_assert(BM * OPITCH <= STAGES * STAGE_ELEMS, "the output tile fits the pipeline buffers");
+    __syncthreads();  // every warp is done reading the last stage
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+        const int col = wn0 + ni * 8 + 2 * q4;
+        const int co = n0 + col;
+        const float b0 = (a.bias && co < a.cout) ? a.bias[co] : 0.0f;
+        const float b1 = (a.bias && co + 1 < a.cout) ? a.bias[co + 1] : 0.0f;
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int row = wm0 + mi * 16 + g + 8 * h;
+                *reinterpret_cast<u32*>(smem + row * OPITCH + col) =
+                    vd_pack_bf16x2(acc[mi][ni][2 * h] + b0, acc[mi][ni][2 * h + 1] + b1);
+            }
+    }
+    __syncthreads();
+    const bool vec = (a.cout & 7) == 0;
+    for (int c = tid; c < BM * (BN / 8); c += VD_PIPE_THREADS) {
+        const int row = c / (BN / 8), col = (c % (BN / 8)) * 8;
+        const int m = m0 + row, co = n0 + col;
+        if (m >= a.rows || co >= a.cout) continue;
+        const bf16* src = smem + row * OPITCH + col;
+        bf16* dst = a.y + (i64)m * a.cout + co;
+        if (vec) {
+            vd_store16(dst, vd_load16(src));
+        } else {
+            for (int e = 0; e < 8 && co + e < a.cout; ++e) dst[e] = src[e];
+        }
+    }
+}
