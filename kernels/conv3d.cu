@@ -49,7 +49,8 @@
 // multiple of 8, the loader is a two-stage cp.async pipeline of 32-column
 // steps instead (see "cp.async pipeline" below).
 //
-// The weight gradient, per tap group z (regular convs: one group of all taps;
+// The weight gradient (f32 here; bf16 on the pipelined loop of
+// conv3d_pipe.cuh), per tap group z (regular convs: one group of all taps;
 // transposed: one group per tap):
 //   dw[t, ci, co] = Σ_v A[(t, ci), v] · B[v, co]
 // is a GEMM with M = taps_per_group · Cin, N = Cout, K = N · voxels of the
@@ -530,32 +531,51 @@ VD_DEVICE void vd_conv_wgrad_partial(const VdConvWgradArgs a) {
 extern "C" __global__ void vd_conv3d_wgrad_f32(VdConvWgradArgs a) {
     vd_conv_wgrad_partial<float, false, VdConvFmaCore>(a);
 }
-extern "C" __global__ void vd_conv3d_wgrad_bf16(VdConvWgradArgs a) {
-    vd_conv_wgrad_partial<bf16, false, VdConvMmaCore16>(a);
-}
 extern "C" __global__ void vd_conv3d_wgrad_transposed_f32(VdConvWgradArgs a) {
     vd_conv_wgrad_partial<float, true, VdConvFmaCore>(a);
 }
-extern "C" __global__ void vd_conv3d_wgrad_transposed_bf16(VdConvWgradArgs a) {
-    vd_conv_wgrad_partial<bf16, true, VdConvMmaCore16>(a);
+
+// bf16 weight gradients on the pipelined tensor-core loop of conv3d_pipe.cuh:
+// block tile (rows of (tap, ci)) × (output channels) 128 × 32 for Cout ≤ 32,
+// else 64 × 64; warp tiles 32 × 32; grid (M tiles, N tiles, splits · groups).
+extern "C" __global__ void vd_conv3d_wgrad_pipe_128x32_bf16(VdConvWgradPipeArgs a, int splits) {
+    vd_conv_wgrad_pipe<128, 32, 4, false>(a, splits);
+}
+extern "C" __global__ void vd_conv3d_wgrad_pipe_64x64_bf16(VdConvWgradPipeArgs a, int splits) {
+    vd_conv_wgrad_pipe<64, 64, 4, false>(a, splits);
+}
+extern "C" __global__ void vd_conv3d_wgrad_pipe_transposed_128x32_bf16(VdConvWgradPipeArgs a, int splits) {
+    vd_conv_wgrad_pipe<128, 32, 4, true>(a, splits);
+}
+extern "C" __global__ void vd_conv3d_wgrad_pipe_transposed_64x64_bf16(VdConvWgradPipeArgs a, int splits) {
+    vd_conv_wgrad_pipe<64, 64, 4, true>(a, splits);
 }
 
-// dw[i] = Σ_{s < splits} ws[s · w_elems + i] (split order), and when db is not
-// null db[co] = Σ_{p < bias_parts} ws_bias[p · cout + co] (p = split · groups + z).
-// Grid-stride over w_elems + cout outputs, one per thread.
+// dw[t, ci, co] = Σ_{s < splits} ws[s][(t · cin_pad + ci) · cout_pad + co]
+// (split order) for ci < cin, co < cout — the partials may carry zero-padded
+// channels — and when db is not null db[co] = Σ_{p < bias_parts}
+// ws_bias[p · cout_pad + co] (p = split · groups + z). Grid-stride over the
+// taps · cin · cout + cout outputs, one per thread.
 extern "C" __global__ void vd_conv3d_wgrad_reduce(const float* __restrict__ ws, const float* __restrict__ ws_bias,
-                                                  float* __restrict__ dw, float* __restrict__ db, i64 w_elems,
-                                                  int splits, int bias_parts, int cout) {
+                                                  float* __restrict__ dw, float* __restrict__ db, int taps, int cin,
+                                                  int cin_pad, int cout, int cout_pad, int splits,
+                                                  int bias_parts) {
+    const i64 w_elems = (i64)taps * cin * cout;
+    const i64 split_stride = (i64)taps * cin_pad * cout_pad;
     const i64 total = w_elems + (db ? cout : 0);
     const i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         float s = 0.0f;
         if (i < w_elems) {
-            for (int p = 0; p < splits; ++p) s += ws[(i64)p * w_elems + i];
+            const int co = (int)(i % cout);
+            const i64 r = i / cout;  // t · cin + ci
+            const int ci = (int)(r % cin);
+            const i64 src = ((r / cin) * cin_pad + ci) * cout_pad + co;
+            for (int p = 0; p < splits; ++p) s += ws[(i64)p * split_stride + src];
             dw[i] = s;
         } else {
             const int co = (int)(i - w_elems);
-            for (int p = 0; p < bias_parts; ++p) s += ws_bias[(i64)p * cout + co];
+            for (int p = 0; p < bias_parts; ++p) s += ws_bias[(i64)p * cout_pad + co];
             db[co] = s;
         }
     }

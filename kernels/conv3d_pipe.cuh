@@ -1,8 +1,9 @@
 // The pipelined tensor-core convolution kernels (bf16 operands, f32
 // accumulation) of kernels/conv3d.cu: the forward / data-gradient implicit GEMM
-// ("fprop": gather mappings whose input index needs no division, e == 1) over
-// a multi-stage cp.async pipeline of 16-byte copies, warp tiles of MI × NI
-// m16n8k16 mma.sync, and no integer division inside the K loop (src/backend/gpu/conv.rs documents the launches and the
+// ("fprop": gather mappings whose input index needs no division, e == 1) and
+// the weight gradient, both over a multi-stage cp.async pipeline of 16-byte
+// copies, warp tiles of MI × NI m16n8k16 mma.sync, and no integer division
+// inside the K loop (src/backend/gpu/conv.rs documents the launches and the
 // counted cost; tests/gpu_conv.rs reads the PTX for divisions).
 #pragma once
 #include "conv3d_tiles.cuh"
@@ -299,4 +300,175 @@ VD_DEVICE void vd_conv_fprop_pipe(const VdConvPipeArgs& a) {
             for (int e = 0; e < 8 && co + e < a.cout; ++e) dst[e] = src[e];
         }
     }
+}
+// ------------------------------------------------------------ weight gradient
+// Mirrors `ConvWgradPipeArgs` in src/backend/gpu/conv.rs.
+struct VdConvWgradPipeArgs {
+    const bf16* x;   // [n, x dims, cin] (cin a multiple of 8)
+    const bf16* dy;  // [n, dy dims, cout] (cout a multiple of 8)
+    float* ws;       // partial dw: [splits][groups · rows][cout]
+    float* ws_bias;  // partial db: [splits][groups][cout], or null (no ones row)
+    int cin;
+    int cout;
+    int rows;     // GEMM M per tap group: taps_m · cin (the ones row, when ws_bias, is M row `rows`)
+    int x_dims[3];
+    int dy_dims[3];
+    int kernel[3];
+    int stride[3];
+    int pad[3];     // pad_lo (regular)
+    int k_total;    // GEMM K: n · voxels of the iteration space
+    int k_chunk;    // K per split, a multiple of VD_PIPE_BK
+};
+
+// Weight gradient dw[(t, ci), co] = Σ_v A[(t, ci), v] · B[v, co] of one M tile
+// (blockIdx.x), channel tile (blockIdx.y), K split (blockIdx.z % splits) and
+// tap group (blockIdx.z / splits). Regular (TRANSPOSED = false): v runs over
+// dy voxels o, A = x[o·s + t − pad, ci] (0 in the padding), B = dy[o, co], one
+// group of all taps. Transposed: v runs over x voxels i, A = x[i, ci],
+// B = dy[i·s + t, co], a group per tap t. Tiles are staged k-major (A [k][m],
+// B [k][n], as they lie in memory) and read with ldmatrix.trans. Thread t's
+// K column (voxel) is t / 4 for every chunk it copies: A chunks 8·(t % 4 + 4j)
+// of the M tile, B chunks 8·(t % 4 + 4j) of the N tile; the voxel's
+// coordinates move by VD_PIPE_BK per step with carries (no division). With
+// ws_bias, M row `rows` is a row of ones: its product is Σ_v dy[v, co], the
+// bias gradient.
+template <int BM, int BN, int STAGES, bool TRANSPOSED>
+VD_DEVICE void vd_conv_wgrad_pipe(const VdConvWgradPipeArgs& a, int splits) {
+    constexpr int WM = 32, WN = 32, MI = WM / 16, NI = WN / 8;
+    constexpr int WARPS_M = BM / WM;
+    static_assert((BM / WM) * (BN / WN) * 32 == VD_PIPE_THREADS, "4 warps");
+    constexpr int A_CHUNKS = BM / 32, B_CHUNKS = BN / 32;
+    constexpr int APITCH = BM + 8, BPITCH = BN + 8;
+    constexpr int STAGE_ELEMS = VD_PIPE_BK * (APITCH + BPITCH);
+    VD_DYNAMIC_SMEM(bf16, smem);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int split = blockIdx.z % splits, group = blockIdx.z / splits;
+    const int wm0 = (warp % WARPS_M) * WM, wn0 = (warp / WARPS_M) * WN;
+    const int kk = tid >> 2, q = tid & 3;
+    const int x_d = a.x_dims[0], x_h = a.x_dims[1], x_w = a.x_dims[2];
+    const int y_d = a.dy_dims[0], y_h = a.dy_dims[1], y_w = a.dy_dims[2];
+    const int kh = a.kernel[1], kw = a.kernel[2];
+    const int v_d = TRANSPOSED ? x_d : y_d, v_h = TRANSPOSED ? x_h : y_h, v_w = TRANSPOSED ? x_w : y_w;
+    const int s_d = a.stride[0], s_h = a.stride[1], s_w = a.stride[2];
+
+    // A chunks: (tap offset per axis, channel, kind): kind 0 = x, 1 = the ones
+    // row's chunk, 2 = past M (zeros).
+    int a_td[A_CHUNKS], a_th[A_CHUNKS], a_tw[A_CHUNKS], a_ci[A_CHUNKS], a_kind[A_CHUNKS];
+#pragma unroll
+    for (int j = 0; j < A_CHUNKS; ++j) {
+        const int m = m0 + 8 * (q + 4 * j);
+        a_kind[j] = m < a.rows ? 0 : (m == a.rows && a.ws_bias) ? 1 : 2;
+        const int mm = m < a.rows ? m : 0;
+        const int tap = TRANSPOSED ? 0 : mm / a.cin;
+        a_ci[j] = mm - (mm / a.cin) * a.cin;
+        a_td[j] = tap / (kh * kw) - a.pad[0];
+        a_th[j] = (tap / kw) % kh - a.pad[1];
+        a_tw[j] = tap % kw - a.pad[2];
+    }
+    // The group's tap (transposed).
+    const int gt = TRANSPOSED ? group : 0;
+    const int g_d = gt / (kh * kw), g_h = (gt / kw) % kh, g_w = gt % kw;
+
+    const int k_begin = split * a.k_chunk;
+    const int k_end = min(k_begin + a.k_chunk, a.k_total);
+    const int steps = k_begin < k_end ? (k_end - k_begin + VD_PIPE_BK - 1) / VD_PIPE_BK : 0;
+    // This thread's voxel: flat index and coordinates.
+    int v = k_begin + kk;
+    int vw = v % v_w, vh = (v / v_w) % v_h, vd = (v / (v_w * v_h)) % v_d, vn = v / (v_w * v_h * v_d);
+
+    auto issue = [&](int st) {
+        bf16* sa = smem + st * STAGE_ELEMS;
+        bf16* sb = sa + VD_PIPE_BK * APITCH;
+        const bool v_ok = v < k_end;
+#pragma unroll
+        for (int j = 0; j < A_CHUNKS; ++j) {
+            bf16* dst = sa + kk * APITCH + 8 * (q + 4 * j);
+            if (a_kind[j] == 1) {
+                // the ones row: 1 in its first element for every voxel of the range
+                vd_store16(dst, make_uint4(v_ok ? 0x3F80u : 0u, 0u, 0u, 0u));
+                continue;
+            }
+            i64 off = 0;
+            bool ok = v_ok && a_kind[j] == 0;
+            if (TRANSPOSED) {
+                off = (i64)v * a.cin + a_ci[j];
+            } else {
+                const int qd = vd * s_d + a_td[j], qh = vh * s_h + a_th[j], qw = vw * s_w + a_tw[j];
+                ok = ok && (unsigned)qd < (unsigned)x_d && (unsigned)qh < (unsigned)x_h && (unsigned)qw < (unsigned)x_w;
+                off = ((((i64)vn * x_d + qd) * x_h + qh) * x_w + qw) * a.cin + a_ci[j];
+            }
+            vd_cp_async<16>(dst, a.x + (ok ? off : 0), ok);
+        }
+        i64 b_vox = v;
+        if (TRANSPOSED)
+            b_vox = (((i64)vn * y_d + vd * s_d + g_d) * y_h + vh * s_h + g_h) * y_w + vw * s_w + g_w;
+#pragma unroll
+        for (int j = 0; j < B_CHUNKS; ++j) {
+            const int co = n0 + 8 * (q + 4 * j);
+            const bool ok = v_ok && co < a.cout;
+            vd_cp_async<16>(sb + kk * BPITCH + 8 * (q + 4 * j), a.dy + (ok ? b_vox * a.cout + co : 0), ok);
+        }
+        // Next step: the voxel moves by VD_PIPE_BK.
+        v += VD_PIPE_BK;
+        vw += VD_PIPE_BK;
+        while (vw >= v_w) {
+            vw -= v_w;
+            if (++vh == v_h) {
+                vh = 0;
+                if (++vd == v_d) {
+                    vd = 0;
+                    ++vn;
+                }
+            }
+        }
+    };
+
+    float acc[MI][NI][4];
+    vd_warp_acc_zero(acc);
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < steps) issue(s);
+        vd_cp_async_commit();
+    }
+    int read = 0, write = STAGES - 1;
+    for (int s = 0; s < steps; ++s) {
+        vd_cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (s + STAGES - 1 < steps) issue(write);
+        vd_cp_async_commit();
+        const bf16* sa = smem + read * STAGE_ELEMS;
+        const bf16* sb = sa + VD_PIPE_BK * APITCH;
+#pragma unroll
+        for (int k16 = 0; k16 < VD_PIPE_BK; k16 += 16)
+            vd_warp_mma_k16<MI, NI, false, false>(acc, sa + k16 * APITCH + wm0, APITCH, sb + k16 * BPITCH + wn0,
+                                                  BPITCH, lane);
+        read = read + 1 == STAGES ? 0 : read + 1;
+        write = write + 1 == STAGES ? 0 : write + 1;
+    }
+    vd_cp_async_wait<0>();
+
+    // Every element of the partial tile is written (zeros for an empty K range).
+    const int g = lane >> 2, q4 = lane & 3;
+    const i64 all_rows = (i64)(gridDim.z / splits) * a.rows;
+    float* ws = a.ws + ((i64)split * all_rows + (i64)group * a.rows) * a.cout;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int m = m0 + wm0 + mi * 16 + g + 8 * h;
+            float* out = m < a.rows ? ws + (i64)m * a.cout
+                         : (m == a.rows && a.ws_bias)
+                             ? a.ws_bias + ((i64)split * (gridDim.z / splits) + group) * a.cout
+                             : nullptr;
+            if (!out) continue;
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int co = n0 + wn0 + ni * 8 + 2 * q4 + e;
+                    if (co < a.cout) out[co] = acc[mi][ni][2 * h + e];
+                }
+        }
 }

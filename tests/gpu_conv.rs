@@ -439,6 +439,47 @@ fn conv_pipelined_tiles_and_split_k() {
     }
 }
 
+/// Every tile of the pipelined bf16 weight gradient, regular and transposed,
+/// with channels that need padding on either side, and a K split.
+#[test]
+fn conv_wgrad_pipelined_tiles_and_split_k() {
+    use voxdiff::backend::gpu::conv::{wgrad_splits, PIPE_BK};
+    use voxdiff::backend::gpu::emu::launches;
+    use voxdiff::backend::gpu::registry::Kernel;
+    let cases = [
+        (
+            case([3, 3, 3], [1, 1, 1], false, [2, 3, 5, 7, 3], 17),
+            Kernel::Conv3dWgradPipe128x32Bf16,
+        ),
+        (
+            case([3, 3, 3], [1, 1, 1], false, [1, 3, 5, 7, 8], 40),
+            Kernel::Conv3dWgradPipe64x64Bf16,
+        ),
+        (
+            case([2, 2, 2], [2, 2, 2], true, [1, 3, 5, 7, 8], 40),
+            Kernel::Conv3dWgradPipeTransposed64x64Bf16,
+        ),
+        (
+            case([2, 2, 2], [2, 2, 2], true, [1, 3, 5, 7, 17], 3),
+            Kernel::Conv3dWgradPipeTransposed128x32Bf16,
+        ),
+    ];
+    // The first case (2 M tiles of 27 · 8 + 1 rows, 1 N tile) splits its K of 2 · 105 dy voxels in two.
+    assert_eq!(wgrad_splits(2, 210, PIPE_BK).1, 2);
+    let gpu = GpuBackend::with_act_dtype(gpu_support::device(), DType::BF16);
+    for (i, (c, kernel)) in cases.iter().enumerate() {
+        let before = launches(*kernel);
+        run_case(&gpu, c, 400 + i as u64, true);
+        if gpu_support::is_emu(gpu.device()) {
+            assert!(
+                launches(*kernel) > before,
+                "{c:?}: {} did not run",
+                kernel.name()
+            );
+        }
+    }
+}
+
 #[test]
 fn conv_without_bias() {
     run_cases(

@@ -88,13 +88,47 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
     // each as [f32 activations, bf16 activations]).
     const GATHER: &[&str] = &["vd_conv3d_gather_f32"];
     const SCATTER: &[&str] = &["vd_conv3d_scatter_f32"];
+    // Weight gradients: [f32, bf16] for Cout ≤ 32 and > 32; `_PAD` when Cin
+    // or Cout is padded to a multiple of 8 first.
+    const WG_F32: &[&str] = &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"];
+    const WGT_F32: &[&str] = &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_f32"];
     const WG: [&[&str]; 2] = [
-        &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"],
-        &["vd_conv3d_wgrad_bf16", "vd_conv3d_wgrad_reduce"],
+        WG_F32,
+        &["vd_conv3d_wgrad_pipe_128x32_bf16", "vd_conv3d_wgrad_reduce"],
+    ];
+    const WG_PAD: [&[&str]; 2] = [
+        WG_F32,
+        &[
+            "vd_conv3d_pad_channels",
+            "vd_conv3d_wgrad_pipe_128x32_bf16",
+            "vd_conv3d_wgrad_reduce",
+        ],
+    ];
+    const WG64: [&[&str]; 2] = [
+        WG_F32,
+        &["vd_conv3d_wgrad_pipe_64x64_bf16", "vd_conv3d_wgrad_reduce"],
+    ];
+    const WGT_PAD: [&[&str]; 2] = [
+        WGT_F32,
+        &[
+            "vd_conv3d_pad_channels",
+            "vd_conv3d_wgrad_pipe_transposed_128x32_bf16",
+            "vd_conv3d_wgrad_reduce",
+        ],
     ];
     const WGT: [&[&str]; 2] = [
-        &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_f32"],
-        &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_bf16"],
+        WGT_F32,
+        &[
+            "vd_conv3d_wgrad_pipe_transposed_128x32_bf16",
+            "vd_conv3d_wgrad_reduce",
+        ],
+    ];
+    const WGT64: [&[&str]; 2] = [
+        WGT_F32,
+        &[
+            "vd_conv3d_wgrad_pipe_transposed_64x64_bf16",
+            "vd_conv3d_wgrad_reduce",
+        ],
     ];
     const P128X32: &[&str] = &["vd_conv3d_fprop_128x32_bf16", "vd_conv3d_pack_weights"];
     const P128X32_PAD: &[&str] = &[
@@ -115,13 +149,13 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
     ];
     const SCATTER_ASYNC: &[&str] = &["vd_conv3d_pack_weights", "vd_conv3d_scatter_async_bf16"];
     let small = [3, 5, 7];
-    let convs: [(ConvSpec, [usize; 3], usize, usize, Passes); 10] = [
+    let convs: [(ConvSpec, [usize; 3], usize, usize, Passes); 11] = [
         (
             ConvSpec::K3,
             small,
             3,
             5,
-            [[GATHER, P128X32_PAD], [GATHER, P128X32_PAD], WG],
+            [[GATHER, P128X32_PAD], [GATHER, P128X32_PAD], WG_PAD],
         ),
         (
             ConvSpec::K3,
@@ -146,7 +180,7 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
                     ],
                 ],
                 [GATHER, P128X32_PAD],
-                WG,
+                WG_PAD,
             ],
         ),
         (
@@ -160,7 +194,7 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
                     &["vd_conv3d_fprop_64x64_bf16", "vd_conv3d_pack_weights"],
                 ],
                 [GATHER, P128X32_SPLIT],
-                WG,
+                WG64,
             ],
         ),
         (
@@ -168,7 +202,18 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
             small,
             33,
             70,
-            [[GATHER, P64X64_SPLIT_PAD], [GATHER, P64X64_SPLIT_PAD], WG],
+            [
+                [GATHER, P64X64_SPLIT_PAD],
+                [GATHER, P64X64_SPLIT_PAD],
+                [
+                    WG_F32,
+                    &[
+                        "vd_conv3d_pad_channels",
+                        "vd_conv3d_wgrad_pipe_64x64_bf16",
+                        "vd_conv3d_wgrad_reduce",
+                    ],
+                ],
+            ],
         ),
         (
             ConvSpec::K1,
@@ -181,7 +226,7 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
                     &["vd_conv3d_fprop_128x64_bf16", "vd_conv3d_pack_weights"],
                 ],
                 [SCATTER, SCATTER_ASYNC],
-                WG,
+                WG64,
             ],
         ),
         (
@@ -206,7 +251,7 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
             [
                 [SCATTER, &["vd_conv3d_scatter_bf16"]],
                 [GATHER, P128X32_PAD],
-                WGT,
+                WGT_PAD,
             ],
         ),
         (
@@ -215,6 +260,13 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
             8,
             16,
             [[SCATTER, SCATTER_ASYNC], [GATHER, P128X32], WGT],
+        ),
+        (
+            ConvSpec::UP2,
+            small,
+            8,
+            40,
+            [[SCATTER, SCATTER_ASYNC], [GATHER, P128X32], WGT64],
         ),
     ];
     for (spec, [dd, hh, ww], cin, cout, [fwd, dgrad, wgrad]) in convs {

@@ -77,16 +77,30 @@
 //!   of static shared memory. bf16 gathers with `e > 1` (strided data
 //!   gradients other than kernel == stride, used by no model) and scatters
 //!   with other channel counts take the register loader above.
-//! - wgrad partial: the same tile, step and cores over (tap, ci) rows × Cout
-//!   (loader: row/channel `t % 64`, K columns `t / 64 + 4j`); grid
-//!   `(M tiles · N tiles, splits, tap groups)`. `splits` is chosen so the grid
-//!   has about [`WGRAD_TARGET_BLOCKS`] blocks (4 per SM of an H100) but each
-//!   split keeps at least [`WGRAD_MIN_STEPS`] K steps; workspace
-//!   `splits · taps · Cin · Cout` f32 (+ `splits · groups · Cout` for the
-//!   bias). Blocks of the first M tile also sum the dy values they load (the
-//!   bias partial, 1 KiB more shared memory for the in-block sum).
-//! - wgrad reduce: one thread per weight (and bias) element, blocks of 256,
-//!   grid `ceil(elements / 256)` capped at 4096 (grid-stride beyond).
+//! - wgrad partial, f32: the same tile, step and cores over (tap, ci) rows ×
+//!   Cout (loader: row/channel `t % 64`, K columns `t / 64 + 4j`); grid
+//!   `(M tiles · N tiles, splits, tap groups)`. Blocks of the first M tile
+//!   also sum the dy values they load (the bias partial, 1 KiB more shared
+//!   memory for the in-block sum).
+//! - wgrad partial, bf16: the pipelined tensor-core loop
+//!   (`vd_conv3d_wgrad_pipe[_transposed]_{128x32,64x64}_bf16`, 128 threads,
+//!   warp tiles 32 × 32; 128 × 32 when Cout ≤ 32, else 64 × 64): x and dy
+//!   with channels zero-padded to multiples of 8 where needed; K steps of
+//!   [`PIPE_BK`] = 32 voxels, 4 cp.async stages (45056 / 36864 bytes of
+//!   dynamic shared memory), each thread copying, per step, 16-byte chunks of
+//!   one voxel (`t / 4`): 8 channels of A (x at the voxel moved by its rows'
+//!   tap, a mask test per axis) and of B (dy). Tiles are staged k-major as
+//!   they lie in memory and read with ldmatrix.trans; the voxel advances by
+//!   carries, no division. The bias gradient is one more GEMM row of ones
+//!   (its product is `Σ_v dy[v, co]`). Grid `(M tiles, N tiles, splits ·
+//!   groups)`.
+//! - Both: `splits` is chosen so the grid has about [`WGRAD_TARGET_BLOCKS`]
+//!   blocks (4 per SM of an H100) but each split keeps at least
+//!   [`WGRAD_MIN_STEPS`] K steps; workspace `splits · taps · Cin_pad ·
+//!   Cout_pad` f32 (+ `splits · groups · Cout_pad` for the bias).
+//! - wgrad reduce: one thread per weight (and bias) element, summing the
+//!   splits in order (deterministic) and dropping padded channels, blocks of
+//!   256, grid `ceil(elements / 256)` capped at 4096 (grid-stride beyond).
 //!
 //! # Cost (counted)
 //!
@@ -212,6 +226,26 @@ struct ConvPipeArgs {
     steps: i32,
     split_steps: i32,
     pad: i32,
+}
+
+/// Mirrors `VdConvWgradPipeArgs` in kernels/conv3d_pipe.cuh (112 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvWgradPipeArgs {
+    x: u64,
+    dy: u64,
+    ws: u64,
+    ws_bias: u64,
+    cin: i32,
+    cout: i32,
+    rows: i32,
+    x_dims: [i32; 3],
+    dy_dims: [i32; 3],
+    kernel: [i32; 3],
+    stride: [i32; 3],
+    pad: [i32; 3],
+    k_total: i32,
+    k_chunk: i32,
 }
 
 /// Streaming multiprocessors of the GPU the tiles are chosen for (H100 SXM).
@@ -720,13 +754,62 @@ impl GpuBackend {
         self.check_activation(dy, "conv3d_wgrad output gradient")?;
         spec.wgrad_shapes(x.shape(), dy.shape())?;
         let (xs, ys) = (x.shape(), dy.shape());
-        let x_dims = xs.spatial();
         ensure!(
             x.dtype() == dy.dtype(),
             "conv3d_wgrad: input is {} but the output gradient is {}",
             x.dtype().name(),
             dy.dtype().name()
         );
+        let (cin, cout, taps) = (xs.c(), ys.c(), spec.taps());
+        let part = if x.dtype() == DType::BF16 {
+            self.wgrad_pipelined(x, dy, spec, with_bias)?
+        } else {
+            self.wgrad_f32(x, dy, spec, with_bias)?
+        };
+        // dw (and db) = Σ partials in split order, padded channels dropped:
+        // one thread per output element, blocks of 256, grid ≤ 4096.
+        let dw = self.alloc(spec.weight_shape(cin, cout), DType::F32)?;
+        let db = if with_bias {
+            Some(self.alloc(Shape::new(&[cout]), DType::F32)?)
+        } else {
+            None
+        };
+        let outputs = taps * cin * cout + if with_bias { cout } else { 0 };
+        let blocks = outputs
+            .div_ceil(REDUCE_THREADS as usize)
+            .clamp(1, REDUCE_MAX_BLOCKS) as u32;
+        let mut rargs = KernelArgs::new()
+            .tensor(&part.ws)
+            .ptr(part.ws_bias.as_ref().map_or(0, |t| t.addr()))
+            .tensor(&dw)
+            .ptr(db.as_ref().map_or(0, |t| t.addr()))
+            .i32(taps as i32)
+            .i32(cin as i32)
+            .i32(part.cin_pad as i32)
+            .i32(cout as i32)
+            .i32(part.cout_pad as i32)
+            .i32(part.splits as i32)
+            .i32((part.splits * part.groups) as i32);
+        self.device()
+            .launch(
+                Kernel::Conv3dWgradReduce,
+                LaunchConfig::linear(blocks, REDUCE_THREADS),
+                &mut rargs,
+            )
+            .context("conv3d_wgrad reduction")?;
+        Ok((dw, db))
+    }
+
+    /// The f32 weight gradient's partial sums (FMA core, register loader).
+    fn wgrad_f32(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        spec: ConvSpec,
+        with_bias: bool,
+    ) -> Result<WgradPartials> {
+        let (xs, ys) = (x.shape(), dy.shape());
+        let x_dims = xs.spatial();
         let (cin, cout, taps) = (xs.c(), ys.c(), spec.taps());
         // Regular: one group of all taps, K over dy voxels; transposed: a group per tap, K over x voxels.
         let (groups, taps_m, k_total) = if spec.transposed {
@@ -737,15 +820,8 @@ impl GpuBackend {
         // The kernel steps its voxel counters up to 4·CONV_BK past k_total.
         i32_of((k_total + 4 * CONV_BK) as i64, "voxels")?;
         let (m_tiles, n_tiles) = ((taps_m * cin).div_ceil(CONV_BM), cout.div_ceil(CONV_BN));
-        let tiles = m_tiles * n_tiles * groups;
-        let max_splits = k_total.div_ceil(CONV_BK * WGRAD_MIN_STEPS);
-        let want_splits = WGRAD_TARGET_BLOCKS
-            .div_ceil(tiles)
-            .clamp(1, max_splits.max(1));
-        let k_chunk = k_total.div_ceil(want_splits).div_ceil(CONV_BK) * CONV_BK;
-        let splits = k_total.div_ceil(k_chunk);
-        let w_elems = taps * cin * cout;
-        let ws = self.alloc(Shape::new(&[splits * w_elems]), DType::F32)?;
+        let (k_chunk, splits) = wgrad_splits(m_tiles * n_tiles * groups, k_total, CONV_BK);
+        let ws = self.alloc(Shape::new(&[splits * taps * cin * cout]), DType::F32)?;
         let ws_bias = if with_bias {
             Some(self.alloc(Shape::new(&[splits * groups * cout]), DType::F32)?)
         } else {
@@ -769,11 +845,10 @@ impl GpuBackend {
             k_total: i32_of(k_total as i64, "voxels")?,
             k_chunk: i32_of(k_chunk as i64, "voxels per split")?,
         };
-        let kernel = match (spec.transposed, x.dtype()) {
-            (false, DType::F32) => Kernel::Conv3dWgradF32,
-            (false, DType::BF16) => Kernel::Conv3dWgradBf16,
-            (true, DType::F32) => Kernel::Conv3dWgradTransposedF32,
-            (true, DType::BF16) => Kernel::Conv3dWgradTransposedBf16,
+        let kernel = if spec.transposed {
+            Kernel::Conv3dWgradTransposedF32
+        } else {
+            Kernel::Conv3dWgradF32
         };
         let cfg = LaunchConfig {
             grid: [
@@ -791,33 +866,134 @@ impl GpuBackend {
         self.device()
             .launch(kernel, cfg, &mut kargs)
             .context("conv3d_wgrad partial sums")?;
+        Ok(WgradPartials {
+            ws,
+            ws_bias,
+            splits,
+            groups,
+            cin_pad: cin,
+            cout_pad: cout,
+        })
+    }
 
-        let dw = self.alloc(spec.weight_shape(cin, cout), DType::F32)?;
-        let db = if with_bias {
-            Some(self.alloc(Shape::new(&[cout]), DType::F32)?)
+    /// The bf16 weight gradient's partial sums on the pipelined tensor-core
+    /// kernels (`vd_conv3d_wgrad_pipe_*`, see the module doc): x and dy with
+    /// their channels zero-padded to multiples of 8 when they are not, and the
+    /// bias gradient as the product of an extra M row of ones.
+    fn wgrad_pipelined(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        spec: ConvSpec,
+        with_bias: bool,
+    ) -> Result<WgradPartials> {
+        let (xs, ys) = (x.shape(), dy.shape());
+        let x_dims = xs.spatial();
+        let (cin, cout, taps) = (xs.c(), ys.c(), spec.taps());
+        let (cin_pad, cout_pad) = (cin.next_multiple_of(8), cout.next_multiple_of(8));
+        let (px, pdy);
+        let x = if cin_pad != cin || !x.addr().is_multiple_of(16) {
+            px = self.pad_channels(x, cin_pad)?;
+            &px
+        } else {
+            x
+        };
+        let dy = if cout_pad != cout || !dy.addr().is_multiple_of(16) {
+            pdy = self.pad_channels(dy, cout_pad)?;
+            &pdy
+        } else {
+            dy
+        };
+        // 32-bit element offsets inside the kernel (64-bit for the voxel offsets).
+        i32_of((xs.n() * xs.voxels() * cin_pad) as i64, "input elements")?;
+        let (groups, taps_m, k_total) = if spec.transposed {
+            (taps, 1, xs.n() * xs.voxels())
+        } else {
+            (1, taps, ys.n() * ys.voxels())
+        };
+        // The voxel counter runs up to PIPE_BK · stages past k_total.
+        i32_of((k_total + 8 * PIPE_BK) as i64, "voxels")?;
+        let rows = taps_m * cin_pad;
+        let (bm, bn, kernel) = match (cout_pad <= 32, spec.transposed) {
+            (true, false) => (128, 32, Kernel::Conv3dWgradPipe128x32Bf16),
+            (false, false) => (64, 64, Kernel::Conv3dWgradPipe64x64Bf16),
+            (true, true) => (128, 32, Kernel::Conv3dWgradPipeTransposed128x32Bf16),
+            (false, true) => (64, 64, Kernel::Conv3dWgradPipeTransposed64x64Bf16),
+        };
+        let (m_tiles, n_tiles) = (
+            (rows + with_bias as usize).div_ceil(bm),
+            cout_pad.div_ceil(bn),
+        );
+        let (k_chunk, splits) = wgrad_splits(m_tiles * n_tiles * groups, k_total, PIPE_BK);
+        let ws = self.alloc(
+            Shape::new(&[splits * taps * cin_pad * cout_pad]),
+            DType::F32,
+        )?;
+        let ws_bias = if with_bias {
+            Some(self.alloc(Shape::new(&[splits * groups * cout_pad]), DType::F32)?)
         } else {
             None
         };
-        let outputs = w_elems + if with_bias { cout } else { 0 };
-        let blocks = outputs
-            .div_ceil(REDUCE_THREADS as usize)
-            .clamp(1, REDUCE_MAX_BLOCKS) as u32;
-        let mut rargs = KernelArgs::new()
-            .tensor(&ws)
-            .ptr(ws_bias.as_ref().map_or(0, |t| t.addr()))
-            .tensor(&dw)
-            .ptr(db.as_ref().map_or(0, |t| t.addr()))
-            .i64(w_elems as i64)
-            .i32(splits as i32)
-            .i32((splits * groups) as i32)
-            .i32(cout as i32);
+        let args = ConvWgradPipeArgs {
+            x: x.addr(),
+            dy: dy.addr(),
+            ws: ws.addr(),
+            ws_bias: ws_bias.as_ref().map_or(0, |t| t.addr()),
+            cin: cin_pad as i32,
+            cout: cout_pad as i32,
+            rows: i32_of(rows as i64, "weight rows")?,
+            x_dims: dims_i32(x_dims, "input extent")?,
+            dy_dims: dims_i32(ys.spatial(), "output extent")?,
+            kernel: dims_i32(spec.kernel, "kernel")?,
+            stride: dims_i32(spec.stride, "stride")?,
+            pad: dims_i32(spec.pad_lo(x_dims), "padding")?,
+            k_total: k_total as i32,
+            k_chunk: k_chunk as i32,
+        };
+        let z = u32::try_from(splits * groups)
+            .ok()
+            .filter(|&z| z <= 65535)
+            .context("more than 65535 splits × tap groups")?;
+        let cfg = LaunchConfig {
+            grid: [m_tiles as u32, n_tiles as u32, z],
+            block: [PIPE_THREADS, 1, 1],
+            shared_bytes: (4 * PIPE_BK * (bm + 8 + bn + 8) * 2) as u32,
+        };
+        let mut kargs = KernelArgs::new().pod(&args).i32(splits as i32);
         self.device()
-            .launch(
-                Kernel::Conv3dWgradReduce,
-                LaunchConfig::linear(blocks, REDUCE_THREADS),
-                &mut rargs,
-            )
-            .context("conv3d_wgrad reduction")?;
-        Ok((dw, db))
+            .launch(kernel, cfg, &mut kargs)
+            .context("conv3d_wgrad partial sums")?;
+        Ok(WgradPartials {
+            ws,
+            ws_bias,
+            splits,
+            groups,
+            cin_pad,
+            cout_pad,
+        })
     }
+}
+
+/// Partial sums of a weight gradient: `ws` `[splits][taps · cin_pad][cout_pad]`
+/// (tap-major rows whatever the grouping) and, with a bias, `ws_bias`
+/// `[splits][groups][cout_pad]`.
+struct WgradPartials {
+    ws: Tensor,
+    ws_bias: Option<Tensor>,
+    splits: usize,
+    groups: usize,
+    cin_pad: usize,
+    cout_pad: usize,
+}
+
+/// `(K per split, splits)` of a weight gradient over `tiles` output tiles and
+/// `k_total` voxels in steps of `bk`: enough splits for about
+/// [`WGRAD_TARGET_BLOCKS`] blocks, each split at least [`WGRAD_MIN_STEPS`] steps.
+pub fn wgrad_splits(tiles: usize, k_total: usize, bk: usize) -> (usize, usize) {
+    let max_splits = k_total.div_ceil(bk * WGRAD_MIN_STEPS);
+    let want = WGRAD_TARGET_BLOCKS
+        .div_ceil(tiles)
+        .clamp(1, max_splits.max(1));
+    let k_chunk = k_total.div_ceil(want).div_ceil(bk) * bk;
+    (k_chunk, k_total.div_ceil(k_chunk))
 }
