@@ -334,19 +334,19 @@ extern "C" __global__ void vd_conv3d_pad_channels(const bf16* __restrict__ x, bf
 // for 32-channel outputs, 128 × 64 (warps 64 × 32) where M is large, 64 × 64
 // (warps 32 × 32) where it is small; `_splitk` writes f32 partials per K split.
 extern "C" __global__ void vd_conv3d_fprop_128x32_bf16(VdConvPipeArgs a) {
-    vd_conv_fprop_pipe<128, 32, 32, 32, 4, false>(a);
+    vd_conv_fprop_pipe<128, 32, 32, 32, 64, 3, false>(a);
 }
 extern "C" __global__ void vd_conv3d_fprop_128x64_bf16(VdConvPipeArgs a) {
-    vd_conv_fprop_pipe<128, 64, 64, 32, 3, false>(a);
+    vd_conv_fprop_pipe<128, 64, 64, 32, 64, 3, false>(a);
 }
 extern "C" __global__ void vd_conv3d_fprop_64x64_bf16(VdConvPipeArgs a) {
-    vd_conv_fprop_pipe<64, 64, 32, 32, 4, false>(a);
+    vd_conv_fprop_pipe<64, 64, 32, 32, 64, 3, false>(a);
 }
 extern "C" __global__ void vd_conv3d_fprop_128x32_splitk_bf16(VdConvPipeArgs a) {
-    vd_conv_fprop_pipe<128, 32, 32, 32, 4, true>(a);
+    vd_conv_fprop_pipe<128, 32, 32, 32, 64, 3, true>(a);
 }
 extern "C" __global__ void vd_conv3d_fprop_64x64_splitk_bf16(VdConvPipeArgs a) {
-    vd_conv_fprop_pipe<64, 64, 32, 32, 4, true>(a);
+    vd_conv_fprop_pipe<64, 64, 32, 32, 64, 3, true>(a);
 }
 
 // y[m, co] = bf16(bias[co] + Σ_{s < splits} ws[s][m][co]) in split order

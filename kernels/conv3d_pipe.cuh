@@ -8,40 +8,52 @@
 #pragma once
 #include "conv3d_tiles.cuh"
 
-#define VD_PIPE_BK 32        // K columns per pipeline step (2 mma k-slices)
+#define VD_PIPE_BK 32        // K voxels per weight-gradient step (2 mma k-slices)
 #define VD_PIPE_THREADS 128  // 4 warps per block
-#define VD_PIPE_KPITCH (VD_PIPE_BK + 8)  // [row][k] tiles: 80-byte rows
 
 // ------------------------------------------------------------ warp tile core
 // acc[mi][ni] is the m16n8 accumulator fragment (PTX ISA C layout, lane
 // l = 4g + q: acc[mi][ni][2h + e] is row 16·mi + g + 8h, column 8·ni + 2q + e
-// of the warp tile). One call multiplies one 16-deep k-slice of the staged
-// tiles: `a` points at the warp tile's first row (A_MK: A staged [m][k], k
-// contiguous; else [k][m], read with ldmatrix.trans), `b` likewise for B
-// (B_NK: [n][k]; else [k][n]); pitches in elements, rows 16-byte aligned.
-// Per slice: MI + NI/2 ldmatrix.x4 and MI · NI mma.
-template <int MI, int NI, bool A_MK, bool B_NK>
-VD_DEVICE void vd_warp_mma_k16(float (&acc)[MI][NI][4], const bf16* a, int a_pitch, const bf16* b, int b_pitch,
-                               int lane) {
-    static_assert(NI % 2 == 0, "n8 tiles are loaded in pairs");
+// of the warp tile). A is staged [m][k] (A_MK, k contiguous) or [k][m] (read
+// with ldmatrix.trans), B [n][k] (B_NK) or [k][n]; pitches in elements are
+// compile-time constants, rows 16-byte aligned. vd_warp_lane_a / _b give, once
+// before the K loop, the element offset of the row this lane addresses for
+// ldmatrix (relative to the warp tile's origin); vd_warp_mma_k16 then
+// multiplies one 16-deep k-slice with immediate offsets only: per slice
+// MI + NI/2 ldmatrix.x4 and MI · NI mma.
+template <bool A_MK, int PITCH>
+VD_DEVICE int vd_warp_lane_a(int lane) {
     const int q = lane >> 3, r = lane & 7;
+    // matrices 0..3: rows 0-7 / 8-15 of the m16 tile × k 0-7, then × k 8-15
+    return A_MK ? ((q & 1) * 8 + r) * PITCH + (q >> 1) * 8 : ((q >> 1) * 8 + r) * PITCH + (q & 1) * 8;
+}
+template <bool B_NK, int PITCH>
+VD_DEVICE int vd_warp_lane_b(int lane) {
+    const int q = lane >> 3, r = lane & 7;
+    // matrices 0..3: n8 tile 0 × k 0-7 / 8-15, then tile 1 × k 0-7 / 8-15
+    return B_NK ? ((q >> 1) * 8 + r) * PITCH + (q & 1) * 8 : ((q & 1) * 8 + r) * PITCH + (q >> 1) * 8;
+}
+
+// One k-slice at k = K16 of the staged tiles; `a` and `b` are the lane's
+// ldmatrix rows (tile origin + vd_warp_lane_a / _b).
+template <int MI, int NI, bool A_MK, bool B_NK, int A_PITCH, int B_PITCH, int K16>
+VD_DEVICE void vd_warp_mma_k16(float (&acc)[MI][NI][4], const bf16* a, const bf16* b) {
+    static_assert(NI % 2 == 0, "n8 tiles are loaded in pairs");
     u32 fa[MI][4], fb[NI][2];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) {
-        // matrices 0..3: rows 0-7 / 8-15 of the m16 tile × k 0-7, then × k 8-15
         if (A_MK)
-            vd_ldmatrix_x4(fa[mi], a + (mi * 16 + (q & 1) * 8 + r) * a_pitch + (q >> 1) * 8);
+            vd_ldmatrix_x4(fa[mi], a + mi * 16 * A_PITCH + K16);
         else
-            vd_ldmatrix_x4_trans(fa[mi], a + ((q >> 1) * 8 + r) * a_pitch + mi * 16 + (q & 1) * 8);
+            vd_ldmatrix_x4_trans(fa[mi], a + K16 * A_PITCH + mi * 16);
     }
 #pragma unroll
     for (int ni = 0; ni < NI; ni += 2) {
-        // matrices 0..3: n8 tile ni × k 0-7 / 8-15, then tile ni + 1 × k 0-7 / 8-15
         u32 t[4];
         if (B_NK)
-            vd_ldmatrix_x4(t, b + (ni * 8 + (q >> 1) * 8 + r) * b_pitch + (q & 1) * 8);
+            vd_ldmatrix_x4(t, b + ni * 8 * B_PITCH + K16);
         else
-            vd_ldmatrix_x4_trans(t, b + ((q & 1) * 8 + r) * b_pitch + (ni + (q >> 1)) * 8);
+            vd_ldmatrix_x4_trans(t, b + K16 * B_PITCH + ni * 8);
         fb[ni][0] = t[0];
         fb[ni][1] = t[1];
         fb[ni + 1][0] = t[2];
@@ -51,6 +63,18 @@ VD_DEVICE void vd_warp_mma_k16(float (&acc)[MI][NI][4], const bf16* a, int a_pit
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) vd_mma_bf16_16816(acc[mi][ni], fa[mi], fb[ni], acc[mi][ni]);
+}
+
+// Every k-slice of a BK-deep staged step.
+template <int MI, int NI, bool A_MK, bool B_NK, int A_PITCH, int B_PITCH, int BK>
+VD_DEVICE void vd_warp_mma_step(float (&acc)[MI][NI][4], const bf16* a, const bf16* b) {
+    vd_warp_mma_k16<MI, NI, A_MK, B_NK, A_PITCH, B_PITCH, 0>(acc, a, b);
+    vd_warp_mma_k16<MI, NI, A_MK, B_NK, A_PITCH, B_PITCH, 16>(acc, a, b);
+    if constexpr (BK >= 64) {
+        vd_warp_mma_k16<MI, NI, A_MK, B_NK, A_PITCH, B_PITCH, 32>(acc, a, b);
+        vd_warp_mma_k16<MI, NI, A_MK, B_NK, A_PITCH, B_PITCH, 48>(acc, a, b);
+    }
+    static_assert(BK == 32 || BK == 64, "steps of 32 or 64 columns");
 }
 
 template <int MI, int NI>
@@ -90,9 +114,10 @@ struct VdConvPipeArgs {
 };
 
 // The K position of a loader thread: column k = tap · cin + ci with the tap's
-// digits, and the offsets the tap contributes to A (elements) and B.
+// digits, and the element offsets of that column in A (before the row's own
+// offset) and in the packed B (before the channel row's).
 struct VdPipeK {
-    int ci, tap, td, th, tw, a_off, b_off;
+    int ci, tap, td, th, tw, a_k, b_k;
 };
 
 VD_DEVICE VdPipeK vd_pipe_k_at(const VdConvPipeArgs& a, int k) {
@@ -104,28 +129,31 @@ VD_DEVICE VdPipeK vd_pipe_k_at(const VdConvPipeArgs& a, int k) {
     s.th = (s.tap / kw) % kh;
     s.td = s.tap / (kw * kh);
     const int in_h = a.in_dims[1], in_w = a.in_dims[2];
-    s.a_off = ((s.td * a.map_b[0] * in_h + s.th * a.map_b[1]) * in_w + s.tw * a.map_b[2]) * a.cin;
-    s.b_off = s.tap * a.cout * a.cin;
+    s.a_k = ((s.td * a.map_b[0] * in_h + s.th * a.map_b[1]) * in_w + s.tw * a.map_b[2]) * a.cin + s.ci;
+    s.b_k = s.tap * a.cout * a.cin + s.ci;
     return s;
 }
 
-// Moves the K position by VD_PIPE_BK columns: adds and compares only.
-VD_DEVICE void vd_pipe_k_advance(const VdConvPipeArgs& a, VdPipeK& s) {
-    s.ci += VD_PIPE_BK;
+// Moves the K position by BK columns: adds and compares only.
+template <int BK>
+VD_DEVICE void vd_pipe_k_advance(const VdConvPipeArgs& a, VdPipeK& s, int b_tap) {
+    s.ci += BK;
+    s.a_k += BK;
+    s.b_k += BK;
     while (s.ci >= a.cin) {
         s.ci -= a.cin;
+        s.b_k += b_tap;
         ++s.tap;
-        s.b_off += a.cout * a.cin;
         if (++s.tw < a.kernel[2]) {
-            s.a_off += a.tap_step[0];
+            s.a_k += a.tap_step[0] - a.cin;
         } else {
             s.tw = 0;
             if (++s.th < a.kernel[1]) {
-                s.a_off += a.tap_step[1];
+                s.a_k += a.tap_step[1] - a.cin;
             } else {
                 s.th = 0;
                 ++s.td;
-                s.a_off += a.tap_step[2];
+                s.a_k += a.tap_step[2] - a.cin;
             }
         }
     }
@@ -168,58 +196,75 @@ VD_DEVICE VdPipeRow vd_pipe_row(const VdConvPipeArgs& a, int m) {
 }
 
 // Forward / data-gradient implicit GEMM, block tile BM × BN, warp tile WM × WN,
-// STAGES-deep cp.async pipeline. Thread t copies, per step, the 16-byte chunk
-// (8 channels) at K column 8·(t % 4) of A rows t / 4 + 32j and of B rows
-// (output channels) t / 4 + 32j. Without split K (SPLIT = false) the epilogue
-// adds the bias, rounds to bf16, stages the tile in shared memory and stores
-// 16-byte vectors; with it, blockIdx.z is the split and the f32 partial tile
-// goes to ws (vd_conv3d_splitk_reduce_bf16 finishes).
-template <int BM, int BN, int WM, int WN, int STAGES, bool SPLIT>
+// steps of BK columns, STAGES-deep cp.async pipeline. Thread t copies, per
+// step, the 16-byte chunks (8 channels) at K column 8·(t % (BK/8)) of A rows
+// t / (BK/8) + (1024/BK)·j and of B rows (output channels) likewise; its rows'
+// addresses and tap masks are computed before the loop, so a chunk costs a
+// 64-bit add, a mask test and a select. Without split K (SPLIT = false) the
+// epilogue adds the bias, rounds to bf16, stages the tile in shared memory and
+// stores 16-byte vectors; with it, blockIdx.z is the split and the f32
+// partial tile goes to ws (vd_conv3d_splitk_reduce_bf16 finishes).
+template <int BM, int BN, int WM, int WN, int BK, int STAGES, bool SPLIT>
 VD_DEVICE void vd_conv_fprop_pipe(const VdConvPipeArgs& a) {
     constexpr int MI = WM / 16, NI = WN / 8;
     constexpr int WARPS_M = BM / WM;
     static_assert((BM / WM) * (BN / WN) * 32 == VD_PIPE_THREADS, "4 warps");
-    constexpr int A_CHUNKS = BM / 32, B_CHUNKS = BN / 32;
-    constexpr int STAGE_ELEMS = (BM + BN) * VD_PIPE_KPITCH;
+    constexpr int KPITCH = BK + 8;
+    constexpr int ROW_CHUNKS = BK / 8, PASS_ROWS = VD_PIPE_THREADS / ROW_CHUNKS;
+    constexpr int A_CHUNKS = BM / PASS_ROWS, B_CHUNKS = BN / PASS_ROWS;
+    constexpr int STAGE_ELEMS = (BM + BN) * KPITCH;
     VD_DYNAMIC_SMEM(bf16, smem);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int wm0 = (warp % WARPS_M) * WM, wn0 = (warp / WARPS_M) * WN;
-    const int lr = tid >> 2, lc = (tid & 3) * 8;
+    const int lr = tid / ROW_CHUNKS, lc = (tid % ROW_CHUNKS) * 8;
 
-    VdPipeRow rows[A_CHUNKS];
+    // Byte addresses of the rows' first elements (integers: a row outside the
+    // input is never read), their tap masks, and the channel rows of B.
+    u64 a_row[A_CHUNKS];
+    u32 a_taps[A_CHUNKS];
 #pragma unroll
-    for (int j = 0; j < A_CHUNKS; ++j) rows[j] = vd_pipe_row(a, m0 + lr + 32 * j);
-    int b_rows[B_CHUNKS];
+    for (int j = 0; j < A_CHUNKS; ++j) {
+        const VdPipeRow r = vd_pipe_row(a, m0 + lr + PASS_ROWS * j);
+        a_row[j] = (u64)a.x + 2 * (i64)r.off;
+        a_taps[j] = r.taps;
+    }
+    u64 b_row[B_CHUNKS];
+    bool b_ok[B_CHUNKS];
 #pragma unroll
     for (int j = 0; j < B_CHUNKS; ++j) {
-        const int co = n0 + lr + 32 * j;
-        b_rows[j] = co < a.cout ? co * a.cin : -1;
+        const int co = n0 + lr + PASS_ROWS * j;
+        b_ok[j] = co < a.cout;
+        b_row[j] = (u64)a.bt + 2 * (i64)(b_ok[j] ? co * a.cin : 0);
     }
+    const int b_tap = (a.cout - 1) * a.cin;
     const int s_begin = SPLIT ? blockIdx.z * a.split_steps : 0;
     const int s_end = SPLIT ? min(s_begin + a.split_steps, a.steps) : a.steps;
-    VdPipeK k = vd_pipe_k_at(a, s_begin * VD_PIPE_BK + lc);
+    VdPipeK k = vd_pipe_k_at(a, s_begin * BK + lc);
+    bf16* const dst0 = smem + lr * KPITCH + lc;
+    const bf16* const a_ld = smem + wm0 * KPITCH + vd_warp_lane_a<true, KPITCH>(lane);
+    const bf16* const b_ld = smem + BM * KPITCH + wn0 * KPITCH + vd_warp_lane_b<true, KPITCH>(lane);
 
     // Copies the loader's chunks of the current K position into stage `st`,
     // then moves K on.
     auto issue = [&](int st) {
-        bf16* sa = smem + st * STAGE_ELEMS;
-        bf16* sb = sa + BM * VD_PIPE_KPITCH;
-        const bool k_ok = k.tap < a.taps;
+        bf16* dst = dst0 + st * STAGE_ELEMS;
+        const u32 tap_bit = k.tap < a.taps ? 1u << k.tap : 0u;
+        const i64 a_k = 2 * (i64)k.a_k, b_k = 2 * (i64)k.b_k;
 #pragma unroll
         for (int j = 0; j < A_CHUNKS; ++j) {
-            const bool ok = k_ok && ((rows[j].taps >> k.tap) & 1u);
-            const bf16* src = a.x + (ok ? rows[j].off + k.a_off + k.ci : 0);
-            vd_cp_async<16>(sa + (lr + 32 * j) * VD_PIPE_KPITCH + lc, src, ok);
+            const bool ok = (a_taps[j] & tap_bit) != 0;
+            const bf16* src = ok ? reinterpret_cast<const bf16*>(a_row[j] + a_k) : a.x;
+            vd_cp_async<16>(dst + PASS_ROWS * j * KPITCH, src, ok);
         }
 #pragma unroll
         for (int j = 0; j < B_CHUNKS; ++j) {
-            const bool ok = k_ok && b_rows[j] >= 0;
-            const bf16* src = a.bt + (ok ? k.b_off + b_rows[j] + k.ci : 0);
-            vd_cp_async<16>(sb + (lr + 32 * j) * VD_PIPE_KPITCH + lc, src, ok);
+            const bool ok = b_ok[j] && tap_bit != 0;
+            const bf16* src = ok ? reinterpret_cast<const bf16*>(b_row[j] + b_k) : a.bt;
+            vd_cp_async<16>(dst + (BM + PASS_ROWS * j) * KPITCH, src, ok);
         }
-        vd_pipe_k_advance(a, k);
+        vd_pipe_k_advance<BK>(a, k, b_tap);
     };
 
     float acc[MI][NI][4];
@@ -236,12 +281,8 @@ VD_DEVICE void vd_conv_fprop_pipe(const VdConvPipeArgs& a) {
         __syncthreads();  // step s has landed; every warp is done with step s − 1
         if (s + STAGES - 1 < steps) issue(write);
         vd_cp_async_commit();
-        const bf16* sa = smem + read * STAGE_ELEMS;
-        const bf16* sb = sa + BM * VD_PIPE_KPITCH;
-#pragma unroll
-        for (int k16 = 0; k16 < VD_PIPE_BK; k16 += 16)
-            vd_warp_mma_k16<MI, NI, true, true>(acc, sa + wm0 * VD_PIPE_KPITCH + k16, VD_PIPE_KPITCH,
-                                                sb + wn0 * VD_PIPE_KPITCH + k16, VD_PIPE_KPITCH, lane);
+        vd_warp_mma_step<MI, NI, true, true, KPITCH, KPITCH, BK>(acc, a_ld + read * STAGE_ELEMS,
+                                                                 b_ld + read * STAGE_ELEMS);
         read = read + 1 == STAGES ? 0 : read + 1;
         write = write + 1 == STAGES ? 0 : write + 1;
     }
@@ -347,6 +388,8 @@ VD_DEVICE void vd_conv_wgrad_pipe(const VdConvWgradPipeArgs& a, int splits) {
     const int split = blockIdx.z % splits, group = blockIdx.z / splits;
     const int wm0 = (warp % WARPS_M) * WM, wn0 = (warp / WARPS_M) * WN;
     const int kk = tid >> 2, q = tid & 3;
+    const int a_ld = wm0 + vd_warp_lane_a<false, APITCH>(lane);
+    const int b_ld = wn0 + vd_warp_lane_b<false, BPITCH>(lane);
     const int x_d = a.x_dims[0], x_h = a.x_dims[1], x_w = a.x_dims[2];
     const int y_d = a.dy_dims[0], y_h = a.dy_dims[1], y_w = a.dy_dims[2];
     const int kh = a.kernel[1], kw = a.kernel[2];
@@ -440,10 +483,7 @@ VD_DEVICE void vd_conv_wgrad_pipe(const VdConvWgradPipeArgs& a, int splits) {
         vd_cp_async_commit();
         const bf16* sa = smem + read * STAGE_ELEMS;
         const bf16* sb = sa + VD_PIPE_BK * APITCH;
-#pragma unroll
-        for (int k16 = 0; k16 < VD_PIPE_BK; k16 += 16)
-            vd_warp_mma_k16<MI, NI, false, false>(acc, sa + k16 * APITCH + wm0, APITCH, sb + k16 * BPITCH + wn0,
-                                                  BPITCH, lane);
+        vd_warp_mma_step<MI, NI, false, false, APITCH, BPITCH, VD_PIPE_BK>(acc, sa + a_ld, sb + b_ld);
         read = read + 1 == STAGES ? 0 : read + 1;
         write = write + 1 == STAGES ? 0 : write + 1;
     }

@@ -386,7 +386,7 @@ fn conv_channels_multiple_of_8() {
 /// the emulator launches it, and the results match the references.
 #[test]
 fn conv_pipelined_tiles_and_split_k() {
-    use voxdiff::backend::gpu::conv::{fprop_tiling, PIPE_BK};
+    use voxdiff::backend::gpu::conv::fprop_tiling;
     use voxdiff::backend::gpu::emu::launches;
     use voxdiff::backend::gpu::registry::Kernel;
     // (case, forward kernel, forward splits)
@@ -424,8 +424,7 @@ fn conv_pipelined_tiles_and_split_k() {
                 .out_spatial([c.x[1], c.x[2], c.x[3]])
                 .iter()
                 .product::<usize>();
-        let steps = (c.spec.taps() * c.x[4].next_multiple_of(8)).div_ceil(PIPE_BK);
-        let t = fprop_tiling(rows, c.cout, steps);
+        let t = fprop_tiling(rows, c.cout, c.spec.taps() * c.x[4].next_multiple_of(8));
         assert_eq!((t.kernel, t.splits), (*kernel, *splits), "{c:?}");
         let before = launches(*kernel);
         run_case(&gpu, c, 300 + i as u64, true);
@@ -443,7 +442,7 @@ fn conv_pipelined_tiles_and_split_k() {
 /// with channels that need padding on either side, and a K split.
 #[test]
 fn conv_wgrad_pipelined_tiles_and_split_k() {
-    use voxdiff::backend::gpu::conv::{wgrad_splits, PIPE_BK};
+    use voxdiff::backend::gpu::conv::{wgrad_splits, WGRAD_BK};
     use voxdiff::backend::gpu::emu::launches;
     use voxdiff::backend::gpu::registry::Kernel;
     let cases = [
@@ -465,7 +464,7 @@ fn conv_wgrad_pipelined_tiles_and_split_k() {
         ),
     ];
     // The first case (2 M tiles of 27 · 8 + 1 rows, 1 N tile) splits its K of 2 · 105 dy voxels in two.
-    assert_eq!(wgrad_splits(2, 210, PIPE_BK).1, 2);
+    assert_eq!(wgrad_splits(2, 210, WGRAD_BK).1, 2);
     let gpu = GpuBackend::with_act_dtype(gpu_support::device(), DType::BF16);
     for (i, (c, kernel)) in cases.iter().enumerate() {
         let before = launches(*kernel);

@@ -59,10 +59,12 @@
 //!   Cout ≤ 32, else 128 × 64 (warp tiles 64 × 32) when that still gives a
 //!   block per SM ([`SMS`]), else 64 × 64 (warp tiles 32 × 32). Each thread
 //!   computes, once, its rows' element offsets and 32-bit masks of the taps
-//!   that land inside the input; the K loop (steps of [`PIPE_BK`] = 32
-//!   columns, 3–4 cp.async stages in dynamic shared memory, one barrier per
-//!   step) adds the tap's offset and tests a mask bit per 16-byte chunk (8
-//!   channels of one voxel, zero-filled where the tap leaves the input).
+//!   that land inside the input; the K loop (steps of [`FPROP_BK`] = 64
+//!   columns, [`FPROP_STAGES`] = 3 cp.async stages in dynamic shared memory
+//!   (69–83 KB per block), one barrier per step) adds the tap's offset and
+//!   tests a mask bit per 16-byte chunk (8 channels of one voxel, zero-filled
+//!   where the tap leaves the input): 8 chunks of A and 2–4 of B per thread
+//!   per step.
 //!   Grid `(ceil(M / BM), ceil(N / BN), splits)`. When that grid has fewer
 //!   blocks than SMs, K is split (`_splitk`: each split at least
 //!   [`SPLIT_MIN_STEPS`] steps) into f32 partials `[splits][M][N]` that
@@ -86,7 +88,7 @@
 //!   (`vd_conv3d_wgrad_pipe[_transposed]_{128x32,64x64}_bf16`, 128 threads,
 //!   warp tiles 32 × 32; 128 × 32 when Cout ≤ 32, else 64 × 64): x and dy
 //!   with channels zero-padded to multiples of 8 where needed; K steps of
-//!   [`PIPE_BK`] = 32 voxels, 4 cp.async stages (45056 / 36864 bytes of
+//!   [`WGRAD_BK`] = 32 voxels, 4 cp.async stages (45056 / 36864 bytes of
 //!   dynamic shared memory), each thread copying, per step, 16-byte chunks of
 //!   one voxel (`t / 4`): 8 channels of A (x at the voxel moved by its rows'
 //!   tap, a mask test per axis) and of B (dy). Tiles are staged k-major as
@@ -250,12 +252,16 @@ struct ConvWgradPipeArgs {
 
 /// Streaming multiprocessors of the GPU the tiles are chosen for (H100 SXM).
 pub const SMS: usize = 132;
-/// K columns per step of the pipelined kernels.
-pub const PIPE_BK: usize = 32;
+/// K columns per step of the pipelined forward / data gradient.
+pub const FPROP_BK: usize = 64;
+/// Cp.async stages of the pipelined forward / data gradient.
+pub const FPROP_STAGES: usize = 3;
+/// K voxels per step of the pipelined weight gradient.
+pub const WGRAD_BK: usize = 32;
 /// Threads per block of the pipelined kernels (4 warps).
 pub const PIPE_THREADS: u32 = 128;
-/// Fewest K steps a split of a split-K launch gets.
-pub const SPLIT_MIN_STEPS: usize = 8;
+/// Fewest K steps of [`FPROP_BK`] a split of a split-K forward gets.
+pub const SPLIT_MIN_STEPS: usize = 4;
 /// The pipelined forward handles kernels of at most this many taps (a 32-bit tap mask per row).
 pub const PIPE_MAX_TAPS: usize = 32;
 
@@ -265,6 +271,8 @@ pub struct FpropTiling {
     pub kernel: Kernel,
     pub bm: usize,
     pub bn: usize,
+    /// K steps of [`FPROP_BK`] in all.
+    pub steps: usize,
     /// K splits (grid z); 1 = no split.
     pub splits: usize,
     /// K steps per split.
@@ -274,12 +282,13 @@ pub struct FpropTiling {
 }
 
 /// The tile of a pipelined forward / data gradient with `rows` GEMM rows,
-/// `cout` output channels and `steps` K steps of [`PIPE_BK`]: a 32-wide N
-/// tile when Cout ≤ 32 (no half-empty tiles at the 32-channel levels), else
-/// 64; 128-row M tiles where that still gives a block per SM, else 64; and
-/// when the grid has fewer blocks than [`SMS`], K split until it has about
-/// one per SM, each split keeping at least [`SPLIT_MIN_STEPS`] steps.
-pub fn fprop_tiling(rows: usize, cout: usize, steps: usize) -> FpropTiling {
+/// `cout` output channels and `k` GEMM K columns (steps of [`FPROP_BK`]): a
+/// 32-wide N tile when Cout ≤ 32 (no half-empty tiles at the 32-channel
+/// levels), else 64; 128-row M tiles where that still gives a block per SM,
+/// else 64; and when the grid has fewer blocks than [`SMS`], K split until it
+/// has about one per SM, each split keeping at least [`SPLIT_MIN_STEPS`] steps.
+pub fn fprop_tiling(rows: usize, cout: usize, k: usize) -> FpropTiling {
+    let steps = k.div_ceil(FPROP_BK);
     let bn = if cout <= 32 { 32 } else { 64 };
     let bm = if bn == 32 || rows.div_ceil(128) * cout.div_ceil(64) >= SMS {
         128
@@ -294,20 +303,21 @@ pub fn fprop_tiling(rows: usize, cout: usize, steps: usize) -> FpropTiling {
     };
     let split_steps = steps.div_ceil(want).max(1);
     let splits = steps.div_ceil(split_steps).max(1);
-    let (kernel, stages) = match (bm, bn, splits > 1) {
-        (128, 32, false) => (Kernel::Conv3dFprop128x32Bf16, 4),
-        (128, 32, true) => (Kernel::Conv3dFprop128x32SplitkBf16, 4),
-        (128, 64, _) => (Kernel::Conv3dFprop128x64Bf16, 3),
-        (_, _, false) => (Kernel::Conv3dFprop64x64Bf16, 4),
-        (_, _, true) => (Kernel::Conv3dFprop64x64SplitkBf16, 4),
+    let kernel = match (bm, bn, splits > 1) {
+        (128, 32, false) => Kernel::Conv3dFprop128x32Bf16,
+        (128, 32, true) => Kernel::Conv3dFprop128x32SplitkBf16,
+        (128, 64, _) => Kernel::Conv3dFprop128x64Bf16,
+        (_, _, false) => Kernel::Conv3dFprop64x64Bf16,
+        (_, _, true) => Kernel::Conv3dFprop64x64SplitkBf16,
     };
     FpropTiling {
         kernel,
         bm,
         bn,
+        steps,
         splits,
         split_steps,
-        shared_bytes: (stages * (bm + bn) * (PIPE_BK + 8) * 2) as u32,
+        shared_bytes: (FPROP_STAGES * (bm + bn) * (FPROP_BK + 8) * 2) as u32,
     }
 }
 
@@ -662,8 +672,7 @@ impl GpuBackend {
         // 32-bit element offsets inside the kernel.
         i32_of((xs.n() * xs.voxels() * cin_pad) as i64, "input elements")?;
         i32_of((rows * cout) as i64, "output elements")?;
-        let steps = (taps * cin_pad).div_ceil(PIPE_BK);
-        let t = fprop_tiling(rows, cout, steps);
+        let t = fprop_tiling(rows, cout, taps * cin_pad);
         let bt = self.pack_weights(plan, w, taps, cout, cin, cin_pad)?;
         let ws = if t.splits > 1 {
             i32_of((t.splits * rows * cout) as i64, "split-K workspace")?;
@@ -698,7 +707,7 @@ impl GpuBackend {
                 [dw, dh - (kw - 1) * dw, dd - (kh - 1) * dh - (kw - 1) * dw],
                 "tap offset",
             )?,
-            steps: i32_of(steps as i64, "K steps")?,
+            steps: i32_of(t.steps as i64, "K steps")?,
             split_steps: t.split_steps as i32,
             pad: 0,
         };
@@ -911,8 +920,8 @@ impl GpuBackend {
         } else {
             (1, taps, ys.n() * ys.voxels())
         };
-        // The voxel counter runs up to PIPE_BK · stages past k_total.
-        i32_of((k_total + 8 * PIPE_BK) as i64, "voxels")?;
+        // The voxel counter runs up to WGRAD_BK · stages past k_total.
+        i32_of((k_total + 8 * WGRAD_BK) as i64, "voxels")?;
         let rows = taps_m * cin_pad;
         let (bm, bn, kernel) = match (cout_pad <= 32, spec.transposed) {
             (true, false) => (128, 32, Kernel::Conv3dWgradPipe128x32Bf16),
@@ -924,7 +933,7 @@ impl GpuBackend {
             (rows + with_bias as usize).div_ceil(bm),
             cout_pad.div_ceil(bn),
         );
-        let (k_chunk, splits) = wgrad_splits(m_tiles * n_tiles * groups, k_total, PIPE_BK);
+        let (k_chunk, splits) = wgrad_splits(m_tiles * n_tiles * groups, k_total, WGRAD_BK);
         let ws = self.alloc(
             Shape::new(&[splits * taps * cin_pad * cout_pad]),
             DType::F32,
@@ -957,7 +966,7 @@ impl GpuBackend {
         let cfg = LaunchConfig {
             grid: [m_tiles as u32, n_tiles as u32, z],
             block: [PIPE_THREADS, 1, 1],
-            shared_bytes: (4 * PIPE_BK * (bm + 8 + bn + 8) * 2) as u32,
+            shared_bytes: (4 * WGRAD_BK * (bm + 8 + bn + 8) * 2) as u32,
         };
         let mut kargs = KernelArgs::new().pod(&args).i32(splits as i32);
         self.device()
