@@ -45,9 +45,10 @@
 //   micro-tile, 16 · 16 fused multiply-adds per step;
 // - VdConvMmaCore (bf16 activations): tiles in bf16, ldmatrix +
 //   mma.sync.m16n8k16 per warp (the forward's f32 weights round to bf16).
-// The cores live in conv3d_tiles.cuh. For bf16 scatters with input channels a
-// multiple of 8, the loader is a two-stage cp.async pipeline of 32-column
-// steps instead (see "cp.async pipeline" below).
+// The cores live in conv3d_tiles.cuh. bf16 scatters (channels zero-padded to
+// a multiple of 8) load through a two-stage cp.async pipeline of 32-column
+// steps instead (see "cp.async pipeline" below); the register loader serves
+// f32 and the bf16 gathers with e > 1.
 //
 // The weight gradient (f32 here; bf16 on the pipelined loop of
 // conv3d_pipe.cuh), per tap group z (regular convs: one group of all taps;
@@ -225,11 +226,11 @@ extern "C" __global__ void vd_conv3d_gather_f32(VdConvArgs a) {
 }
 extern "C" __global__ void vd_conv3d_gather_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, false, VdConvMmaCore16>(a); }
 extern "C" __global__ void vd_conv3d_scatter_f32(VdConvArgs a) { vd_conv_implicit_gemm<float, true, VdConvFmaCore>(a); }
-extern "C" __global__ void vd_conv3d_scatter_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, true, VdConvMmaCore16>(a); }
 
 // ------------------------------------------------- bf16, cp.async pipeline
-// When a scatter's input channels are a multiple of 8, a K chunk of 8
-// columns is 16 contiguous bytes of one input voxel, so
+// A scatter's input channels are a multiple of 8 (padded by the host where
+// they are not), so a K chunk of 8 columns is 16 contiguous bytes of one
+// input voxel, and
 // A moves global → shared with cp.async (zero-filled where the mapping leaves
 // the input) and B from a bf16 copy of the weight packed by
 // vd_conv3d_pack_weights as bt[tap][n][ci] (the data gradient's transpose is

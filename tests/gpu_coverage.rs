@@ -249,7 +249,14 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
             3,
             5,
             [
-                [SCATTER, &["vd_conv3d_scatter_bf16"]],
+                [
+                    SCATTER,
+                    &[
+                        "vd_conv3d_pack_weights",
+                        "vd_conv3d_pad_channels",
+                        "vd_conv3d_scatter_async_bf16",
+                    ],
+                ],
                 [GATHER, P128X32_PAD],
                 WGT_PAD,
             ],

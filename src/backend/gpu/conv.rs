@@ -72,13 +72,14 @@
 //!   (deterministic; a thread per 4 outputs, blocks of 256, grid ≤ 4096);
 //!   without a split the epilogue adds the bias, stages the bf16 tile in
 //!   shared memory and stores 16-byte vectors.
-//! - bf16 scatters with input channels a multiple of 8:
+//! - bf16 scatters (channels zero-padded to a multiple of 8 first where
+//!   they are not, e.g. the head's data gradient from 14 channels):
 //!   `vd_conv3d_pack_weights`, then `vd_conv3d_scatter_async_bf16` runs the
 //!   64 × 64 tile with 32-column steps in a two-stage cp.async pipeline: each
 //!   thread copies one 16-byte chunk of A and one of B per step; 20480 bytes
 //!   of static shared memory. bf16 gathers with `e > 1` (strided data
-//!   gradients other than kernel == stride, used by no model) and scatters
-//!   with other channel counts take the register loader above.
+//!   gradients other than kernel == stride, used by no model) take the
+//!   register loader above.
 //! - wgrad partial, f32: the same tile, step and cores over (tap, ci) rows ×
 //!   Cout (loader: row/channel `t % 64`, K columns `t / 64 + 4j`); grid
 //!   `(M tiles · N tiles, splits, tap groups)`. Blocks of the first M tile
@@ -357,19 +358,16 @@ fn map_i32(v: [i64; 3], what: &str) -> Result<[i32; 3]> {
     ])
 }
 
-/// The register-loader / scatter kernel of a forward / data-gradient GEMM that
-/// does not take the pipelined path ([`GpuBackend`]'s `implicit_gemm` decides):
-/// f32 on the FMA core; bf16 on tensor cores, a scatter through the cp.async
-/// pipeline when every 8-channel chunk is 16 contiguous, 16-byte aligned bytes
-/// (`cin % 8 == 0`), else the register loader.
-pub fn gemm_kernel(scatter: bool, dtype: DType, cin: usize, addr: u64) -> Kernel {
-    let vector = cin.is_multiple_of(8) && addr.is_multiple_of(16);
-    match (scatter, dtype, vector) {
-        (false, DType::F32, _) => Kernel::Conv3dGatherF32,
-        (true, DType::F32, _) => Kernel::Conv3dScatterF32,
-        (false, DType::BF16, _) => Kernel::Conv3dGatherBf16,
-        (true, DType::BF16, false) => Kernel::Conv3dScatterBf16,
-        (true, DType::BF16, true) => Kernel::Conv3dScatterAsyncBf16,
+/// The kernel of a forward / data-gradient GEMM that does not take the
+/// pipelined path ([`takes_pipeline`]): f32 on the FMA core; bf16 scatters
+/// through the cp.async pipeline (channels padded to a multiple of 8 first
+/// when they are not), bf16 gathers with `e > 1` on the register loader.
+pub fn gemm_kernel(scatter: bool, dtype: DType) -> Kernel {
+    match (scatter, dtype) {
+        (false, DType::F32) => Kernel::Conv3dGatherF32,
+        (true, DType::F32) => Kernel::Conv3dScatterF32,
+        (false, DType::BF16) => Kernel::Conv3dGatherBf16,
+        (true, DType::BF16) => Kernel::Conv3dScatterAsyncBf16,
     }
 }
 
@@ -526,6 +524,23 @@ impl GpuBackend {
             return self.fprop_pipelined(plan, x, w, bias, y);
         }
         let (xs, ys) = (x.shape(), y.shape());
+        let kernel = gemm_kernel(plan.scatter, x.dtype());
+        // The bf16 scatter reads 16-byte chunks: channels padded to a multiple of 8.
+        let cin = xs.c();
+        let cin_pad = if kernel == Kernel::Conv3dScatterAsyncBf16 {
+            cin.next_multiple_of(8)
+        } else {
+            cin
+        };
+        let padded;
+        let x = if kernel == Kernel::Conv3dScatterAsyncBf16
+            && (cin_pad != cin || !x.addr().is_multiple_of(16))
+        {
+            padded = self.pad_channels(x, cin_pad)?;
+            &padded
+        } else {
+            x
+        };
         // Gather rows are output voxels; scatter rows are input voxels.
         let rows = if plan.scatter {
             xs.n() * xs.voxels()
@@ -538,7 +553,7 @@ impl GpuBackend {
             bias: bias.map_or(0, |b| b.addr()),
             y: y.addr(),
             n: i32_of(xs.n() as i64, "batch")?,
-            cin: i32_of(xs.c() as i64, "input channels")?,
+            cin: i32_of(cin_pad as i64, "input channels")?,
             cout: i32_of(ys.c() as i64, "output channels")?,
             rows: i32_of(rows as i64, "rows")?,
             in_dims: dims_i32(xs.spatial(), "input extent")?,
@@ -569,12 +584,11 @@ impl GpuBackend {
             block: [CONV_THREADS, 1, 1],
             shared_bytes: 0,
         };
-        let kernel = gemm_kernel(plan.scatter, x.dtype(), xs.c(), x.addr());
         if kernel != Kernel::Conv3dScatterAsyncBf16 {
             let mut kargs = KernelArgs::new().pod(&args);
             return self.device().launch(kernel, cfg, &mut kargs);
         }
-        let bt = self.pack_weights(plan, w, taps, ys.c(), xs.c(), xs.c())?;
+        let bt = self.pack_weights(plan, w, taps, ys.c(), cin, cin_pad)?;
         let mut kargs = KernelArgs::new().pod(&args).tensor(&bt);
         self.device().launch(kernel, cfg, &mut kargs)
     }
