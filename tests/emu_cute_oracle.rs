@@ -249,7 +249,7 @@ fn mma_through_cute(a: &[[f32; 16]; 16], b: &[[f32; 8]; 16], c: &[[f32; 8]; 16])
 /// Distinct multiples of 1/8 in [-2, 2]: exact in bf16; products and sums of
 /// 16 of them exact in f32, so D must match bit for bit.
 fn eighth(i: usize, seed: usize) -> f32 {
-    (((i * 7 + seed * 13) * 2654435761usize >> 7) % 33) as f32 / 8.0 - 2.0
+    ((((i * 7 + seed * 13) * 2654435761usize) >> 7) % 33) as f32 / 8.0 - 2.0
 }
 
 #[test]

@@ -117,12 +117,44 @@
 //! 1×32×128×128 bf16: 29.0 GFLOP per pass against 67 MB, arithmetic intensity
 //! ≈ 430 FLOP/byte, so compute-bound on an H100 (≈ 267 FLOP/byte at 800 TFLOP/s
 //! and 3 TB/s): floor ≈ 36 µs. The f32 path can reach at most the f32 FMA peak
-//! (≈ 67 TFLOP/s on an H100 SXM). The bf16 forward / data gradient uses tensor
-//! cores fed by cp.async, but with a 64 × 64 tile, two stages and 4 mma per
-//! warp per 16 columns it is not tuned (no GPU to measure on here); the bf16
-//! weight gradient still stages through registers. Packing the weight adds
-//! `|w|·(4 + 2)` bytes per call. The weight gradient also moves the workspace:
-//! `2 · splits · |dw|` f32.
+//! (≈ 67 TFLOP/s on an H100 SXM). Packing the weight adds `|w|·(4 + 2)` bytes
+//! per call, padding channels `|x|·(1 + pad/C)`; the weight gradient also
+//! moves its workspace, `2 · splits · |dw|` f32, and a split-K forward
+//! `2 · splits · |y|` f32.
+//!
+//! Issue, counted: on an H100 one SM retires one m16n8k16 HMMA per clock at
+//! the dense bf16 peak and each of its 4 sub-partitions issues one warp
+//! instruction per clock, so a warp may issue about 4 instructions per HMMA
+//! before instruction issue, not the tensor cores, sets the pace. Static
+//! instructions of the K loop body per HMMA in it, from the SASS of the
+//! embedded CUBINs (`nvdisasm`; sm_90, sm_80 in brackets):
+//!
+//! | kernel | instructions / HMMA in the K loop |
+//! |---|---|
+//! | before: `gather_async` (64 × 64, 32 columns, 2 stages) | 241 / 8 = 30.1 (215 / 8 = 26.9) |
+//! | before: `gather` bf16 register loader (stem, e > 1) | 670 / 4 = 167 |
+//! | before: `wgrad` bf16 register loader | 395 / 4 = 98.8 (350 / 4 = 87.5) |
+//! | `fprop_128x32` (Cout ≤ 32 layers) | 171 / 32 = 5.3 (157 / 32 = 4.9) |
+//! | `fprop_128x64` | 222 / 64 = 3.5 (207 / 64 = 3.2) |
+//! | `fprop_64x64` (and `_splitk`) | 158 / 32 = 4.9 (143 / 32 = 4.5) |
+//! | `wgrad_pipe_128x32` | 297 / 16 = 18.6 (269 / 16 = 16.8) |
+//! | `wgrad_pipe_64x64` | 205 / 16 = 12.8 (186 / 16 = 11.6) |
+//! | `scatter_async` (unchanged) | 90 / 8 = 11.2 |
+//!
+//! The 64-column step amortises the barrier, the wait and the K advance over
+//! 32 HMMA per warp; a loader chunk costs a 64-bit add, a mask AND, a select
+//! and the LDGSTS. The weight gradient's loader still recomputes a voxel's
+//! position per chunk and per axis (range tests, 64-bit offset): it is the
+//! kernel to tune next.
+//!
+//! Modelled H100 time of the conv passes of the paper step (the ImgX UNet
+//! 32/64/128/256 on 1×32×128×128, recycling: two forwards, one backward;
+//! `scripts/model-conv-h100.py` holds the model and its inputs, per launch
+//! `max(executed FLOPs / (989 TFLOP/s · min(0.67, 4 / I) · wave efficiency),
+//! bytes / 3 TB/s)`): before 18.5 ms (forwards 7.6, data gradients 2.7,
+//! weight gradients 8.1); now 1.75 ms (0.62, 0.29, 0.85) for 625 GFLOP,
+//! 357 TFLOP/s. A modelled figure, not a measurement: no GPU has run these
+//! kernels.
 
 use super::device::{KernelArgs, LaunchConfig};
 use super::registry::Kernel;
