@@ -396,20 +396,25 @@ VD_DEVICE void vd_conv_wgrad_pipe(const VdConvWgradPipeArgs& a, int splits) {
     const int v_d = TRANSPOSED ? x_d : y_d, v_h = TRANSPOSED ? x_h : y_h, v_w = TRANSPOSED ? x_w : y_w;
     const int s_d = a.stride[0], s_h = a.stride[1], s_w = a.stride[2];
 
-    // A chunks: (tap offset per axis, channel, kind): kind 0 = x, 1 = the ones
-    // row's chunk, 2 = past M (zeros).
-    int a_td[A_CHUNKS], a_th[A_CHUNKS], a_tw[A_CHUNKS], a_ci[A_CHUNKS], a_kind[A_CHUNKS];
+    // A chunks: the tap offset per axis (regular), the chunk's element offset
+    // from the voxel's first element, and its kind: 0 = x, 1 = the ones row's
+    // chunk, 2 = past M (zeros).
+    int a_td[A_CHUNKS], a_th[A_CHUNKS], a_tw[A_CHUNKS], a_off[A_CHUNKS], a_kind[A_CHUNKS];
 #pragma unroll
     for (int j = 0; j < A_CHUNKS; ++j) {
         const int m = m0 + 8 * (q + 4 * j);
         a_kind[j] = m < a.rows ? 0 : (m == a.rows && a.ws_bias) ? 1 : 2;
         const int mm = m < a.rows ? m : 0;
         const int tap = TRANSPOSED ? 0 : mm / a.cin;
-        a_ci[j] = mm - (mm / a.cin) * a.cin;
+        const int ci = mm - (mm / a.cin) * a.cin;
         a_td[j] = tap / (kh * kw) - a.pad[0];
         a_th[j] = (tap / kw) % kh - a.pad[1];
         a_tw[j] = tap % kw - a.pad[2];
+        a_off[j] = TRANSPOSED ? ci : ((a_td[j] * x_h + a_th[j]) * x_w + a_tw[j]) * a.cin + ci;
     }
+    bool b_ok[B_CHUNKS];
+#pragma unroll
+    for (int j = 0; j < B_CHUNKS; ++j) b_ok[j] = n0 + 8 * (q + 4 * j) < a.cout;
     // The group's tap (transposed).
     const int gt = TRANSPOSED ? group : 0;
     const int g_d = gt / (kh * kw), g_h = (gt / kw) % kh, g_w = gt % kw;
@@ -420,38 +425,38 @@ VD_DEVICE void vd_conv_wgrad_pipe(const VdConvWgradPipeArgs& a, int splits) {
     // This thread's voxel: flat index and coordinates.
     int v = k_begin + kk;
     int vw = v % v_w, vh = (v / v_w) % v_h, vd = (v / (v_w * v_h)) % v_d, vn = v / (v_w * v_h * v_d);
+    bf16* const dst_a = smem + kk * APITCH + 8 * q;
+    bf16* const dst_b = smem + VD_PIPE_BK * APITCH + kk * BPITCH + 8 * q;
 
     auto issue = [&](int st) {
-        bf16* sa = smem + st * STAGE_ELEMS;
-        bf16* sb = sa + VD_PIPE_BK * APITCH;
         const bool v_ok = v < k_end;
+        // The voxel's position: regular, x at o·s (each chunk adds its tap);
+        // transposed, x at i and dy at i·s + t.
+        const int pd = vd * s_d, ph = vh * s_h, pw = vw * s_w;
+        const int a_vox = TRANSPOSED ? v : ((vn * x_d + pd) * x_h + ph) * x_w + pw;
+        const u64 a_base = (u64)a.x + 2 * ((i64)a_vox * a.cin);
+        const int b_vox = TRANSPOSED ? ((vn * y_d + pd + g_d) * y_h + ph + g_h) * y_w + pw + g_w : v;
+        const u64 b_base = (u64)a.dy + 2 * ((i64)b_vox * a.cout + n0 + 8 * q);
 #pragma unroll
         for (int j = 0; j < A_CHUNKS; ++j) {
-            bf16* dst = sa + kk * APITCH + 8 * (q + 4 * j);
+            bf16* dst = dst_a + st * STAGE_ELEMS + 32 * j;
             if (a_kind[j] == 1) {
                 // the ones row: 1 in its first element for every voxel of the range
                 vd_store16(dst, make_uint4(v_ok ? 0x3F80u : 0u, 0u, 0u, 0u));
                 continue;
             }
-            i64 off = 0;
             bool ok = v_ok && a_kind[j] == 0;
-            if (TRANSPOSED) {
-                off = (i64)v * a.cin + a_ci[j];
-            } else {
-                const int qd = vd * s_d + a_td[j], qh = vh * s_h + a_th[j], qw = vw * s_w + a_tw[j];
-                ok = ok && (unsigned)qd < (unsigned)x_d && (unsigned)qh < (unsigned)x_h && (unsigned)qw < (unsigned)x_w;
-                off = ((((i64)vn * x_d + qd) * x_h + qh) * x_w + qw) * a.cin + a_ci[j];
-            }
-            vd_cp_async<16>(dst, a.x + (ok ? off : 0), ok);
+            if (!TRANSPOSED)
+                ok = ok && (unsigned)(pd + a_td[j]) < (unsigned)x_d && (unsigned)(ph + a_th[j]) < (unsigned)x_h &&
+                     (unsigned)(pw + a_tw[j]) < (unsigned)x_w;
+            const bf16* src = ok ? reinterpret_cast<const bf16*>(a_base + 2 * (i64)a_off[j]) : a.x;
+            vd_cp_async<16>(dst, src, ok);
         }
-        i64 b_vox = v;
-        if (TRANSPOSED)
-            b_vox = (((i64)vn * y_d + vd * s_d + g_d) * y_h + vh * s_h + g_h) * y_w + vw * s_w + g_w;
 #pragma unroll
         for (int j = 0; j < B_CHUNKS; ++j) {
-            const int co = n0 + 8 * (q + 4 * j);
-            const bool ok = v_ok && co < a.cout;
-            vd_cp_async<16>(sb + kk * BPITCH + 8 * (q + 4 * j), a.dy + (ok ? b_vox * a.cout + co : 0), ok);
+            const bool ok = v_ok && b_ok[j];
+            const bf16* src = ok ? reinterpret_cast<const bf16*>(b_base + 2 * 32 * j) : a.dy;
+            vd_cp_async<16>(dst_b + st * STAGE_ELEMS + 32 * j, src, ok);
         }
         // Next step: the voxel moves by VD_PIPE_BK.
         v += VD_PIPE_BK;

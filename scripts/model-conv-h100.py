@@ -42,8 +42,8 @@ NEW = {
     "fprop_128x32": dict(I=171 / 32, bm=128, bn=32, smem=69120),
     "fprop_128x64": dict(I=222 / 64, bm=128, bn=64, smem=82944),
     "fprop_64x64": dict(I=158 / 32, bm=64, bn=64, smem=55296),
-    "wgrad_128x32": dict(I=297 / 16, bm=128, bn=32, smem=45056),
-    "wgrad_64x64": dict(I=205 / 16, bm=64, bn=64, smem=36864),
+    "wgrad_128x32": dict(I=209 / 16, bm=128, bn=32, smem=45056),
+    "wgrad_64x64": dict(I=160 / 16, bm=64, bn=64, smem=36864),
     "scatter_async": dict(I=90 / 8, bm=64, bn=64, smem=20480),
 }
 OLD = {

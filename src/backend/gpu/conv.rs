@@ -91,8 +91,8 @@
 //!   with channels zero-padded to multiples of 8 where needed; K steps of
 //!   [`WGRAD_BK`] = 32 voxels, 4 cp.async stages (45056 / 36864 bytes of
 //!   dynamic shared memory), each thread copying, per step, 16-byte chunks of
-//!   one voxel (`t / 4`): 8 channels of A (x at the voxel moved by its rows'
-//!   tap, a mask test per axis) and of B (dy). Tiles are staged k-major as
+//!   one voxel (`t / 4`): 8 channels of A (x at the voxel's base address plus
+//!   the chunk's precomputed tap offset, a range test per axis) and of B (dy). Tiles are staged k-major as
 //!   they lie in memory and read with ldmatrix.trans; the voxel advances by
 //!   carries, no division. The bias gradient is one more GEMM row of ones
 //!   (its product is `Σ_v dy[v, co]`). Grid `(M tiles, N tiles, splits ·
@@ -137,23 +137,23 @@
 //! | `fprop_128x32` (Cout ≤ 32 layers) | 171 / 32 = 5.3 (157 / 32 = 4.9) |
 //! | `fprop_128x64` | 222 / 64 = 3.5 (207 / 64 = 3.2) |
 //! | `fprop_64x64` (and `_splitk`) | 158 / 32 = 4.9 (143 / 32 = 4.5) |
-//! | `wgrad_pipe_128x32` | 297 / 16 = 18.6 (269 / 16 = 16.8) |
-//! | `wgrad_pipe_64x64` | 205 / 16 = 12.8 (186 / 16 = 11.6) |
+//! | `wgrad_pipe_128x32` | 209 / 16 = 13.1 (186 / 16 = 11.6) |
+//! | `wgrad_pipe_64x64` | 160 / 16 = 10.0 (145 / 16 = 9.1) |
 //! | `scatter_async` (unchanged) | 90 / 8 = 11.2 |
 //!
 //! The 64-column step amortises the barrier, the wait and the K advance over
 //! 32 HMMA per warp; a loader chunk costs a 64-bit add, a mask AND, a select
-//! and the LDGSTS. The weight gradient's loader still recomputes a voxel's
-//! position per chunk and per axis (range tests, 64-bit offset): it is the
-//! kernel to tune next.
+//! and the LDGSTS. The weight gradient's step is 16 HMMA per warp (32 voxels)
+//! and each A chunk still tests its tap's range on three axes: with 2× the
+//! forward's issue per HMMA it is the kernel to tune next.
 //!
 //! Modelled H100 time of the conv passes of the paper step (the ImgX UNet
 //! 32/64/128/256 on 1×32×128×128, recycling: two forwards, one backward;
 //! `scripts/model-conv-h100.py` holds the model and its inputs, per launch
 //! `max(executed FLOPs / (989 TFLOP/s · min(0.67, 4 / I) · wave efficiency),
 //! bytes / 3 TB/s)`): before 18.5 ms (forwards 7.6, data gradients 2.7,
-//! weight gradients 8.1); now 1.75 ms (0.62, 0.29, 0.85) for 625 GFLOP,
-//! 357 TFLOP/s. A modelled figure, not a measurement: no GPU has run these
+//! weight gradients 8.1); now 1.53 ms (0.62, 0.29, 0.63) for 625 GFLOP,
+//! 409 TFLOP/s. A modelled figure, not a measurement: no GPU has run these
 //! kernels.
 
 use super::device::{KernelArgs, LaunchConfig};
