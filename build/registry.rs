@@ -63,6 +63,13 @@ pub fn generate_registry(
         "/// NVRTC options besides `--gpu-architecture` and `-I`."
     )
     .unwrap();
+    writeln!(
+        s,
+        "/// The CUBIN targets, in the order of [`Family::cubin`]'s arch index."
+    )
+    .unwrap();
+    let sms: Vec<&str> = ARCHS.iter().map(|a| a.1).collect();
+    writeln!(s, "pub const CUBIN_ARCHS: [&str; {}] = {sms:?};", sms.len()).unwrap();
     let opts: Vec<String> = nvrtc_options("x", &[]).into_iter().skip(1).collect();
     writeln!(s, "pub const NVRTC_OPTIONS: &[&str] = &{opts:?};").unwrap();
     writeln!(
@@ -149,6 +156,31 @@ pub fn generate_registry(
                 writeln!(
                     s,
                     "            (Family::{}, {i}) => Some(include_str!({})),",
+                    camel(f),
+                    q(&p)
+                )
+                .unwrap();
+            }
+        }
+    }
+    writeln!(s, "            _ => None,\n        }}\n    }}").unwrap();
+    writeln!(
+        s,
+        "    /// CUBIN (an ELF image of SASS) for `CUBIN_ARCHS[arch]`, when NVRTC was present at build time."
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "    pub fn cubin(self, arch: usize) -> Option<&'static [u8]> {{\n        match (self, arch) {{"
+    )
+    .unwrap();
+    if have_ptx {
+        for (f, _) in families {
+            for (i, (_, sm)) in ARCHS.iter().enumerate() {
+                let p = ptx_dir.join(format!("{f}.{sm}.cubin"));
+                writeln!(
+                    s,
+                    "            (Family::{}, {i}) => Some(include_bytes!({})),",
                     camel(f),
                     q(&p)
                 )

@@ -104,8 +104,15 @@ impl Nvrtc {
         format!("{major}.{minor}")
     }
 
-    /// Compiles `src` (named `name`) with `options`; Ok(PTX) or Err(log).
-    fn compile(&self, src: &str, name: &str, options: &[String]) -> Result<String, String> {
+    /// Compiles `src` (named `name`) with `options`; Ok((PTX, CUBIN)) or
+    /// Err(log). The CUBIN is empty unless `--gpu-architecture` names a real
+    /// architecture (`sm_XY`), for which NVRTC emits both.
+    fn compile(
+        &self,
+        src: &str,
+        name: &str,
+        options: &[String],
+    ) -> Result<(String, Vec<u8>), String> {
         use std::ffi::{c_char, CString};
         type Create = unsafe extern "C" fn(
             *mut NvrtcProgram,
@@ -128,6 +135,9 @@ impl Nvrtc {
             let get_log: libloading::Symbol<Get> = self.lib.get(b"nvrtcGetProgramLog\0").unwrap();
             let ptx_size: libloading::Symbol<Size> = self.lib.get(b"nvrtcGetPTXSize\0").unwrap();
             let get_ptx: libloading::Symbol<Get> = self.lib.get(b"nvrtcGetPTX\0").unwrap();
+            let cubin_size: libloading::Symbol<Size> =
+                self.lib.get(b"nvrtcGetCUBINSize\0").unwrap();
+            let get_cubin: libloading::Symbol<Get> = self.lib.get(b"nvrtcGetCUBIN\0").unwrap();
             let destroy: libloading::Symbol<Destroy> =
                 self.lib.get(b"nvrtcDestroyProgram\0").unwrap();
 
@@ -161,7 +171,14 @@ impl Nvrtc {
                 ptx_size(prog, &mut n);
                 let mut ptx = vec![0u8; n.max(1)];
                 get_ptx(prog, ptx.as_mut_ptr() as *mut c_char);
-                Ok(String::from_utf8_lossy(&ptx[..n.saturating_sub(1)]).into_owned())
+                let ptx = String::from_utf8_lossy(&ptx[..n.saturating_sub(1)]).into_owned();
+                let mut n = 0usize;
+                cubin_size(prog, &mut n);
+                let mut cubin = vec![0u8; n];
+                if n > 0 {
+                    get_cubin(prog, cubin.as_mut_ptr() as *mut c_char);
+                }
+                Ok((ptx, cubin))
             };
             destroy(&mut prog);
             result
@@ -183,6 +200,8 @@ pub fn nvrtc_options(arch: &str, include_dirs: &[&Path]) -> Vec<String> {
     o
 }
 
+/// Compiles every family for every entry of `ARCHS`: `{family}.{compute}.ptx`
+/// and `{family}.{sm}.cubin` in `ptx_dir`.
 pub fn compile_all_ptx(
     nvrtc: &Nvrtc,
     tc: &Toolchain,
@@ -190,21 +209,28 @@ pub fn compile_all_ptx(
     families: &[(String, PathBuf)],
     ptx_dir: &Path,
 ) {
-    let jobs: Vec<(&String, &PathBuf, &str)> = families
+    let jobs: Vec<(&String, &PathBuf, &str, &str)> = families
         .iter()
-        .flat_map(|(f, p)| ARCHS.iter().map(move |(arch, _)| (f, p, *arch)))
+        .flat_map(|(f, p)| ARCHS.iter().map(move |(arch, sm)| (f, p, *arch, *sm)))
         .collect();
     let errors: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .iter()
-            .map(|&(family, path, arch)| {
+            .map(|&(family, path, arch, sm)| {
                 s.spawn(move || {
                     let src = std::fs::read_to_string(path).unwrap();
-                    let opts = nvrtc_options(arch, &[kernels_dir, &tc.include_dir]);
+                    // The real architecture: NVRTC emits the PTX (`.target sm_XY`,
+                    // the same as for compute_XY) and the CUBIN in one compile.
+                    let opts = nvrtc_options(sm, &[kernels_dir, &tc.include_dir]);
                     let name = format!("{family}.cu");
                     match nvrtc.compile(&src, &name, &opts) {
-                        Ok(ptx) => {
+                        Ok((_, cubin)) if cubin.is_empty() => Some(format!(
+                            "NVRTC produced no CUBIN for kernels/{family}.cu ({sm})"
+                        )),
+                        Ok((ptx, cubin)) => {
                             std::fs::write(ptx_dir.join(format!("{family}.{arch}.ptx")), ptx)
+                                .unwrap();
+                            std::fs::write(ptx_dir.join(format!("{family}.{sm}.cubin")), cubin)
                                 .unwrap();
                             None
                         }
@@ -241,7 +267,8 @@ pub fn run_ptxas_all(
             .map(|(family, arch, sm)| {
                 s.spawn(move || {
                     let ptx = ptx_dir.join(format!("{family}.{arch}.ptx"));
-                    let cubin = ptx_dir.join(format!("{family}.{sm}.cubin"));
+                    // Only the report is used; the embedded CUBIN is NVRTC's.
+                    let cubin = ptx_dir.join(format!("{family}.{sm}.ptxas.cubin"));
                     let out = Command::new(ptxas)
                         .arg("-v")
                         .arg(format!("-arch={sm}"))

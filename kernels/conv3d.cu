@@ -27,6 +27,14 @@
 //     transposed forward:                      a = s, b = 1, c = 0
 //     data gradient of kernel == stride convs: a = s, b = 1, c = −pad_lo
 //
+// bf16 gathers with e == 1 (every forward, every data gradient but strided
+// ones whose kernel is not the stride and those of kernel == stride) run on
+// the pipelined kernels of conv3d_pipe.cuh (vd_conv3d_fprop_*): per-row
+// offsets and tap masks computed once, a K loop of adds and mask tests,
+// multi-stage cp.async, tiles chosen per layer, split K, 16-byte epilogue
+// stores; channels that are not a multiple of 8 are zero-padded first
+// (vd_conv3d_pad_channels). What follows is the general path.
+//
 // Tiling (both mappings, and the weight gradient below): a block of 256
 // threads computes a 64 × 64 tile of `out` (VD_CONV_BM rows × VD_CONV_BN
 // channels). The K loop takes VD_CONV_BK = 16 columns per step: each thread
@@ -37,18 +45,20 @@
 //   micro-tile, 16 · 16 fused multiply-adds per step;
 // - VdConvMmaCore (bf16 activations): tiles in bf16, ldmatrix +
 //   mma.sync.m16n8k16 per warp (the forward's f32 weights round to bf16).
-// The cores live in conv3d_tiles.cuh. For bf16 with GEMM input channels a
-// multiple of 8, the forward / data-gradient loader is a two-stage cp.async
-// pipeline of 32-column steps instead (see "cp.async pipeline" below).
+// The cores live in conv3d_tiles.cuh. bf16 scatters (channels zero-padded to
+// a multiple of 8) load through a two-stage cp.async pipeline of 32-column
+// steps instead (see "cp.async pipeline" below); the register loader serves
+// f32 and the bf16 gathers with e > 1.
 //
-// The weight gradient, per tap group z (regular convs: one group of all taps;
+// The weight gradient (f32 here; bf16 on the pipelined loop of
+// conv3d_pipe.cuh), per tap group z (regular convs: one group of all taps;
 // transposed: one group per tap):
 //   dw[t, ci, co] = Σ_v A[(t, ci), v] · B[v, co]
 // is a GEMM with M = taps_per_group · Cin, N = Cout, K = N · voxels of the
 // iteration space, split into K ranges across blocks (grid y). Each block writes
 // its partial tile to a workspace; vd_conv3d_wgrad_reduce sums the partials in
 // split order (deterministic, no atomics) and the bias gradient alongside.
-#include "conv3d_tiles.cuh"
+#include "conv3d_pipe.cuh"
 
 // Mirrors `ConvGemmArgs` in src/backend/gpu/conv.rs.
 struct VdConvArgs {
@@ -216,11 +226,11 @@ extern "C" __global__ void vd_conv3d_gather_f32(VdConvArgs a) {
 }
 extern "C" __global__ void vd_conv3d_gather_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, false, VdConvMmaCore16>(a); }
 extern "C" __global__ void vd_conv3d_scatter_f32(VdConvArgs a) { vd_conv_implicit_gemm<float, true, VdConvFmaCore>(a); }
-extern "C" __global__ void vd_conv3d_scatter_bf16(VdConvArgs a) { vd_conv_implicit_gemm<bf16, true, VdConvMmaCore16>(a); }
 
 // ------------------------------------------------- bf16, cp.async pipeline
-// When the GEMM's input channels are a multiple of 8 (every UNet layer but the
-// first), a K chunk of 8 columns is 16 contiguous bytes of one input voxel, so
+// A scatter's input channels are a multiple of 8 (padded by the host where
+// they are not), so a K chunk of 8 columns is 16 contiguous bytes of one
+// input voxel, and
 // A moves global → shared with cp.async (zero-filled where the mapping leaves
 // the input) and B from a bf16 copy of the weight packed by
 // vd_conv3d_pack_weights as bt[tap][n][ci] (the data gradient's transpose is
@@ -278,24 +288,94 @@ VD_DEVICE void vd_conv_implicit_gemm_async(const VdConvArgs a, const bf16* __res
     vd_conv_epilogue<bf16, SCATTER>(a, core, m0, n0);
 }
 
-extern "C" __global__ void vd_conv3d_gather_async_bf16(VdConvArgs a, const bf16* __restrict__ bt) {
-    vd_conv_implicit_gemm_async<false>(a, bt);
-}
 extern "C" __global__ void vd_conv3d_scatter_async_bf16(VdConvArgs a, const bf16* __restrict__ bt) {
     vd_conv_implicit_gemm_async<true>(a, bt);
 }
 
-// bt[(t · n_out + n) · n_in + c] = bf16(w[t · w_tap + c · w_ci + n · w_co]) for
-// t < taps, n < n_out (the GEMM's N), c < n_in (the GEMM's input channels):
-// the B operand of the cp.async kernels. One element per thread, grid-stride.
-extern "C" __global__ void vd_conv3d_pack_weights(VdConvArgs a, bf16* __restrict__ bt, int taps) {
-    const i64 total = (i64)taps * a.cout * a.cin;
+// bt[(t · n_out + n) · n_in_pad + c] = bf16(w[t · w_tap + c · w_ci + n · w_co])
+// for c < n_in, 0 for n_in ≤ c < n_in_pad (t < taps, n < n_out: the GEMM's N):
+// the B operand of the cp.async kernels, its input channels zero-padded like
+// the activation's. One element per thread, grid-stride.
+extern "C" __global__ void vd_conv3d_pack_weights(const float* __restrict__ w, bf16* __restrict__ bt, int taps,
+                                                  int n_out, int n_in, int n_in_pad, int w_tap, int w_ci,
+                                                  int w_co) {
+    const i64 total = (i64)taps * n_out * n_in_pad;
     const i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const int c = (int)(i % a.cin);
-        const int n = (int)((i / a.cin) % a.cout);
-        const int t = (int)(i / ((i64)a.cin * a.cout));
-        bt[i] = f32_to_bf16(a.w[(i64)t * a.w_tap + (i64)c * a.w_ci + (i64)n * a.w_co]);
+        const int c = (int)(i % n_in_pad);
+        const int n = (int)((i / n_in_pad) % n_out);
+        const int t = (int)(i / ((i64)n_in_pad * n_out));
+        bt[i] = f32_to_bf16(c < n_in ? w[(i64)t * w_tap + (i64)c * w_ci + (i64)n * w_co] : 0.0f);
+    }
+}
+
+// y[v, c] = x[v, c] for c < c_in, 0 for c_in ≤ c < c_pad (c_pad a multiple of
+// 8): an activation with a channel count the 16-byte loaders cannot read
+// (the stem's 15, the head gradient's 14) widened for them. One 16-byte output
+// chunk per thread, grid-stride.
+extern "C" __global__ void vd_conv3d_pad_channels(const bf16* __restrict__ x, bf16* __restrict__ y, i64 voxels,
+                                                  int c_in, int c_pad) {
+    const int chunks = c_pad / 8;
+    const i64 total = voxels * chunks;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const i64 v = i / chunks;
+        const int c0 = (int)(i - v * chunks) * 8;
+        float out[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out[e] = c0 + e < c_in ? bf16_to_f32(x[v * c_in + c0 + e]) : 0.0f;
+        vd_store16(y + v * c_pad + c0, vd_pack_bf16x8(out));
+    }
+}
+
+// ------------------------------------------- bf16, pipelined forward / dgrad
+// The gather mappings with e == 1 (forward, stride-1 and transposed data
+// gradients) on the pipelined tensor-core loop of conv3d_pipe.cuh, one entry
+// point per block tile (rows × channels, warp tile): 128 × 32 (warps 32 × 32)
+// for 32-channel outputs, 128 × 64 (warps 64 × 32) where M is large, 64 × 64
+// (warps 32 × 32) where it is small; `_splitk` writes f32 partials per K split.
+extern "C" __global__ void vd_conv3d_fprop_128x32_bf16(VdConvPipeArgs a) {
+    vd_conv_fprop_pipe<128, 32, 32, 32, 64, 3, false>(a);
+}
+extern "C" __global__ void vd_conv3d_fprop_128x64_bf16(VdConvPipeArgs a) {
+    vd_conv_fprop_pipe<128, 64, 64, 32, 64, 3, false>(a);
+}
+extern "C" __global__ void vd_conv3d_fprop_64x64_bf16(VdConvPipeArgs a) {
+    vd_conv_fprop_pipe<64, 64, 32, 32, 64, 3, false>(a);
+}
+extern "C" __global__ void vd_conv3d_fprop_128x32_splitk_bf16(VdConvPipeArgs a) {
+    vd_conv_fprop_pipe<128, 32, 32, 32, 64, 3, true>(a);
+}
+extern "C" __global__ void vd_conv3d_fprop_64x64_splitk_bf16(VdConvPipeArgs a) {
+    vd_conv_fprop_pipe<64, 64, 32, 32, 64, 3, true>(a);
+}
+
+// y[m, co] = bf16(bias[co] + Σ_{s < splits} ws[s][m][co]) in split order
+// (deterministic): the end of a split-K forward / data gradient. One thread per
+// 4 consecutive outputs (cout a multiple of 4: f32x4 loads), else per output;
+// grid-stride.
+extern "C" __global__ void vd_conv3d_splitk_reduce_bf16(const float* __restrict__ ws, const float* __restrict__ bias,
+                                                        bf16* __restrict__ y, i64 elems, int cout, int splits) {
+    const bool vec = (cout & 3) == 0;
+    const i64 items = vec ? elems / 4 : elems;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < items; i += stride) {
+        if (vec) {
+            const i64 e = i * 4;
+            float4 s = vd_load_f32x4(ws + e);
+            for (int p = 1; p < splits; ++p) {
+                const float4 t = vd_load_f32x4(ws + (i64)p * elems + e);
+                s.x += t.x, s.y += t.y, s.z += t.z, s.w += t.w;
+            }
+            const int co = (int)(e % cout);
+            if (bias) s.x += bias[co], s.y += bias[co + 1], s.z += bias[co + 2], s.w += bias[co + 3];
+            *reinterpret_cast<uint2*>(y + e) = make_uint2(vd_pack_bf16x2(s.x, s.y), vd_pack_bf16x2(s.z, s.w));
+        } else {
+            float s = ws[i];
+            for (int p = 1; p < splits; ++p) s += ws[(i64)p * elems + i];
+            if (bias) s += bias[i % cout];
+            y[i] = f32_to_bf16(s);
+        }
     }
 }
 
@@ -452,32 +532,51 @@ VD_DEVICE void vd_conv_wgrad_partial(const VdConvWgradArgs a) {
 extern "C" __global__ void vd_conv3d_wgrad_f32(VdConvWgradArgs a) {
     vd_conv_wgrad_partial<float, false, VdConvFmaCore>(a);
 }
-extern "C" __global__ void vd_conv3d_wgrad_bf16(VdConvWgradArgs a) {
-    vd_conv_wgrad_partial<bf16, false, VdConvMmaCore16>(a);
-}
 extern "C" __global__ void vd_conv3d_wgrad_transposed_f32(VdConvWgradArgs a) {
     vd_conv_wgrad_partial<float, true, VdConvFmaCore>(a);
 }
-extern "C" __global__ void vd_conv3d_wgrad_transposed_bf16(VdConvWgradArgs a) {
-    vd_conv_wgrad_partial<bf16, true, VdConvMmaCore16>(a);
+
+// bf16 weight gradients on the pipelined tensor-core loop of conv3d_pipe.cuh:
+// block tile (rows of (tap, ci)) × (output channels) 128 × 32 for Cout ≤ 32,
+// else 64 × 64; warp tiles 32 × 32; grid (M tiles, N tiles, splits · groups).
+extern "C" __global__ void vd_conv3d_wgrad_pipe_128x32_bf16(VdConvWgradPipeArgs a, int splits) {
+    vd_conv_wgrad_pipe<128, 32, 4, false>(a, splits);
+}
+extern "C" __global__ void vd_conv3d_wgrad_pipe_64x64_bf16(VdConvWgradPipeArgs a, int splits) {
+    vd_conv_wgrad_pipe<64, 64, 4, false>(a, splits);
+}
+extern "C" __global__ void vd_conv3d_wgrad_pipe_transposed_128x32_bf16(VdConvWgradPipeArgs a, int splits) {
+    vd_conv_wgrad_pipe<128, 32, 4, true>(a, splits);
+}
+extern "C" __global__ void vd_conv3d_wgrad_pipe_transposed_64x64_bf16(VdConvWgradPipeArgs a, int splits) {
+    vd_conv_wgrad_pipe<64, 64, 4, true>(a, splits);
 }
 
-// dw[i] = Σ_{s < splits} ws[s · w_elems + i] (split order), and when db is not
-// null db[co] = Σ_{p < bias_parts} ws_bias[p · cout + co] (p = split · groups + z).
-// Grid-stride over w_elems + cout outputs, one per thread.
+// dw[t, ci, co] = Σ_{s < splits} ws[s][(t · cin_pad + ci) · cout_pad + co]
+// (split order) for ci < cin, co < cout — the partials may carry zero-padded
+// channels — and when db is not null db[co] = Σ_{p < bias_parts}
+// ws_bias[p · cout_pad + co] (p = split · groups + z). Grid-stride over the
+// taps · cin · cout + cout outputs, one per thread.
 extern "C" __global__ void vd_conv3d_wgrad_reduce(const float* __restrict__ ws, const float* __restrict__ ws_bias,
-                                                  float* __restrict__ dw, float* __restrict__ db, i64 w_elems,
-                                                  int splits, int bias_parts, int cout) {
+                                                  float* __restrict__ dw, float* __restrict__ db, int taps, int cin,
+                                                  int cin_pad, int cout, int cout_pad, int splits,
+                                                  int bias_parts) {
+    const i64 w_elems = (i64)taps * cin * cout;
+    const i64 split_stride = (i64)taps * cin_pad * cout_pad;
     const i64 total = w_elems + (db ? cout : 0);
     const i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         float s = 0.0f;
         if (i < w_elems) {
-            for (int p = 0; p < splits; ++p) s += ws[(i64)p * w_elems + i];
+            const int co = (int)(i % cout);
+            const i64 r = i / cout;  // t · cin + ci
+            const int ci = (int)(r % cin);
+            const i64 src = ((r / cin) * cin_pad + ci) * cout_pad + co;
+            for (int p = 0; p < splits; ++p) s += ws[(i64)p * split_stride + src];
             dw[i] = s;
         } else {
             const int co = (int)(i - w_elems);
-            for (int p = 0; p < bias_parts; ++p) s += ws_bias[(i64)p * cout + co];
+            for (int p = 0; p < bias_parts; ++p) s += ws_bias[(i64)p * cout_pad + co];
             db[co] = s;
         }
     }

@@ -211,6 +211,44 @@ extern "C" __global__ void vd_selftest_ldmatrix(const unsigned short* __restrict
     for (int k = 0; k < 4; ++k) o[64 * 4 + k] = r[k];
 }
 
+// The bare mma.sync wrapper on registers given per lane (one warp): lane l
+// passes a[4·l..], b[2·l..], c[4·l..] and writes its d to d[4·l..]. The
+// fragment layouts are the test's to choose (tests/emu_cute_oracle.rs).
+extern "C" __global__ void vd_selftest_mma_regs(const u32* __restrict__ a, const u32* __restrict__ b,
+                                                const float* __restrict__ c, float* __restrict__ d) {
+    const int l = threadIdx.x;
+    const u32 ra[4] = {a[4 * l], a[4 * l + 1], a[4 * l + 2], a[4 * l + 3]};
+    const u32 rb[2] = {b[2 * l], b[2 * l + 1]};
+    const float rc[4] = {c[4 * l], c[4 * l + 1], c[4 * l + 2], c[4 * l + 3]};
+    float rd[4];
+    vd_mma_bf16_16816(rd, ra, rb, rc);
+    for (int k = 0; k < 4; ++k) d[4 * l + k] = rd[k];
+}
+
+// The bare ldmatrix wrappers with row addresses chosen per lane (one warp): 32
+// rows of 8 b16 (`rows`, row pitch 16 elements in shared memory); lane l
+// passes the address of row row_of_lane[l]. `variant` = 2·v + trans with v = 0
+// (x1), 1 (x2), 2 (x4); out[4·l + r] is lane l's register r (0 past the count).
+extern "C" __global__ void vd_selftest_ldmatrix_rows(const unsigned short* __restrict__ rows,
+                                                     const int* __restrict__ row_of_lane, u32* __restrict__ out,
+                                                     int variant) {
+    __shared__ __align__(16) unsigned short s[32][16];
+    const int l = threadIdx.x;
+    for (int e = l; e < 32 * 16; e += 32) s[e / 16][e % 16] = e % 16 < 8 ? rows[(e / 16) * 8 + e % 16] : 0xDEAD;
+    __syncthreads();
+    const void* row = &s[row_of_lane[l]][0];
+    u32 r[4] = {0, 0, 0, 0};
+    switch (variant) {
+        case 0: vd_ldmatrix_x1(r, row); break;
+        case 1: vd_ldmatrix_x1_trans(r, row); break;
+        case 2: vd_ldmatrix_x2(r, row); break;
+        case 3: vd_ldmatrix_x2_trans(r, row); break;
+        case 4: vd_ldmatrix_x4(r, row); break;
+        default: vd_ldmatrix_x4_trans(r, row); break;
+    }
+    for (int k = 0; k < 4; ++k) out[4 * l + k] = r[k];
+}
+
 // cp.async: 64 threads stage `n` floats (n <= 256) into shared memory. Thread t
 // copies the 16-byte chunk t in group 0 if t < 32, else in group 1; chunks past
 // n are zero-filled (valid = false). The odd tail element uses a 4-byte copy.

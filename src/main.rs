@@ -90,18 +90,40 @@ fn main() -> Result<()> {
 /// `voxdiff info`: what this binary was built with and what it can run on.
 fn info() {
     use voxdiff::backend::gpu::registry::{
-        ptxas_info, Family, Kernel, NVRTC_AT_BUILD, PTXAS_AT_BUILD, PTX_ARCHS,
+        ptxas_info, Family, Kernel, CUBIN_ARCHS, NVRTC_AT_BUILD, PTXAS_AT_BUILD, PTX_ARCHS,
     };
     use voxdiff::backend::gpu::{cuda, emu};
 
     println!("voxdiff {}", env!("CARGO_PKG_VERSION"));
     println!("build:");
     match NVRTC_AT_BUILD {
-        Some(v) => println!(
-            "  NVRTC at build: yes ({v}); PTX for {} of {} kernel families",
-            PTX_ARCHS.join(", "),
-            Family::ALL.len()
-        ),
+        Some(v) => {
+            let bytes = |f: &dyn Fn(Family, usize) -> usize, n: usize| -> usize {
+                (0..n)
+                    .map(|i| Family::ALL.iter().map(|&fam| f(fam, i)).sum::<usize>())
+                    .sum()
+            };
+            let cubin = bytes(
+                &|f, i| f.cubin(i).map_or(0, |c| c.len()),
+                CUBIN_ARCHS.len(),
+            );
+            let ptx = bytes(&|f, i| f.ptx(i).map_or(0, |p| p.len()), PTX_ARCHS.len());
+            println!(
+                "  NVRTC at build: yes ({v}); embedded for each of {} kernel families:",
+                Family::ALL.len()
+            );
+            println!(
+                "    CUBIN for {} ({:.1} MB in all)",
+                CUBIN_ARCHS.join(", "),
+                cubin as f64 / 1e6
+            );
+            println!(
+                "    PTX for {} ({:.1} MB in all)",
+                PTX_ARCHS.join(", "),
+                ptx as f64 / 1e6
+            );
+            println!("    the sources (for the machine's NVRTC when neither loads)");
+        }
         None => println!(
             "  NVRTC at build: no (sources embedded; CUDA compiles them at run time with the machine's NVRTC)"
         ),
@@ -122,8 +144,17 @@ fn info() {
     match cuda::list_devices() {
         Ok(gpus) => {
             println!("  CUDA driver: present, {} GPU(s)", gpus.len());
-            for g in gpus {
+            for (i, g) in gpus.iter().enumerate() {
                 println!("    {g}");
+                // Opening the device loads every family: show which form was used.
+                match cuda::Cuda::new(i) {
+                    Ok(dev) => {
+                        for (family, origin) in dev.code_origin() {
+                            println!("      {:12} {origin}", family.name());
+                        }
+                    }
+                    Err(e) => println!("      cannot open: {e:#}"),
+                }
             }
         }
         Err(e) => println!("  CUDA driver: {e:#}"),

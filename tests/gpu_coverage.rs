@@ -82,112 +82,209 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         || rand(b, sh(2), DType::BF16, 40),
     );
 
-    // Convolutions: every path (in bf16, multiple-of-8 channels take the
-    // cp.async pipeline with packed weights, odd ones the register loader;
-    // each pass is a gather or a scatter GEMM depending on spec and pass).
-    // (spec, Cin, Cout, the kernels of [forward, dgrad, wgrad], each as
-    // [f32 activations, bf16 activations]).
-    let convs: [(ConvSpec, usize, usize, Passes); 6] = [
+    // Convolutions: every path. bf16 gathers whose index needs no division
+    // take the pipelined kernels (channels padded to a multiple of 8 first
+    // when they are not, the tile and K split chosen by fprop_tiling); the
+    // strided 3×3×3 data gradient the general register loader; scatters the
+    // cp.async pipeline for multiple-of-8 channels, else the register loader.
+    // (spec, input extents, Cin, Cout, the kernels of [forward, dgrad, wgrad],
+    // each as [f32 activations, bf16 activations]).
+    const GATHER: &[&str] = &["vd_conv3d_gather_f32"];
+    const SCATTER: &[&str] = &["vd_conv3d_scatter_f32"];
+    // Weight gradients: [f32, bf16] for Cout ≤ 32 and > 32; `_PAD` when Cin
+    // or Cout is padded to a multiple of 8 first.
+    const WG_F32: &[&str] = &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"];
+    const WGT_F32: &[&str] = &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_f32"];
+    const WG: [&[&str]; 2] = [
+        WG_F32,
+        &["vd_conv3d_wgrad_pipe_128x32_bf16", "vd_conv3d_wgrad_reduce"],
+    ];
+    const WG_PAD: [&[&str]; 2] = [
+        WG_F32,
+        &[
+            "vd_conv3d_pad_channels",
+            "vd_conv3d_wgrad_pipe_128x32_bf16",
+            "vd_conv3d_wgrad_reduce",
+        ],
+    ];
+    const WG64: [&[&str]; 2] = [
+        WG_F32,
+        &["vd_conv3d_wgrad_pipe_64x64_bf16", "vd_conv3d_wgrad_reduce"],
+    ];
+    const WGT_PAD: [&[&str]; 2] = [
+        WGT_F32,
+        &[
+            "vd_conv3d_pad_channels",
+            "vd_conv3d_wgrad_pipe_transposed_128x32_bf16",
+            "vd_conv3d_wgrad_reduce",
+        ],
+    ];
+    const WGT: [&[&str]; 2] = [
+        WGT_F32,
+        &[
+            "vd_conv3d_wgrad_pipe_transposed_128x32_bf16",
+            "vd_conv3d_wgrad_reduce",
+        ],
+    ];
+    const WGT64: [&[&str]; 2] = [
+        WGT_F32,
+        &[
+            "vd_conv3d_wgrad_pipe_transposed_64x64_bf16",
+            "vd_conv3d_wgrad_reduce",
+        ],
+    ];
+    const P128X32: &[&str] = &["vd_conv3d_fprop_128x32_bf16", "vd_conv3d_pack_weights"];
+    const P128X32_PAD: &[&str] = &[
+        "vd_conv3d_fprop_128x32_bf16",
+        "vd_conv3d_pack_weights",
+        "vd_conv3d_pad_channels",
+    ];
+    const P128X32_SPLIT: &[&str] = &[
+        "vd_conv3d_fprop_128x32_splitk_bf16",
+        "vd_conv3d_pack_weights",
+        "vd_conv3d_splitk_reduce_bf16",
+    ];
+    const P64X64_SPLIT_PAD: &[&str] = &[
+        "vd_conv3d_fprop_64x64_splitk_bf16",
+        "vd_conv3d_pack_weights",
+        "vd_conv3d_pad_channels",
+        "vd_conv3d_splitk_reduce_bf16",
+    ];
+    const SCATTER_ASYNC: &[&str] = &["vd_conv3d_pack_weights", "vd_conv3d_scatter_async_bf16"];
+    let small = [3, 5, 7];
+    let convs: [(ConvSpec, [usize; 3], usize, usize, Passes); 11] = [
         (
             ConvSpec::K3,
+            small,
             3,
             5,
+            [[GATHER, P128X32_PAD], [GATHER, P128X32_PAD], WG_PAD],
+        ),
+        (
+            ConvSpec::K3,
+            small,
+            8,
+            16,
+            [[GATHER, P128X32], [GATHER, P128X32], WG],
+        ),
+        (
+            ConvSpec::K3,
+            small,
+            17,
+            5,
             [
-                [&["vd_conv3d_gather_f32"], &["vd_conv3d_gather_bf16"]],
-                [&["vd_conv3d_gather_f32"], &["vd_conv3d_gather_bf16"]],
                 [
-                    &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"],
-                    &["vd_conv3d_wgrad_bf16", "vd_conv3d_wgrad_reduce"],
+                    GATHER,
+                    &[
+                        "vd_conv3d_fprop_128x32_splitk_bf16",
+                        "vd_conv3d_pack_weights",
+                        "vd_conv3d_pad_channels",
+                        "vd_conv3d_splitk_reduce_bf16",
+                    ],
                 ],
+                [GATHER, P128X32_PAD],
+                WG_PAD,
             ],
         ),
         (
             ConvSpec::K3,
+            small,
             8,
-            16,
+            40,
             [
                 [
-                    &["vd_conv3d_gather_f32"],
-                    &["vd_conv3d_gather_async_bf16", "vd_conv3d_pack_weights"],
+                    GATHER,
+                    &["vd_conv3d_fprop_64x64_bf16", "vd_conv3d_pack_weights"],
                 ],
-                [
-                    &["vd_conv3d_gather_f32"],
-                    &["vd_conv3d_gather_async_bf16", "vd_conv3d_pack_weights"],
-                ],
-                [
-                    &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"],
-                    &["vd_conv3d_wgrad_bf16", "vd_conv3d_wgrad_reduce"],
-                ],
+                [GATHER, P128X32_SPLIT],
+                WG64,
             ],
         ),
         (
-            ConvSpec::DOWN2,
-            8,
-            8,
+            ConvSpec::K3,
+            small,
+            33,
+            70,
             [
+                [GATHER, P64X64_SPLIT_PAD],
+                [GATHER, P64X64_SPLIT_PAD],
                 [
-                    &["vd_conv3d_gather_f32"],
-                    &["vd_conv3d_gather_async_bf16", "vd_conv3d_pack_weights"],
-                ],
-                [
-                    &["vd_conv3d_scatter_f32"],
-                    &["vd_conv3d_pack_weights", "vd_conv3d_scatter_async_bf16"],
-                ],
-                [
-                    &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"],
-                    &["vd_conv3d_wgrad_bf16", "vd_conv3d_wgrad_reduce"],
-                ],
-            ],
-        ),
-        (
-            ConvSpec::UP2,
-            3,
-            5,
-            [
-                [&["vd_conv3d_scatter_f32"], &["vd_conv3d_scatter_bf16"]],
-                [&["vd_conv3d_gather_f32"], &["vd_conv3d_gather_bf16"]],
-                [
-                    &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_f32"],
-                    &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_bf16"],
-                ],
-            ],
-        ),
-        (
-            ConvSpec::UP2,
-            8,
-            16,
-            [
-                [
-                    &["vd_conv3d_scatter_f32"],
-                    &["vd_conv3d_pack_weights", "vd_conv3d_scatter_async_bf16"],
-                ],
-                [
-                    &["vd_conv3d_gather_f32"],
-                    &["vd_conv3d_gather_async_bf16", "vd_conv3d_pack_weights"],
-                ],
-                [
-                    &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_f32"],
-                    &["vd_conv3d_wgrad_reduce", "vd_conv3d_wgrad_transposed_bf16"],
+                    WG_F32,
+                    &[
+                        "vd_conv3d_pad_channels",
+                        "vd_conv3d_wgrad_pipe_64x64_bf16",
+                        "vd_conv3d_wgrad_reduce",
+                    ],
                 ],
             ],
         ),
         (
             ConvSpec::K1,
-            5,
-            3,
+            [16, 33, 33],
+            8,
+            40,
             [
-                [&["vd_conv3d_gather_f32"], &["vd_conv3d_gather_bf16"]],
-                [&["vd_conv3d_scatter_f32"], &["vd_conv3d_scatter_bf16"]],
                 [
-                    &["vd_conv3d_wgrad_f32", "vd_conv3d_wgrad_reduce"],
-                    &["vd_conv3d_wgrad_bf16", "vd_conv3d_wgrad_reduce"],
+                    GATHER,
+                    &["vd_conv3d_fprop_128x64_bf16", "vd_conv3d_pack_weights"],
                 ],
+                [SCATTER, SCATTER_ASYNC],
+                WG64,
             ],
         ),
+        (
+            ConvSpec::DOWN2,
+            small,
+            8,
+            8,
+            [[GATHER, P128X32], [SCATTER, SCATTER_ASYNC], WG],
+        ),
+        (
+            ConvSpec::new([3, 3, 3], [2, 2, 2], false),
+            small,
+            8,
+            8,
+            [[GATHER, P128X32], [GATHER, &["vd_conv3d_gather_bf16"]], WG],
+        ),
+        (
+            ConvSpec::UP2,
+            small,
+            3,
+            5,
+            [
+                [
+                    SCATTER,
+                    &[
+                        "vd_conv3d_pack_weights",
+                        "vd_conv3d_pad_channels",
+                        "vd_conv3d_scatter_async_bf16",
+                    ],
+                ],
+                [GATHER, P128X32_PAD],
+                WGT_PAD,
+            ],
+        ),
+        (
+            ConvSpec::UP2,
+            small,
+            8,
+            16,
+            [[SCATTER, SCATTER_ASYNC], [GATHER, P128X32], WGT],
+        ),
+        (
+            ConvSpec::UP2,
+            small,
+            8,
+            40,
+            [[SCATTER, SCATTER_ASYNC], [GATHER, P128X32], WGT64],
+        ),
     ];
-    for (spec, cin, cout, [fwd, dgrad, wgrad]) in convs {
-        let case = format!("{:?} {cin}->{cout}", spec.kernel);
-        let x = rand(b, sh(cin), act, 1);
+    for (spec, [dd, hh, ww], cin, cout, [fwd, dgrad, wgrad]) in convs {
+        let case = format!(
+            "{:?}/{:?} {dd}x{hh}x{ww} {cin}->{cout}",
+            spec.kernel, spec.stride
+        );
+        let x = rand(b, Shape::ndhwc(1, dd, hh, ww, cin), act, 1);
         let w = rand(b, spec.weight_shape(cin, cout), f32_, 2);
         let bias = rand(b, Shape::new(&[cout]), f32_, 3);
         let y = d.expect(&format!("conv3d {case}"), fwd[0], fwd[1], || {
@@ -659,6 +756,16 @@ const SELFTESTS: &[(&str, &str, &str)] = &[
         "vd_selftest_ldmatrix",
         "emu_warp.rs",
         include_str!("emu_warp.rs"),
+    ),
+    (
+        "vd_selftest_mma_regs",
+        "emu_cute_oracle.rs",
+        include_str!("emu_cute_oracle.rs"),
+    ),
+    (
+        "vd_selftest_ldmatrix_rows",
+        "emu_cute_oracle.rs",
+        include_str!("emu_cute_oracle.rs"),
     ),
     (
         "vd_selftest_cp_async",

@@ -115,3 +115,66 @@ fn registry_names_follow_the_convention() {
         assert!(k.family().source().contains(k.name()));
     }
 }
+
+/// The ELF header fields of a CUDA image: (64-bit, e_machine, SM version).
+/// CUDA ELF ABI version 8 (CUDA 13) keeps the SM in bits 8..15 of e_flags,
+/// earlier ABIs in bits 0..7.
+fn cubin_header(image: &[u8]) -> (bool, u16, u32) {
+    assert!(
+        image.len() > 64 && &image[..4] == b"\x7fELF",
+        "not an ELF image"
+    );
+    let machine = u16::from_le_bytes([image[18], image[19]]);
+    let flags = u32::from_le_bytes(image[48..52].try_into().unwrap());
+    let sm = if image[8] >= 8 {
+        (flags >> 8) & 0xFF
+    } else {
+        flags & 0xFF
+    };
+    (image[4] == 2, machine, sm)
+}
+
+#[test]
+fn every_family_embeds_a_cubin_per_real_arch() {
+    use voxdiff::backend::gpu::registry::CUBIN_ARCHS;
+    if NVRTC_AT_BUILD.is_none() {
+        assert!(
+            !required(),
+            "VOXDIFF_REQUIRE_NVRTC=1 but the build found no NVRTC"
+        );
+        eprintln!("SKIPPED: built without NVRTC, no CUBIN to check");
+        return;
+    }
+    assert_eq!(CUBIN_ARCHS, ["sm_80", "sm_90"]);
+    for &family in Family::ALL {
+        for (i, arch) in CUBIN_ARCHS.iter().enumerate() {
+            let image = family
+                .cubin(i)
+                .unwrap_or_else(|| panic!("kernels/{}.cu has no {arch} CUBIN", family.name()));
+            let (elf64, machine, sm) = cubin_header(image);
+            assert!(elf64, "{} {arch}: not a 64-bit ELF", family.name());
+            assert_eq!(
+                machine,
+                190,
+                "{} {arch}: e_machine is not EM_CUDA",
+                family.name()
+            );
+            assert_eq!(
+                format!("sm_{sm}"),
+                *arch,
+                "{}: the {arch} CUBIN is for another SM",
+                family.name()
+            );
+            for k in Kernel::ALL.iter().filter(|k| k.family() == family) {
+                let section = format!(".text.{}\0", k.name());
+                assert!(
+                    image
+                        .windows(section.len())
+                        .any(|w| w == section.as_bytes()),
+                    "{} is missing from the {arch} CUBIN",
+                    k.name()
+                );
+            }
+        }
+    }
+}

@@ -6,21 +6,22 @@
 //!   loader, e.g. a driver older than CUDA 13.0 missing a symbol, into an error).
 //! - One context (the device's primary context) and one non-default stream;
 //!   every copy and launch is queued on that stream in order.
-//! - Modules are loaded once, at construction, from the PTX embedded at build
-//!   time for the newest target not above the device (compute_90 on sm_90+,
-//!   compute_80 on sm_80..sm_89). If the driver rejects that PTX (or the build
-//!   had no NVRTC), the family is recompiled from its embedded source with the
-//!   machine's NVRTC for the device's exact compute capability.
+//! - Modules are loaded once, at construction: per family the embedded CUBIN
+//!   for the device's architecture, else the embedded PTX, else the source
+//!   recompiled by the machine's NVRTC (`code_image.rs` gives the order and the
+//!   reasons; each refusal is logged once to stderr, and a driver too old for
+//!   every form gets one error that says so).
 //! - Every kernel's function handle is looked up once and cached by
 //!   [`Kernel::index`]; a launch never looks up a name.
 //! - Memory comes from the device's default stream-ordered pool, whose release
 //!   threshold is raised to "never", so freed memory stays in the pool for the
 //!   next allocation instead of returning to the driver.
 
+use super::code_image::{self, driver_version_name, image_name, CodeImage, Embedded, LoadPlan};
 use super::device::{
     check_args, check_config, Device, DeviceKind, Event, KernelArgs, LaunchConfig, ALLOC_ALIGN,
 };
-use super::registry::{Family, Kernel, HEADERS, NVRTC_OPTIONS, PTX_ARCHS};
+use super::registry::{Family, Kernel, HEADERS, NVRTC_AT_BUILD, NVRTC_OPTIONS};
 use crate::tensor::{Buffer, Memory, MemoryKind};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
@@ -161,40 +162,25 @@ impl Cuda {
                  need 8.0 or newer (bf16 mma.sync, cp.async)"
             );
         }
-        let arch = if major >= 9 { 1 } else { 0 };
         let stream = ctx
             .new_stream()
             .map_err(driver_err("creating the stream"))?;
 
+        let driver = driver_version()?;
+        let load = code_image::plan((major as u32, minor as u32), driver, &Embedded::built());
+        for why in &load.refused {
+            log_once(&format!(
+                "cuda:{ordinal} (sm_{major}{minor}, driver CUDA {}): {why}",
+                driver_version_name(driver)
+            ));
+        }
         let mut modules = Vec::new();
         let mut code_origin = Vec::new();
         for &family in Family::ALL {
-            let embedded = family.ptx(arch).map(|ptx| {
-                ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                    .map_err(driver_err("loading embedded PTX"))
-            });
-            let (module, origin) = match embedded {
-                Some(Ok(m)) => (m, format!("embedded {} PTX", PTX_ARCHS[arch])),
-                other => {
-                    let why = match other {
-                        Some(Err(e)) => format!("the driver rejected the embedded PTX ({e})"),
-                        _ => "the build had no NVRTC".to_string(),
-                    };
-                    let arch_name = format!("compute_{major}{minor}");
-                    let ptx = compile_at_run_time(family, &arch_name).with_context(|| {
-                        format!(
-                            "kernels/{}.cu: {why}, and recompiling failed",
-                            family.name()
-                        )
-                    })?;
-                    let m = ctx
-                        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                        .map_err(driver_err("loading recompiled PTX"))?;
-                    (m, format!("recompiled for {arch_name} at run time ({why})"))
-                }
-            };
+            let (module, image) = load_family(&ctx, family, &load, (major, minor), driver)
+                .with_context(|| format!("cuda:{ordinal} ({name}, sm_{major}{minor})"))?;
             modules.push((family, module));
-            code_origin.push((family, origin));
+            code_origin.push((family, image_name(image)));
         }
         let mut functions = Vec::with_capacity(Kernel::ALL.len());
         for &k in Kernel::ALL {
@@ -249,6 +235,83 @@ impl Cuda {
             .bind_to_thread()
             .map_err(driver_err("binding the context"))
     }
+}
+
+/// `cuDriverGetVersion`: 1000·major + 10·minor of the CUDA version the driver supports.
+fn driver_version() -> Result<i32> {
+    let mut v = 0i32;
+    // SAFETY: writes one int.
+    let rc = unsafe { sys::cuDriverGetVersion(&mut v) };
+    if rc != sys::CUresult::CUDA_SUCCESS {
+        bail!("cuda: reading the driver version: {rc:?}");
+    }
+    Ok(v)
+}
+
+/// Prints `msg` to stderr the first time this process sees it.
+fn log_once(msg: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.iter().any(|s| s == msg) {
+        eprintln!("voxdiff: {msg}");
+        seen.push(msg.to_string());
+    }
+}
+
+/// Loads `family` from the first image of `load` the driver accepts; every
+/// image that fails is logged once with its reason. When none loads, one
+/// error names the driver, every refusal and what to do.
+fn load_family(
+    ctx: &Arc<CudaContext>,
+    family: Family,
+    load: &LoadPlan,
+    (major, minor): (i32, i32),
+    driver: i32,
+) -> Result<(Arc<CudaModule>, CodeImage)> {
+    let mut failed: Vec<String> = Vec::new();
+    for &image in &load.tries {
+        let module = match image {
+            CodeImage::Cubin(i) => {
+                let cubin = family.cubin(i).context("the CUBIN is not embedded")?;
+                ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin.to_vec()))
+                    .map_err(|e| anyhow!("the driver rejected it: {e}"))
+            }
+            CodeImage::Ptx(i) => {
+                let ptx = family.ptx(i).context("the PTX is not embedded")?;
+                ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                    .map_err(|e| anyhow!("the driver rejected it: {e}"))
+            }
+            CodeImage::RuntimeNvrtc => {
+                let arch = format!("compute_{major}{minor}");
+                compile_at_run_time(family, &arch).and_then(|ptx| {
+                    ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                        .map_err(|e| anyhow!("the driver rejected the recompiled PTX: {e}"))
+                })
+            }
+        };
+        match module {
+            Ok(m) => return Ok((m, image)),
+            Err(e) => {
+                let why = format!("kernels/{}.cu: {}: {e:#}", family.name(), image_name(image));
+                log_once(&why);
+                failed.push(why);
+            }
+        }
+    }
+    bail!(
+        "no form of kernels/{}.cu loads under this driver (CUDA {}): {}. Install an NVIDIA \
+         driver for CUDA {} or newer, or put an NVRTC no newer than the driver on the library \
+         path",
+        family.name(),
+        driver_version_name(driver),
+        load.refused
+            .iter()
+            .chain(&failed)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; "),
+        NVRTC_AT_BUILD.unwrap_or("13.0")
+    )
 }
 
 /// Compiles `family` from its embedded source with the machine's NVRTC.

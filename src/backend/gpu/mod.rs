@@ -12,6 +12,7 @@
 //! Dtypes: activations are bf16 by default ([`GpuBackend::act_dtype`]) with f32
 //! accumulation inside kernels; parameters, statistics and scalars are f32.
 
+pub mod code_image;
 pub mod conv;
 pub mod cuda;
 pub mod device;
