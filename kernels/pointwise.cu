@@ -1,17 +1,12 @@
 // Pointwise kernels: activations and their backward, the per-(sample, channel)
-// broadcast add and its backward, the spatial sum (src/backend/gpu/pointwise.rs
-// launches them and documents the launch geometry).
+// broadcast add (src/backend/gpu/pointwise.rs launches them and documents the
+// launch geometry).
 //
 // act, act_bwd and add_nc cut the n elements into chunks of VD_PW_CHUNK = 8
 // consecutive elements (one 16-byte vector of bf16, two of f32) handed out by a
 // grid-stride loop; full chunks use 16-byte accesses (every tensor starts on a
 // 256-byte boundary), the last partial chunk goes element by element.
-//
-// sum_spatial is a two-stage reduction: vd_pointwise_sum_partial_* (the
-// column-tile geometry of channel_rows.cuh) writes per-(n, chunk, c) sums,
-// vd_pointwise_sum_merge adds them in chunk order.
 #include "activation.cuh"
-#include "channel_rows.cuh"
 
 #define VD_PW_CHUNK 8
 
@@ -109,79 +104,4 @@ extern "C" __global__ void vd_pointwise_add_nc_f32(const float* __restrict__ x, 
 extern "C" __global__ void vd_pointwise_add_nc_bf16(const bf16* __restrict__ x, const float* __restrict__ b,
                                                     bf16* __restrict__ y, i64 n, i64 per_sample, int c) {
     vd_pw_add_nc(x, b, y, n, per_sample, c);
-}
-
-// ------------------------------------------------------------ sum_spatial
-// Per-(n, chunk, c) sums of x over the chunk's rows, column-tile geometry:
-// thread (tx, ty) sums its rows in f32, a tree over ty in shared memory
-// (bx·by·VEC floats) adds the column's by sums, ty == 0 writes
-// partial[n, chunk, c].
-template <typename T, int VEC>
-VD_DEVICE void vd_pw_sum_partial(const T* __restrict__ x, float* __restrict__ partial, i64 rows, i64 rows_per_chunk,
-                                 int c, int lanes) {
-    VD_DYNAMIC_SMEM(float, sm);
-    const VdRowTile t = vd_row_tile(rows, rows_per_chunk, lanes);
-    const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
-    float s[VEC];
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) s[j] = 0.0f;
-    if (t.active) {
-        const T* xs = x + t.n * rows * c + t.col * VEC;
-        for (i64 r = t.r0 + ty; r < t.r1; r += by) {
-            float v[VEC];
-            vd_rows_load<VEC>(xs + r * c, v);
-#pragma unroll
-            for (int j = 0; j < VEC; ++j) s[j] += v[j];
-        }
-    }
-    const int me = (ty * bx + tx) * VEC;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) sm[me + j] = s[j];
-    __syncthreads();
-    for (int h = by >> 1; h > 0; h >>= 1) {
-        if (ty < h) {
-#pragma unroll
-            for (int j = 0; j < VEC; ++j) {
-                s[j] += sm[me + h * bx * VEC + j];
-                sm[me + j] = s[j];
-            }
-        }
-        __syncthreads();
-    }
-    if (ty == 0 && t.active) {
-        float* out = partial + (t.n * gridDim.x + blockIdx.x) * c + t.col * VEC;
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) out[j] = s[j];
-    }
-}
-extern "C" __global__ void vd_pointwise_sum_partial_f32x8(const float* __restrict__ x, float* __restrict__ partial, i64 rows,
-                                                i64 rows_per_chunk, int c, int lanes) {
-    vd_pw_sum_partial<float, 8>(x, partial, rows, rows_per_chunk, c, lanes);
-}
-extern "C" __global__ void vd_pointwise_sum_partial_f32x1(const float* __restrict__ x, float* __restrict__ partial, i64 rows,
-                                                i64 rows_per_chunk, int c, int lanes) {
-    vd_pw_sum_partial<float, 1>(x, partial, rows, rows_per_chunk, c, lanes);
-}
-extern "C" __global__ void vd_pointwise_sum_partial_bf16x8(const bf16* __restrict__ x, float* __restrict__ partial, i64 rows,
-                                                i64 rows_per_chunk, int c, int lanes) {
-    vd_pw_sum_partial<bf16, 8>(x, partial, rows, rows_per_chunk, c, lanes);
-}
-extern "C" __global__ void vd_pointwise_sum_partial_bf16x1(const bf16* __restrict__ x, float* __restrict__ partial, i64 rows,
-                                                i64 rows_per_chunk, int c, int lanes) {
-    vd_pw_sum_partial<bf16, 1>(x, partial, rows, rows_per_chunk, c, lanes);
-}
-
-// s[n, c] = Σ_chunk partial[n, chunk, c]: one warp per (n, c) (blocks of a
-// multiple of 32 threads; warps past the last pair idle): lane l adds chunks
-// l, l + 32, … in order, then a butterfly over the warp (fixed order).
-extern "C" __global__ void vd_pointwise_sum_merge(const float* __restrict__ partial, float* __restrict__ s,
-                                                  int samples, int c, int chunks) {
-    const i64 pair = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const bool live = pair < (i64)samples * c;
-    const i64 n = live ? pair / c : 0, ch = live ? pair % c : 0;
-    float acc = 0.0f;
-    if (live)
-        for (int j = (int)(threadIdx.x & 31u); j < chunks; j += 32) acc += partial[(n * chunks + j) * c + ch];
-    acc = vd_warp_sum(acc);
-    if (live && (threadIdx.x & 31u) == 0) s[pair] = acc;
 }

@@ -1,11 +1,12 @@
 //! Pointwise ops of the CPU backend: activations and their gradients, linear
-//! combinations, per-channel broadcast and spatial sums. Forward vs plain f64
+//! combinations, the per-channel broadcast and its backward, the sum to
+//! [N, C]. Forward vs plain f64
 //! references, backward vs finite differences, NaN propagation, errors.
 mod common;
 
 use common::*;
 use voxdiff::backend::prelude::*;
-use voxdiff::ops::Act;
+use voxdiff::ops::{Act, Bcast};
 use voxdiff::tensor::{DType, Shape};
 
 const ACTS: [Act; 4] = [Act::Identity, Act::Relu, Act::Silu, Act::Gelu];
@@ -188,7 +189,7 @@ fn lincomb_errors() {
 }
 
 #[test]
-fn add_nc_and_sum_spatial_match_reference() {
+fn add_nc_and_reduce_sum_to_sample_channel_match_reference() {
     let b = cpu();
     let mut rng = Rng::new(5);
     for sh in shapes() {
@@ -203,14 +204,14 @@ fn add_nc_and_sum_spatial_match_reference() {
             .collect();
         assert_close(&format!("add_nc {sh}"), &y, &want, 1e-6, 1e-7);
 
-        let s = b.sum_spatial(&xt).unwrap();
+        let s = b.reduce_sum(&xt, Bcast::SampleChannel).unwrap();
         assert_eq!(s.shape().dims(), [n, c]);
         let mut want = vec![0f64; n * c];
         for (i, &xv) in x.iter().enumerate() {
             want[(i / (v * c)) * c + i % c] += xv as f64;
         }
         assert_close(
-            &format!("sum_spatial {sh}"),
+            &format!("reduce_sum to [N, C] {sh}"),
             &b.download(&s).unwrap(),
             &want,
             1e-5,
@@ -219,9 +220,9 @@ fn add_nc_and_sum_spatial_match_reference() {
     }
 }
 
-/// sum_spatial is the backward of add_nc with respect to v.
+/// reduce_sum to SampleChannel is the backward of add_nc with respect to v.
 #[test]
-fn sum_spatial_is_the_gradient_of_add_nc() {
+fn reduce_sum_to_sample_channel_is_the_gradient_of_add_nc() {
     let b = cpu();
     let mut rng = Rng::new(6);
     let sh = Shape::ndhwc(2, 3, 5, 7, 5);
@@ -230,7 +231,9 @@ fn sum_spatial_is_the_gradient_of_add_nc() {
     let g = rng.vec(sh.numel(), -1.0, 1.0);
     let vv = rng.vec(n * c, -1.0, 1.0);
     let gt = b.upload(&g, sh, DType::F32).unwrap();
-    let dv = b.download(&b.sum_spatial(&gt).unwrap()).unwrap();
+    let dv = b
+        .download(&b.reduce_sum(&gt, Bcast::SampleChannel).unwrap())
+        .unwrap();
     let loss = |vp: &[f32]| {
         let vt = b.upload(vp, Shape::new(&[n, c]), DType::F32).unwrap();
         dot(&g, &b.download(&b.add_nc(&x, &vt).unwrap()).unwrap())
@@ -245,7 +248,9 @@ fn pointwise_nan_propagates_through_sums() {
     let mut x = vec![0.5f32; sh.numel()];
     x[4] = f32::NAN; // channel 1
     let xt = b.upload(&x, sh, DType::F32).unwrap();
-    let s = b.download(&b.sum_spatial(&xt).unwrap()).unwrap();
+    let s = b
+        .download(&b.reduce_sum(&xt, Bcast::SampleChannel).unwrap())
+        .unwrap();
     assert!(!s[0].is_nan() && s[1].is_nan() && !s[2].is_nan(), "{s:?}");
     let y = b.download(&b.lincomb(&[(0.0, &xt)]).unwrap()).unwrap();
     assert!(y[4].is_nan(), "0·NaN must stay NaN");
@@ -261,7 +266,10 @@ fn broadcast_errors() {
     assert!(b.add_nc(&x, &v_bad_c).is_err(), "wrong channel count");
     assert!(b.add_nc(&x, &v_bad_n).is_err(), "wrong sample count");
     let flat = rand_tensor(&b, &mut rng, Shape::new(&[10, 5]), -1.0, 1.0);
-    assert!(b.sum_spatial(&flat).is_err(), "sum_spatial of a matrix");
+    assert!(
+        b.reduce_sum(&flat, Bcast::SampleChannel).is_err(),
+        "reduce_sum of a matrix to [N, C]"
+    );
     let y = rand_tensor(&b, &mut rng, Shape::ndhwc(2, 2, 3, 4, 6), -1.0, 1.0);
     let e = b.act_bwd(&y, &x, Act::Silu).unwrap_err().to_string();
     assert!(e.contains("act_bwd"), "{e}");

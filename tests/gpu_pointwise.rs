@@ -1,5 +1,5 @@
-//! The pointwise kernels (kernels/pointwise.cu: act, act_bwd, add_nc,
-//! sum_spatial) on the device under test against the CPU backend, f32 and
+//! The pointwise kernels (kernels/pointwise.cu: act, act_bwd, add_nc) and the
+//! sum to [N, C] (kernels/reduce.cu) on the device under test against the CPU backend, f32 and
 //! bf16 activations, odd sizes (vector chunks and scalar tails), channel
 //! counts on and off the 8-channel vector path, N = 1 and 2. Outputs are
 //! poisoned by the emulator, and every element is compared.
@@ -12,10 +12,10 @@ use common::{assert_close, Rng};
 use gpu_vs_cpu::Pair;
 use std::sync::Arc;
 use voxdiff::backend::gpu::emu::Emu;
-use voxdiff::backend::gpu::pointwise::RowTiles;
+use voxdiff::backend::gpu::reduce::RowTiles;
 use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
-use voxdiff::ops::Act;
+use voxdiff::ops::{Act, Bcast};
 use voxdiff::tensor::{DType, Shape};
 
 const ACTS: [Act; 4] = [Act::Identity, Act::Relu, Act::Silu, Act::Gelu];
@@ -92,7 +92,7 @@ fn add_nc_matches_cpu() {
 }
 
 #[test]
-fn sum_spatial_matches_cpu() {
+fn reduce_sum_to_sample_channel_matches_cpu() {
     let mut shapes = ndhwc_shapes();
     // Many chunks on both paths, several column tiles on the vector path.
     shapes.push(Shape::ndhwc(1, 8, 16, 33, 3));
@@ -105,8 +105,8 @@ fn sum_spatial_matches_cpu() {
         let mut rng = Rng::new(5);
         for shape in &shapes {
             let (xg, xc) = p.act(&mut rng, *shape, -1.0, 1.0);
-            let sg = p.gpu.sum_spatial(&xg).unwrap();
-            let sc = p.cpu.sum_spatial(&xc).unwrap();
+            let sg = p.gpu.reduce_sum(&xg, Bcast::SampleChannel).unwrap();
+            let sc = p.cpu.reduce_sum(&xc, Bcast::SampleChannel).unwrap();
             assert_eq!(sg.shape().dims(), [shape.n(), shape.c()]);
             assert_eq!(sg.dtype(), DType::F32);
             // f32 sums of identical inputs: relative 1e-5 with a floor of
@@ -121,7 +121,7 @@ fn sum_spatial_matches_cpu() {
                 .collect();
             let terms = shape.voxels() as f64;
             assert_close(
-                &format!("{} sum_spatial {shape}", dtype.name()),
+                &format!("{} reduce_sum to [N, C] {shape}", dtype.name()),
                 &g,
                 &want,
                 1e-5,
@@ -133,7 +133,7 @@ fn sum_spatial_matches_cpu() {
 
 /// The sum reduces in a fixed order: a shuffled fiber order gives the same bits.
 #[test]
-fn sum_spatial_is_bit_identical_under_shuffled_fiber_order() {
+fn reduce_sum_is_bit_identical_under_shuffled_fiber_order() {
     let run = |shuffle: Option<u64>| -> Vec<Vec<f32>> {
         let gpu = GpuBackend::with_act_dtype(Arc::new(Emu::with_shuffle(shuffle)), DType::BF16);
         let mut rng = Rng::new(6);
@@ -147,7 +147,8 @@ fn sum_spatial_is_bit_identical_under_shuffled_fiber_order() {
             let x = gpu
                 .upload(&rng.vec(s.numel(), -1.0, 1.0), s, DType::BF16)
                 .unwrap();
-            gpu.download(&gpu.sum_spatial(&x).unwrap()).unwrap()
+            gpu.download(&gpu.reduce_sum(&x, Bcast::SampleChannel).unwrap())
+                .unwrap()
         })
         .collect()
     };
@@ -174,6 +175,8 @@ fn rejects_bad_arguments() {
     let e = b.act_bwd(&y, &x, Act::Relu).expect_err("mismatched shapes");
     assert!(format!("{e:#}").contains("act_bwd"), "{e:#}");
     let flat = b.zeros(Shape::new(&[24]), DType::BF16).unwrap();
-    let e = b.sum_spatial(&flat).expect_err("not NDHWC");
-    assert!(format!("{e:#}").contains("NDHWC"), "{e:#}");
+    let e = b
+        .reduce_sum(&flat, Bcast::SampleChannel)
+        .expect_err("rank 1 has no [N, C]");
+    assert!(format!("{e:#}").contains("rank ≥ 3"), "{e:#}");
 }

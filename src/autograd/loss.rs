@@ -1,4 +1,4 @@
-//! Softmax and the losses. Targets are constants (no gradient flows to them).
+//! The losses. Targets are constants (no gradient flows to them).
 
 use super::{Backward, GradAcc, Graph, Var, VarId};
 use crate::tensor::Tensor;
@@ -8,12 +8,6 @@ use anyhow::Result;
 pub const PROB_EPS: f32 = 1e-5;
 
 impl Graph<'_> {
-    pub fn softmax(&mut self, x: &Var) -> Result<Var> {
-        let p = self.dev.softmax(&x.t)?;
-        let p_t = p.clone();
-        Ok(self.record(p, &[x.id], || Softmax { x: x.id, p_t }))
-    }
-
     /// Mean cross-entropy of `logits` against a one-hot `target` (no gradient to the target).
     pub fn cross_entropy(&mut self, logits: &Var, target: &Tensor) -> Result<Var> {
         let l = self.dev.cross_entropy(&logits.t, target)?;
@@ -62,18 +56,6 @@ impl Graph<'_> {
             x: x.id,
             x_t: x.t.clone(),
         }))
-    }
-}
-
-struct Softmax {
-    x: Option<VarId>,
-    p_t: Tensor,
-}
-
-impl Backward for Softmax {
-    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
-        let dx = grads.dev.softmax_bwd(&dy, &self.p_t)?;
-        grads.add(self.x, dx)
     }
 }
 

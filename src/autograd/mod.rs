@@ -20,6 +20,7 @@ mod loss;
 mod matmul;
 mod norm;
 mod pointwise;
+mod reduce;
 
 pub use loss::PROB_EPS;
 pub use norm::NormOpts;

@@ -1,8 +1,9 @@
 //! Pointwise ops: activations (`dx = dy·act'(x)`), linear combinations
-//! (`dx_i = c_i·dy`), the per-(sample, channel) broadcast add (`dv = Σ_voxels dy`).
+//! (`dx_i = c_i·dy`), the per-(sample, channel) broadcast add
+//! (`dv = Σ_voxels dy`, `reduce_sum` to SampleChannel).
 
 use super::{Backward, GradAcc, Graph, Var, VarId};
-use crate::ops::Act;
+use crate::ops::{Act, Bcast};
 use crate::tensor::Tensor;
 use anyhow::Result;
 
@@ -81,7 +82,7 @@ struct AddNc {
 impl Backward for AddNc {
     fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
         if self.v.is_some() {
-            let dv = grads.dev.sum_spatial(&dy)?;
+            let dv = grads.dev.reduce_sum(&dy, Bcast::SampleChannel)?;
             grads.add(self.v, dv)?;
         }
         grads.add(self.x, dy)

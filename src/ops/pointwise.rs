@@ -1,6 +1,6 @@
 //! The pointwise family: activations and their derivative, linear
 //! combinations of equally shaped tensors, the per-(sample, channel)
-//! broadcast add and its backward, the spatial sum.
+//! broadcast add (its backward is `reduce_sum` to SampleChannel).
 
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
@@ -48,6 +48,4 @@ pub trait PointwiseOps {
     fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor>;
     /// `y[n,…,c] = x[n,…,c] + v[n,c]`, v f32 `[N, C]`.
     fn add_nc(&self, x: &Tensor, v: &Tensor) -> Result<Tensor>;
-    /// `s[n,c] = Σ_voxels x[n,…,c]`, f32 `[N, C]` (the backward of `add_nc`).
-    fn sum_spatial(&self, x: &Tensor) -> Result<Tensor>;
 }

@@ -13,6 +13,7 @@ mod norm;
 mod optim;
 mod pointwise;
 mod rand;
+mod reduce;
 
 use crate::ops::MemoryOps;
 use crate::tensor::{Buffer, DType, Memory, MemoryKind, Shape, Tensor};

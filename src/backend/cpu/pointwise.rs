@@ -438,47 +438,6 @@ impl PointwiseOps for CpuBackend {
             });
         Ok(y)
     }
-
-    /// `s[n,c] = Σ_v x[n,v,c]`, f32 `[N, C]`. Parallel over (sample, voxel chunk)
-    /// into f64 partial sums, combined in chunk order (deterministic).
-    fn sum_spatial(&self, x: &Tensor) -> Result<Tensor> {
-        let xs = view(x, "sum_spatial: x")?;
-        check_ndhwc(x, "sum_spatial: x")?;
-        let sh = x.shape();
-        let (n, c) = (sh.n(), sh.c());
-        let s = self.out(Shape::new(&[n, c]))?;
-        if x.numel() == 0 {
-            return Ok(s);
-        }
-        let per_sample = sh.voxels() * c;
-        let chunk = (4 * CHUNK / c).max(1) * c;
-        let chunks_per_sample = per_sample.div_ceil(chunk);
-        let mut partial = vec![0f64; n * chunks_per_sample * c];
-        partial
-            .par_chunks_mut(c)
-            .enumerate()
-            .for_each(|(task, acc)| {
-                let (ni, j) = (task / chunks_per_sample, task % chunks_per_sample);
-                let lo = ni * per_sample + j * chunk;
-                let hi = (lo + chunk).min((ni + 1) * per_sample);
-                let mut lane = vec![0f32; c];
-                with_simd(
-                    #[inline(always)]
-                    || add_channel_sums(&xs[lo..hi], c, &mut lane, acc),
-                );
-            });
-        let out = view_mut(&s);
-        for ni in 0..n {
-            for ci in 0..c {
-                let mut total = 0f64;
-                for j in 0..chunks_per_sample {
-                    total += partial[(ni * chunks_per_sample + j) * c + ci];
-                }
-                out[ni * c + ci] = total as f32;
-            }
-        }
-        Ok(s)
-    }
 }
 
 /// Check `v` is f32 `[N, C]` for the NDHWC shape `x`.
@@ -492,22 +451,4 @@ pub(super) fn check_nc(v: &Tensor, x: Shape, what: &str) -> Result<()> {
         v.shape()
     );
     Ok(())
-}
-
-/// Per-channel sums of a run of NDHWC rows (`x.len()` a multiple of `c`):
-/// f32 lanes per channel over sub-chunks of ≤ 256 rows, accumulated into
-/// `acc` (f64) in row order.
-#[inline(always)]
-fn add_channel_sums(x: &[f32], c: usize, lane: &mut [f32], acc: &mut [f64]) {
-    for sub in x.chunks(256 * c) {
-        lane.fill(0.0);
-        for row in sub.chunks_exact(c) {
-            for (s, &v) in lane.iter_mut().zip(row) {
-                *s += v;
-            }
-        }
-        for (a, &s) in acc.iter_mut().zip(lane.iter()) {
-            *a += s as f64;
-        }
-    }
 }

@@ -1,6 +1,6 @@
-//! Host side of `kernels/loss.cu`: softmax, argmax, one-hot, cross-entropy,
-//! MSE, the [−1, 1] → logits map and scalar arithmetic (the soft Dice loss is
-//! in `loss/dice.rs`).
+//! Host side of `kernels/loss.cu`: argmax, one-hot, cross-entropy, MSE, the
+//! [−1, 1] → logits map and scalar arithmetic (the soft Dice loss is in
+//! `loss/dice.rs`).
 //!
 //! Dtypes: the activation inputs of one op share a dtype (f32 or bf16, not
 //! necessarily the backend's act dtype); the kernel variant is that dtype and
@@ -8,8 +8,8 @@
 //! from labels of either dtype. Losses, `dloss`, Dice sums and scalars are f32.
 //!
 //! Launch geometry (blocks of [`LOSS_THREADS`] = 256 threads everywhere):
-//! - Row ops (softmax, softmax_bwd, argmax, one_hot, cross_entropy_bwd): one
-//!   thread per voxel row of C channels, `blocks = ⌈rows / 256⌉` capped at
+//! - Row ops (argmax, one_hot, cross_entropy_bwd): one thread per voxel row
+//!   of C channels, `blocks = ⌈rows / 256⌉` capped at
 //!   [`LOSS_MAX_BLOCKS`] = 4096 (grid-stride beyond). A warp covers 32
 //!   consecutive rows = one contiguous span of 32·C elements.
 //! - Elementwise ops (mse_bwd, scaled_to_logits and its backward): chunks of 8
@@ -23,9 +23,6 @@
 //!   depends only on the shape, so results are reproducible run to run.
 //!
 //! Counted floors (E = elements = rows·C, b = bytes per activation element):
-//! - softmax: reads E·b, writes E·b; ≈ 3E FLOPs + E exp (the sum pass and the
-//!   write pass re-read the row, from cache).
-//! - softmax_bwd: reads 2E·b, writes E·b; 4E FLOPs.
 //! - argmax: reads E·b, writes rows·b; E compares. one_hot: reads rows·b,
 //!   writes E·b.
 //! - cross_entropy: reads 2E·b + 4·blocks; ≈ 5E FLOPs + E exp + rows log.
@@ -34,8 +31,8 @@
 //! - scaled_to_logits: n·b in, n·b out, n log; backward 2n·b in, n·b out.
 //!
 //! These are memory-bound: the floor is bytes / bandwidth (an H100 moves
-//! ≈3 TB/s, so softmax of a 1×96³×3 bf16 volume — 5.3 MB in, 5.3 MB out —
-//! has a floor of ≈3.5 µs).
+//! ≈3 TB/s, so cross_entropy_bwd of a 1×96³×3 bf16 volume — 10.6 MB in,
+//! 5.3 MB out — has a floor of ≈5 µs).
 
 mod dice;
 
@@ -241,45 +238,6 @@ impl LossOps for GpuBackend {
         dloss: &Tensor,
     ) -> Result<Tensor> {
         self.dice_loss_grad(p, target, sums, dloss)
-    }
-
-    /// Softmax over channels: `p = e^{x − max} / Σ_c e^{x − max}` per voxel.
-    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        let (rows, c) = self.loss_rows(x, "softmax: x")?;
-        let p = self.alloc(x.shape(), x.dtype())?;
-        if rows == 0 {
-            return Ok(p);
-        }
-        let kernel = by_dtype(x.dtype(), Kernel::LossSoftmaxF32, Kernel::LossSoftmaxBf16);
-        let mut args = KernelArgs::new()
-            .tensor(x)
-            .tensor(&p)
-            .i64(rows as i64)
-            .i32(c as i32);
-        self.device().launch(kernel, rows_config(rows), &mut args)?;
-        Ok(p)
-    }
-
-    /// `dx = p ⊙ (dp − Σ_c dp·p)` per voxel.
-    fn softmax_bwd(&self, dp: &Tensor, p: &Tensor) -> Result<Tensor> {
-        let (rows, c) = self.loss_pair("softmax_bwd", dp, "dp", p, "p")?;
-        let dx = self.alloc(p.shape(), p.dtype())?;
-        if rows == 0 {
-            return Ok(dx);
-        }
-        let kernel = by_dtype(
-            p.dtype(),
-            Kernel::LossSoftmaxBwdF32,
-            Kernel::LossSoftmaxBwdBf16,
-        );
-        let mut args = KernelArgs::new()
-            .tensor(dp)
-            .tensor(p)
-            .tensor(&dx)
-            .i64(rows as i64)
-            .i32(c as i32);
-        self.device().launch(kernel, rows_config(rows), &mut args)?;
-        Ok(dx)
     }
 
     /// `y[…, 0]` = the first channel holding the maximum, as a float (NaN for a

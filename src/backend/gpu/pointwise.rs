@@ -1,7 +1,6 @@
-//! Host side of `kernels/pointwise.cu`: activations and their backward, the
-//! per-(sample, channel) broadcast add, and the spatial sum (its backward).
-//! Also home of [`RowTiles`], the column-tile launch geometry that the
-//! per-channel reductions here and in `norm.rs` share (`kernels/channel_rows.cuh`).
+//! Host side of `kernels/pointwise.cu`: activations and their backward, and
+//! the per-(sample, channel) broadcast add; and the launch of the linear
+//! combination (`kernels/elementwise.cu`).
 //!
 //! # act, act_bwd, add_nc
 //! Elementwise: chunks of 8 elements (one 16-byte vector of bf16, two of f32),
@@ -11,15 +10,8 @@
 //! add_nc 2·n·e + 4·N·C (e = bytes per element). FLOPs: ≤ ~20 per element
 //! (GELU's derivative), below the ≈ 20 FLOP per byte (67 TFLOP/s f32 /
 //! 3.35 TB/s) an H100 affords at its bandwidth.
-//!
-//! # sum_spatial
-//! Two stages (no block waits on another): `sum_partial` in the [`RowTiles`]
-//! geometry writes f32 partials `[N, chunks, C]`; `sum_merge` adds them in
-//! chunk order with one warp per (n, c) (8 warps per block). Floor: reading x
-//! once (n·e bytes); the workspace adds 2·4·N·chunks·C bytes (≤ 1024 chunks in
-//! all, so ≤ 8 KiB per channel — small next to x for any real volume).
 
-use super::device::{KernelArgs, LaunchConfig};
+use super::device::KernelArgs;
 use super::elementwise::{check_vector_aligned, ew_config};
 use super::registry::Kernel;
 use super::GpuBackend;
@@ -39,99 +31,6 @@ struct LincombArgs {
     terms: i32,
     pad: i32,
     n: i64,
-}
-
-/// Channels per thread of the vector variants (one 16-byte vector of bf16).
-pub const VEC: usize = 8;
-/// Threads per block of the column-tile kernels (bx·by ≤ this).
-pub const ROW_THREADS: usize = 256;
-/// Target grid of the column-tile kernels: ≈ 132 SMs × 8 resident blocks of
-/// 256 threads on an H100, so batch one fills the GPU.
-pub const ROW_TARGET_BLOCKS: usize = 1024;
-/// Each thread visits at least this many rows of its chunk (below it, a
-/// thread's loads no longer hide the cost of the block's reduction).
-pub const MIN_ROWS_PER_THREAD: usize = 2;
-
-/// The column-tile geometry of `kernels/channel_rows.cuh` for an NDHWC shape.
-///
-/// - `vec` = 8 channels per thread when `C % 8 == 0` (16-byte accesses), else 1;
-///   `lanes = C / vec` column vectors per row (voxel).
-/// - block `(bx, by)`: `bx = min(lanes, 32)` column vectors side by side,
-///   `by` = the largest power of two with `bx·by ≤ 256` row slots.
-/// - grid `(chunks, ceil(lanes / bx), N)`: sample n's `rows` voxels are cut into
-///   `chunks` ranges of `rows_per_chunk` rows; `chunks` is chosen so the grid has
-///   about [`ROW_TARGET_BLOCKS`] blocks, but each thread still gets at least
-///   [`MIN_ROWS_PER_THREAD`] rows.
-///
-/// Thread (tx, ty) of block (j, t, n) owns channels `(t·bx + tx)·vec ..+vec` and
-/// visits rows `j·R + ty, j·R + ty + by, …` (R = `rows_per_chunk`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RowTiles {
-    pub vec: usize,
-    pub lanes: usize,
-    pub bx: usize,
-    pub by: usize,
-    pub col_tiles: usize,
-    pub samples: usize,
-    pub rows: usize,
-    pub chunks: usize,
-    pub rows_per_chunk: usize,
-}
-
-impl RowTiles {
-    pub fn new(shape: Shape) -> Result<RowTiles> {
-        ensure!(
-            shape.rank() == 5,
-            "expected an NDHWC tensor, got shape {shape}"
-        );
-        let (samples, rows, c) = (shape.n(), shape.voxels(), shape.c());
-        ensure!(
-            samples >= 1 && rows >= 1 && c >= 1,
-            "shape {shape} has no elements"
-        );
-        let vec = if c.is_multiple_of(VEC) { VEC } else { 1 };
-        let lanes = c / vec;
-        let bx = lanes.min(32);
-        let mut by = 1;
-        while bx * by * 2 <= ROW_THREADS {
-            by *= 2;
-        }
-        let col_tiles = lanes.div_ceil(bx);
-        ensure!(
-            samples <= 65535 && col_tiles <= 65535,
-            "shape {shape}: {samples} samples and {col_tiles} column tiles exceed the grid (65535 each)"
-        );
-        let max_chunks = rows.div_ceil(by * MIN_ROWS_PER_THREAD).max(1);
-        let want = ROW_TARGET_BLOCKS.div_ceil(samples * col_tiles).max(1);
-        let rows_per_chunk = rows.div_ceil(want.min(max_chunks));
-        Ok(RowTiles {
-            vec,
-            lanes,
-            bx,
-            by,
-            col_tiles,
-            samples,
-            rows,
-            chunks: rows.div_ceil(rows_per_chunk),
-            rows_per_chunk,
-        })
-    }
-    /// The launch (no dynamic shared memory; add it per kernel).
-    pub fn config(&self) -> LaunchConfig {
-        LaunchConfig {
-            grid: [
-                self.chunks as u32,
-                self.col_tiles as u32,
-                self.samples as u32,
-            ],
-            block: [self.bx as u32, self.by as u32, 1],
-            shared_bytes: 0,
-        }
-    }
-    /// Threads per block.
-    pub fn threads(&self) -> usize {
-        self.bx * self.by
-    }
 }
 
 /// The index of an activation as the kernels take it (`kernels/activation.cuh`).
@@ -264,49 +163,6 @@ impl PointwiseOps for GpuBackend {
             .i32(sh.c() as i32);
         self.device().launch(kernel, ew_config(n), &mut args)?;
         Ok(y)
-    }
-
-    /// `s[n,c] = Σ_voxels x[n,…,c]`, f32 `[N, C]` (see the module docs for the passes).
-    fn sum_spatial(&self, x: &Tensor) -> Result<Tensor> {
-        check_ndhwc(self, x, "sum_spatial: x")?;
-        let sh = x.shape();
-        let s = self.alloc(Shape::new(&[sh.n(), sh.c()]), DType::F32)?;
-        if x.numel() == 0 {
-            self.device().memset(s.addr(), 0, s.bytes())?;
-            return Ok(s);
-        }
-        let t = RowTiles::new(sh).map_err(|e| e.context("sum_spatial: x"))?;
-        let partial = self.alloc(Shape::new(&[t.samples, t.chunks, sh.c()]), DType::F32)?;
-        let kernel = match (x.dtype(), t.vec) {
-            (DType::F32, 8) => Kernel::PointwiseSumPartialF32x8,
-            (DType::F32, _) => Kernel::PointwiseSumPartialF32x1,
-            (DType::BF16, 8) => Kernel::PointwiseSumPartialBf16x8,
-            (DType::BF16, _) => Kernel::PointwiseSumPartialBf16x1,
-        };
-        // Shared memory: one f32 partial per channel of every thread.
-        let cfg = t
-            .config()
-            .with_shared_bytes((t.threads() * t.vec * 4) as u32);
-        let mut args = KernelArgs::new()
-            .tensor(x)
-            .tensor(&partial)
-            .i64(t.rows as i64)
-            .i64(t.rows_per_chunk as i64)
-            .i32(sh.c() as i32)
-            .i32(t.lanes as i32);
-        self.device().launch(kernel, cfg, &mut args)?;
-        // One warp per (n, c), 8 warps per block.
-        let pairs = sh.n() * sh.c();
-        let merge = LaunchConfig::linear(pairs.div_ceil(8) as u32, 256);
-        let mut args = KernelArgs::new()
-            .tensor(&partial)
-            .tensor(&s)
-            .i32(sh.n() as i32)
-            .i32(sh.c() as i32)
-            .i32(t.chunks as i32);
-        self.device()
-            .launch(Kernel::PointwiseSumMerge, merge, &mut args)?;
-        Ok(s)
     }
 
     /// `Σ_i coef_i · x_i` over 1..=4 tensors of one shape (each f32 or bf16),
