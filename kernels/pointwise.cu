@@ -1,8 +1,8 @@
-// Pointwise kernels: activations and their backward, the per-(sample, channel)
-// broadcast add (src/backend/gpu/pointwise.rs launches them and documents the
-// launch geometry).
+// Pointwise kernels: unary maps (activation.cuh) and their backward, the
+// per-(sample, channel) broadcast add (src/backend/gpu/pointwise.rs launches
+// them and documents the launch geometry).
 //
-// act, act_bwd and add_nc cut the n elements into chunks of VD_PW_CHUNK = 8
+// unary, unary_bwd and add_nc cut the n elements into chunks of VD_PW_CHUNK = 8
 // consecutive elements (one 16-byte vector of bf16, two of f32) handed out by a
 // grid-stride loop; full chunks use 16-byte accesses (every tensor starts on a
 // 256-byte boundary), the last partial chunk goes element by element.
@@ -10,10 +10,10 @@
 
 #define VD_PW_CHUNK 8
 
-// ------------------------------------------------------------ activations
-// y[i] = act(x[i]).
+// ------------------------------------------------------------- unary maps
+// y[i] = f(x[i]), f = the map `op` with parameter `p`.
 template <typename T>
-VD_DEVICE void vd_pw_act(const T* __restrict__ x, T* __restrict__ y, i64 n, int act) {
+VD_DEVICE void vd_pw_unary(const T* __restrict__ x, T* __restrict__ y, i64 n, int op, float p) {
     const i64 chunks = (n + VD_PW_CHUNK - 1) / VD_PW_CHUNK;
     const i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
@@ -22,24 +22,26 @@ VD_DEVICE void vd_pw_act(const T* __restrict__ x, T* __restrict__ y, i64 n, int 
             float v[8];
             vd_ld8(x + i0, v);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = vd_act(act, v[j]);
+            for (int j = 0; j < 8; ++j) v[j] = vd_unary(op, p, v[j]);
             vd_st8(y + i0, v);
         } else {
-            for (i64 i = i0; i < n; ++i) vd_st(y + i, vd_act(act, vd_ld(x + i)));
+            for (i64 i = i0; i < n; ++i) vd_st(y + i, vd_unary(op, p, vd_ld(x + i)));
         }
     }
 }
-extern "C" __global__ void vd_pointwise_act_f32(const float* __restrict__ x, float* __restrict__ y, i64 n, int act) {
-    vd_pw_act(x, y, n, act);
+extern "C" __global__ void vd_pointwise_unary_f32(const float* __restrict__ x, float* __restrict__ y, i64 n, int op,
+                                                  float p) {
+    vd_pw_unary(x, y, n, op, p);
 }
-extern "C" __global__ void vd_pointwise_act_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, i64 n, int act) {
-    vd_pw_act(x, y, n, act);
+extern "C" __global__ void vd_pointwise_unary_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, i64 n, int op,
+                                                   float p) {
+    vd_pw_unary(x, y, n, op, p);
 }
 
-// dx[i] = dy[i]·act'(x[i]).
+// dx[i] = dy[i]·f'(x[i]).
 template <typename T>
-VD_DEVICE void vd_pw_act_bwd(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx, i64 n,
-                             int act) {
+VD_DEVICE void vd_pw_unary_bwd(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx, i64 n, int op,
+                               float p) {
     const i64 chunks = (n + VD_PW_CHUNK - 1) / VD_PW_CHUNK;
     const i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
@@ -49,20 +51,20 @@ VD_DEVICE void vd_pw_act_bwd(const T* __restrict__ dy, const T* __restrict__ x, 
             vd_ld8(dy + i0, g);
             vd_ld8(x + i0, v);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) g[j] *= vd_act_grad(act, v[j]);
+            for (int j = 0; j < 8; ++j) g[j] *= vd_unary_grad(op, p, v[j]);
             vd_st8(dx + i0, g);
         } else {
-            for (i64 i = i0; i < n; ++i) vd_st(dx + i, vd_ld(dy + i) * vd_act_grad(act, vd_ld(x + i)));
+            for (i64 i = i0; i < n; ++i) vd_st(dx + i, vd_ld(dy + i) * vd_unary_grad(op, p, vd_ld(x + i)));
         }
     }
 }
-extern "C" __global__ void vd_pointwise_act_bwd_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                                    float* __restrict__ dx, i64 n, int act) {
-    vd_pw_act_bwd(dy, x, dx, n, act);
+extern "C" __global__ void vd_pointwise_unary_bwd_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                                      float* __restrict__ dx, i64 n, int op, float p) {
+    vd_pw_unary_bwd(dy, x, dx, n, op, p);
 }
-extern "C" __global__ void vd_pointwise_act_bwd_bf16(const bf16* __restrict__ dy, const bf16* __restrict__ x,
-                                                     bf16* __restrict__ dx, i64 n, int act) {
-    vd_pw_act_bwd(dy, x, dx, n, act);
+extern "C" __global__ void vd_pointwise_unary_bwd_bf16(const bf16* __restrict__ dy, const bf16* __restrict__ x,
+                                                       bf16* __restrict__ dx, i64 n, int op, float p) {
+    vd_pw_unary_bwd(dy, x, dx, n, op, p);
 }
 
 // ----------------------------------------------------------------- add_nc

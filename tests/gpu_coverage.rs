@@ -14,7 +14,7 @@ use voxdiff::backend::gpu::emu::{launches, Emu};
 use voxdiff::backend::gpu::registry::{Family, Kernel};
 use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
-use voxdiff::ops::{Act, AdamW, Bcast, ConvSpec, NormArgs, ParamSlot};
+use voxdiff::ops::{Act, AdamW, Bcast, ConvSpec, NormArgs, ParamSlot, Unary};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 fn rand(b: &dyn Backend, shape: Shape, dtype: DType, seed: u64) -> Tensor {
@@ -298,18 +298,18 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
             },
             || b.norm_bwd(&x, &x, &o.stats, &args).unwrap(),
         );
-        for a in [Act::Relu, Act::Silu, Act::Gelu] {
+        for op in Unary::ALL {
             d.expect(
-                &format!("act {a:?} C={c}"),
-                &["vd_pointwise_act_f32"],
-                &["vd_pointwise_act_bf16"],
-                || b.act(&x, a).unwrap(),
+                &format!("unary {op:?} C={c}"),
+                &["vd_pointwise_unary_f32"],
+                &["vd_pointwise_unary_bf16"],
+                || b.unary(&x, op).unwrap(),
             );
             d.expect(
-                &format!("act_bwd {a:?} C={c}"),
-                &["vd_pointwise_act_bwd_f32"],
-                &["vd_pointwise_act_bwd_bf16"],
-                || b.act_bwd(&x, &x, a).unwrap(),
+                &format!("unary_bwd {op:?} C={c}"),
+                &["vd_pointwise_unary_bwd_f32"],
+                &["vd_pointwise_unary_bwd_bf16"],
+                || b.unary_bwd(&x, &x, op).unwrap(),
             );
         }
         d.expect(

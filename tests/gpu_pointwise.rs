@@ -1,4 +1,4 @@
-//! The pointwise kernels (kernels/pointwise.cu: act, act_bwd, add_nc) and the
+//! The pointwise kernels (kernels/pointwise.cu: unary, unary_bwd, add_nc) and the
 //! sum to [N, C] (kernels/reduce.cu) on the device under test against the CPU backend, f32 and
 //! bf16 activations, odd sizes (vector chunks and scalar tails), channel
 //! counts on and off the 8-channel vector path, N = 1 and 2. Outputs are
@@ -15,10 +15,9 @@ use voxdiff::backend::gpu::emu::Emu;
 use voxdiff::backend::gpu::reduce::RowTiles;
 use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
-use voxdiff::ops::{Act, Bcast};
+use voxdiff::ops::{Bcast, Unary};
 use voxdiff::tensor::{DType, Shape};
 
-const ACTS: [Act; 4] = [Act::Identity, Act::Relu, Act::Silu, Act::Gelu];
 const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
 
 /// Any-shape inputs: lengths with and without a partial last chunk of 8.
@@ -45,27 +44,28 @@ fn ndhwc_shapes() -> Vec<Shape> {
 }
 
 #[test]
-fn act_and_act_bwd_match_cpu() {
+fn unary_and_unary_bwd_match_cpu() {
     for dtype in DTYPES {
         let p = Pair::new(dtype);
         let mut rng = Rng::new(3);
         for shape in flat_shapes() {
-            for act in ACTS {
-                let what = format!("{} {act:?} {shape}", dtype.name());
+            for op in Unary::ALL {
+                let what = format!("{} {op:?} {shape}", dtype.name());
                 // ±12 reaches the clamped and saturated parts of SiLU and GELU.
-                let (xg, xc) = p.act(&mut rng, shape, -12.0, 12.0);
+                let (lo, hi) = common::unary_range(op, -12.0, 12.0);
+                let (xg, xc) = p.act(&mut rng, shape, lo, hi);
                 let (dyg, dyc) = p.act(&mut rng, shape, -1.0, 1.0);
-                let yg = p.gpu.act(&xg, act).unwrap();
+                let yg = p.gpu.unary(&xg, op).unwrap();
                 assert_eq!(yg.dtype(), dtype, "{what}: output dtype");
                 p.check(
-                    &format!("{what}: act"),
+                    &format!("{what}: unary"),
                     &yg,
-                    &p.cpu.act(&xc, act).unwrap(),
+                    &p.cpu.unary(&xc, op).unwrap(),
                     p.rtol(),
                 );
-                let dxg = p.gpu.act_bwd(&dyg, &xg, act).unwrap();
-                let dxc = p.cpu.act_bwd(&dyc, &xc, act).unwrap();
-                p.check(&format!("{what}: act_bwd"), &dxg, &dxc, p.rtol());
+                let dxg = p.gpu.unary_bwd(&dyg, &xg, op).unwrap();
+                let dxc = p.cpu.unary_bwd(&dyc, &xc, op).unwrap();
+                p.check(&format!("{what}: unary_bwd"), &dxg, &dxc, p.rtol());
             }
         }
     }
@@ -172,8 +172,10 @@ fn rejects_bad_arguments() {
     let e = b.add_nc(&x, &v).expect_err("wrong [N, C]");
     assert!(format!("{e:#}").contains("add_nc: v"), "{e:#}");
     let y = b.zeros(Shape::ndhwc(2, 1, 2, 3, 5), DType::BF16).unwrap();
-    let e = b.act_bwd(&y, &x, Act::Relu).expect_err("mismatched shapes");
-    assert!(format!("{e:#}").contains("act_bwd"), "{e:#}");
+    let e = b
+        .unary_bwd(&y, &x, Unary::Relu)
+        .expect_err("mismatched shapes");
+    assert!(format!("{e:#}").contains("unary_bwd"), "{e:#}");
     let flat = b.zeros(Shape::new(&[24]), DType::BF16).unwrap();
     let e = b
         .reduce_sum(&flat, Bcast::SampleChannel)

@@ -1,22 +1,20 @@
-//! Pointwise ops: activations (`dx = dy·act'(x)`), linear combinations
+//! Pointwise ops: unary maps (`dx = dy·f'(x)`), linear combinations
 //! (`dx_i = c_i·dy`), the per-(sample, channel) broadcast add
 //! (`dv = Σ_voxels dy`, `reduce_sum` to SampleChannel).
 
 use super::{Backward, GradAcc, Graph, Var, VarId};
-use crate::ops::{Act, Bcast};
+use crate::ops::{Bcast, Unary};
 use crate::tensor::Tensor;
 use anyhow::Result;
 
 impl Graph<'_> {
-    pub fn act(&mut self, x: &Var, act: Act) -> Result<Var> {
-        if act == Act::Identity {
-            return Ok(x.clone());
-        }
-        let y = self.dev.act(&x.t, act)?;
-        Ok(self.record(y, &[x.id], || Activation {
+    /// `f(x)` elementwise.
+    pub fn unary(&mut self, x: &Var, op: Unary) -> Result<Var> {
+        let y = self.dev.unary(&x.t, op)?;
+        Ok(self.record(y, &[x.id], || UnaryMap {
             x: x.id,
             x_t: x.t.clone(),
-            act,
+            op,
         }))
     }
 
@@ -41,15 +39,15 @@ impl Graph<'_> {
     }
 }
 
-struct Activation {
+struct UnaryMap {
     x: Option<VarId>,
     x_t: Tensor,
-    act: Act,
+    op: Unary,
 }
 
-impl Backward for Activation {
+impl Backward for UnaryMap {
     fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
-        let dx = grads.dev.act_bwd(&dy, &self.x_t, self.act)?;
+        let dx = grads.dev.unary_bwd(&dy, &self.x_t, self.op)?;
         grads.add(self.x, dx)
     }
 }

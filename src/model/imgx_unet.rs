@@ -29,7 +29,7 @@
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
 use crate::nn::{time, Conv, Linear, Norm, NormEpilogue, ParamStore};
-use crate::ops::{Act, ConvSpec};
+use crate::ops::{Act, ConvSpec, Unary};
 use crate::tensor::{DType, Shape};
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -281,7 +281,7 @@ impl ImgxUnet {
                     .dev
                     .upload(&emb, Shape::new(&[ts.len(), dim]), DType::F32)?;
                 let e = g.constant(e);
-                Some(g.act(&e, Act::Gelu)?)
+                Some(g.unary(&e, Unary::Gelu)?)
             }
             (_, None) => anyhow::bail!("this UNet is time-conditioned: a time step is required"),
         };

@@ -1,7 +1,8 @@
-//! Activations, linear combinations, per-channel broadcasts and sums.
+//! Unary maps (their math is in `unary.rs`), linear combinations, the
+//! per-channel broadcast add.
 //!
 //! Also home of the two pieces every fused CPU kernel shares:
-//! - [`Activation`]: each [`Act`] as a zero-sized type with its value and
+//! - [`Activation`]: each [`crate::ops::Act`] as a zero-sized type with its value and
 //!   derivative, so kernels are monomorphised per activation (no per-element
 //!   `match`) — see [`dispatch_act!`];
 //! - [`with_simd`]: runs a loop nest compiled for AVX-512 (or AVX2) when the
@@ -10,9 +11,10 @@
 //!   gives bit-identical results.
 //!
 //! Elementwise ops run in parallel over chunks of [`CHUNK`] elements.
-use super::{check, check_ndhwc, check_same_shape, view, view_mut, CpuBackend};
-use crate::ops::Act;
-use crate::ops::PointwiseOps;
+use super::unary::{dispatch_unary, UnaryMap};
+use super::{check, check_ndhwc, view, view_mut, CpuBackend};
+use crate::ops::pointwise::{check_lincomb, check_unary, check_unary_bwd};
+use crate::ops::{PointwiseOps, Unary};
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
@@ -268,23 +270,23 @@ trait ElemMap<const K: usize>: Sync {
     fn apply(&self, v: [f32; K]) -> f32;
 }
 
-/// `act(x)`.
-struct ActValue<A>(std::marker::PhantomData<A>);
-/// `dy · act'(x)` of (dy, x).
-struct ActGrad<A>(std::marker::PhantomData<A>);
+/// `f(x)`.
+struct UnaryValue<U>(U);
+/// `dy · f'(x)` of (dy, x).
+struct UnaryGrad<U>(U);
 /// `Σ_i coef_i · x_i`, summed left to right.
 struct LinComb<const K: usize>([f32; K]);
 
-impl<A: Activation + Sync> ElemMap<1> for ActValue<A> {
+impl<U: UnaryMap> ElemMap<1> for UnaryValue<U> {
     #[inline(always)]
     fn apply(&self, v: [f32; 1]) -> f32 {
-        A::f(v[0])
+        self.0.f(v[0])
     }
 }
-impl<A: Activation + Sync> ElemMap<2> for ActGrad<A> {
+impl<U: UnaryMap> ElemMap<2> for UnaryGrad<U> {
     #[inline(always)]
     fn apply(&self, v: [f32; 2]) -> f32 {
-        v[0] * A::df(v[1])
+        v[0] * self.0.df(v[1])
     }
 }
 impl<const K: usize> ElemMap<K> for LinComb<K> {
@@ -350,42 +352,32 @@ fn map_elementwise<const K: usize, M: ElemMap<K>>(m: M, ins: [&[f32]; K], out: &
 }
 
 impl PointwiseOps for CpuBackend {
-    /// `y = act(x)` elementwise, any shape.
-    fn act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
-        let xs = view(x, "act: x")?;
+    /// `y = f(x)` elementwise, any shape.
+    fn unary(&self, x: &Tensor, op: Unary) -> Result<Tensor> {
+        let xs = view(x, "unary: x")?;
+        check_unary(op)?;
         let y = self.out_uninit(x.shape())?;
-        dispatch_act!(act, A => map_elementwise(ActValue::<A>(Default::default()), [xs], view_mut(&y)));
+        dispatch_unary!(op, m => map_elementwise(UnaryValue(m), [xs], view_mut(&y)));
         Ok(y)
     }
 
-    /// `dx = dy · act'(x)` elementwise, any shape.
-    fn act_bwd(&self, dy: &Tensor, x: &Tensor, act: Act) -> Result<Tensor> {
-        let dys = view(dy, "act_bwd: dy")?;
-        let xs = view(x, "act_bwd: x")?;
-        check_same_shape(dy, x, "act_bwd: dy vs x")?;
+    /// `dx = dy · f'(x)` elementwise, any shape.
+    fn unary_bwd(&self, dy: &Tensor, x: &Tensor, op: Unary) -> Result<Tensor> {
+        let dys = view(dy, "unary_bwd: dy")?;
+        let xs = view(x, "unary_bwd: x")?;
+        check_unary_bwd(dy, x, op)?;
         let dx = self.out_uninit(x.shape())?;
-        dispatch_act!(act, A => map_elementwise(ActGrad::<A>(Default::default()), [dys, xs], view_mut(&dx)));
+        dispatch_unary!(op, m => map_elementwise(UnaryGrad(m), [dys, xs], view_mut(&dx)));
         Ok(dx)
     }
 
     /// `y = Σ_i coef_i · x_i` for 1 to 4 terms of one shape, summed left to right
     /// in f32 (`((c0·x0 + c1·x1) + c2·x2) + c3·x3`).
     fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        ensure!(
-            (1..=4).contains(&terms.len()),
-            "lincomb: takes 1 to 4 terms, got {}",
-            terms.len()
-        );
-        let shape = terms[0].1.shape();
+        let shape = check_lincomb(terms)?;
         let mut xs: Vec<&[f32]> = Vec::with_capacity(4);
         for (i, (_, t)) in terms.iter().enumerate() {
-            let what = format!("lincomb: term {i}");
-            xs.push(view(t, &what)?);
-            ensure!(
-                t.shape() == shape,
-                "lincomb: term {i} has shape {}, term 0 has {shape}",
-                t.shape()
-            );
+            xs.push(view(t, &format!("lincomb: term {i}"))?);
         }
         let c: Vec<f32> = terms.iter().map(|t| t.0).collect();
         let y = self.out_uninit(shape)?;

@@ -1,21 +1,23 @@
-//! Host side of `kernels/pointwise.cu`: activations and their backward, and
+//! Host side of `kernels/pointwise.cu`: unary maps and their backward, and
 //! the per-(sample, channel) broadcast add; and the launch of the linear
 //! combination (`kernels/elementwise.cu`).
 //!
-//! # act, act_bwd, add_nc
+//! # unary, unary_bwd, add_nc
 //! Elementwise: chunks of 8 elements (one 16-byte vector of bf16, two of f32),
 //! a grid-stride loop over chunks with the launch of
 //! [`super::elementwise::ew_config`] (blocks of 256 threads, at most 4096 blocks).
-//! Memory-bound; the floor is the bytes moved: act 2·n·e, act_bwd 3·n·e,
-//! add_nc 2·n·e + 4·N·C (e = bytes per element). FLOPs: ≤ ~20 per element
-//! (GELU's derivative), below the ≈ 20 FLOP per byte (67 TFLOP/s f32 /
-//! 3.35 TB/s) an H100 affords at its bandwidth.
+//! Memory-bound; the floor is the bytes moved: unary 2·n·e, unary_bwd
+//! 3·n·e, add_nc 2·n·e + 4·N·C (e = bytes per element). FLOPs: ≤ ~20 per
+//! element plus one transcendental (GELU's derivative), below the ≈ 20 FLOP
+//! per byte (67 TFLOP/s f32 / 3.35 TB/s) an H100 affords at its bandwidth.
 
 use super::device::KernelArgs;
 use super::elementwise::{check_vector_aligned, ew_config};
+use super::loss::by_dtype;
 use super::registry::Kernel;
 use super::GpuBackend;
-use crate::ops::Act;
+use crate::ops::pointwise::{check_lincomb, check_unary, check_unary_bwd};
+use crate::ops::{Act, Unary};
 use crate::ops::{MemoryOps, PointwiseOps};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
@@ -40,6 +42,26 @@ pub fn act_code(act: Act) -> i32 {
         Act::Relu => 1,
         Act::Silu => 2,
         Act::Gelu => 3,
+    }
+}
+
+/// The code and parameter of a unary map as the kernels take them
+/// (`kernels/activation.cuh`: ReLU, SiLU, GELU share the activations' codes).
+pub fn unary_code(op: Unary) -> (i32, f32) {
+    match op {
+        Unary::Relu => (act_code(Act::Relu), 0.0),
+        Unary::Silu => (act_code(Act::Silu), 0.0),
+        Unary::Gelu => (act_code(Act::Gelu), 0.0),
+        Unary::LeakyRelu(alpha) => (4, alpha),
+        Unary::Sigmoid => (5, 0.0),
+        Unary::Tanh => (6, 0.0),
+        Unary::Exp => (7, 0.0),
+        Unary::Log => (8, 0.0),
+        Unary::Softplus => (9, 0.0),
+        Unary::Square => (10, 0.0),
+        Unary::Sqrt => (11, 0.0),
+        Unary::Abs => (12, 0.0),
+        Unary::SmoothL1(beta) => (13, beta),
     }
 }
 
@@ -78,64 +100,58 @@ pub(crate) fn check_nc(b: &GpuBackend, t: &Tensor, x: Shape, what: &str) -> Resu
     Ok(())
 }
 
-/// Errors unless `a` and `b` have the same shape and dtype.
-pub(crate) fn check_like(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
-    ensure!(
-        a.shape() == b.shape() && a.dtype() == b.dtype(),
-        "{what}: {} {} differs from {} {}",
-        a.dtype().name(),
-        a.shape(),
-        b.dtype().name(),
-        b.shape()
-    );
-    Ok(())
-}
-
 impl PointwiseOps for GpuBackend {
-    /// `y = act(x)` elementwise (any shape; f32 or bf16, the output in x's dtype).
-    fn act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
-        self.check(x, "act: x")?;
-        check_aligned16(x, "act: x")?;
+    /// `y = f(x)` elementwise (any shape; f32 or bf16, the output in x's dtype).
+    fn unary(&self, x: &Tensor, op: Unary) -> Result<Tensor> {
+        self.check(x, "unary: x")?;
+        check_aligned16(x, "unary: x")?;
+        check_unary(op)?;
         let y = self.alloc(x.shape(), x.dtype())?;
         let n = x.numel();
         if n == 0 {
             return Ok(y);
         }
-        let kernel = match x.dtype() {
-            DType::F32 => Kernel::PointwiseActF32,
-            DType::BF16 => Kernel::PointwiseActBf16,
-        };
+        let kernel = by_dtype(
+            x.dtype(),
+            Kernel::PointwiseUnaryF32,
+            Kernel::PointwiseUnaryBf16,
+        );
+        let (code, p) = unary_code(op);
         let mut args = KernelArgs::new()
             .tensor(x)
             .tensor(&y)
             .i64(n as i64)
-            .i32(act_code(act));
+            .i32(code)
+            .f32(p);
         self.device().launch(kernel, ew_config(n), &mut args)?;
         Ok(y)
     }
 
-    /// `dx = dy · act'(x)` elementwise (dy and x of one shape and dtype).
-    fn act_bwd(&self, dy: &Tensor, x: &Tensor, act: Act) -> Result<Tensor> {
-        self.check(dy, "act_bwd: dy")?;
-        self.check(x, "act_bwd: x")?;
-        check_like(dy, x, "act_bwd: dy vs x")?;
-        check_aligned16(dy, "act_bwd: dy")?;
-        check_aligned16(x, "act_bwd: x")?;
+    /// `dx = dy · f'(x)` elementwise (dy and x of one shape and dtype).
+    fn unary_bwd(&self, dy: &Tensor, x: &Tensor, op: Unary) -> Result<Tensor> {
+        self.check(dy, "unary_bwd: dy")?;
+        self.check(x, "unary_bwd: x")?;
+        check_unary_bwd(dy, x, op)?;
+        check_aligned16(dy, "unary_bwd: dy")?;
+        check_aligned16(x, "unary_bwd: x")?;
         let dx = self.alloc(x.shape(), x.dtype())?;
         let n = x.numel();
         if n == 0 {
             return Ok(dx);
         }
-        let kernel = match x.dtype() {
-            DType::F32 => Kernel::PointwiseActBwdF32,
-            DType::BF16 => Kernel::PointwiseActBwdBf16,
-        };
+        let kernel = by_dtype(
+            x.dtype(),
+            Kernel::PointwiseUnaryBwdF32,
+            Kernel::PointwiseUnaryBwdBf16,
+        );
+        let (code, p) = unary_code(op);
         let mut args = KernelArgs::new()
             .tensor(dy)
             .tensor(x)
             .tensor(&dx)
             .i64(n as i64)
-            .i32(act_code(act));
+            .i32(code)
+            .f32(p);
         self.device().launch(kernel, ew_config(n), &mut args)?;
         Ok(dx)
     }
@@ -169,12 +185,7 @@ impl PointwiseOps for GpuBackend {
     /// accumulated in f32 in term order with fused multiply-adds; the output has
     /// the dtype of the first term.
     fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        ensure!(
-            (1..=4).contains(&terms.len()),
-            "lincomb: {} terms (1..=4)",
-            terms.len()
-        );
-        let shape = terms[0].1.shape();
+        let shape = check_lincomb(terms)?;
         let mut a = LincombArgs {
             x: [0; 4],
             coef: [0.0; 4],
@@ -184,14 +195,9 @@ impl PointwiseOps for GpuBackend {
             n: shape.numel() as i64,
         };
         for (i, (c, t)) in terms.iter().enumerate() {
-            let what = format!("lincomb term {i}");
+            let what = format!("lincomb: term {i}");
             self.check(t, &what)?;
             check_vector_aligned(t, &what)?;
-            ensure!(
-                t.shape() == shape,
-                "{what}: shape {} differs from the first term's {shape}",
-                t.shape()
-            );
             a.x[i] = t.addr();
             a.coef[i] = *c;
             a.x_is_bf16[i] = (t.dtype() == DType::BF16) as i32;
