@@ -1,7 +1,6 @@
-// Segmentation kernels: argmax, one-hot, the losses
-// (cross-entropy, soft Dice, MSE) with their backward passes, the [−1, 1] →
-// logits map, and arithmetic on [1] scalars. Launched by
-// src/backend/gpu/loss.rs (row ops, CE, MSE, scalars) and
+// Segmentation kernels: argmax, one-hot, the losses (cross-entropy, soft
+// Dice, MSE) with their backward passes, and the [−1, 1] → logits map.
+// Launched by src/backend/gpu/loss.rs (row ops, CE, MSE) and
 // src/backend/gpu/loss/dice.rs, which document the launch geometry.
 //
 // Layout: activations are NDHWC, so one voxel's C channel values are one
@@ -300,23 +299,6 @@ extern "C" __global__ void vd_loss_scaled_to_logits_bwd_f32(const float* __restr
 extern "C" __global__ void vd_loss_scaled_to_logits_bwd_bf16(const bf16* __restrict__ dy, const bf16* __restrict__ x,
                                                              bf16* __restrict__ dx, i64 n, float eps) {
     vd_loss_scaled_to_logits_bwd(dy, x, dx, n, eps);
-}
-
-// ----------------------------------------------------------------- scalars
-// out[0] = Σ_{i < terms} coef[i] · s_i[0], f32, in term order (fmaf). One
-// thread. Mirrored by `ScalarLincombArgs` in src/backend/gpu/loss.rs.
-struct VdScalarLincombArgs {
-    const float* s[8];
-    float coef[8];
-    int terms;
-    int pad_;
-};
-extern "C" __global__ void vd_loss_scalar_lincomb(VdScalarLincombArgs a, float* __restrict__ out) {
-    float acc = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-        if (i < a.terms) acc = fmaf(a.coef[i], a.s[i][0], acc);
-    out[0] = acc;
 }
 
 // -------------------------------------------------------------- soft Dice

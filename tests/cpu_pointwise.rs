@@ -1,12 +1,12 @@
 //! Pointwise ops of the CPU backend: unary maps and their gradients, linear
-//! combinations, the per-channel broadcast and its backward, the sum to
-//! [N, C]. Forward vs plain f64
+//! combinations, the per-(sample, channel) broadcast add and its backward,
+//! the sum to [N, C]. Forward vs plain f64
 //! references, backward vs finite differences, NaN propagation, errors.
 mod common;
 
 use common::*;
 use voxdiff::backend::prelude::*;
-use voxdiff::ops::{Bcast, Unary};
+use voxdiff::ops::{Bcast, Binary, Unary};
 use voxdiff::tensor::{DType, Shape};
 
 fn shapes() -> Vec<Shape> {
@@ -222,7 +222,7 @@ fn lincomb_errors() {
 }
 
 #[test]
-fn add_nc_and_reduce_sum_to_sample_channel_match_reference() {
+fn add_of_sample_channel_vector_and_reduce_sum_match_reference() {
     let b = cpu();
     let mut rng = Rng::new(5);
     for sh in shapes() {
@@ -231,11 +231,13 @@ fn add_nc_and_reduce_sum_to_sample_channel_match_reference() {
         let vv = rng.vec(n * c, -1.0, 1.0);
         let xt = b.upload(&x, sh, DType::F32).unwrap();
         let vt = b.upload(&vv, Shape::new(&[n, c]), DType::F32).unwrap();
-        let y = b.download(&b.add_nc(&xt, &vt).unwrap()).unwrap();
+        let y = b
+            .download(&b.binary(Binary::Add, &xt, &vt).unwrap())
+            .unwrap();
         let want: Vec<f64> = (0..sh.numel())
             .map(|i| x[i] as f64 + vv[(i / (v * c)) * c + i % c] as f64)
             .collect();
-        assert_close(&format!("add_nc {sh}"), &y, &want, 1e-6, 1e-7);
+        assert_close(&format!("add [N, C] {sh}"), &y, &want, 1e-6, 1e-7);
 
         let s = b.reduce_sum(&xt, Bcast::SampleChannel).unwrap();
         assert_eq!(s.shape().dims(), [n, c]);
@@ -253,9 +255,9 @@ fn add_nc_and_reduce_sum_to_sample_channel_match_reference() {
     }
 }
 
-/// reduce_sum to SampleChannel is the backward of add_nc with respect to v.
+/// reduce_sum to SampleChannel is the backward of the [N, C] add with respect to v.
 #[test]
-fn reduce_sum_to_sample_channel_is_the_gradient_of_add_nc() {
+fn reduce_sum_to_sample_channel_is_the_gradient_of_the_sample_channel_add() {
     let b = cpu();
     let mut rng = Rng::new(6);
     let sh = Shape::ndhwc(2, 3, 5, 7, 5);
@@ -269,9 +271,13 @@ fn reduce_sum_to_sample_channel_is_the_gradient_of_add_nc() {
         .unwrap();
     let loss = |vp: &[f32]| {
         let vt = b.upload(vp, Shape::new(&[n, c]), DType::F32).unwrap();
-        dot(&g, &b.download(&b.add_nc(&x, &vt).unwrap()).unwrap())
+        dot(
+            &g,
+            &b.download(&b.binary(Binary::Add, &x, &vt).unwrap())
+                .unwrap(),
+        )
     };
-    fd_check("add_nc dv", &vv, &dv, loss, 20, 1e-2, 1e-3, 1e-3);
+    fd_check("add [N, C] dv", &vv, &dv, loss, 20, 1e-2, 1e-3, 1e-3);
 }
 
 #[test]
@@ -296,8 +302,14 @@ fn broadcast_errors() {
     let x = rand_tensor(&b, &mut rng, Shape::ndhwc(2, 2, 3, 4, 5), -1.0, 1.0);
     let v_bad_c = rand_tensor(&b, &mut rng, Shape::new(&[2, 4]), -1.0, 1.0);
     let v_bad_n = rand_tensor(&b, &mut rng, Shape::new(&[1, 5]), -1.0, 1.0);
-    assert!(b.add_nc(&x, &v_bad_c).is_err(), "wrong channel count");
-    assert!(b.add_nc(&x, &v_bad_n).is_err(), "wrong sample count");
+    assert!(
+        b.binary(Binary::Add, &x, &v_bad_c).is_err(),
+        "wrong channel count"
+    );
+    assert!(
+        b.binary(Binary::Add, &x, &v_bad_n).is_err(),
+        "wrong sample count"
+    );
     let flat = rand_tensor(&b, &mut rng, Shape::new(&[10, 5]), -1.0, 1.0);
     assert!(
         b.reduce_sum(&flat, Bcast::SampleChannel).is_err(),

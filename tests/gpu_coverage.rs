@@ -14,7 +14,7 @@ use voxdiff::backend::gpu::emu::{launches, Emu};
 use voxdiff::backend::gpu::registry::{Family, Kernel};
 use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
-use voxdiff::ops::{Act, AdamW, Bcast, ConvSpec, NormArgs, ParamSlot, Unary};
+use voxdiff::ops::{Act, AdamW, Bcast, Binary, ConvSpec, NormArgs, ParamSlot, Unary};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 fn rand(b: &dyn Backend, shape: Shape, dtype: DType, seed: u64) -> Tensor {
@@ -312,11 +312,19 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
                 || b.unary_bwd(&x, &x, op).unwrap(),
             );
         }
+        for (y, to) in [(&s, "[N, C]"), (&gamma, "[C]")] {
+            d.expect(
+                &format!("binary by {to} C={c}"),
+                &["vd_pointwise_binary_bcast_f32"],
+                &["vd_pointwise_binary_bcast_bf16"],
+                || b.binary(Binary::Mul, &x, y).unwrap(),
+            );
+        }
         d.expect(
-            &format!("add_nc C={c}"),
-            &["vd_pointwise_add_nc_f32"],
-            &["vd_pointwise_add_nc_bf16"],
-            || b.add_nc(&x, &s).unwrap(),
+            &format!("binary C={c}"),
+            &["vd_pointwise_binary_f32"],
+            &["vd_pointwise_binary_bf16"],
+            || b.binary(Binary::Div, &x, &r).unwrap(),
         );
         d.expect(
             &format!("reduce_sum to [N, C] C={c}"),
@@ -643,10 +651,10 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         || b.scaled_to_logits_bwd(&l, &x0, 1e-5).unwrap(),
     );
     d.expect(
-        "scalar_lincomb",
-        &["vd_loss_scalar_lincomb"],
-        &["vd_loss_scalar_lincomb"],
-        || b.scalar_lincomb(&[(0.5, &one), (2.0, &one)]).unwrap(),
+        "lincomb of [1] losses",
+        &["vd_elementwise_lincomb_f32"],
+        &["vd_elementwise_lincomb_f32"],
+        || b.lincomb(&[(0.5, &one), (2.0, &one)]).unwrap(),
     );
 
     // The optimiser over two tensors.

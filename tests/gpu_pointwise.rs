@@ -1,4 +1,5 @@
-//! The pointwise kernels (kernels/pointwise.cu: unary, unary_bwd, add_nc) and the
+//! The pointwise kernels (kernels/pointwise.cu: unary, unary_bwd, binary add of
+//! an [N, C] vector) and the
 //! sum to [N, C] (kernels/reduce.cu) on the device under test against the CPU backend, f32 and
 //! bf16 activations, odd sizes (vector chunks and scalar tails), channel
 //! counts on and off the 8-channel vector path, N = 1 and 2. Outputs are
@@ -15,7 +16,7 @@ use voxdiff::backend::gpu::emu::Emu;
 use voxdiff::backend::gpu::reduce::RowTiles;
 use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
-use voxdiff::ops::{Bcast, Unary};
+use voxdiff::ops::{Bcast, Binary, Unary};
 use voxdiff::tensor::{DType, Shape};
 
 const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
@@ -72,17 +73,17 @@ fn unary_and_unary_bwd_match_cpu() {
 }
 
 #[test]
-fn add_nc_matches_cpu() {
+fn binary_add_of_sample_channel_vector_matches_cpu() {
     for dtype in DTYPES {
         let p = Pair::new(dtype);
         let mut rng = Rng::new(4);
         for shape in ndhwc_shapes() {
             let (xg, xc) = p.act(&mut rng, shape, -2.0, 2.0);
             let (vg, vc) = p.f32(&mut rng, Shape::new(&[shape.n(), shape.c()]), -3.0, 3.0);
-            let yg = p.gpu.add_nc(&xg, &vg).unwrap();
-            let yc = p.cpu.add_nc(&xc, &vc).unwrap();
+            let yg = p.gpu.binary(Binary::Add, &xg, &vg).unwrap();
+            let yc = p.cpu.binary(Binary::Add, &xc, &vc).unwrap();
             p.check(
-                &format!("{} add_nc {shape}", dtype.name()),
+                &format!("{} add [N, C] {shape}", dtype.name()),
                 &yg,
                 &yc,
                 p.rtol(),
@@ -169,8 +170,8 @@ fn rejects_bad_arguments() {
     let b = &p.gpu;
     let x = b.zeros(Shape::ndhwc(2, 1, 2, 3, 4), DType::BF16).unwrap();
     let v = b.zeros(Shape::new(&[2, 5]), DType::F32).unwrap();
-    let e = b.add_nc(&x, &v).expect_err("wrong [N, C]");
-    assert!(format!("{e:#}").contains("add_nc: v"), "{e:#}");
+    let e = b.binary(Binary::Add, &x, &v).expect_err("wrong [N, C]");
+    assert!(format!("{e:#}").contains("binary: y"), "{e:#}");
     let y = b.zeros(Shape::ndhwc(2, 1, 2, 3, 5), DType::BF16).unwrap();
     let e = b
         .unary_bwd(&y, &x, Unary::Relu)

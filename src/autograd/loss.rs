@@ -39,16 +39,6 @@ impl Graph<'_> {
         }))
     }
 
-    /// `Σ coef_i · s_i` over scalars (e.g. weighting losses).
-    pub fn scalar_lincomb(&mut self, terms: &[(f32, &Var)]) -> Result<Var> {
-        let ts: Vec<(f32, &Tensor)> = terms.iter().map(|(c, v)| (*c, &v.t)).collect();
-        let y = self.dev.scalar_lincomb(&ts)?;
-        let ids: Vec<Option<VarId>> = terms.iter().map(|(_, v)| v.id).collect();
-        Ok(self.record(y, &ids, || ScalarLinComb {
-            terms: terms.iter().map(|(c, v)| (*c, v.id)).collect(),
-        }))
-    }
-
     /// `ln(clamp((x + 1)/2, PROB_EPS, 1))`: [−1, 1]-space probabilities to logits.
     pub fn scaled_to_logits(&mut self, x: &Var) -> Result<Var> {
         let y = self.dev.scaled_to_logits(&x.t, PROB_EPS)?;
@@ -105,22 +95,6 @@ impl Backward for Mse {
             grads.add(self.b, gb)?;
         }
         grads.add(self.a, ga)
-    }
-}
-
-struct ScalarLinComb {
-    terms: Vec<(f32, Option<VarId>)>,
-}
-
-impl Backward for ScalarLinComb {
-    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
-        for (c, id) in self.terms {
-            if id.is_some() {
-                let g = grads.dev.scalar_lincomb(&[(c, &dy)])?;
-                grads.add(id, g)?;
-            }
-        }
-        Ok(())
     }
 }
 

@@ -29,7 +29,7 @@
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
 use crate::nn::{time, Conv, Linear, Norm, NormEpilogue, ParamStore};
-use crate::ops::{Act, ConvSpec, Unary};
+use crate::ops::{Act, Binary, ConvSpec, Unary};
 use crate::tensor::{DType, Shape};
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -171,7 +171,7 @@ impl ResBlock {
             (TimeInput::None, _) => {}
             (TimeInput::Add(lin), Some(t)) => {
                 let v = lin.forward(g, ps, t)?;
-                h = g.add_nc(&h, &v)?;
+                h = g.binary(Binary::Add, &h, &v)?;
             }
             (TimeInput::Film { scale, shift }, Some(t)) => {
                 film = Some((scale.forward(g, ps, t)?, shift.forward(g, ps, t)?));

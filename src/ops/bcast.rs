@@ -79,7 +79,8 @@ impl Bcast {
 /// The broadcast that takes a y of shape `y` over an x of shape `x`: the
 /// first of Full, Scalar, Row, SampleChannel, Channel whose shape `y` is.
 /// Shapes that match two cases (x = `[5]`, y = `[1]`: Scalar and Row) mean
-/// the same broadcast either way.
+/// the same broadcast either way; a y of x's own shape is always Full (so a
+/// binary op wants it in x's dtype).
 pub fn bcast_of(x: Shape, y: Shape) -> Result<Bcast> {
     for b in [
         Bcast::Full,

@@ -41,6 +41,4 @@ pub trait LossOps {
     fn scaled_to_logits(&self, x: &Tensor, eps: f32) -> Result<Tensor>;
     /// `dx = dy / (x + 1)` where `eps < (x + 1)/2 < 1`, else 0.
     fn scaled_to_logits_bwd(&self, dy: &Tensor, x: &Tensor, eps: f32) -> Result<Tensor>;
-    /// `Σ_i coef_i · s_i` over f32 `[1]` scalars (loss weighting on device).
-    fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor>;
 }

@@ -34,6 +34,6 @@ pub use matmul::MatmulOps;
 pub use memory::MemoryOps;
 pub use norm::{NormArgs, NormGrads, NormOps, NormOut};
 pub use optim::{AdamW, OptimOps, ParamSlot};
-pub use pointwise::{Act, PointwiseOps, Unary};
+pub use pointwise::{Act, Binary, PointwiseOps, Unary};
 pub use rand::RandOps;
 pub use reduce::ReduceOps;

@@ -1,8 +1,11 @@
-//! The pointwise family: unary maps ([`Unary`]) and their derivative, linear
-//! combinations of equally shaped tensors, the per-(sample, channel)
-//! broadcast add (its backward is `reduce_sum` to SampleChannel).
+//! The pointwise family: unary maps ([`Unary`]) and their derivative, binary
+//! ops with a broadcast second operand ([`Binary`], [`Bcast`]), linear
+//! combinations of equally shaped tensors. The binary ops have no backward
+//! op of their own: their gradients are binary ops and `reduce_sum`s
+//! (autograd/pointwise.rs).
 
-use crate::tensor::{Shape, Tensor};
+use super::bcast::{bcast_of, Bcast};
+use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
 
 /// The activation fused into the norm's epilogue ([`super::NormArgs`]).
@@ -113,6 +116,39 @@ pub fn check_unary_bwd(dy: &Tensor, x: &Tensor, op: Unary) -> Result<()> {
     Ok(())
 }
 
+/// A binary elementwise op `x ∘ y`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl Binary {
+    pub const ALL: [Binary; 4] = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div];
+}
+
+/// The contract of `binary(op, x, y)`: x any shape and dtype; y's shape one
+/// of x's broadcast shapes ([`bcast_of`]) — a Full y in x's dtype, any other
+/// in f32. Returns the broadcast.
+pub fn check_binary(x: &Tensor, y: &Tensor) -> Result<Bcast> {
+    let b = bcast_of(x.shape(), y.shape()).map_err(|e| e.context("binary: y"))?;
+    let want = if b == Bcast::Full {
+        x.dtype()
+    } else {
+        DType::F32
+    };
+    ensure!(
+        y.dtype() == want,
+        "binary: a {b:?} y must be {} (x is {}), got {}",
+        want.name(),
+        x.dtype().name(),
+        y.dtype().name()
+    );
+    Ok(b)
+}
+
 /// The contract of `lincomb(terms)`: 1 to 4 terms of one shape (their dtypes
 /// may differ; the output takes the first term's). Returns the shape.
 pub fn check_lincomb(terms: &[(f32, &Tensor)]) -> Result<Shape> {
@@ -141,6 +177,8 @@ pub trait PointwiseOps {
     /// `Σ_i coef_i · x_i` over tensors of one shape (≤ 4 terms); the output has
     /// the dtype of the first term. Covers add, scale, q_sample and posteriors.
     fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor>;
-    /// `y[n,…,c] = x[n,…,c] + v[n,c]`, v f32 `[N, C]`.
-    fn add_nc(&self, x: &Tensor, v: &Tensor) -> Result<Tensor>;
+    /// `out = x ∘ y` elementwise, y broadcast over x as its shape says
+    /// ([`Bcast`]: of x's shape, per row, per (sample, channel), per channel,
+    /// or one value); out has x's shape and dtype, computed in f32.
+    fn binary(&self, op: Binary, x: &Tensor, y: &Tensor) -> Result<Tensor>;
 }

@@ -5,7 +5,7 @@
 //! and combine the chunk partials in chunk order, so results are independent
 //! of the thread count.
 use super::reduce::{row_max, softmax_row};
-use super::{check, check_ndhwc, check_same_shape, view, view_mut, CpuBackend};
+use super::{check_ndhwc, check_same_shape, view, view_mut, CpuBackend};
 use crate::ops::LossOps;
 use crate::tensor::{Shape, Tensor};
 use anyhow::{bail, ensure, Result};
@@ -317,17 +317,6 @@ impl LossOps for CpuBackend {
                 };
             });
         Ok(dx)
-    }
-
-    /// `Σ_i coef_i · s_i` over f32 `[1]` scalars (f64 sum).
-    fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        ensure!(!terms.is_empty(), "scalar_lincomb: no terms");
-        let mut acc = 0f64;
-        for (i, (coef, t)) in terms.iter().enumerate() {
-            check(t, &format!("scalar_lincomb: term {i}"))?;
-            acc += *coef as f64 * scalar(t, &format!("scalar_lincomb: term {i}"))? as f64;
-        }
-        make_scalar(self, acc as f32)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Unary maps (their math is in `unary.rs`), linear combinations, the
-//! per-channel broadcast add.
+//! Unary maps (their math is in `unary.rs`), binary ops with a broadcast
+//! operand, linear combinations.
 //!
 //! Also home of the two pieces every fused CPU kernel shares:
 //! - [`Activation`]: each [`crate::ops::Act`] as a zero-sized type with its value and
@@ -12,11 +12,11 @@
 //!
 //! Elementwise ops run in parallel over chunks of [`CHUNK`] elements.
 use super::unary::{dispatch_unary, UnaryMap};
-use super::{check, check_ndhwc, view, view_mut, CpuBackend};
-use crate::ops::pointwise::{check_lincomb, check_unary, check_unary_bwd};
-use crate::ops::{PointwiseOps, Unary};
-use crate::tensor::{Shape, Tensor};
-use anyhow::{ensure, Result};
+use super::{view, view_mut, CpuBackend};
+use crate::ops::pointwise::{check_binary, check_lincomb, check_unary, check_unary_bwd};
+use crate::ops::{Bcast, Binary, PointwiseOps, Unary};
+use crate::tensor::Tensor;
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// Elements per parallel task of the elementwise ops (128 KiB of f32).
@@ -351,6 +351,64 @@ fn map_elementwise<const K: usize, M: ElemMap<K>>(m: M, ins: [&[f32]; K], out: &
     });
 }
 
+/// A binary op as a type (monomorphised loops, no per-element `match`).
+trait BinaryOp: Sync {
+    fn f(a: f32, b: f32) -> f32;
+}
+struct AddOp;
+struct SubOp;
+struct MulOp;
+struct DivOp;
+impl BinaryOp for AddOp {
+    #[inline(always)]
+    fn f(a: f32, b: f32) -> f32 {
+        a + b
+    }
+}
+impl BinaryOp for SubOp {
+    #[inline(always)]
+    fn f(a: f32, b: f32) -> f32 {
+        a - b
+    }
+}
+impl BinaryOp for MulOp {
+    #[inline(always)]
+    fn f(a: f32, b: f32) -> f32 {
+        a * b
+    }
+}
+impl BinaryOp for DivOp {
+    #[inline(always)]
+    fn f(a: f32, b: f32) -> f32 {
+        a / b
+    }
+}
+
+/// `dispatch_binary!(op, B => body)`: evaluate `body` with the type alias `B`
+/// bound to the [`BinaryOp`] type of the runtime [`Binary`] `op`.
+macro_rules! dispatch_binary {
+    ($op:expr, $B:ident => $body:expr) => {
+        match $op {
+            Binary::Add => {
+                type $B = AddOp;
+                $body
+            }
+            Binary::Sub => {
+                type $B = SubOp;
+                $body
+            }
+            Binary::Mul => {
+                type $B = MulOp;
+                $body
+            }
+            Binary::Div => {
+                type $B = DivOp;
+                $body
+            }
+        }
+    };
+}
+
 impl PointwiseOps for CpuBackend {
     /// `y = f(x)` elementwise, any shape.
     fn unary(&self, x: &Tensor, op: Unary) -> Result<Tensor> {
@@ -395,52 +453,97 @@ impl PointwiseOps for CpuBackend {
         Ok(y)
     }
 
-    /// `y[n,v,c] = x[n,v,c] + v[n,c]`; parallel over (sample, voxel chunk).
-    fn add_nc(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let xs = view(x, "add_nc: x")?;
-        check_ndhwc(x, "add_nc: x")?;
-        check_nc(v, x.shape(), "add_nc: v")?;
-        let vs = view(v, "add_nc: v")?;
-        let (c, per_sample) = (x.shape().c(), x.shape().voxels() * x.shape().c());
-        let y = self.out_uninit(x.shape())?;
-        let ys = view_mut(&y);
-        if y.numel() == 0 {
-            return Ok(y);
-        }
-        let chunk = (CHUNK / c).max(1) * c;
-        ys.par_chunks_mut(per_sample)
-            .zip(xs.par_chunks(per_sample))
-            .enumerate()
-            .for_each(|(n, (yn, xn))| {
-                let vn = &vs[n * c..(n + 1) * c];
-                yn.par_chunks_mut(chunk)
-                    .zip(xn.par_chunks(chunk))
-                    .for_each(|(yc, xc)| {
-                        with_simd(
-                            #[inline(always)]
-                            || {
-                                for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                                    for ((o, &a), &bias) in yr.iter_mut().zip(xr).zip(vn) {
-                                        *o = a + bias;
-                                    }
-                                }
-                            },
-                        )
-                    })
-            });
-        Ok(y)
+    /// `out = x ∘ y`, y broadcast over x seen as `[outer, mid, inner]`
+    /// ([`Bcast::split`]): parallel over runs of about [`CHUNK`] elements
+    /// (whole outer blocks when they are shorter), the op dispatched once.
+    fn binary(&self, op: Binary, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let xs = view(x, "binary: x")?;
+        let ys = view(y, "binary: y")?;
+        let b = check_binary(x, y)?;
+        let out = self.out_uninit(x.shape())?;
+        let os = view_mut(&out);
+        dispatch_binary!(op, B => {
+            if b == Bcast::Full {
+                map_elementwise(BinaryFull::<B>(Default::default()), [xs, ys], os)
+            } else {
+                broadcast_binary::<B>(xs, ys, b.split(x.shape()), os)
+            }
+        });
+        Ok(out)
     }
 }
 
-/// Check `v` is f32 `[N, C]` for the NDHWC shape `x`.
-pub(super) fn check_nc(v: &Tensor, x: Shape, what: &str) -> Result<()> {
-    check(v, what)?;
-    ensure!(
-        v.shape().dims() == [x.n(), x.c()],
-        "{what}: expected shape {}×{} ([N, C] of {x}), got {}",
-        x.n(),
-        x.c(),
-        v.shape()
-    );
-    Ok(())
+/// `x ∘ y` of two equally shaped inputs.
+struct BinaryFull<B>(std::marker::PhantomData<B>);
+impl<B: BinaryOp> ElemMap<2> for BinaryFull<B> {
+    #[inline(always)]
+    fn apply(&self, v: [f32; 2]) -> f32 {
+        B::f(v[0], v[1])
+    }
+}
+
+/// `out[o, m, i] = x[o, m, i] ∘ y[o, i]`. Outer blocks shorter than
+/// [`CHUNK`] are grouped into tasks of about CHUNK elements; longer ones are
+/// cut into runs of whole rows of `inner`.
+fn broadcast_binary<B: BinaryOp>(
+    xs: &[f32],
+    ys: &[f32],
+    (_, mid, inner): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let per = mid * inner;
+    if out.is_empty() {
+        return;
+    }
+    if per <= CHUNK {
+        let k = CHUNK / per;
+        out.par_chunks_mut(k * per)
+            .zip(xs.par_chunks(k * per))
+            .zip(ys.par_chunks(k * inner))
+            .for_each(|((oc, xc), yc)| {
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        for ((oo, xo), yo) in oc
+                            .chunks_exact_mut(per)
+                            .zip(xc.chunks_exact(per))
+                            .zip(yc.chunks_exact(inner))
+                        {
+                            binary_rows::<B>(oo, xo, yo);
+                        }
+                    },
+                )
+            });
+    } else {
+        let run = (CHUNK / inner).max(1) * inner;
+        out.par_chunks_mut(per)
+            .zip(xs.par_chunks(per))
+            .zip(ys.par_chunks(inner))
+            .for_each(|((oo, xo), yo)| {
+                oo.par_chunks_mut(run)
+                    .zip(xo.par_chunks(run))
+                    .for_each(|(oc, xc)| {
+                        with_simd(
+                            #[inline(always)]
+                            || binary_rows::<B>(oc, xc, yo),
+                        )
+                    })
+            });
+    }
+}
+
+/// `o[r, i] = x[r, i] ∘ y[i]` over whole rows of `y.len()`.
+#[inline(always)]
+fn binary_rows<B: BinaryOp>(o: &mut [f32], x: &[f32], y: &[f32]) {
+    if let [v] = *y {
+        for (o, &a) in o.iter_mut().zip(x) {
+            *o = B::f(a, v);
+        }
+    } else {
+        for (orow, xrow) in o.chunks_exact_mut(y.len()).zip(x.chunks_exact(y.len())) {
+            for ((o, &a), &v) in orow.iter_mut().zip(xrow).zip(y) {
+                *o = B::f(a, v);
+            }
+        }
+    }
 }

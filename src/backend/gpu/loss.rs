@@ -1,6 +1,5 @@
-//! Host side of `kernels/loss.cu`: argmax, one-hot, cross-entropy, MSE, the
-//! [−1, 1] → logits map and scalar arithmetic (the soft Dice loss is in
-//! `loss/dice.rs`).
+//! Host side of `kernels/loss.cu`: argmax, one-hot, cross-entropy, MSE and
+//! the [−1, 1] → logits map (the soft Dice loss is in `loss/dice.rs`).
 //!
 //! Dtypes: the activation inputs of one op share a dtype (f32 or bf16, not
 //! necessarily the backend's act dtype); the kernel variant is that dtype and
@@ -51,8 +50,6 @@ pub const LOSS_THREADS: u32 = 256;
 pub const LOSS_MAX_BLOCKS: usize = 4096;
 /// Grid cap of the stage-1 reduction kernels (= the most partials a loss writes).
 pub const LOSS_MAX_PARTIALS: usize = 1024;
-/// Terms per `vd_loss_scalar_lincomb` launch (longer sums are chained).
-const SCALAR_TERMS: usize = 8;
 
 /// One thread per row.
 fn rows_config(rows: usize) -> LaunchConfig {
@@ -74,16 +71,6 @@ pub(super) fn by_dtype(dtype: DType, f32_kernel: Kernel, bf16_kernel: Kernel) ->
         DType::F32 => f32_kernel,
         DType::BF16 => bf16_kernel,
     }
-}
-
-/// Mirrors `VdScalarLincombArgs` in kernels/loss.cu (104 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct ScalarLincombArgs {
-    s: [u64; SCALAR_TERMS],
-    coef: [f32; SCALAR_TERMS],
-    terms: i32,
-    pad: i32,
 }
 
 /// One `one_hot` launch's id check, read back later (see [`GpuBackend::one_hot`]).
@@ -450,48 +437,5 @@ impl LossOps for GpuBackend {
             .f32(eps);
         self.device().launch(kernel, ew_config(n), &mut args)?;
         Ok(dx)
-    }
-
-    /// `Σ_i coef_i · s_i` over f32 `[1]` scalars, f32 in term order, on the
-    /// device: one single-thread launch per 8 terms (a longer sum carries the
-    /// running total as the first term of the next launch).
-    fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        ensure!(!terms.is_empty(), "scalar_lincomb: no terms");
-        for (i, (_, t)) in terms.iter().enumerate() {
-            self.check_scalar(t, &format!("scalar_lincomb: term {i}"))?;
-        }
-        let mut total: Option<Tensor> = None;
-        let mut rest = terms;
-        while !rest.is_empty() {
-            let mut a = ScalarLincombArgs {
-                s: [0; SCALAR_TERMS],
-                coef: [0.0; SCALAR_TERMS],
-                terms: 0,
-                pad: 0,
-            };
-            let mut k = 0;
-            if let Some(t) = &total {
-                a.s[0] = t.addr();
-                a.coef[0] = 1.0;
-                k = 1;
-            }
-            let take = rest.len().min(SCALAR_TERMS - k);
-            for (c, t) in &rest[..take] {
-                a.s[k] = t.addr();
-                a.coef[k] = *c;
-                k += 1;
-            }
-            rest = &rest[take..];
-            a.terms = k as i32;
-            let out = self.alloc(Shape::scalar(), DType::F32)?;
-            let mut args = KernelArgs::new().pod(&a).tensor(&out);
-            self.device().launch(
-                Kernel::LossScalarLincomb,
-                LaunchConfig::linear(1, 1),
-                &mut args,
-            )?;
-            total = Some(out);
-        }
-        Ok(total.expect("at least one term"))
     }
 }

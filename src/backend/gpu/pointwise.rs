@@ -1,25 +1,29 @@
-//! Host side of `kernels/pointwise.cu`: unary maps and their backward, and
-//! the per-(sample, channel) broadcast add; and the launch of the linear
-//! combination (`kernels/elementwise.cu`).
+//! Host side of `kernels/pointwise.cu`: unary maps and their backward, binary
+//! ops with a broadcast operand; and the launch of the linear combination
+//! (`kernels/elementwise.cu`).
 //!
-//! # unary, unary_bwd, add_nc
+//! # unary, unary_bwd, binary
 //! Elementwise: chunks of 8 elements (one 16-byte vector of bf16, two of f32),
 //! a grid-stride loop over chunks with the launch of
 //! [`super::elementwise::ew_config`] (blocks of 256 threads, at most 4096 blocks).
+//! binary runs `binary_*` when y has x's shape (both read as vectors) and
+//! `binary_bcast_*` otherwise: an f32 y indexed through `kernels/bcast.cuh`
+//! (two divisions per chunk of 8, then steps), y's few values read from cache.
 //! Memory-bound; the floor is the bytes moved: unary 2·n·e, unary_bwd
-//! 3·n·e, add_nc 2·n·e + 4·N·C (e = bytes per element). FLOPs: ≤ ~20 per
-//! element plus one transcendental (GELU's derivative), below the ≈ 20 FLOP
-//! per byte (67 TFLOP/s f32 / 3.35 TB/s) an H100 affords at its bandwidth.
+//! 3·n·e, binary 3·n·e with a full y, 2·n·e + 4·|y| with a broadcast one
+//! (e = bytes per element). FLOPs: ≤ ~20 per element plus one transcendental
+//! (GELU's derivative), below the ≈ 20 FLOP per byte (67 TFLOP/s f32 /
+//! 3.35 TB/s) an H100 affords at its bandwidth.
 
 use super::device::KernelArgs;
 use super::elementwise::{check_vector_aligned, ew_config};
 use super::loss::by_dtype;
 use super::registry::Kernel;
 use super::GpuBackend;
-use crate::ops::pointwise::{check_lincomb, check_unary, check_unary_bwd};
-use crate::ops::{Act, Unary};
+use crate::ops::pointwise::{check_binary, check_lincomb, check_unary, check_unary_bwd};
+use crate::ops::{Act, Bcast, Binary, Unary};
 use crate::ops::{MemoryOps, PointwiseOps};
-use crate::tensor::{DType, Shape, Tensor};
+use crate::tensor::{DType, Tensor};
 use anyhow::{ensure, Result};
 
 /// Mirrors `VdLincombArgs` in kernels/elementwise.cu (80 bytes; the launch
@@ -86,20 +90,6 @@ pub(crate) fn check_ndhwc(b: &GpuBackend, t: &Tensor, what: &str) -> Result<()> 
     check_aligned16(t, what)
 }
 
-/// Errors unless `t` is an f32 `[N, C]` tensor on this device.
-pub(crate) fn check_nc(b: &GpuBackend, t: &Tensor, x: Shape, what: &str) -> Result<()> {
-    b.check(t, what)?;
-    ensure!(
-        t.dtype() == DType::F32 && t.shape().dims() == [x.n(), x.c()],
-        "{what}: expected f32 [{}, {}] ([N, C] of {x}), got {} {}",
-        x.n(),
-        x.c(),
-        t.dtype().name(),
-        t.shape()
-    );
-    Ok(())
-}
-
 impl PointwiseOps for GpuBackend {
     /// `y = f(x)` elementwise (any shape; f32 or bf16, the output in x's dtype).
     fn unary(&self, x: &Tensor, op: Unary) -> Result<Tensor> {
@@ -156,29 +146,52 @@ impl PointwiseOps for GpuBackend {
         Ok(dx)
     }
 
-    /// `y[n,…,c] = x[n,…,c] + v[n,c]`, v f32 `[N, C]`; y in x's dtype.
-    fn add_nc(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
-        check_ndhwc(self, x, "add_nc: x")?;
-        check_nc(self, v, x.shape(), "add_nc: v")?;
-        let y = self.alloc(x.shape(), x.dtype())?;
+    /// `out = x ∘ y` elementwise, y broadcast as its shape says; out in x's
+    /// dtype (see the module doc for the kernels).
+    fn binary(&self, op: Binary, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self.check(x, "binary: x")?;
+        self.check(y, "binary: y")?;
+        let b = check_binary(x, y)?;
+        check_aligned16(x, "binary: x")?;
+        check_aligned16(y, "binary: y")?;
+        let out = self.alloc(x.shape(), x.dtype())?;
         let n = x.numel();
         if n == 0 {
-            return Ok(y);
+            return Ok(out);
         }
-        let kernel = match x.dtype() {
-            DType::F32 => Kernel::PointwiseAddNcF32,
-            DType::BF16 => Kernel::PointwiseAddNcBf16,
+        let code = match op {
+            Binary::Add => 0,
+            Binary::Sub => 1,
+            Binary::Mul => 2,
+            Binary::Div => 3,
         };
-        let sh = x.shape();
         let mut args = KernelArgs::new()
             .tensor(x)
-            .tensor(v)
-            .tensor(&y)
-            .i64(n as i64)
-            .i64((sh.voxels() * sh.c()) as i64)
-            .i32(sh.c() as i32);
+            .tensor(y)
+            .tensor(&out)
+            .i64(n as i64);
+        let kernel = if b == Bcast::Full {
+            by_dtype(
+                x.dtype(),
+                Kernel::PointwiseBinaryF32,
+                Kernel::PointwiseBinaryBf16,
+            )
+        } else {
+            let (_, mid, inner) = b.split(x.shape());
+            ensure!(
+                inner <= i32::MAX as usize,
+                "binary: {inner} channels are too many"
+            );
+            args = args.i64((mid * inner) as i64).i32(inner as i32);
+            by_dtype(
+                x.dtype(),
+                Kernel::PointwiseBinaryBcastF32,
+                Kernel::PointwiseBinaryBcastBf16,
+            )
+        };
+        let mut args = args.i32(code);
         self.device().launch(kernel, ew_config(n), &mut args)?;
-        Ok(y)
+        Ok(out)
     }
 
     /// `Σ_i coef_i · x_i` over 1..=4 tensors of one shape (each f32 or bf16),
