@@ -41,6 +41,7 @@
 //! - longer rows: `softmax_block`, one block of 256 threads per row
 //!   (`rows` blocks capped at 4096), the warps' partials merged through
 //!   shared memory.
+//!
 //! The forward keeps a running max and sum in one pass (online softmax), then
 //! writes p: x is read twice (the second time from cache: a row is at most
 //! 16 KiB of f32 per warp or block). The backward reads dp and p for the dot
