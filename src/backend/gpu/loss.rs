@@ -36,7 +36,7 @@
 mod dice;
 
 use super::device::{KernelArgs, LaunchConfig};
-use super::elementwise::ew_config;
+use super::elementwise::{by_dtype, ew_config};
 use super::registry::Kernel;
 use super::GpuBackend;
 use crate::ops::{LossOps, MemoryOps};
@@ -63,14 +63,6 @@ fn rows_config(rows: usize) -> LaunchConfig {
 fn partial_blocks(work: usize) -> usize {
     work.div_ceil(LOSS_THREADS as usize)
         .clamp(1, LOSS_MAX_PARTIALS)
-}
-
-/// The f32 or bf16 entry point of a kernel.
-pub(super) fn by_dtype(dtype: DType, f32_kernel: Kernel, bf16_kernel: Kernel) -> Kernel {
-    match dtype {
-        DType::F32 => f32_kernel,
-        DType::BF16 => bf16_kernel,
-    }
 }
 
 /// One `one_hot` launch's id check, read back later (see [`GpuBackend::one_hot`]).

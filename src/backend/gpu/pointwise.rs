@@ -16,8 +16,7 @@
 //! 3.35 TB/s) an H100 affords at its bandwidth.
 
 use super::device::KernelArgs;
-use super::elementwise::{check_vector_aligned, ew_config};
-use super::loss::by_dtype;
+use super::elementwise::{by_dtype, check_vector_aligned, ew_config};
 use super::registry::Kernel;
 use super::GpuBackend;
 use crate::ops::pointwise::{check_binary, check_lincomb, check_unary, check_unary_bwd};

@@ -58,8 +58,7 @@
 //! y read (4·|y|, mostly from cache). Full is a cast.
 
 use super::device::{KernelArgs, LaunchConfig};
-use super::elementwise::ew_config;
-use super::loss::by_dtype;
+use super::elementwise::{by_dtype, ew_config};
 use super::pointwise::check_aligned16;
 use super::registry::Kernel;
 use super::GpuBackend;
