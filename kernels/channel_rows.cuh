@@ -1,13 +1,13 @@
 // NDHWC activations seen as rows of C channels (one row per voxel), shared by
-// the norm, pointwise and layout families.
+// the norm, reduce and layout families.
 //
 // A thread handles a *column vector* of VEC consecutive channels of a row:
 // VEC = 8 (one 16-byte vector of bf16, two of f32) when C is a multiple of 8,
 // else VEC = 1. The launchers choose VEC and check the alignment.
 //
 // Column-tile geometry of the per-channel reductions (norm statistics and
-// gradients, sum_spatial) and of the norm's elementwise passes, computed by
-// `RowTiles` in src/backend/gpu/pointwise.rs:
+// gradients, reduce_sum) and of the norm's elementwise passes, computed by
+// `RowTiles` in src/backend/gpu/reduce.rs:
 //   blockDim  = (bx, by): bx column vectors × by row slots (by a power of two)
 //   gridDim   = (chunks, column tiles, N)
 //   thread (tx, ty) of block (j, t, n) owns column vector col = t·bx + tx

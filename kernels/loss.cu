@@ -1,7 +1,6 @@
-// Segmentation kernels: softmax over channels, argmax, one-hot, the losses
-// (cross-entropy, soft Dice, MSE) with their backward passes, the [−1, 1] →
-// logits map, and arithmetic on [1] scalars. Launched by
-// src/backend/gpu/loss.rs (row ops, CE, MSE, scalars) and
+// Segmentation kernels: argmax, one-hot, the losses (cross-entropy, soft
+// Dice, MSE) with their backward passes, and the [−1, 1] → logits map.
+// Launched by src/backend/gpu/loss.rs (row ops, CE, MSE) and
 // src/backend/gpu/loss/dice.rs, which document the launch geometry.
 //
 // Layout: activations are NDHWC, so one voxel's C channel values are one
@@ -66,48 +65,6 @@ VD_DEVICE float vd_loss_row_sumexp(const T* x, int C, float m) {
     float s = 0.0f;
     for (int c = 0; c < C; ++c) s += expf(vd_ld(x, c) - m);
     return s;
-}
-
-// ----------------------------------------------------------------- softmax
-// p[r,c] = e^{x[r,c] − m_r} / Σ_c' e^{x[r,c'] − m_r},  m_r = max_c x[r,c].
-// Three passes over the row (max, sum, write); passes 2–3 re-read it from cache.
-template <typename T>
-VD_DEVICE void vd_loss_softmax(const T* __restrict__ x, T* __restrict__ p, i64 rows, int C) {
-    for (i64 r = vd_loss_gtid(); r < rows; r += vd_loss_gstride()) {
-        const T* xr = x + r * C;
-        T* pr = p + r * C;
-        const float m = vd_loss_row_max(xr, C);
-        const float inv = 1.0f / vd_loss_row_sumexp(xr, C, m);
-        for (int c = 0; c < C; ++c) vd_st(pr, c, expf(vd_ld(xr, c) - m) * inv);
-    }
-}
-extern "C" __global__ void vd_loss_softmax_f32(const float* __restrict__ x, float* __restrict__ p, i64 rows, int C) {
-    vd_loss_softmax(x, p, rows, C);
-}
-extern "C" __global__ void vd_loss_softmax_bf16(const bf16* __restrict__ x, bf16* __restrict__ p, i64 rows, int C) {
-    vd_loss_softmax(x, p, rows, C);
-}
-
-// dx[r,c] = p[r,c] · (dp[r,c] − Σ_c' dp[r,c']·p[r,c']).
-template <typename T>
-VD_DEVICE void vd_loss_softmax_bwd(const T* __restrict__ dp, const T* __restrict__ p, T* __restrict__ dx, i64 rows,
-                                   int C) {
-    for (i64 r = vd_loss_gtid(); r < rows; r += vd_loss_gstride()) {
-        const T* gr = dp + r * C;
-        const T* pr = p + r * C;
-        T* dr = dx + r * C;
-        float dot = 0.0f;
-        for (int c = 0; c < C; ++c) dot = fmaf(vd_ld(gr, c), vd_ld(pr, c), dot);
-        for (int c = 0; c < C; ++c) vd_st(dr, c, vd_ld(pr, c) * (vd_ld(gr, c) - dot));
-    }
-}
-extern "C" __global__ void vd_loss_softmax_bwd_f32(const float* __restrict__ dp, const float* __restrict__ p,
-                                                   float* __restrict__ dx, i64 rows, int C) {
-    vd_loss_softmax_bwd(dp, p, dx, rows, C);
-}
-extern "C" __global__ void vd_loss_softmax_bwd_bf16(const bf16* __restrict__ dp, const bf16* __restrict__ p,
-                                                    bf16* __restrict__ dx, i64 rows, int C) {
-    vd_loss_softmax_bwd(dp, p, dx, rows, C);
 }
 
 // ------------------------------------------------------------------ argmax
@@ -289,23 +246,6 @@ extern "C" __global__ void vd_loss_mse_bwd_f32(const float* __restrict__ a, cons
 extern "C" __global__ void vd_loss_mse_bwd_bf16(const bf16* __restrict__ a, const bf16* __restrict__ b,
                                                 const float* __restrict__ dloss, i64 n, bf16* __restrict__ da) {
     vd_loss_mse_bwd(a, b, dloss, n, da);
-}
-
-// ----------------------------------------------------------------- scalars
-// out[0] = Σ_{i < terms} coef[i] · s_i[0], f32, in term order (fmaf). One
-// thread. Mirrored by `ScalarLincombArgs` in src/backend/gpu/loss.rs.
-struct VdScalarLincombArgs {
-    const float* s[8];
-    float coef[8];
-    int terms;
-    int pad_;
-};
-extern "C" __global__ void vd_loss_scalar_lincomb(VdScalarLincombArgs a, float* __restrict__ out) {
-    float acc = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-        if (i < a.terms) acc = fmaf(a.coef[i], a.s[i][0], acc);
-    out[0] = acc;
 }
 
 // -------------------------------------------------------------- soft Dice

@@ -1,24 +1,20 @@
-// Pointwise kernels: activations and their backward, the per-(sample, channel)
-// broadcast add and its backward, the spatial sum (src/backend/gpu/pointwise.rs
-// launches them and documents the launch geometry).
+// Pointwise kernels: unary maps (activation.cuh) and their backward, binary
+// ops with a broadcast operand (bcast.cuh). src/backend/gpu/pointwise.rs
+// launches them and documents the launch geometry.
 //
-// act, act_bwd and add_nc cut the n elements into chunks of VD_PW_CHUNK = 8
+// Every kernel cuts the n elements into chunks of VD_PW_CHUNK = 8
 // consecutive elements (one 16-byte vector of bf16, two of f32) handed out by a
 // grid-stride loop; full chunks use 16-byte accesses (every tensor starts on a
 // 256-byte boundary), the last partial chunk goes element by element.
-//
-// sum_spatial is a two-stage reduction: vd_pointwise_sum_partial_* (the
-// column-tile geometry of channel_rows.cuh) writes per-(n, chunk, c) sums,
-// vd_pointwise_sum_merge adds them in chunk order.
 #include "activation.cuh"
-#include "channel_rows.cuh"
+#include "bcast.cuh"
 
 #define VD_PW_CHUNK 8
 
-// ------------------------------------------------------------ activations
-// y[i] = act(x[i]).
+// ------------------------------------------------------------- unary maps
+// y[i] = f(x[i]), f = the map `op` with parameter `p`.
 template <typename T>
-VD_DEVICE void vd_pw_act(const T* __restrict__ x, T* __restrict__ y, i64 n, int act) {
+VD_DEVICE void vd_pw_unary(const T* __restrict__ x, T* __restrict__ y, i64 n, int op, float p) {
     const i64 chunks = (n + VD_PW_CHUNK - 1) / VD_PW_CHUNK;
     const i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
@@ -27,24 +23,26 @@ VD_DEVICE void vd_pw_act(const T* __restrict__ x, T* __restrict__ y, i64 n, int 
             float v[8];
             vd_ld8(x + i0, v);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = vd_act(act, v[j]);
+            for (int j = 0; j < 8; ++j) v[j] = vd_unary(op, p, v[j]);
             vd_st8(y + i0, v);
         } else {
-            for (i64 i = i0; i < n; ++i) vd_st(y + i, vd_act(act, vd_ld(x + i)));
+            for (i64 i = i0; i < n; ++i) vd_st(y + i, vd_unary(op, p, vd_ld(x + i)));
         }
     }
 }
-extern "C" __global__ void vd_pointwise_act_f32(const float* __restrict__ x, float* __restrict__ y, i64 n, int act) {
-    vd_pw_act(x, y, n, act);
+extern "C" __global__ void vd_pointwise_unary_f32(const float* __restrict__ x, float* __restrict__ y, i64 n, int op,
+                                                  float p) {
+    vd_pw_unary(x, y, n, op, p);
 }
-extern "C" __global__ void vd_pointwise_act_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, i64 n, int act) {
-    vd_pw_act(x, y, n, act);
+extern "C" __global__ void vd_pointwise_unary_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, i64 n, int op,
+                                                   float p) {
+    vd_pw_unary(x, y, n, op, p);
 }
 
-// dx[i] = dy[i]·act'(x[i]).
+// dx[i] = dy[i]·f'(x[i]).
 template <typename T>
-VD_DEVICE void vd_pw_act_bwd(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx, i64 n,
-                             int act) {
+VD_DEVICE void vd_pw_unary_bwd(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx, i64 n, int op,
+                               float p) {
     const i64 chunks = (n + VD_PW_CHUNK - 1) / VD_PW_CHUNK;
     const i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
@@ -54,134 +52,94 @@ VD_DEVICE void vd_pw_act_bwd(const T* __restrict__ dy, const T* __restrict__ x, 
             vd_ld8(dy + i0, g);
             vd_ld8(x + i0, v);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) g[j] *= vd_act_grad(act, v[j]);
+            for (int j = 0; j < 8; ++j) g[j] *= vd_unary_grad(op, p, v[j]);
             vd_st8(dx + i0, g);
         } else {
-            for (i64 i = i0; i < n; ++i) vd_st(dx + i, vd_ld(dy + i) * vd_act_grad(act, vd_ld(x + i)));
+            for (i64 i = i0; i < n; ++i) vd_st(dx + i, vd_ld(dy + i) * vd_unary_grad(op, p, vd_ld(x + i)));
         }
     }
 }
-extern "C" __global__ void vd_pointwise_act_bwd_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                                    float* __restrict__ dx, i64 n, int act) {
-    vd_pw_act_bwd(dy, x, dx, n, act);
+extern "C" __global__ void vd_pointwise_unary_bwd_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                                      float* __restrict__ dx, i64 n, int op, float p) {
+    vd_pw_unary_bwd(dy, x, dx, n, op, p);
 }
-extern "C" __global__ void vd_pointwise_act_bwd_bf16(const bf16* __restrict__ dy, const bf16* __restrict__ x,
-                                                     bf16* __restrict__ dx, i64 n, int act) {
-    vd_pw_act_bwd(dy, x, dx, n, act);
+extern "C" __global__ void vd_pointwise_unary_bwd_bf16(const bf16* __restrict__ dy, const bf16* __restrict__ x,
+                                                       bf16* __restrict__ dx, i64 n, int op, float p) {
+    vd_pw_unary_bwd(dy, x, dx, n, op, p);
 }
 
-// ----------------------------------------------------------------- add_nc
-// y[n, v, c] = x[n, v, c] + b[n, c] over the flat index i = (n·rows + v)·C + c,
-// n elements in all, per_sample = rows·C. A chunk finds its (sample, channel)
-// once with two divisions and steps them along its 8 elements.
+// ----------------------------------------------------------------- binary
+// out = x ∘ y, op: 0 add, 1 sub, 2 mul, 3 div (uniform across the grid).
+VD_DEVICE float vd_binary(int op, float a, float b) {
+    switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    default: return a / b;
+    }
+}
+
+// y of x's shape and dtype: both read as 16-byte vectors.
 template <typename T>
-VD_DEVICE void vd_pw_add_nc(const T* __restrict__ x, const float* __restrict__ b, T* __restrict__ y, i64 n,
-                            i64 per_sample, int c) {
+VD_DEVICE void vd_pw_binary(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out, i64 n, int op) {
+    const i64 chunks = (n + VD_PW_CHUNK - 1) / VD_PW_CHUNK;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
+        const i64 i0 = c * VD_PW_CHUNK;
+        if (i0 + VD_PW_CHUNK <= n) {
+            float a[8], b[8];
+            vd_ld8(x + i0, a);
+            vd_ld8(y + i0, b);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) a[j] = vd_binary(op, a[j], b[j]);
+            vd_st8(out + i0, a);
+        } else {
+            for (i64 i = i0; i < n; ++i) vd_st(out, i, vd_binary(op, vd_ld(x, i), vd_ld(y, i)));
+        }
+    }
+}
+extern "C" __global__ void vd_pointwise_binary_f32(const float* __restrict__ x, const float* __restrict__ y,
+                                                   float* __restrict__ out, i64 n, int op) {
+    vd_pw_binary(x, y, out, n, op);
+}
+extern "C" __global__ void vd_pointwise_binary_bf16(const bf16* __restrict__ x, const bf16* __restrict__ y,
+                                                    bf16* __restrict__ out, i64 n, int op) {
+    vd_pw_binary(x, y, out, n, op);
+}
+
+// An f32 y broadcast over x seen as [outer, mid, inner] (bcast.cuh): a chunk
+// finds its first element's y index with two divisions and steps it along.
+template <typename T>
+VD_DEVICE void vd_pw_binary_bcast(const T* __restrict__ x, const float* __restrict__ y, T* __restrict__ out, i64 n,
+                                  i64 per_outer, int inner, int op) {
     const i64 chunks = (n + VD_PW_CHUNK - 1) / VD_PW_CHUNK;
     const i64 stride = (i64)gridDim.x * blockDim.x;
     for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < chunks; k += stride) {
         const i64 i0 = k * VD_PW_CHUNK;
-        // Element i0 is channel ch of voxel e / C of its sample, whose row of b
-        // starts at sb; both advance along the chunk.
-        i64 e = i0 % per_sample, sb = (i0 / per_sample) * c;
-        int ch = (int)(e % c);
+        VdBcastIter it = vd_bcast_at(i0, per_outer, inner);
         float v[8];
         const bool full = i0 + VD_PW_CHUNK <= n;
         if (full) vd_ld8(x + i0, v);
 #pragma unroll
         for (int j = 0; j < VD_PW_CHUNK; ++j) {
-            if (!full && i0 + j < n) v[j] = vd_ld(x + i0 + j);
-            if (full || i0 + j < n) v[j] += b[sb + ch];
-            if (++ch == c) ch = 0;
-            if (++e == per_sample) e = 0, sb += c;
+            if (!full && i0 + j < n) v[j] = vd_ld(x, i0 + j);
+            if (full || i0 + j < n) v[j] = vd_binary(op, v[j], y[vd_bcast_index(it)]);
+            vd_bcast_next(it, per_outer, inner);
         }
         if (full) {
-            vd_st8(y + i0, v);
+            vd_st8(out + i0, v);
         } else {
-            for (int j = 0; i0 + j < n; ++j) vd_st(y + i0 + j, v[j]);
+            for (int j = 0; i0 + j < n; ++j) vd_st(out, i0 + j, v[j]);
         }
     }
 }
-extern "C" __global__ void vd_pointwise_add_nc_f32(const float* __restrict__ x, const float* __restrict__ b,
-                                                   float* __restrict__ y, i64 n, i64 per_sample, int c) {
-    vd_pw_add_nc(x, b, y, n, per_sample, c);
+extern "C" __global__ void vd_pointwise_binary_bcast_f32(const float* __restrict__ x, const float* __restrict__ y,
+                                                         float* __restrict__ out, i64 n, i64 per_outer, int inner,
+                                                         int op) {
+    vd_pw_binary_bcast(x, y, out, n, per_outer, inner, op);
 }
-extern "C" __global__ void vd_pointwise_add_nc_bf16(const bf16* __restrict__ x, const float* __restrict__ b,
-                                                    bf16* __restrict__ y, i64 n, i64 per_sample, int c) {
-    vd_pw_add_nc(x, b, y, n, per_sample, c);
-}
-
-// ------------------------------------------------------------ sum_spatial
-// Per-(n, chunk, c) sums of x over the chunk's rows, column-tile geometry:
-// thread (tx, ty) sums its rows in f32, a tree over ty in shared memory
-// (bx·by·VEC floats) adds the column's by sums, ty == 0 writes
-// partial[n, chunk, c].
-template <typename T, int VEC>
-VD_DEVICE void vd_pw_sum_partial(const T* __restrict__ x, float* __restrict__ partial, i64 rows, i64 rows_per_chunk,
-                                 int c, int lanes) {
-    VD_DYNAMIC_SMEM(float, sm);
-    const VdRowTile t = vd_row_tile(rows, rows_per_chunk, lanes);
-    const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
-    float s[VEC];
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) s[j] = 0.0f;
-    if (t.active) {
-        const T* xs = x + t.n * rows * c + t.col * VEC;
-        for (i64 r = t.r0 + ty; r < t.r1; r += by) {
-            float v[VEC];
-            vd_rows_load<VEC>(xs + r * c, v);
-#pragma unroll
-            for (int j = 0; j < VEC; ++j) s[j] += v[j];
-        }
-    }
-    const int me = (ty * bx + tx) * VEC;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) sm[me + j] = s[j];
-    __syncthreads();
-    for (int h = by >> 1; h > 0; h >>= 1) {
-        if (ty < h) {
-#pragma unroll
-            for (int j = 0; j < VEC; ++j) {
-                s[j] += sm[me + h * bx * VEC + j];
-                sm[me + j] = s[j];
-            }
-        }
-        __syncthreads();
-    }
-    if (ty == 0 && t.active) {
-        float* out = partial + (t.n * gridDim.x + blockIdx.x) * c + t.col * VEC;
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) out[j] = s[j];
-    }
-}
-extern "C" __global__ void vd_pointwise_sum_partial_f32x8(const float* __restrict__ x, float* __restrict__ partial, i64 rows,
-                                                i64 rows_per_chunk, int c, int lanes) {
-    vd_pw_sum_partial<float, 8>(x, partial, rows, rows_per_chunk, c, lanes);
-}
-extern "C" __global__ void vd_pointwise_sum_partial_f32x1(const float* __restrict__ x, float* __restrict__ partial, i64 rows,
-                                                i64 rows_per_chunk, int c, int lanes) {
-    vd_pw_sum_partial<float, 1>(x, partial, rows, rows_per_chunk, c, lanes);
-}
-extern "C" __global__ void vd_pointwise_sum_partial_bf16x8(const bf16* __restrict__ x, float* __restrict__ partial, i64 rows,
-                                                i64 rows_per_chunk, int c, int lanes) {
-    vd_pw_sum_partial<bf16, 8>(x, partial, rows, rows_per_chunk, c, lanes);
-}
-extern "C" __global__ void vd_pointwise_sum_partial_bf16x1(const bf16* __restrict__ x, float* __restrict__ partial, i64 rows,
-                                                i64 rows_per_chunk, int c, int lanes) {
-    vd_pw_sum_partial<bf16, 1>(x, partial, rows, rows_per_chunk, c, lanes);
-}
-
-// s[n, c] = Σ_chunk partial[n, chunk, c]: one warp per (n, c) (blocks of a
-// multiple of 32 threads; warps past the last pair idle): lane l adds chunks
-// l, l + 32, … in order, then a butterfly over the warp (fixed order).
-extern "C" __global__ void vd_pointwise_sum_merge(const float* __restrict__ partial, float* __restrict__ s,
-                                                  int samples, int c, int chunks) {
-    const i64 pair = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const bool live = pair < (i64)samples * c;
-    const i64 n = live ? pair / c : 0, ch = live ? pair % c : 0;
-    float acc = 0.0f;
-    if (live)
-        for (int j = (int)(threadIdx.x & 31u); j < chunks; j += 32) acc += partial[(n * chunks + j) * c + ch];
-    acc = vd_warp_sum(acc);
-    if (live && (threadIdx.x & 31u) == 0) s[pair] = acc;
+extern "C" __global__ void vd_pointwise_binary_bcast_bf16(const bf16* __restrict__ x, const float* __restrict__ y,
+                                                          bf16* __restrict__ out, i64 n, i64 per_outer, int inner,
+                                                          int op) {
+    vd_pw_binary_bcast(x, y, out, n, per_outer, inner, op);
 }

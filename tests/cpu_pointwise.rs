@@ -1,14 +1,13 @@
-//! Pointwise ops of the CPU backend: activations and their gradients, linear
-//! combinations, per-channel broadcast and spatial sums. Forward vs plain f64
+//! Pointwise ops of the CPU backend: unary maps and their gradients, linear
+//! combinations, the per-(sample, channel) broadcast add and its backward,
+//! the sum to [N, C]. Forward vs plain f64
 //! references, backward vs finite differences, NaN propagation, errors.
 mod common;
 
 use common::*;
 use voxdiff::backend::prelude::*;
-use voxdiff::ops::Act;
+use voxdiff::ops::{Bcast, Binary, Unary};
 use voxdiff::tensor::{DType, Shape};
-
-const ACTS: [Act; 4] = [Act::Identity, Act::Relu, Act::Silu, Act::Gelu];
 
 fn shapes() -> Vec<Shape> {
     vec![
@@ -21,36 +20,45 @@ fn shapes() -> Vec<Shape> {
 }
 
 #[test]
-fn activations_match_reference() {
+fn unary_maps_match_reference() {
     let b = cpu();
     let mut rng = Rng::new(1);
     for sh in shapes() {
-        // A wide range, including the tails where exp saturates.
-        let mut x = rng.vec(sh.numel(), -6.0, 6.0);
-        x[0] = -30.0;
-        x[1] = 30.0;
-        x[2] = -90.0;
-        x[3] = 100.0;
-        let xt = b.upload(&x, sh, DType::F32).unwrap();
-        for act in ACTS {
-            let y = b.download(&b.act(&xt, act).unwrap()).unwrap();
-            let want: Vec<f64> = x.iter().map(|&v| act_f64(act, v as f64)).collect();
-            assert_close(&format!("{act:?} {sh}"), &y, &want, 2e-6, 1e-7);
+        for op in Unary::ALL {
+            let (lo, hi) = unary_range(op, -6.0, 6.0);
+            let mut x = rng.vec(sh.numel(), lo, hi);
+            if !matches!(op, Unary::Exp | Unary::Log | Unary::Sqrt) {
+                // The tails, where exp saturates.
+                x[0] = -30.0;
+                x[1] = 30.0;
+                x[2] = -90.0;
+                x[3] = 100.0;
+            }
+            let xt = b.upload(&x, sh, DType::F32).unwrap();
+            let y = b.download(&b.unary(&xt, op).unwrap()).unwrap();
+            let want: Vec<f64> = x.iter().map(|&v| unary_f64(op, v as f64)).collect();
+            assert_close(&format!("{op:?} {sh}"), &y, &want, 2e-6, 1e-7);
         }
     }
 }
 
 #[test]
-fn activation_gradients_match_finite_differences() {
+fn unary_gradients_match_finite_differences() {
     let b = cpu();
     let mut rng = Rng::new(2);
     let sh = Shape::ndhwc(2, 3, 5, 7, 3);
-    for act in ACTS {
-        let mut x = rng.vec(sh.numel(), -4.0, 4.0);
-        if act == Act::Relu {
-            // keep probes away from the kink at 0
-            for v in x.iter_mut() {
-                if v.abs() < 0.05 {
+    for op in Unary::ALL {
+        let (lo, hi) = unary_range(op, -4.0, 4.0);
+        let mut x = rng.vec(sh.numel(), lo, hi);
+        // Keep probes away from kinks (0) and from smooth L1's seams (±β).
+        let seams: &[f32] = match op {
+            Unary::Relu | Unary::LeakyRelu(_) | Unary::Abs => &[0.0],
+            Unary::SmoothL1(beta) => &[0.0, -beta, beta],
+            _ => &[],
+        };
+        for v in x.iter_mut() {
+            for &k in seams {
+                if (*v - k).abs() < 0.05 {
                     *v += 0.1;
                 }
             }
@@ -58,13 +66,13 @@ fn activation_gradients_match_finite_differences() {
         let g = rng.vec(sh.numel(), -1.0, 1.0);
         let xt = b.upload(&x, sh, DType::F32).unwrap();
         let gt = b.upload(&g, sh, DType::F32).unwrap();
-        let dx = b.download(&b.act_bwd(&gt, &xt, act).unwrap()).unwrap();
+        let dx = b.download(&b.unary_bwd(&gt, &xt, op).unwrap()).unwrap();
         let loss = |xp: &[f32]| {
             let t = b.upload(xp, sh, DType::F32).unwrap();
-            dot(&g, &b.download(&b.act(&t, act).unwrap()).unwrap())
+            dot(&g, &b.download(&b.unary(&t, op).unwrap()).unwrap())
         };
         fd_check(
-            &format!("act_bwd {act:?}"),
+            &format!("unary_bwd {op:?}"),
             &x,
             &dx,
             loss,
@@ -77,32 +85,58 @@ fn activation_gradients_match_finite_differences() {
         let want: Vec<f64> = x
             .iter()
             .zip(&g)
-            .map(|(&v, &gv)| gv as f64 * dact_f64(act, v as f64))
+            .map(|(&v, &gv)| gv as f64 * dunary_f64(op, v as f64))
             .collect();
-        assert_close(&format!("act_bwd {act:?} vs f64"), &dx, &want, 1e-5, 1e-6);
+        assert_close(&format!("unary_bwd {op:?} vs f64"), &dx, &want, 1e-5, 1e-6);
     }
 }
 
+/// The derivative where the map has none, as PyTorch defines it.
 #[test]
-fn activations_propagate_nan() {
+fn unary_gradients_at_kinks_follow_torch() {
+    let b = cpu();
+    let sh = Shape::new(&[3]);
+    let x = b.upload(&[0.0, 0.5, -0.5], sh, DType::F32).unwrap();
+    let g = b.upload(&[1.0, 1.0, 1.0], sh, DType::F32).unwrap();
+    let d = |op| b.download(&b.unary_bwd(&g, &x, op).unwrap()).unwrap();
+    assert_eq!(d(Unary::Relu), [0.0, 1.0, 0.0]);
+    assert_eq!(d(Unary::LeakyRelu(0.1)), [0.1, 1.0, 0.1]);
+    assert_eq!(d(Unary::Abs), [0.0, 1.0, -1.0]);
+    // smooth L1 with β = 0.5: x/β inside, sign(x) at and beyond ±β.
+    assert_eq!(d(Unary::SmoothL1(0.5)), [0.0, 1.0, -1.0]);
+    assert_eq!(d(Unary::SmoothL1(1.0)), [0.0, 0.5, -0.5]);
+    // β = 0 is |x|.
+    let y = b
+        .download(&b.unary(&x, Unary::SmoothL1(0.0)).unwrap())
+        .unwrap();
+    assert_eq!(y, [0.0, 0.5, 0.5]);
+    assert_eq!(d(Unary::Sqrt)[0], f32::INFINITY);
+}
+
+#[test]
+fn unary_maps_propagate_nan() {
     let b = cpu();
     let sh = Shape::ndhwc(1, 1, 1, 2, 2);
-    let x = b
-        .upload(&[f32::NAN, 1.0, -1.0, f32::NAN], sh, DType::F32)
-        .unwrap();
     let g = b
         .upload(&[1.0, f32::NAN, 1.0, 1.0], sh, DType::F32)
         .unwrap();
-    for act in ACTS {
-        let y = b.download(&b.act(&x, act).unwrap()).unwrap();
-        assert!(y[0].is_nan() && y[3].is_nan(), "{act:?}: {y:?}");
-        assert!(y[1].is_finite() && y[2].is_finite(), "{act:?}: {y:?}");
-        let dx = b.download(&b.act_bwd(&g, &x, act).unwrap()).unwrap();
-        // NaN from dy (element 1) and, except for the identity, from x.
-        assert!(dx[1].is_nan(), "{act:?}: {dx:?}");
-        if act != Act::Identity {
-            assert!(dx[0].is_nan() && dx[3].is_nan(), "{act:?}: {dx:?}");
-        }
+    for op in Unary::ALL {
+        // ln and √ are finite on positives only.
+        let neg = if matches!(op, Unary::Log | Unary::Sqrt) {
+            0.5
+        } else {
+            -1.0
+        };
+        let x = b
+            .upload(&[f32::NAN, 1.0, neg, f32::NAN], sh, DType::F32)
+            .unwrap();
+        let y = b.download(&b.unary(&x, op).unwrap()).unwrap();
+        assert!(y[0].is_nan() && y[3].is_nan(), "{op:?}: {y:?}");
+        assert!(y[1].is_finite() && y[2].is_finite(), "{op:?}: {y:?}");
+        let dx = b.download(&b.unary_bwd(&g, &x, op).unwrap()).unwrap();
+        // NaN from dy (element 1) and from x.
+        assert!(dx[1].is_nan(), "{op:?}: {dx:?}");
+        assert!(dx[0].is_nan() && dx[3].is_nan(), "{op:?}: {dx:?}");
     }
 }
 
@@ -148,17 +182,17 @@ fn large_elementwise_ops_match_reference() {
         b.upload(&x, sh, DType::F32).unwrap(),
         b.upload(&z, sh, DType::F32).unwrap(),
     );
-    for act in [Act::Relu, Act::Gelu] {
-        let y = b.download(&b.act(&xt, act).unwrap()).unwrap();
-        let want: Vec<f64> = x.iter().map(|&v| act_f64(act, v as f64)).collect();
-        assert_close(&format!("large act {act:?}"), &y, &want, 2e-6, 1e-7);
-        let dx = b.download(&b.act_bwd(&zt, &xt, act).unwrap()).unwrap();
+    for op in [Unary::Relu, Unary::Gelu] {
+        let y = b.download(&b.unary(&xt, op).unwrap()).unwrap();
+        let want: Vec<f64> = x.iter().map(|&v| unary_f64(op, v as f64)).collect();
+        assert_close(&format!("large unary {op:?}"), &y, &want, 2e-6, 1e-7);
+        let dx = b.download(&b.unary_bwd(&zt, &xt, op).unwrap()).unwrap();
         let want: Vec<f64> = x
             .iter()
             .zip(&z)
-            .map(|(&v, &g)| g as f64 * dact_f64(act, v as f64))
+            .map(|(&v, &g)| g as f64 * dunary_f64(op, v as f64))
             .collect();
-        assert_close(&format!("large act_bwd {act:?}"), &dx, &want, 1e-4, 1e-5);
+        assert_close(&format!("large unary_bwd {op:?}"), &dx, &want, 1e-4, 1e-5);
     }
     let y = b
         .download(&b.lincomb(&[(0.5, &xt), (-2.0, &zt), (1.5, &xt)]).unwrap())
@@ -188,7 +222,7 @@ fn lincomb_errors() {
 }
 
 #[test]
-fn add_nc_and_sum_spatial_match_reference() {
+fn add_of_sample_channel_vector_and_reduce_sum_match_reference() {
     let b = cpu();
     let mut rng = Rng::new(5);
     for sh in shapes() {
@@ -197,20 +231,22 @@ fn add_nc_and_sum_spatial_match_reference() {
         let vv = rng.vec(n * c, -1.0, 1.0);
         let xt = b.upload(&x, sh, DType::F32).unwrap();
         let vt = b.upload(&vv, Shape::new(&[n, c]), DType::F32).unwrap();
-        let y = b.download(&b.add_nc(&xt, &vt).unwrap()).unwrap();
+        let y = b
+            .download(&b.binary(Binary::Add, &xt, &vt).unwrap())
+            .unwrap();
         let want: Vec<f64> = (0..sh.numel())
             .map(|i| x[i] as f64 + vv[(i / (v * c)) * c + i % c] as f64)
             .collect();
-        assert_close(&format!("add_nc {sh}"), &y, &want, 1e-6, 1e-7);
+        assert_close(&format!("add [N, C] {sh}"), &y, &want, 1e-6, 1e-7);
 
-        let s = b.sum_spatial(&xt).unwrap();
+        let s = b.reduce_sum(&xt, Bcast::SampleChannel).unwrap();
         assert_eq!(s.shape().dims(), [n, c]);
         let mut want = vec![0f64; n * c];
         for (i, &xv) in x.iter().enumerate() {
             want[(i / (v * c)) * c + i % c] += xv as f64;
         }
         assert_close(
-            &format!("sum_spatial {sh}"),
+            &format!("reduce_sum to [N, C] {sh}"),
             &b.download(&s).unwrap(),
             &want,
             1e-5,
@@ -219,9 +255,9 @@ fn add_nc_and_sum_spatial_match_reference() {
     }
 }
 
-/// sum_spatial is the backward of add_nc with respect to v.
+/// reduce_sum to SampleChannel is the backward of the [N, C] add with respect to v.
 #[test]
-fn sum_spatial_is_the_gradient_of_add_nc() {
+fn reduce_sum_to_sample_channel_is_the_gradient_of_the_sample_channel_add() {
     let b = cpu();
     let mut rng = Rng::new(6);
     let sh = Shape::ndhwc(2, 3, 5, 7, 5);
@@ -230,12 +266,18 @@ fn sum_spatial_is_the_gradient_of_add_nc() {
     let g = rng.vec(sh.numel(), -1.0, 1.0);
     let vv = rng.vec(n * c, -1.0, 1.0);
     let gt = b.upload(&g, sh, DType::F32).unwrap();
-    let dv = b.download(&b.sum_spatial(&gt).unwrap()).unwrap();
+    let dv = b
+        .download(&b.reduce_sum(&gt, Bcast::SampleChannel).unwrap())
+        .unwrap();
     let loss = |vp: &[f32]| {
         let vt = b.upload(vp, Shape::new(&[n, c]), DType::F32).unwrap();
-        dot(&g, &b.download(&b.add_nc(&x, &vt).unwrap()).unwrap())
+        dot(
+            &g,
+            &b.download(&b.binary(Binary::Add, &x, &vt).unwrap())
+                .unwrap(),
+        )
     };
-    fd_check("add_nc dv", &vv, &dv, loss, 20, 1e-2, 1e-3, 1e-3);
+    fd_check("add [N, C] dv", &vv, &dv, loss, 20, 1e-2, 1e-3, 1e-3);
 }
 
 #[test]
@@ -245,7 +287,9 @@ fn pointwise_nan_propagates_through_sums() {
     let mut x = vec![0.5f32; sh.numel()];
     x[4] = f32::NAN; // channel 1
     let xt = b.upload(&x, sh, DType::F32).unwrap();
-    let s = b.download(&b.sum_spatial(&xt).unwrap()).unwrap();
+    let s = b
+        .download(&b.reduce_sum(&xt, Bcast::SampleChannel).unwrap())
+        .unwrap();
     assert!(!s[0].is_nan() && s[1].is_nan() && !s[2].is_nan(), "{s:?}");
     let y = b.download(&b.lincomb(&[(0.0, &xt)]).unwrap()).unwrap();
     assert!(y[4].is_nan(), "0·NaN must stay NaN");
@@ -258,11 +302,20 @@ fn broadcast_errors() {
     let x = rand_tensor(&b, &mut rng, Shape::ndhwc(2, 2, 3, 4, 5), -1.0, 1.0);
     let v_bad_c = rand_tensor(&b, &mut rng, Shape::new(&[2, 4]), -1.0, 1.0);
     let v_bad_n = rand_tensor(&b, &mut rng, Shape::new(&[1, 5]), -1.0, 1.0);
-    assert!(b.add_nc(&x, &v_bad_c).is_err(), "wrong channel count");
-    assert!(b.add_nc(&x, &v_bad_n).is_err(), "wrong sample count");
+    assert!(
+        b.binary(Binary::Add, &x, &v_bad_c).is_err(),
+        "wrong channel count"
+    );
+    assert!(
+        b.binary(Binary::Add, &x, &v_bad_n).is_err(),
+        "wrong sample count"
+    );
     let flat = rand_tensor(&b, &mut rng, Shape::new(&[10, 5]), -1.0, 1.0);
-    assert!(b.sum_spatial(&flat).is_err(), "sum_spatial of a matrix");
+    assert!(
+        b.reduce_sum(&flat, Bcast::SampleChannel).is_err(),
+        "reduce_sum of a matrix to [N, C]"
+    );
     let y = rand_tensor(&b, &mut rng, Shape::ndhwc(2, 2, 3, 4, 6), -1.0, 1.0);
-    let e = b.act_bwd(&y, &x, Act::Silu).unwrap_err().to_string();
-    assert!(e.contains("act_bwd"), "{e}");
+    let e = b.unary_bwd(&y, &x, Unary::Silu).unwrap_err().to_string();
+    assert!(e.contains("unary_bwd"), "{e}");
 }

@@ -16,7 +16,7 @@ use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
 use voxdiff::diffusion::logits::{ScaledToLogits, ScaledToLogitsGrad};
 use voxdiff::ops::custom;
-use voxdiff::ops::{Act, AdamW, ConvSpec, NormArgs, ParamSlot};
+use voxdiff::ops::{Act, AdamW, Bcast, Binary, ConvSpec, NormArgs, ParamSlot, Unary};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 fn rand(b: &dyn Backend, shape: Shape, dtype: DType, seed: u64) -> Tensor {
@@ -397,39 +397,47 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
             },
             || b.norm_bwd(&x, &x, &o.stats, &args).unwrap(),
         );
-        for a in [Act::Relu, Act::Silu, Act::Gelu] {
+        for op in Unary::ALL {
             d.expect(
-                &format!("act {a:?} C={c}"),
-                &["vd_pointwise_act_f32"],
-                &["vd_pointwise_act_bf16"],
-                || b.act(&x, a).unwrap(),
+                &format!("unary {op:?} C={c}"),
+                &["vd_pointwise_unary_f32"],
+                &["vd_pointwise_unary_bf16"],
+                || b.unary(&x, op).unwrap(),
             );
             d.expect(
-                &format!("act_bwd {a:?} C={c}"),
-                &["vd_pointwise_act_bwd_f32"],
-                &["vd_pointwise_act_bwd_bf16"],
-                || b.act_bwd(&x, &x, a).unwrap(),
+                &format!("unary_bwd {op:?} C={c}"),
+                &["vd_pointwise_unary_bwd_f32"],
+                &["vd_pointwise_unary_bwd_bf16"],
+                || b.unary_bwd(&x, &x, op).unwrap(),
+            );
+        }
+        for (y, to) in [(&s, "[N, C]"), (&gamma, "[C]")] {
+            d.expect(
+                &format!("binary by {to} C={c}"),
+                &["vd_pointwise_binary_bcast_f32"],
+                &["vd_pointwise_binary_bcast_bf16"],
+                || b.binary(Binary::Mul, &x, y).unwrap(),
             );
         }
         d.expect(
-            &format!("add_nc C={c}"),
-            &["vd_pointwise_add_nc_f32"],
-            &["vd_pointwise_add_nc_bf16"],
-            || b.add_nc(&x, &s).unwrap(),
+            &format!("binary C={c}"),
+            &["vd_pointwise_binary_f32"],
+            &["vd_pointwise_binary_bf16"],
+            || b.binary(Binary::Div, &x, &r).unwrap(),
         );
         d.expect(
-            &format!("sum_spatial C={c}"),
+            &format!("reduce_sum to [N, C] C={c}"),
             if c == 8 {
-                &["vd_pointwise_sum_merge", "vd_pointwise_sum_partial_f32x8"]
+                &["vd_reduce_sum_merge", "vd_reduce_sum_partial_f32x8"]
             } else {
-                &["vd_pointwise_sum_merge", "vd_pointwise_sum_partial_f32x1"]
+                &["vd_reduce_sum_merge", "vd_reduce_sum_partial_f32x1"]
             },
             if c == 8 {
-                &["vd_pointwise_sum_merge", "vd_pointwise_sum_partial_bf16x8"]
+                &["vd_reduce_sum_merge", "vd_reduce_sum_partial_bf16x8"]
             } else {
-                &["vd_pointwise_sum_merge", "vd_pointwise_sum_partial_bf16x1"]
+                &["vd_reduce_sum_merge", "vd_reduce_sum_partial_bf16x1"]
             },
-            || b.sum_spatial(&x).unwrap(),
+            || b.reduce_sum(&x, Bcast::SampleChannel).unwrap(),
         );
         let y = d.expect(
             &format!("concat_c C={c}"),
@@ -561,6 +569,75 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         );
     }
 
+    // Sums over rows (one thread per row of ≤ 32, a warp per row up to 4096
+    // — 8-wide vectors when the length allows —, two stages beyond), to a
+    // channel and to a scalar, and the broadcast back.
+    for (len, kernels) in [
+        (
+            5,
+            [
+                &["vd_reduce_row_sum_thread_f32"][..],
+                &["vd_reduce_row_sum_thread_bf16"][..],
+            ],
+        ),
+        (
+            40,
+            [
+                &["vd_reduce_row_sum_warp_f32"][..],
+                &["vd_reduce_row_sum_warp_bf16"][..],
+            ],
+        ),
+        (
+            37,
+            [
+                &["vd_reduce_row_sum_warp_f32"][..],
+                &["vd_reduce_row_sum_warp_bf16"][..],
+            ],
+        ),
+        (
+            4104,
+            [
+                &["vd_reduce_sum_merge", "vd_reduce_sum_partial_f32x8"][..],
+                &["vd_reduce_sum_merge", "vd_reduce_sum_partial_bf16x8"][..],
+            ],
+        ),
+        (
+            4099,
+            [
+                &["vd_reduce_sum_merge", "vd_reduce_sum_partial_f32x1"][..],
+                &["vd_reduce_sum_merge", "vd_reduce_sum_partial_bf16x1"][..],
+            ],
+        ),
+    ] {
+        let x = rand(b, Shape::new(&[3, len]), act, 15);
+        d.expect(
+            &format!("reduce_sum to rows of {len}"),
+            kernels[0],
+            kernels[1],
+            || b.reduce_sum(&x, Bcast::Row).unwrap(),
+        );
+    }
+    let x = rand(b, sh(5), act, 16);
+    d.expect(
+        "reduce_sum to [C] C=5",
+        &["vd_reduce_sum_merge", "vd_reduce_sum_partial_f32x1"],
+        &["vd_reduce_sum_merge", "vd_reduce_sum_partial_bf16x1"],
+        || b.reduce_sum(&x, Bcast::Channel).unwrap(),
+    );
+    let x8 = rand(b, sh(8), act, 17);
+    let s = d.expect(
+        "reduce_sum to [1]",
+        &["vd_reduce_sum_merge", "vd_reduce_sum_partial_f32x8"],
+        &["vd_reduce_sum_merge", "vd_reduce_sum_partial_bf16x8"],
+        || b.reduce_sum(&x8, Bcast::Scalar).unwrap(),
+    );
+    d.expect(
+        "expand of [1]",
+        &["vd_reduce_expand_f32"],
+        &["vd_reduce_expand_bf16"],
+        || b.expand(&s, sh(8), act).unwrap(),
+    );
+
     // Segmentation heads and losses.
     let k = 3;
     let logits = rand(b, sh(k), act, 14);
@@ -581,17 +658,41 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         || b.one_hot(&labels_bf16, k, 1.0, 0.0).unwrap(),
     );
     let p = d.expect(
-        "softmax",
-        &["vd_loss_softmax_f32"],
-        &["vd_loss_softmax_bf16"],
+        "softmax C=3",
+        &["vd_reduce_softmax_thread_f32"],
+        &["vd_reduce_softmax_thread_bf16"],
         || b.softmax(&logits).unwrap(),
     );
     d.expect(
-        "softmax_bwd",
-        &["vd_loss_softmax_bwd_f32"],
-        &["vd_loss_softmax_bwd_bf16"],
+        "softmax_bwd C=3",
+        &["vd_reduce_softmax_bwd_thread_f32"],
+        &["vd_reduce_softmax_bwd_thread_bf16"],
         || b.softmax_bwd(&p, &p).unwrap(),
     );
+    // Longer rows: a warp per row up to 1024, a block per row beyond.
+    for (len, path) in [(40, "warp"), (1030, "block")] {
+        let x = rand(b, Shape::new(&[3, len]), act, 18);
+        let fwd = [
+            format!("vd_reduce_softmax_{path}_f32"),
+            format!("vd_reduce_softmax_{path}_bf16"),
+        ];
+        let bwd = [
+            format!("vd_reduce_softmax_bwd_{path}_f32"),
+            format!("vd_reduce_softmax_bwd_{path}_bf16"),
+        ];
+        let px = d.expect(
+            &format!("softmax of rows of {len}"),
+            &[fwd[0].as_str()],
+            &[fwd[1].as_str()],
+            || b.softmax(&x).unwrap(),
+        );
+        d.expect(
+            &format!("softmax_bwd of rows of {len}"),
+            &[bwd[0].as_str()],
+            &[bwd[1].as_str()],
+            || b.softmax_bwd(&px, &px).unwrap(),
+        );
+    }
     d.expect(
         "argmax_c",
         &["vd_loss_argmax_f32"],
@@ -657,10 +758,10 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         },
     );
     d.expect(
-        "scalar_lincomb",
-        &["vd_loss_scalar_lincomb"],
-        &["vd_loss_scalar_lincomb"],
-        || b.scalar_lincomb(&[(0.5, &one), (2.0, &one)]).unwrap(),
+        "lincomb of [1] losses",
+        &["vd_elementwise_lincomb_f32"],
+        &["vd_elementwise_lincomb_f32"],
+        || b.lincomb(&[(0.5, &one), (2.0, &one)]).unwrap(),
     );
 
     // The optimiser over two tensors.

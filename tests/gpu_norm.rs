@@ -15,7 +15,7 @@ use common::{assert_close, Rng};
 use gpu_vs_cpu::{compare, Pair};
 use std::sync::Arc;
 use voxdiff::backend::gpu::emu::Emu;
-use voxdiff::backend::gpu::pointwise::RowTiles;
+use voxdiff::backend::gpu::reduce::RowTiles;
 use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
 use voxdiff::ops::{Act, NormArgs};

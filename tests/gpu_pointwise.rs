@@ -1,5 +1,6 @@
-//! The pointwise kernels (kernels/pointwise.cu: act, act_bwd, add_nc,
-//! sum_spatial) on the device under test against the CPU backend, f32 and
+//! The pointwise kernels (kernels/pointwise.cu: unary, unary_bwd, binary add of
+//! an [N, C] vector) and the
+//! sum to [N, C] (kernels/reduce.cu) on the device under test against the CPU backend, f32 and
 //! bf16 activations, odd sizes (vector chunks and scalar tails), channel
 //! counts on and off the 8-channel vector path, N = 1 and 2. Outputs are
 //! poisoned by the emulator, and every element is compared.
@@ -12,13 +13,12 @@ use common::{assert_close, Rng};
 use gpu_vs_cpu::Pair;
 use std::sync::Arc;
 use voxdiff::backend::gpu::emu::Emu;
-use voxdiff::backend::gpu::pointwise::RowTiles;
+use voxdiff::backend::gpu::reduce::RowTiles;
 use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
-use voxdiff::ops::Act;
+use voxdiff::ops::{Bcast, Binary, Unary};
 use voxdiff::tensor::{DType, Shape};
 
-const ACTS: [Act; 4] = [Act::Identity, Act::Relu, Act::Silu, Act::Gelu];
 const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
 
 /// Any-shape inputs: lengths with and without a partial last chunk of 8.
@@ -45,44 +45,45 @@ fn ndhwc_shapes() -> Vec<Shape> {
 }
 
 #[test]
-fn act_and_act_bwd_match_cpu() {
+fn unary_and_unary_bwd_match_cpu() {
     for dtype in DTYPES {
         let p = Pair::new(dtype);
         let mut rng = Rng::new(3);
         for shape in flat_shapes() {
-            for act in ACTS {
-                let what = format!("{} {act:?} {shape}", dtype.name());
+            for op in Unary::ALL {
+                let what = format!("{} {op:?} {shape}", dtype.name());
                 // ±12 reaches the clamped and saturated parts of SiLU and GELU.
-                let (xg, xc) = p.act(&mut rng, shape, -12.0, 12.0);
+                let (lo, hi) = common::unary_range(op, -12.0, 12.0);
+                let (xg, xc) = p.act(&mut rng, shape, lo, hi);
                 let (dyg, dyc) = p.act(&mut rng, shape, -1.0, 1.0);
-                let yg = p.gpu.act(&xg, act).unwrap();
+                let yg = p.gpu.unary(&xg, op).unwrap();
                 assert_eq!(yg.dtype(), dtype, "{what}: output dtype");
                 p.check(
-                    &format!("{what}: act"),
+                    &format!("{what}: unary"),
                     &yg,
-                    &p.cpu.act(&xc, act).unwrap(),
+                    &p.cpu.unary(&xc, op).unwrap(),
                     p.rtol(),
                 );
-                let dxg = p.gpu.act_bwd(&dyg, &xg, act).unwrap();
-                let dxc = p.cpu.act_bwd(&dyc, &xc, act).unwrap();
-                p.check(&format!("{what}: act_bwd"), &dxg, &dxc, p.rtol());
+                let dxg = p.gpu.unary_bwd(&dyg, &xg, op).unwrap();
+                let dxc = p.cpu.unary_bwd(&dyc, &xc, op).unwrap();
+                p.check(&format!("{what}: unary_bwd"), &dxg, &dxc, p.rtol());
             }
         }
     }
 }
 
 #[test]
-fn add_nc_matches_cpu() {
+fn binary_add_of_sample_channel_vector_matches_cpu() {
     for dtype in DTYPES {
         let p = Pair::new(dtype);
         let mut rng = Rng::new(4);
         for shape in ndhwc_shapes() {
             let (xg, xc) = p.act(&mut rng, shape, -2.0, 2.0);
             let (vg, vc) = p.f32(&mut rng, Shape::new(&[shape.n(), shape.c()]), -3.0, 3.0);
-            let yg = p.gpu.add_nc(&xg, &vg).unwrap();
-            let yc = p.cpu.add_nc(&xc, &vc).unwrap();
+            let yg = p.gpu.binary(Binary::Add, &xg, &vg).unwrap();
+            let yc = p.cpu.binary(Binary::Add, &xc, &vc).unwrap();
             p.check(
-                &format!("{} add_nc {shape}", dtype.name()),
+                &format!("{} add [N, C] {shape}", dtype.name()),
                 &yg,
                 &yc,
                 p.rtol(),
@@ -92,7 +93,7 @@ fn add_nc_matches_cpu() {
 }
 
 #[test]
-fn sum_spatial_matches_cpu() {
+fn reduce_sum_to_sample_channel_matches_cpu() {
     let mut shapes = ndhwc_shapes();
     // Many chunks on both paths, several column tiles on the vector path.
     shapes.push(Shape::ndhwc(1, 8, 16, 33, 3));
@@ -105,8 +106,8 @@ fn sum_spatial_matches_cpu() {
         let mut rng = Rng::new(5);
         for shape in &shapes {
             let (xg, xc) = p.act(&mut rng, *shape, -1.0, 1.0);
-            let sg = p.gpu.sum_spatial(&xg).unwrap();
-            let sc = p.cpu.sum_spatial(&xc).unwrap();
+            let sg = p.gpu.reduce_sum(&xg, Bcast::SampleChannel).unwrap();
+            let sc = p.cpu.reduce_sum(&xc, Bcast::SampleChannel).unwrap();
             assert_eq!(sg.shape().dims(), [shape.n(), shape.c()]);
             assert_eq!(sg.dtype(), DType::F32);
             // f32 sums of identical inputs: relative 1e-5 with a floor of
@@ -121,7 +122,7 @@ fn sum_spatial_matches_cpu() {
                 .collect();
             let terms = shape.voxels() as f64;
             assert_close(
-                &format!("{} sum_spatial {shape}", dtype.name()),
+                &format!("{} reduce_sum to [N, C] {shape}", dtype.name()),
                 &g,
                 &want,
                 1e-5,
@@ -133,7 +134,7 @@ fn sum_spatial_matches_cpu() {
 
 /// The sum reduces in a fixed order: a shuffled fiber order gives the same bits.
 #[test]
-fn sum_spatial_is_bit_identical_under_shuffled_fiber_order() {
+fn reduce_sum_is_bit_identical_under_shuffled_fiber_order() {
     let run = |shuffle: Option<u64>| -> Vec<Vec<f32>> {
         let gpu = GpuBackend::with_act_dtype(Arc::new(Emu::with_shuffle(shuffle)), DType::BF16);
         let mut rng = Rng::new(6);
@@ -147,7 +148,8 @@ fn sum_spatial_is_bit_identical_under_shuffled_fiber_order() {
             let x = gpu
                 .upload(&rng.vec(s.numel(), -1.0, 1.0), s, DType::BF16)
                 .unwrap();
-            gpu.download(&gpu.sum_spatial(&x).unwrap()).unwrap()
+            gpu.download(&gpu.reduce_sum(&x, Bcast::SampleChannel).unwrap())
+                .unwrap()
         })
         .collect()
     };
@@ -168,12 +170,16 @@ fn rejects_bad_arguments() {
     let b = &p.gpu;
     let x = b.zeros(Shape::ndhwc(2, 1, 2, 3, 4), DType::BF16).unwrap();
     let v = b.zeros(Shape::new(&[2, 5]), DType::F32).unwrap();
-    let e = b.add_nc(&x, &v).expect_err("wrong [N, C]");
-    assert!(format!("{e:#}").contains("add_nc: v"), "{e:#}");
+    let e = b.binary(Binary::Add, &x, &v).expect_err("wrong [N, C]");
+    assert!(format!("{e:#}").contains("binary: y"), "{e:#}");
     let y = b.zeros(Shape::ndhwc(2, 1, 2, 3, 5), DType::BF16).unwrap();
-    let e = b.act_bwd(&y, &x, Act::Relu).expect_err("mismatched shapes");
-    assert!(format!("{e:#}").contains("act_bwd"), "{e:#}");
+    let e = b
+        .unary_bwd(&y, &x, Unary::Relu)
+        .expect_err("mismatched shapes");
+    assert!(format!("{e:#}").contains("unary_bwd"), "{e:#}");
     let flat = b.zeros(Shape::new(&[24]), DType::BF16).unwrap();
-    let e = b.sum_spatial(&flat).expect_err("not NDHWC");
-    assert!(format!("{e:#}").contains("NDHWC"), "{e:#}");
+    let e = b
+        .reduce_sum(&flat, Bcast::SampleChannel)
+        .expect_err("rank 1 has no [N, C]");
+    assert!(format!("{e:#}").contains("rank ≥ 3"), "{e:#}");
 }

@@ -2,8 +2,8 @@
 //! tracked, `(dw, db) = wgrad(x, dy)` when w or b is; the input is saved only
 //! if the weight needs a gradient, the weight only if the input does.
 
-use super::{column_sum, Backward, GradAcc, Graph, Var, VarId};
-use crate::ops::ConvSpec;
+use super::{Backward, GradAcc, Graph, Var, VarId};
+use crate::ops::{Bcast, ConvSpec};
 use crate::tensor::{Shape, Tensor};
 use anyhow::Result;
 
@@ -50,7 +50,7 @@ impl Backward for Conv3d {
             }
         } else if self.b.is_some() {
             // A tracked bias with an untracked weight only needs Σ dy.
-            let db = column_sum(dev, &dev.sum_spatial(&dy)?)?;
+            let db = dev.reduce_sum(&dy, Bcast::Channel)?;
             grads.add(self.b, db)?;
         }
         Ok(())

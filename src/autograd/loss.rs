@@ -1,16 +1,10 @@
-//! Softmax and the losses. Targets are constants (no gradient flows to them).
+//! The losses. Targets are constants (no gradient flows to them).
 
 use super::{Backward, GradAcc, Graph, Var, VarId};
 use crate::tensor::Tensor;
 use anyhow::Result;
 
 impl Graph<'_> {
-    pub fn softmax(&mut self, x: &Var) -> Result<Var> {
-        let p = self.dev.softmax(&x.t)?;
-        let p_t = p.clone();
-        Ok(self.record(p, &[x.id], || Softmax { x: x.id, p_t }))
-    }
-
     /// Mean cross-entropy of `logits` against a one-hot `target` (no gradient to the target).
     pub fn cross_entropy(&mut self, logits: &Var, target: &Tensor) -> Result<Var> {
         let l = self.dev.cross_entropy(&logits.t, target)?;
@@ -40,28 +34,6 @@ impl Graph<'_> {
             a_t: a.t.clone(),
             b_t: b.t.clone(),
         }))
-    }
-
-    /// `Σ coef_i · s_i` over scalars (e.g. weighting losses).
-    pub fn scalar_lincomb(&mut self, terms: &[(f32, &Var)]) -> Result<Var> {
-        let ts: Vec<(f32, &Tensor)> = terms.iter().map(|(c, v)| (*c, &v.t)).collect();
-        let y = self.dev.scalar_lincomb(&ts)?;
-        let ids: Vec<Option<VarId>> = terms.iter().map(|(_, v)| v.id).collect();
-        Ok(self.record(y, &ids, || ScalarLinComb {
-            terms: terms.iter().map(|(c, v)| (*c, v.id)).collect(),
-        }))
-    }
-}
-
-struct Softmax {
-    x: Option<VarId>,
-    p_t: Tensor,
-}
-
-impl Backward for Softmax {
-    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
-        let dx = grads.dev.softmax_bwd(&dy, &self.p_t)?;
-        grads.add(self.x, dx)
     }
 }
 
@@ -111,21 +83,5 @@ impl Backward for Mse {
             grads.add(self.b, gb)?;
         }
         grads.add(self.a, ga)
-    }
-}
-
-struct ScalarLinComb {
-    terms: Vec<(f32, Option<VarId>)>,
-}
-
-impl Backward for ScalarLinComb {
-    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
-        for (c, id) in self.terms {
-            if id.is_some() {
-                let g = grads.dev.scalar_lincomb(&[(c, &dy)])?;
-                grads.add(id, g)?;
-            }
-        }
-        Ok(())
     }
 }

@@ -21,6 +21,7 @@ mod loss;
 mod matmul;
 mod norm;
 mod pointwise;
+mod reduce;
 
 pub use norm::NormOpts;
 

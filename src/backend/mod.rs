@@ -1,10 +1,10 @@
 //! The one seam between model code and hardware.
 //!
 //! [`Backend`] is the sum of the op-family traits of [`crate::ops`] (memory,
-//! convolution, matrices, normalisation, pointwise maps, layout, losses, the
-//! optimiser, noise): every type that implements them all is a backend, and
-//! `&dyn Backend` reaches every op. Model, nn, diffusion and autograd code
-//! call only this trait and never learn which backend runs them.
+//! convolution, matrices, normalisation, pointwise maps, reductions, layout,
+//! losses, the optimiser, noise): every type that implements them all is a
+//! backend, and `&dyn Backend` reaches every op. Model, nn, diffusion and
+//! autograd code call only this trait and never learn which backend runs them.
 //! Implementations, each family in the family's own file:
 //! - [`cpu::CpuBackend`]: pure Rust, f32, rayon-parallel; the fast path for
 //!   machines without a GPU and the independent reference for every kernel.
@@ -22,6 +22,7 @@ pub use select::select;
 
 use crate::ops::{
     ConvOps, LayoutOps, LossOps, MatmulOps, MemoryOps, NormOps, OptimOps, PointwiseOps, RandOps,
+    ReduceOps,
 };
 
 /// A backend: every op family. Implemented for any type that implements them all.
@@ -35,6 +36,7 @@ pub trait Backend:
     + LossOps
     + OptimOps
     + RandOps
+    + ReduceOps
     + Send
     + Sync
 {
@@ -50,6 +52,7 @@ impl<T> Backend for T where
         + LossOps
         + OptimOps
         + RandOps
+        + ReduceOps
         + Send
         + Sync
 {
@@ -62,6 +65,6 @@ pub mod prelude {
     pub use super::Backend;
     pub use crate::ops::{
         ConvOps as _, LayoutOps as _, LossOps as _, MatmulOps as _, MemoryOps as _, NormOps as _,
-        OptimOps as _, PointwiseOps as _, RandOps as _,
+        OptimOps as _, PointwiseOps as _, RandOps as _, ReduceOps as _,
     };
 }

@@ -80,7 +80,7 @@ pub fn seg_loss(g: &mut Graph, logits: &Var, target: &Tensor, ce: f32, dice: f32
     let l_ce = g.cross_entropy(logits, target)?;
     let p = g.softmax(logits)?;
     let l_dice = g.dice_loss(&p, target)?;
-    g.scalar_lincomb(&[(ce, &l_ce), (dice, &l_dice)])
+    g.lincomb(&[(ce, &l_ce), (dice, &l_dice)])
 }
 
 /// Diffusion segmentation: schedule + training objective + samplers.
@@ -205,7 +205,7 @@ impl SegDiffusion {
                     self.cfg.ce_weight as f32,
                     self.cfg.dice_weight as f32,
                 )?;
-                g.scalar_lincomb(&[(self.cfg.mse_weight as f32, &mse), (1.0, &seg)])
+                g.lincomb(&[(self.cfg.mse_weight as f32, &mse), (1.0, &seg)])
             }
         }
     }

@@ -28,7 +28,7 @@
 
 use crate::autograd::{Graph, Var};
 use crate::nn::{time, Conv, Linear, Norm, NormEpilogue, ParamBuilder, ParamStore};
-use crate::ops::{Act, ConvSpec};
+use crate::ops::{Act, Binary, ConvSpec, Unary};
 use crate::tensor::{DType, Shape};
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -160,7 +160,7 @@ impl ResBlock {
             (TimeInput::None, _) => {}
             (TimeInput::Add(lin), Some(t)) => {
                 let v = lin.forward(g, ps, t)?;
-                h = g.add_nc(&h, &v)?;
+                h = g.binary(Binary::Add, &h, &v)?;
             }
             (TimeInput::Film { scale, shift }, Some(t)) => {
                 film = Some((scale.forward(g, ps, t)?, shift.forward(g, ps, t)?));
@@ -273,7 +273,7 @@ impl ImgxUnet {
                     .dev
                     .upload(&emb, Shape::new(&[ts.len(), dim]), DType::F32)?;
                 let e = g.constant(e);
-                Some(g.act(&e, Act::Gelu)?)
+                Some(g.unary(&e, Unary::Gelu)?)
             }
             (_, None) => anyhow::bail!("this UNet is time-conditioned: a time step is required"),
         };

@@ -1,4 +1,4 @@
-//! The segmentation and loss family: channel softmax, argmax, one-hot,
+//! The segmentation and loss family: argmax, one-hot,
 //! cross-entropy, foreground soft Dice, MSE — each loss with its backward.
 
 use crate::tensor::Tensor;
@@ -6,10 +6,6 @@ use anyhow::Result;
 
 /// Class scores, targets and losses. Losses are f32 `[1]`.
 pub trait LossOps {
-    /// Softmax over channels.
-    fn softmax(&self, x: &Tensor) -> Result<Tensor>;
-    /// `dx = p ⊙ (dp − Σ_c dp·p)` from the softmax output `p`.
-    fn softmax_bwd(&self, dp: &Tensor, p: &Tensor) -> Result<Tensor>;
     /// `y[n,…,0] = argmax_c x[n,…,c]` as a float class id (first maximum wins).
     fn argmax_c(&self, x: &Tensor) -> Result<Tensor>;
     /// One-hot of float class ids `[N,D,H,W,1]`: `on` at the class, `off` elsewhere.
@@ -40,6 +36,4 @@ pub trait LossOps {
     fn mse(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// Gradient w.r.t. `a`: `dloss · 2(a − b) / numel` (w.r.t. `b` it is the negation).
     fn mse_bwd(&self, a: &Tensor, b: &Tensor, dloss: &Tensor) -> Result<Tensor>;
-    /// `Σ_i coef_i · s_i` over f32 `[1]` scalars (loss weighting on device).
-    fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor>;
 }

@@ -14,6 +14,7 @@
 //!   [`MemoryOps::fill`] and [`MemoryOps::write`] modify existing tensors.
 //! - Bad arguments (mismatched shapes, wrong dtypes) are errors, not panics.
 
+pub mod bcast;
 pub mod conv;
 pub mod custom;
 pub mod layout;
@@ -24,7 +25,9 @@ pub mod norm;
 pub mod optim;
 pub mod pointwise;
 pub mod rand;
+pub mod reduce;
 
+pub use bcast::{bcast_of, Bcast};
 pub use conv::{ConvOps, ConvSpec};
 pub use layout::LayoutOps;
 pub use loss::LossOps;
@@ -32,5 +35,6 @@ pub use matmul::MatmulOps;
 pub use memory::MemoryOps;
 pub use norm::{NormArgs, NormGrads, NormOps, NormOut};
 pub use optim::{AdamW, OptimOps, ParamSlot};
-pub use pointwise::{Act, PointwiseOps};
+pub use pointwise::{Act, Binary, PointwiseOps, Unary};
 pub use rand::RandOps;
+pub use reduce::ReduceOps;

@@ -57,8 +57,9 @@ fn rand_tensor(b: &dyn Backend, shape: Shape, dtype: DType, seed: u64) -> Result
 }
 
 /// The standard cases: a 3×3×3 32→32 convolution on 1×32×128×128×32
-/// (forward; forward + data and weight gradients) and instance norm
-/// (32 groups) + GELU forward + backward on the same tensor.
+/// (forward; forward + data and weight gradients), instance norm
+/// (32 groups) + GELU forward + backward on the same tensor, and softmax
+/// over rows of 16, 256 and 4096 (forward; backward) on as many elements.
 pub fn standard(
     b: &dyn Backend,
     dims: [usize; 3],
@@ -128,6 +129,35 @@ pub fn standard(
         // fwd: read x, write y; bwd: read x and dy, write dx.
         bytes: 5.0 * n * esz,
     });
+
+    // Softmax over rows of `len`, as many elements as x (rounded down to
+    // whole rows). FLOPs counted per element, an exp as one: forward 7 (max,
+    // subtract, exp, add; subtract, exp, scale), backward 4 (multiply-add;
+    // subtract, scale).
+    for len in [16, 256, 4096] {
+        let rows_shape = Shape::new(&[(x_shape.numel() / len).max(1), len]);
+        let n = rows_shape.numel() as f64;
+        let xr = rand_tensor(b, rows_shape, act, 3)?;
+        let (med, min) = time_it(b, 1, reps, || b.softmax(&xr).map(drop))?;
+        out.push(BenchResult {
+            name: format!("softmax rows of {len} fwd {rows_shape}"),
+            median_ms: med,
+            min_ms: min,
+            flops: 7.0 * n,
+            bytes: 2.0 * n * esz,
+        });
+        let p = b.softmax(&xr)?;
+        let dp = rand_tensor(b, rows_shape, act, 4)?;
+        let (med, min) = time_it(b, 1, reps, || b.softmax_bwd(&dp, &p).map(drop))?;
+        out.push(BenchResult {
+            name: format!("softmax rows of {len} bwd {rows_shape}"),
+            median_ms: med,
+            min_ms: min,
+            flops: 4.0 * n,
+            // read dp and p, write dx.
+            bytes: 3.0 * n * esz,
+        });
+    }
     Ok(out)
 }
 

@@ -4,7 +4,7 @@
 
 use voxdiff::backend::cpu::CpuBackend;
 use voxdiff::backend::prelude::*;
-use voxdiff::ops::Act;
+use voxdiff::ops::{Act, Unary};
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// A small deterministic generator (SplitMix64) so tests need no extra crate.
@@ -159,6 +159,103 @@ pub fn act_f64(a: Act, u: f64) -> f64 {
             let k = (2.0 / std::f64::consts::PI).sqrt();
             0.5 * u * (1.0 + (k * (u + 0.044715 * u * u * u)).tanh())
         }
+    }
+}
+
+fn sigmoid_f64(u: f64) -> f64 {
+    1.0 / (1.0 + (-u).exp())
+}
+
+/// GELU's tanh argument √(2/π)(u + 0.044715u³).
+fn gelu_y(u: f64) -> f64 {
+    (2.0 / std::f64::consts::PI).sqrt() * (u + 0.044715 * u * u * u)
+}
+
+/// f(u) of a unary map in f64, from the closed forms.
+pub fn unary_f64(op: Unary, u: f64) -> f64 {
+    match op {
+        Unary::Relu => act_f64(Act::Relu, u),
+        Unary::Silu => act_f64(Act::Silu, u),
+        // u·σ(2y), 0.5·(1 + tanh y) = σ(2y): no cancellation for u < 0.
+        Unary::Gelu => u * sigmoid_f64(2.0 * gelu_y(u)),
+        Unary::LeakyRelu(a) => {
+            if u > 0.0 {
+                u
+            } else {
+                a as f64 * u
+            }
+        }
+        Unary::Sigmoid => 1.0 / (1.0 + (-u).exp()),
+        Unary::Tanh => u.tanh(),
+        Unary::Exp => u.exp(),
+        Unary::Log => u.ln(),
+        Unary::Softplus => u.max(0.0) + (-u.abs()).exp().ln_1p(),
+        Unary::Square => u * u,
+        Unary::Sqrt => u.sqrt(),
+        Unary::Abs => u.abs(),
+        Unary::SmoothL1(b) => {
+            let b = b as f64;
+            if u.abs() < b {
+                0.5 * u * u / b
+            } else {
+                u.abs() - 0.5 * b
+            }
+        }
+    }
+}
+
+/// f'(u) of a unary map in f64 (PyTorch's choice where f has no derivative).
+pub fn dunary_f64(op: Unary, u: f64) -> f64 {
+    let sign = if u > 0.0 {
+        1.0
+    } else if u < 0.0 {
+        -1.0
+    } else {
+        0.0
+    };
+    match op {
+        Unary::Relu => dact_f64(Act::Relu, u),
+        Unary::Silu => dact_f64(Act::Silu, u),
+        // s + u·y'·2s(1 − s), s = σ(2y) (= 0.5(1 + tanh y)).
+        Unary::Gelu => {
+            let (s, sm) = (sigmoid_f64(2.0 * gelu_y(u)), sigmoid_f64(-2.0 * gelu_y(u)));
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            s + u * k * (1.0 + 3.0 * 0.044715 * u * u) * 2.0 * s * sm
+        }
+        Unary::LeakyRelu(a) => {
+            if u > 0.0 {
+                1.0
+            } else {
+                a as f64
+            }
+        }
+        Unary::Sigmoid => {
+            let s = 1.0 / (1.0 + (-u).exp());
+            s * (1.0 - s)
+        }
+        Unary::Tanh => 1.0 - u.tanh().powi(2),
+        Unary::Exp => u.exp(),
+        Unary::Log => 1.0 / u,
+        Unary::Softplus => 1.0 / (1.0 + (-u).exp()),
+        Unary::Square => 2.0 * u,
+        Unary::Sqrt => 0.5 / u.sqrt(),
+        Unary::Abs => sign,
+        Unary::SmoothL1(b) => {
+            if u.abs() < b as f64 {
+                u / b as f64
+            } else {
+                sign
+            }
+        }
+    }
+}
+
+/// Where a unary map is tested: (0.05, hi) for ln and √ (defined for x > 0),
+/// (lo, hi) otherwise.
+pub fn unary_range(op: Unary, lo: f32, hi: f32) -> (f32, f32) {
+    match op {
+        Unary::Log | Unary::Sqrt => (0.05, hi),
+        _ => (lo, hi),
     }
 }
 

@@ -1,10 +1,11 @@
-//! Softmax, argmax, one-hot and the segmentation losses.
+//! Argmax, one-hot and the segmentation losses.
 //!
 //! All operate on NDHWC rows (one voxel's channel vector). Row-wise ops run in
 //! parallel over chunks of rows. Loss reductions accumulate each chunk in f64
 //! and combine the chunk partials in chunk order, so results are independent
 //! of the thread count.
-use super::{check, check_ndhwc, check_same_shape, view, view_mut, CpuBackend};
+use super::reduce::{row_max, softmax_row};
+use super::{check_ndhwc, check_same_shape, view, view_mut, CpuBackend};
 use crate::ops::LossOps;
 use crate::tensor::{Shape, Tensor};
 use anyhow::{bail, ensure, Result};
@@ -43,76 +44,7 @@ fn make_scalar(b: &CpuBackend, v: f32) -> Result<Tensor> {
     Ok(t)
 }
 
-/// Max of a row; NaN if any element is NaN.
-#[inline(always)]
-fn row_max(x: &[f32]) -> f32 {
-    let mut m = x[0];
-    for &v in &x[1..] {
-        if v > m || v.is_nan() {
-            m = v;
-        }
-    }
-    m
-}
-
-/// `p = softmax(x)` of one row: `e^{x − max} / Σ e^{x − max}` (sum in f64).
-#[inline(always)]
-fn softmax_row(x: &[f32], p: &mut [f32]) {
-    let m = row_max(x);
-    let mut sum = 0f64;
-    for (o, &v) in p.iter_mut().zip(x) {
-        *o = (v - m).exp();
-        sum += *o as f64;
-    }
-    let inv = (1.0 / sum) as f32;
-    for o in p.iter_mut() {
-        *o *= inv;
-    }
-}
-
 impl LossOps for CpuBackend {
-    /// Softmax over channels.
-    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        let xs = ndhwc(x, "softmax: x")?;
-        let c = x.shape().c();
-        let p = self.out_uninit(x.shape())?;
-        view_mut(&p)
-            .par_chunks_mut(ROWS * c)
-            .zip(xs.par_chunks(ROWS * c))
-            .for_each(|(pc, xc)| {
-                for (pr, xr) in pc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                    softmax_row(xr, pr);
-                }
-            });
-        Ok(p)
-    }
-
-    /// `dx = p ⊙ (dp − Σ_c dp·p)` per row.
-    fn softmax_bwd(&self, dp: &Tensor, p: &Tensor) -> Result<Tensor> {
-        let ps = ndhwc(p, "softmax_bwd: p")?;
-        let gs = ndhwc(dp, "softmax_bwd: dp")?;
-        check_same_shape(dp, p, "softmax_bwd: dp vs p")?;
-        let c = p.shape().c();
-        let dx = self.out_uninit(p.shape())?;
-        view_mut(&dx)
-            .par_chunks_mut(ROWS * c)
-            .zip(ps.par_chunks(ROWS * c).zip(gs.par_chunks(ROWS * c)))
-            .for_each(|(oc, (pc, gc))| {
-                for ((o, pr), gr) in oc
-                    .chunks_exact_mut(c)
-                    .zip(pc.chunks_exact(c))
-                    .zip(gc.chunks_exact(c))
-                {
-                    let dot: f64 = pr.iter().zip(gr).map(|(&a, &g)| a as f64 * g as f64).sum();
-                    let dot = dot as f32;
-                    for ((o, &pv), &g) in o.iter_mut().zip(pr).zip(gr) {
-                        *o = pv * (g - dot);
-                    }
-                }
-            });
-        Ok(dx)
-    }
-
     /// `y[…, 0] = argmax_c x[…, c]` as a float (first maximum wins); NaN when the
     /// row holds a NaN (there is no meaningful class then).
     fn argmax_c(&self, x: &Tensor) -> Result<Tensor> {
@@ -351,17 +283,6 @@ impl LossOps for CpuBackend {
                 }
             });
         Ok(da)
-    }
-
-    /// `Σ_i coef_i · s_i` over f32 `[1]` scalars (f64 sum).
-    fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        ensure!(!terms.is_empty(), "scalar_lincomb: no terms");
-        let mut acc = 0f64;
-        for (i, (coef, t)) in terms.iter().enumerate() {
-            check(t, &format!("scalar_lincomb: term {i}"))?;
-            acc += *coef as f64 * scalar(t, &format!("scalar_lincomb: term {i}"))? as f64;
-        }
-        make_scalar(self, acc as f32)
     }
 }
 

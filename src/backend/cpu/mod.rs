@@ -13,6 +13,8 @@ mod norm;
 mod optim;
 mod pointwise;
 mod rand;
+mod reduce;
+mod unary;
 
 use crate::ops::MemoryOps;
 use crate::tensor::{Buffer, DType, Memory, MemoryKind, Shape, Tensor};

@@ -1,7 +1,8 @@
-//! Activations, linear combinations, per-channel broadcasts and sums.
+//! Unary maps (their math is in `unary.rs`), binary ops with a broadcast
+//! operand, linear combinations.
 //!
 //! Also home of the two pieces every fused CPU kernel shares:
-//! - [`Activation`]: each [`Act`] as a zero-sized type with its value and
+//! - [`Activation`]: each [`crate::ops::Act`] as a zero-sized type with its value and
 //!   derivative, so kernels are monomorphised per activation (no per-element
 //!   `match`) — see [`dispatch_act!`];
 //! - [`with_simd`]: runs a loop nest compiled for AVX-512 (or AVX2) when the
@@ -10,12 +11,12 @@
 //!   gives bit-identical results.
 //!
 //! Elementwise ops run in parallel over chunks of [`CHUNK`] elements.
-use super::{check, check_ndhwc, check_same_shape, view, view_mut, CpuBackend};
-use crate::ops::pointwise::check_lincomb;
-use crate::ops::Act;
-use crate::ops::PointwiseOps;
-use crate::tensor::{Shape, Tensor};
-use anyhow::{ensure, Result};
+use super::unary::{dispatch_unary, UnaryMap};
+use super::{view, view_mut, CpuBackend};
+use crate::ops::pointwise::{check_binary, check_lincomb, check_unary, check_unary_bwd};
+use crate::ops::{Bcast, Binary, PointwiseOps, Unary};
+use crate::tensor::Tensor;
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// Elements per parallel task of the elementwise ops (128 KiB of f32).
@@ -269,23 +270,23 @@ trait ElemMap<const K: usize>: Sync {
     fn apply(&self, v: [f32; K]) -> f32;
 }
 
-/// `act(x)`.
-struct ActValue<A>(std::marker::PhantomData<A>);
-/// `dy · act'(x)` of (dy, x).
-struct ActGrad<A>(std::marker::PhantomData<A>);
+/// `f(x)`.
+struct UnaryValue<U>(U);
+/// `dy · f'(x)` of (dy, x).
+struct UnaryGrad<U>(U);
 /// `Σ_i coef_i · x_i`, summed left to right.
 struct LinComb<const K: usize>([f32; K]);
 
-impl<A: Activation + Sync> ElemMap<1> for ActValue<A> {
+impl<U: UnaryMap> ElemMap<1> for UnaryValue<U> {
     #[inline(always)]
     fn apply(&self, v: [f32; 1]) -> f32 {
-        A::f(v[0])
+        self.0.f(v[0])
     }
 }
-impl<A: Activation + Sync> ElemMap<2> for ActGrad<A> {
+impl<U: UnaryMap> ElemMap<2> for UnaryGrad<U> {
     #[inline(always)]
     fn apply(&self, v: [f32; 2]) -> f32 {
-        v[0] * A::df(v[1])
+        v[0] * self.0.df(v[1])
     }
 }
 impl<const K: usize> ElemMap<K> for LinComb<K> {
@@ -350,22 +351,81 @@ fn map_elementwise<const K: usize, M: ElemMap<K>>(m: M, ins: [&[f32]; K], out: &
     });
 }
 
+/// A binary op as a type (monomorphised loops, no per-element `match`).
+trait BinaryOp: Sync {
+    fn f(a: f32, b: f32) -> f32;
+}
+struct AddOp;
+struct SubOp;
+struct MulOp;
+struct DivOp;
+impl BinaryOp for AddOp {
+    #[inline(always)]
+    fn f(a: f32, b: f32) -> f32 {
+        a + b
+    }
+}
+impl BinaryOp for SubOp {
+    #[inline(always)]
+    fn f(a: f32, b: f32) -> f32 {
+        a - b
+    }
+}
+impl BinaryOp for MulOp {
+    #[inline(always)]
+    fn f(a: f32, b: f32) -> f32 {
+        a * b
+    }
+}
+impl BinaryOp for DivOp {
+    #[inline(always)]
+    fn f(a: f32, b: f32) -> f32 {
+        a / b
+    }
+}
+
+/// `dispatch_binary!(op, B => body)`: evaluate `body` with the type alias `B`
+/// bound to the [`BinaryOp`] type of the runtime [`Binary`] `op`.
+macro_rules! dispatch_binary {
+    ($op:expr, $B:ident => $body:expr) => {
+        match $op {
+            Binary::Add => {
+                type $B = AddOp;
+                $body
+            }
+            Binary::Sub => {
+                type $B = SubOp;
+                $body
+            }
+            Binary::Mul => {
+                type $B = MulOp;
+                $body
+            }
+            Binary::Div => {
+                type $B = DivOp;
+                $body
+            }
+        }
+    };
+}
+
 impl PointwiseOps for CpuBackend {
-    /// `y = act(x)` elementwise, any shape.
-    fn act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
-        let xs = view(x, "act: x")?;
+    /// `y = f(x)` elementwise, any shape.
+    fn unary(&self, x: &Tensor, op: Unary) -> Result<Tensor> {
+        let xs = view(x, "unary: x")?;
+        check_unary(op)?;
         let y = self.out_uninit(x.shape())?;
-        dispatch_act!(act, A => map_elementwise(ActValue::<A>(Default::default()), [xs], view_mut(&y)));
+        dispatch_unary!(op, m => map_elementwise(UnaryValue(m), [xs], view_mut(&y)));
         Ok(y)
     }
 
-    /// `dx = dy · act'(x)` elementwise, any shape.
-    fn act_bwd(&self, dy: &Tensor, x: &Tensor, act: Act) -> Result<Tensor> {
-        let dys = view(dy, "act_bwd: dy")?;
-        let xs = view(x, "act_bwd: x")?;
-        check_same_shape(dy, x, "act_bwd: dy vs x")?;
+    /// `dx = dy · f'(x)` elementwise, any shape.
+    fn unary_bwd(&self, dy: &Tensor, x: &Tensor, op: Unary) -> Result<Tensor> {
+        let dys = view(dy, "unary_bwd: dy")?;
+        let xs = view(x, "unary_bwd: x")?;
+        check_unary_bwd(dy, x, op)?;
         let dx = self.out_uninit(x.shape())?;
-        dispatch_act!(act, A => map_elementwise(ActGrad::<A>(Default::default()), [dys, xs], view_mut(&dx)));
+        dispatch_unary!(op, m => map_elementwise(UnaryGrad(m), [dys, xs], view_mut(&dx)));
         Ok(dx)
     }
 
@@ -394,111 +454,97 @@ impl PointwiseOps for CpuBackend {
         Ok(y)
     }
 
-    /// `y[n,v,c] = x[n,v,c] + v[n,c]`; parallel over (sample, voxel chunk).
-    fn add_nc(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let xs = view(x, "add_nc: x")?;
-        check_ndhwc(x, "add_nc: x")?;
-        check_nc(v, x.shape(), "add_nc: v")?;
-        let vs = view(v, "add_nc: v")?;
-        let (c, per_sample) = (x.shape().c(), x.shape().voxels() * x.shape().c());
-        let y = self.out_uninit(x.shape())?;
-        let ys = view_mut(&y);
-        if y.numel() == 0 {
-            return Ok(y);
-        }
-        let chunk = (CHUNK / c).max(1) * c;
-        ys.par_chunks_mut(per_sample)
-            .zip(xs.par_chunks(per_sample))
-            .enumerate()
-            .for_each(|(n, (yn, xn))| {
-                let vn = &vs[n * c..(n + 1) * c];
-                yn.par_chunks_mut(chunk)
-                    .zip(xn.par_chunks(chunk))
-                    .for_each(|(yc, xc)| {
+    /// `out = x ∘ y`, y broadcast over x seen as `[outer, mid, inner]`
+    /// ([`Bcast::split`]): parallel over runs of about [`CHUNK`] elements
+    /// (whole outer blocks when they are shorter), the op dispatched once.
+    fn binary(&self, op: Binary, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let xs = view(x, "binary: x")?;
+        let ys = view(y, "binary: y")?;
+        let b = check_binary(x, y)?;
+        let out = self.out_uninit(x.shape())?;
+        let os = view_mut(&out);
+        dispatch_binary!(op, B => {
+            if b == Bcast::Full {
+                map_elementwise(BinaryFull::<B>(Default::default()), [xs, ys], os)
+            } else {
+                broadcast_binary::<B>(xs, ys, b.split(x.shape()), os)
+            }
+        });
+        Ok(out)
+    }
+}
+
+/// `x ∘ y` of two equally shaped inputs.
+struct BinaryFull<B>(std::marker::PhantomData<B>);
+impl<B: BinaryOp> ElemMap<2> for BinaryFull<B> {
+    #[inline(always)]
+    fn apply(&self, v: [f32; 2]) -> f32 {
+        B::f(v[0], v[1])
+    }
+}
+
+/// `out[o, m, i] = x[o, m, i] ∘ y[o, i]`. Outer blocks shorter than
+/// [`CHUNK`] are grouped into tasks of about CHUNK elements; longer ones are
+/// cut into runs of whole rows of `inner`.
+fn broadcast_binary<B: BinaryOp>(
+    xs: &[f32],
+    ys: &[f32],
+    (_, mid, inner): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let per = mid * inner;
+    if out.is_empty() {
+        return;
+    }
+    if per <= CHUNK {
+        let k = CHUNK / per;
+        out.par_chunks_mut(k * per)
+            .zip(xs.par_chunks(k * per))
+            .zip(ys.par_chunks(k * inner))
+            .for_each(|((oc, xc), yc)| {
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        for ((oo, xo), yo) in oc
+                            .chunks_exact_mut(per)
+                            .zip(xc.chunks_exact(per))
+                            .zip(yc.chunks_exact(inner))
+                        {
+                            binary_rows::<B>(oo, xo, yo);
+                        }
+                    },
+                )
+            });
+    } else {
+        let run = (CHUNK / inner).max(1) * inner;
+        out.par_chunks_mut(per)
+            .zip(xs.par_chunks(per))
+            .zip(ys.par_chunks(inner))
+            .for_each(|((oo, xo), yo)| {
+                oo.par_chunks_mut(run)
+                    .zip(xo.par_chunks(run))
+                    .for_each(|(oc, xc)| {
                         with_simd(
                             #[inline(always)]
-                            || {
-                                for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                                    for ((o, &a), &bias) in yr.iter_mut().zip(xr).zip(vn) {
-                                        *o = a + bias;
-                                    }
-                                }
-                            },
+                            || binary_rows::<B>(oc, xc, yo),
                         )
                     })
             });
-        Ok(y)
-    }
-
-    /// `s[n,c] = Σ_v x[n,v,c]`, f32 `[N, C]`. Parallel over (sample, voxel chunk)
-    /// into f64 partial sums, combined in chunk order (deterministic).
-    fn sum_spatial(&self, x: &Tensor) -> Result<Tensor> {
-        let xs = view(x, "sum_spatial: x")?;
-        check_ndhwc(x, "sum_spatial: x")?;
-        let sh = x.shape();
-        let (n, c) = (sh.n(), sh.c());
-        let s = self.out(Shape::new(&[n, c]))?;
-        if x.numel() == 0 {
-            return Ok(s);
-        }
-        let per_sample = sh.voxels() * c;
-        let chunk = (4 * CHUNK / c).max(1) * c;
-        let chunks_per_sample = per_sample.div_ceil(chunk);
-        let mut partial = vec![0f64; n * chunks_per_sample * c];
-        partial
-            .par_chunks_mut(c)
-            .enumerate()
-            .for_each(|(task, acc)| {
-                let (ni, j) = (task / chunks_per_sample, task % chunks_per_sample);
-                let lo = ni * per_sample + j * chunk;
-                let hi = (lo + chunk).min((ni + 1) * per_sample);
-                let mut lane = vec![0f32; c];
-                with_simd(
-                    #[inline(always)]
-                    || add_channel_sums(&xs[lo..hi], c, &mut lane, acc),
-                );
-            });
-        let out = view_mut(&s);
-        for ni in 0..n {
-            for ci in 0..c {
-                let mut total = 0f64;
-                for j in 0..chunks_per_sample {
-                    total += partial[(ni * chunks_per_sample + j) * c + ci];
-                }
-                out[ni * c + ci] = total as f32;
-            }
-        }
-        Ok(s)
     }
 }
 
-/// Check `v` is f32 `[N, C]` for the NDHWC shape `x`.
-pub(super) fn check_nc(v: &Tensor, x: Shape, what: &str) -> Result<()> {
-    check(v, what)?;
-    ensure!(
-        v.shape().dims() == [x.n(), x.c()],
-        "{what}: expected shape {}×{} ([N, C] of {x}), got {}",
-        x.n(),
-        x.c(),
-        v.shape()
-    );
-    Ok(())
-}
-
-/// Per-channel sums of a run of NDHWC rows (`x.len()` a multiple of `c`):
-/// f32 lanes per channel over sub-chunks of ≤ 256 rows, accumulated into
-/// `acc` (f64) in row order.
+/// `o[r, i] = x[r, i] ∘ y[i]` over whole rows of `y.len()`.
 #[inline(always)]
-fn add_channel_sums(x: &[f32], c: usize, lane: &mut [f32], acc: &mut [f64]) {
-    for sub in x.chunks(256 * c) {
-        lane.fill(0.0);
-        for row in sub.chunks_exact(c) {
-            for (s, &v) in lane.iter_mut().zip(row) {
-                *s += v;
-            }
+fn binary_rows<B: BinaryOp>(o: &mut [f32], x: &[f32], y: &[f32]) {
+    if let [v] = *y {
+        for (o, &a) in o.iter_mut().zip(x) {
+            *o = B::f(a, v);
         }
-        for (a, &s) in acc.iter_mut().zip(lane.iter()) {
-            *a += s as f64;
+    } else {
+        for (orow, xrow) in o.chunks_exact_mut(y.len()).zip(x.chunks_exact(y.len())) {
+            for ((o, &a), &v) in orow.iter_mut().zip(xrow).zip(y) {
+                *o = B::f(a, v);
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The launch of the elementwise kernels (`kernels/elementwise.cu`: fill and
-//! cast in `memory.rs`, lincomb in `pointwise.rs`; the pointwise kernels too).
+//! cast in `memory.rs`, lincomb in `pointwise.rs`; the pointwise kernels too),
+//! and the dtype dispatch every family uses ([`by_dtype`]).
 //!
 //! Launch geometry (all three): the kernels cut the n elements into chunks of
 //! [`EW_CHUNK`] = 8 (one 16-byte vector of bf16, two of f32) and run a
@@ -11,7 +12,8 @@
 //! (lincomb: (Σ input bytes + output bytes) · n).
 
 use super::device::LaunchConfig;
-use crate::tensor::Tensor;
+use super::registry::Kernel;
+use crate::tensor::{DType, Tensor};
 use anyhow::{ensure, Result};
 
 /// Threads per block.
@@ -26,6 +28,15 @@ pub fn ew_config(n: usize) -> LaunchConfig {
     let chunks = n.div_ceil(EW_CHUNK);
     let blocks = chunks.div_ceil(EW_THREADS as usize).clamp(1, EW_MAX_BLOCKS);
     LaunchConfig::linear(blocks as u32, EW_THREADS)
+}
+
+/// The entry point of a kernel for `dtype`, from its f32 and bf16 variants:
+/// the one dtype dispatch of an op.
+pub(super) fn by_dtype(dtype: DType, f32_kernel: Kernel, bf16_kernel: Kernel) -> Kernel {
+    match dtype {
+        DType::F32 => f32_kernel,
+        DType::BF16 => bf16_kernel,
+    }
 }
 
 pub(super) fn check_vector_aligned(t: &Tensor, what: &str) -> Result<()> {

@@ -1,6 +1,5 @@
-//! Host side of `kernels/loss.cu`: softmax, argmax, one-hot, cross-entropy,
-//! MSE, the [−1, 1] → logits map and scalar arithmetic (the soft Dice loss is
-//! in `loss/dice.rs`).
+//! Host side of `kernels/loss.cu`: argmax, one-hot, cross-entropy and MSE
+//! (the soft Dice loss is in `loss/dice.rs`).
 //!
 //! Dtypes: the activation inputs of one op share a dtype (f32 or bf16, not
 //! necessarily the backend's act dtype); the kernel variant is that dtype and
@@ -8,8 +7,8 @@
 //! from labels of either dtype. Losses, `dloss`, Dice sums and scalars are f32.
 //!
 //! Launch geometry (blocks of [`LOSS_THREADS`] = 256 threads everywhere):
-//! - Row ops (softmax, softmax_bwd, argmax, one_hot, cross_entropy_bwd): one
-//!   thread per voxel row of C channels, `blocks = ⌈rows / 256⌉` capped at
+//! - Row ops (argmax, one_hot, cross_entropy_bwd): one thread per voxel row
+//!   of C channels, `blocks = ⌈rows / 256⌉` capped at
 //!   [`LOSS_MAX_BLOCKS`] = 4096 (grid-stride beyond). A warp covers 32
 //!   consecutive rows = one contiguous span of 32·C elements.
 //! - Elementwise ops (mse_bwd): chunks of 8
@@ -23,9 +22,6 @@
 //!   depends only on the shape, so results are reproducible run to run.
 //!
 //! Counted floors (E = elements = rows·C, b = bytes per activation element):
-//! - softmax: reads E·b, writes E·b; ≈ 3E FLOPs + E exp (the sum pass and the
-//!   write pass re-read the row, from cache).
-//! - softmax_bwd: reads 2E·b, writes E·b; 4E FLOPs.
 //! - argmax: reads E·b, writes rows·b; E compares. one_hot: reads rows·b,
 //!   writes E·b.
 //! - cross_entropy: reads 2E·b + 4·blocks; ≈ 5E FLOPs + E exp + rows log.
@@ -33,13 +29,13 @@
 //! - mse: reads 2n·b; 2n FLOPs. mse_bwd: reads 2n·b, writes n·b; 2n FLOPs.
 //!
 //! These are memory-bound: the floor is bytes / bandwidth (an H100 moves
-//! ≈3 TB/s, so softmax of a 1×96³×3 bf16 volume — 5.3 MB in, 5.3 MB out —
-//! has a floor of ≈3.5 µs).
+//! ≈3 TB/s, so cross_entropy_bwd of a 1×96³×3 bf16 volume — 10.6 MB in,
+//! 5.3 MB out — has a floor of ≈5 µs).
 
 mod dice;
 
 use super::device::{KernelArgs, LaunchConfig};
-use super::elementwise::ew_config;
+use super::elementwise::{by_dtype, ew_config};
 use super::registry::Kernel;
 use super::GpuBackend;
 use crate::ops::{LossOps, MemoryOps};
@@ -53,8 +49,6 @@ pub const LOSS_THREADS: u32 = 256;
 pub const LOSS_MAX_BLOCKS: usize = 4096;
 /// Grid cap of the stage-1 reduction kernels (= the most partials a loss writes).
 pub const LOSS_MAX_PARTIALS: usize = 1024;
-/// Terms per `vd_loss_scalar_lincomb` launch (longer sums are chained).
-const SCALAR_TERMS: usize = 8;
 
 /// One thread per row.
 fn rows_config(rows: usize) -> LaunchConfig {
@@ -68,24 +62,6 @@ fn rows_config(rows: usize) -> LaunchConfig {
 fn partial_blocks(work: usize) -> usize {
     work.div_ceil(LOSS_THREADS as usize)
         .clamp(1, LOSS_MAX_PARTIALS)
-}
-
-/// The f32 or bf16 entry point of a kernel.
-pub(super) fn by_dtype(dtype: DType, f32_kernel: Kernel, bf16_kernel: Kernel) -> Kernel {
-    match dtype {
-        DType::F32 => f32_kernel,
-        DType::BF16 => bf16_kernel,
-    }
-}
-
-/// Mirrors `VdScalarLincombArgs` in kernels/loss.cu (104 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct ScalarLincombArgs {
-    s: [u64; SCALAR_TERMS],
-    coef: [f32; SCALAR_TERMS],
-    terms: i32,
-    pad: i32,
 }
 
 /// One `one_hot` launch's id check, read back later (see [`GpuBackend::one_hot`]).
@@ -240,45 +216,6 @@ impl LossOps for GpuBackend {
         dloss: &Tensor,
     ) -> Result<Tensor> {
         self.dice_loss_grad(p, target, sums, dloss)
-    }
-
-    /// Softmax over channels: `p = e^{x − max} / Σ_c e^{x − max}` per voxel.
-    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        let (rows, c) = self.loss_rows(x, "softmax: x")?;
-        let p = self.alloc(x.shape(), x.dtype())?;
-        if rows == 0 {
-            return Ok(p);
-        }
-        let kernel = by_dtype(x.dtype(), Kernel::LossSoftmaxF32, Kernel::LossSoftmaxBf16);
-        let mut args = KernelArgs::new()
-            .tensor(x)
-            .tensor(&p)
-            .i64(rows as i64)
-            .i32(c as i32);
-        self.device().launch(kernel, rows_config(rows), &mut args)?;
-        Ok(p)
-    }
-
-    /// `dx = p ⊙ (dp − Σ_c dp·p)` per voxel.
-    fn softmax_bwd(&self, dp: &Tensor, p: &Tensor) -> Result<Tensor> {
-        let (rows, c) = self.loss_pair("softmax_bwd", dp, "dp", p, "p")?;
-        let dx = self.alloc(p.shape(), p.dtype())?;
-        if rows == 0 {
-            return Ok(dx);
-        }
-        let kernel = by_dtype(
-            p.dtype(),
-            Kernel::LossSoftmaxBwdF32,
-            Kernel::LossSoftmaxBwdBf16,
-        );
-        let mut args = KernelArgs::new()
-            .tensor(dp)
-            .tensor(p)
-            .tensor(&dx)
-            .i64(rows as i64)
-            .i32(c as i32);
-        self.device().launch(kernel, rows_config(rows), &mut args)?;
-        Ok(dx)
     }
 
     /// `y[…, 0]` = the first channel holding the maximum, as a float (NaN for a
@@ -446,48 +383,5 @@ impl LossOps for GpuBackend {
             .tensor(&da);
         self.device().launch(kernel, ew_config(n), &mut args)?;
         Ok(da)
-    }
-
-    /// `Σ_i coef_i · s_i` over f32 `[1]` scalars, f32 in term order, on the
-    /// device: one single-thread launch per 8 terms (a longer sum carries the
-    /// running total as the first term of the next launch).
-    fn scalar_lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
-        ensure!(!terms.is_empty(), "scalar_lincomb: no terms");
-        for (i, (_, t)) in terms.iter().enumerate() {
-            self.check_scalar(t, &format!("scalar_lincomb: term {i}"))?;
-        }
-        let mut total: Option<Tensor> = None;
-        let mut rest = terms;
-        while !rest.is_empty() {
-            let mut a = ScalarLincombArgs {
-                s: [0; SCALAR_TERMS],
-                coef: [0.0; SCALAR_TERMS],
-                terms: 0,
-                pad: 0,
-            };
-            let mut k = 0;
-            if let Some(t) = &total {
-                a.s[0] = t.addr();
-                a.coef[0] = 1.0;
-                k = 1;
-            }
-            let take = rest.len().min(SCALAR_TERMS - k);
-            for (c, t) in &rest[..take] {
-                a.s[k] = t.addr();
-                a.coef[k] = *c;
-                k += 1;
-            }
-            rest = &rest[take..];
-            a.terms = k as i32;
-            let out = self.alloc(Shape::scalar(), DType::F32)?;
-            let mut args = KernelArgs::new().pod(&a).tensor(&out);
-            self.device().launch(
-                Kernel::LossScalarLincomb,
-                LaunchConfig::linear(1, 1),
-                &mut args,
-            )?;
-            total = Some(out);
-        }
-        Ok(total.expect("at least one term"))
     }
 }

@@ -27,6 +27,7 @@ pub use loss::PENDING_LABEL_CHECKS;
 pub mod norm;
 pub mod optim;
 pub mod pointwise;
+pub mod reduce;
 pub mod registry;
 
 use crate::tensor::{DType, MemoryKind, Tensor};

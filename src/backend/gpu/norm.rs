@@ -62,7 +62,8 @@
 //! per element over the forward's 6 bytes per bf16 element).
 
 use super::device::{KernelArgs, LaunchConfig};
-use super::pointwise::{act_code, check_aligned16, check_ndhwc, RowTiles};
+use super::pointwise::{act_code, check_aligned16, check_ndhwc};
+use super::reduce::RowTiles;
 use super::registry::Kernel;
 use super::GpuBackend;
 use crate::ops::{MemoryOps, NormOps};

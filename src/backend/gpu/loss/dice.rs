@@ -22,9 +22,10 @@
 //! workspace, 12·N·bps·C bytes), 4E FLOPs; backward reads E·b + 12·N·C·blocks
 //! bytes (each block reads the sums), writes E·b, 2E FLOPs.
 
-use super::{by_dtype, LOSS_THREADS};
+use super::LOSS_THREADS;
 use crate::backend::gpu::device::KernelArgs;
 use crate::backend::gpu::device::LaunchConfig;
+use crate::backend::gpu::elementwise::by_dtype;
 use crate::backend::gpu::registry::Kernel;
 use crate::backend::gpu::GpuBackend;
 use crate::ops::MemoryOps;
