@@ -220,6 +220,27 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         || b.linear_wgrad(&xv, &yv, true).unwrap(),
     );
 
+    // Batched products, every transpose-flag pair (f32 operands: one kernel;
+    // bf16: one per pair).
+    for (ta, tb, bf16_kernel) in [
+        (false, false, "vd_matmul_bmm_bf16_nn"),
+        (false, true, "vd_matmul_bmm_bf16_nt"),
+        (true, false, "vd_matmul_bmm_bf16_tn"),
+        (true, true, "vd_matmul_bmm_bf16_tt"),
+    ] {
+        let (m, n, k) = (3, 5, 7);
+        let a_dims = if ta { [2, k, m] } else { [2, m, k] };
+        let b_dims = if tb { [2, n, k] } else { [2, k, n] };
+        let a = rand(b, Shape::new(&a_dims), act, 15);
+        let bm = rand(b, Shape::new(&b_dims), act, 16);
+        d.expect(
+            &format!("bmm ta={ta} tb={tb}"),
+            &["vd_matmul_bmm_f32"],
+            &[bf16_kernel],
+            || b.bmm(&a, &bm, ta, tb).unwrap(),
+        );
+    }
+
     // Norm with every epilogue part, and the channel-row ops, on both channel
     // paths: 8 channels (8-wide vectors) and 5 (one at a time).
     for c in [8, 5] {

@@ -58,10 +58,7 @@ impl Subject {
     /// `data` as an activation (the backend's activation dtype) and the values
     /// the backend stores for it.
     pub fn act(&self, data: &[f32], shape: Shape) -> (Tensor, Vec<f32>) {
-        let t = self
-            .dev
-            .upload(data, shape, self.dev.act_dtype())
-            .unwrap();
+        let t = self.dev.upload(data, shape, self.dev.act_dtype()).unwrap();
         let stored = self.dev.download(&t).unwrap();
         (t, stored)
     }

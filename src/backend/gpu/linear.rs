@@ -104,6 +104,11 @@ impl GpuBackend {
 }
 
 impl MatmulOps for GpuBackend {
+    /// `c[β] = op(a[β])·op(b[β])` (`matmul.rs`).
+    fn bmm(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+        self.launch_bmm(a, b, ta, tb)
+    }
+
     /// `y[M, N] = x[M, K] · w[K, N] + b[N]`.
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (m, k) = matrix(self, x, "linear input")?;

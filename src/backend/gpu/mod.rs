@@ -21,6 +21,7 @@ pub mod emu;
 pub mod layout;
 pub mod linear;
 pub mod loss;
+pub mod matmul;
 mod memory;
 pub use loss::PENDING_LABEL_CHECKS;
 pub mod norm;

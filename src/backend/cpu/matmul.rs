@@ -1,14 +1,22 @@
-//! Dense layers on per-sample vectors: `y[M,N] = x[M,K]·w[K,N] + b[N]`.
+//! Batched matrix products (`bmm`) and the dense layer on per-sample vectors.
 //!
-//! All three products go through the `gemm` crate (runtime-dispatched SIMD,
+//! Every product goes through the `gemm` crate (runtime-dispatched SIMD,
 //! rayon-parallel above its own size threshold) on row-major operands; the
 //! transposes are expressed as strides, never materialised. `gemm` computes
 //! `dst = α·dst + β·lhs·rhs`; we either overwrite (`read_dst = false`) or add
 //! to a destination pre-filled with the bias.
+//!
+//! bmm runs the batch's products in parallel (one single-threaded GEMM per
+//! matrix) when there are at least as many matrices as threads, else one after
+//! the other, each GEMM using every thread.
 use super::{check, view, view_mut, CpuBackend};
+use crate::ops::matmul::bmm_dims;
 use crate::ops::MatmulOps;
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
+use rayon::prelude::*;
+
+const RAYON: gemm::Parallelism = gemm::Parallelism::Rayon(0);
 
 /// `(rows, cols)` of a rank-2 f32 tensor.
 fn matrix(t: &Tensor, what: &str) -> Result<(usize, usize)> {
@@ -37,6 +45,7 @@ fn matmul(
     rhs_rs: usize,
     rhs_cs: usize,
     accumulate: bool,
+    parallelism: gemm::Parallelism,
 ) {
     debug_assert_eq!(dst.len(), m * n);
     if m == 0 || n == 0 {
@@ -73,12 +82,48 @@ fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         )
     }
 }
 
+/// Row and column strides of `op(t)` for a row-major `rows × cols` matrix t:
+/// `(cols, 1)`, or `(1, cols)` when transposed.
+fn strides(cols: usize, transposed: bool) -> (usize, usize) {
+    if transposed {
+        (1, cols)
+    } else {
+        (cols, 1)
+    }
+}
+
 impl MatmulOps for CpuBackend {
+    /// `c[β] = op(a[β])·op(b[β])`, one gemm per matrix.
+    fn bmm(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+        let (av, bv) = (view(a, "bmm: a")?, view(b, "bmm: b")?);
+        let d = bmm_dims(a, b, ta, tb)?;
+        let (m, n, k) = (d.m, d.n, d.k);
+        // a[β] is m×k (k×m when ta), b[β] is k×n (n×k when tb).
+        let (a_rs, a_cs) = strides(if ta { m } else { k }, ta);
+        let (b_rs, b_cs) = strides(if tb { k } else { n }, tb);
+        let c = self.out_uninit(d.out)?;
+        let (cs, (sa, sb)) = (m * n, (m * k, k * n));
+        let cv = view_mut(&c);
+        let product = |(cm, (am, bm)): (&mut [f32], (&[f32], &[f32])), par| {
+            matmul(cm, m, n, k, am, a_rs, a_cs, bm, b_rs, b_cs, false, par)
+        };
+        if d.batch >= rayon::current_num_threads() {
+            cv.par_chunks_mut(cs)
+                .zip(av.par_chunks(sa).zip(bv.par_chunks(sb)))
+                .for_each(|x| product(x, gemm::Parallelism::None));
+        } else {
+            cv.chunks_mut(cs)
+                .zip(av.chunks(sa).zip(bv.chunks(sb)))
+                .for_each(|x| product(x, RAYON));
+        }
+        Ok(c)
+    }
+
     /// `y = x·w + self`: x `[M,K]`, w `[K,N]`, bias `[N]`.
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (m, k) = matrix(x, "linear: x")?;
@@ -101,7 +146,7 @@ impl MatmulOps for CpuBackend {
             }
         }
         let (xs, ws) = (view(x, "linear: x")?, view(w, "linear: w")?);
-        matmul(ys, m, n, k, xs, k, 1, ws, n, 1, bias.is_some());
+        matmul(ys, m, n, k, xs, k, 1, ws, n, 1, bias.is_some(), RAYON);
         Ok(y)
     }
 
@@ -116,7 +161,7 @@ impl MatmulOps for CpuBackend {
         let dx = self.out_uninit(Shape::new(&[m, k]))?;
         let (dys, ws) = (view(dy, "linear_dgrad: dy")?, view(w, "linear_dgrad: w")?);
         // wᵀ[j, p] = w[p, j]: row stride 1, column stride n.
-        matmul(view_mut(&dx), m, k, n, dys, n, 1, ws, 1, n, false);
+        matmul(view_mut(&dx), m, k, n, dys, n, 1, ws, 1, n, false, RAYON);
         Ok(dx)
     }
 
@@ -136,7 +181,7 @@ impl MatmulOps for CpuBackend {
         let (xs, dys) = (view(x, "linear_wgrad: x")?, view(dy, "linear_wgrad: dy")?);
         let dw = self.out_uninit(Shape::new(&[k, n]))?;
         // xᵀ[i, p] = x[p, i]: row stride 1, column stride k.
-        matmul(view_mut(&dw), k, n, m, xs, 1, k, dys, n, 1, false);
+        matmul(view_mut(&dw), k, n, m, xs, 1, k, dys, n, 1, false, RAYON);
         let db = if with_bias {
             let db = self.out_uninit(Shape::new(&[n]))?;
             let mut acc = vec![0f64; n];
