@@ -200,28 +200,19 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         });
     }
 
-    // Dense layers (f32 whatever the activations).
+    // Products of f32 matrices (parameters, per-sample vectors: the dense
+    // layer) whatever the activations.
     let xv = rand(b, Shape::new(&[2, 6]), f32_, 5);
     let wv = rand(b, Shape::new(&[6, 4]), f32_, 6);
-    let bv = rand(b, Shape::new(&[4]), f32_, 7);
-    let yv = d.expect("linear", &["vd_linear_gemm"], &["vd_linear_gemm"], || {
-        b.linear(&xv, &wv, Some(&bv)).unwrap()
-    });
     d.expect(
-        "linear_dgrad",
-        &["vd_linear_gemm"],
-        &["vd_linear_gemm"],
-        || b.linear_dgrad(&yv, &wv).unwrap(),
-    );
-    d.expect(
-        "linear_wgrad",
-        &["vd_linear_bias_grad", "vd_linear_gemm"],
-        &["vd_linear_bias_grad", "vd_linear_gemm"],
-        || b.linear_wgrad(&xv, &yv, true).unwrap(),
+        "bmm of f32 matrices",
+        &["vd_matmul_bmm_f32"],
+        &["vd_matmul_bmm_f32"],
+        || b.bmm(&xv, &wv, false, false).unwrap(),
     );
 
-    // Batched products, every transpose-flag pair (f32 operands: one kernel;
-    // bf16: one per pair).
+    // Batched products of activations, every transpose-flag pair (f32: one
+    // kernel; bf16: one per pair).
     for (ta, tb, bf16_kernel) in [
         (false, false, "vd_matmul_bmm_bf16_nn"),
         (false, true, "vd_matmul_bmm_bf16_nt"),

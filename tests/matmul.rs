@@ -3,7 +3,9 @@
 //! loop, at batch 1, 2 and 3 and extents that are not tile multiples (1, 7, 33,
 //! 70, …) next to multiples of 8 (the bf16 kernels' cp.async path); NaN
 //! propagation; the contract's errors; and the gradient of `Graph::bmm` for
-//! every flag pair by finite differences.
+//! every flag pair by finite differences. Then the dense layer
+//! (`Graph::linear` = bmm + bias broadcast) on f32 vectors: forward and all
+//! three gradients against f64 on every backend, finite differences, errors.
 
 mod common;
 mod every_backend;
@@ -12,6 +14,7 @@ mod gpu_vs_cpu;
 
 use common::Rng;
 use every_backend::{grad_check, subjects};
+use voxdiff::autograd::Graph;
 use voxdiff::tensor::{DType, Shape, Tensor};
 
 /// (batch, M, N, K); batch 0 means rank-2 operands (one matrix).
@@ -255,4 +258,166 @@ fn bmm_gradient_of_a_rank_2_operand_next_to_a_batch_of_one() {
         1e-3,
         1e-4,
     );
+}
+
+/// `Σ_p x(i, p)·y(p, j)` in f64 and `Σ_p |x(i, p)·y(p, j)|` (the scale of its
+/// rounding error), for an `rows × cols` result over `depth` terms.
+fn product(
+    (rows, cols, depth): (usize, usize, usize),
+    x: impl Fn(usize, usize) -> f64,
+    y: impl Fn(usize, usize) -> f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut v, mut s) = (vec![0.0; rows * cols], vec![0.0; rows * cols]);
+    for i in 0..rows {
+        for j in 0..cols {
+            for p in 0..depth {
+                let t = x(i, p) * y(p, j);
+                v[i * cols + j] += t;
+                s[i * cols + j] += t.abs();
+            }
+        }
+    }
+    (v, s)
+}
+
+/// Every element of `got` within `1e-5·(|want| + scale)` of `want` (f32 math).
+fn check_f32(what: &str, got: &[f32], want: &[f64], scale: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for i in 0..got.len() {
+        let lim = 1e-5 * (want[i].abs() + scale[i]) + 1e-12;
+        let err = (got[i] as f64 - want[i]).abs();
+        assert!(
+            err <= lim,
+            "{what}: element {i}: got {}, want {} (|err| {err:.3e} > {lim:.3e})",
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// (M, K, N) of the dense-layer cases: batch 1 to 3 and 67, inputs and outputs
+/// from 1 to 300, none a tile multiple.
+const DENSE: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (1, 7, 5),
+    (2, 33, 17),
+    (3, 5, 64),
+    (2, 17, 33),
+    (1, 300, 5),
+    (3, 33, 300),
+    (2, 5, 17),
+    (67, 129, 95),
+];
+
+#[test]
+fn linear_forward_and_gradients_match_f64_on_every_backend() {
+    // The dense layer keeps f32 per-sample vectors and parameters on every
+    // backend. Loss = mse(y, t), so dy = 2(y − t)/numel from the y each backend
+    // computed, and dx = dy·wᵀ, dw = xᵀ·dy, db = Σ_m dy.
+    for s in subjects() {
+        let mut rng = Rng::new(21);
+        for (m, k, n) in DENSE {
+            let what = format!("linear M={m} K={k} N={n} on {}", s.label);
+            let x = rng.vec(m * k, -1.0, 1.0);
+            let w = rng.vec(k * n, -0.5, 0.5);
+            let b = rng.vec(n, -1.0, 1.0);
+            let t = rng.vec(m * n, -1.0, 1.0);
+            let (x64, w64) = (|i: usize| x[i] as f64, |i: usize| w[i] as f64);
+            let (mut want, mut scale) =
+                product((m, n, k), |i, p| x64(i * k + p), |p, j| w64(p * n + j));
+
+            let dev = s.dev();
+            let mut g = Graph::inference(dev);
+            let (xv, wv) = (
+                g.constant(s.f32(&x, Shape::new(&[m, k]))),
+                g.constant(s.f32(&w, Shape::new(&[k, n]))),
+            );
+            let y = g.linear(&xv, &wv, None).unwrap();
+            assert_eq!(
+                (y.shape(), y.t.dtype()),
+                (Shape::new(&[m, n]), DType::F32),
+                "{what}"
+            );
+            check_f32(
+                &format!("{what} no bias"),
+                &dev.download(&y.t).unwrap(),
+                &want,
+                &scale,
+            );
+
+            for i in 0..m * n {
+                want[i] += b[i % n] as f64;
+                scale[i] += (b[i % n] as f64).abs();
+            }
+            let mut g = Graph::train(dev);
+            let xv = g.param(0, &s.f32(&x, Shape::new(&[m, k])));
+            let wv = g.param(1, &s.f32(&w, Shape::new(&[k, n])));
+            let bv = g.param(2, &s.f32(&b, Shape::new(&[n])));
+            let y = g.linear(&xv, &wv, Some(&bv)).unwrap();
+            let yv = dev.download(&y.t).unwrap();
+            check_f32(&format!("{what} forward"), &yv, &want, &scale);
+            let tv = g.constant(s.f32(&t, Shape::new(&[m, n])));
+            let loss = g.mse(&y, &tv).unwrap();
+            let grads = g.backward(&loss, 3).unwrap();
+            let got = |i: usize| dev.download(grads.by_param[i].as_ref().unwrap()).unwrap();
+
+            let dy: Vec<f64> = (0..m * n)
+                .map(|i| 2.0 * (yv[i] as f64 - t[i] as f64) / (m * n) as f64)
+                .collect();
+            let (want, scale) = product((m, k, n), |i, p| dy[i * n + p], |p, j| w64(j * n + p));
+            check_f32(&format!("{what} dx"), &got(0), &want, &scale);
+            let (want, scale) = product((k, n, m), |i, p| x64(p * k + i), |p, j| dy[p * n + j]);
+            check_f32(&format!("{what} dw"), &got(1), &want, &scale);
+            let (want, scale) = product((1, n, m), |_, _| 1.0, |p, j| dy[p * n + j]);
+            check_f32(&format!("{what} db"), &got(2), &want, &scale);
+        }
+    }
+}
+
+#[test]
+fn linear_gradients_match_finite_differences() {
+    let mut rng = Rng::new(22);
+    for (m, k, n) in [(1, 7, 5), (2, 5, 3), (3, 4, 6)] {
+        let inputs = [
+            (Shape::new(&[m, k]), rng.vec(m * k, -1.0, 1.0)),
+            (Shape::new(&[k, n]), rng.vec(k * n, -1.0, 1.0)),
+            (Shape::new(&[n]), rng.vec(n, -1.0, 1.0)),
+        ];
+        grad_check(
+            &format!("linear M={m} K={k} N={n}"),
+            &inputs,
+            |g, v| g.linear(&v[0], &v[1], Some(&v[2])),
+            40,
+            1e-2,
+            1e-3,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn linear_rejects_mismatched_shapes() {
+    for s in subjects() {
+        let dev = s.dev();
+        let mut g = Graph::inference(dev);
+        let v = |dims: &[usize]| g.constant(dev.zeros(Shape::new(dims), DType::F32).unwrap());
+        let (x, w, w_bad, b, b_bad, x3) = (
+            v(&[2, 3]),
+            v(&[3, 5]),
+            v(&[4, 5]),
+            v(&[5]),
+            v(&[4]),
+            v(&[2, 3, 1]),
+        );
+        let e = format!("{:#}", g.linear(&x, &w_bad, None).unwrap_err());
+        assert!(e.contains("disagree on K"), "{}: {e}", s.label);
+        let e = format!("{:#}", g.linear(&x, &w, Some(&b_bad)).unwrap_err());
+        assert!(e.contains("bias must be [5]"), "{}: {e}", s.label);
+        assert!(
+            g.linear(&x3, &w, None).is_err(),
+            "{}: x not a matrix",
+            s.label
+        );
+        assert!(g.linear(&x, &w, Some(&b)).is_ok(), "{}", s.label);
+    }
 }

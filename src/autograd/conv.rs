@@ -2,7 +2,7 @@
 //! tracked, `(dw, db) = wgrad(x, dy)` when w or b is; the input is saved only
 //! if the weight needs a gradient, the weight only if the input does.
 
-use super::{column_sum, Backward, GradAcc, Graph, Var, VarId};
+use super::{Backward, GradAcc, Graph, Var, VarId};
 use crate::ops::ConvSpec;
 use crate::tensor::{Shape, Tensor};
 use anyhow::Result;
@@ -49,9 +49,11 @@ impl Backward for Conv3d {
                 grads.add(self.b, db)?;
             }
         } else if self.b.is_some() {
-            // A tracked bias with an untracked weight only needs Σ dy.
-            let db = column_sum(dev, &dev.sum_spatial(&dy)?)?;
-            grads.add(self.b, db)?;
+            // A tracked bias with an untracked weight only needs Σ dy: the
+            // spatial sum of dy viewed as one sample of N·D·H·W voxels.
+            let (c, rows) = (dy.shape().c(), dy.numel() / dy.shape().c());
+            let db = dev.sum_spatial(&dy.reshape(Shape::ndhwc(1, 1, 1, rows, c)))?;
+            grads.add(self.b, db.reshape(Shape::new(&[c])))?;
         }
         Ok(())
     }

@@ -1,12 +1,12 @@
 //! Matrix products. `c = op(a)·op(b)` (bmm with transpose flags) has the
 //! backward `d op(a) = dc·op(b)ᵀ`, `d op(b) = op(a)ᵀ·dc`, each one bmm with the
 //! flags that read the saved operand the right way round (table at
-//! [`Bmm::backward`]). Dense layers: `y = x·w + b` on `[M, K]` vectors,
-//! backward `dx = dy·wᵀ`, `dw = xᵀ·dy`, `db = Σ_m dy`.
+//! [`Bmm::backward`]). The dense layer is a composition of bmm and a bias
+//! broadcast, so its backward is theirs.
 
-use super::{column_sum, Backward, GradAcc, Graph, Var, VarId};
+use super::{Backward, GradAcc, Graph, Var, VarId};
 use crate::tensor::{Shape, Tensor};
-use anyhow::Result;
+use anyhow::{ensure, Result};
 
 impl Graph<'_> {
     /// `c[β] = op(a[β])·op(b[β])`, `op(t) = tᵀ` when its flag is set
@@ -25,16 +25,25 @@ impl Graph<'_> {
         }))
     }
 
+    /// The dense layer `y[M, N] = x[M, K]·w[K, N] + b[N]` on f32 per-sample
+    /// vectors, as a composition: [`Graph::bmm`], then the bias added to every
+    /// row as the per-(sample, channel) add of a `[1, 1, 1, M, N]` view (its
+    /// backward sums dy over the rows).
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = self.dev.linear(&x.t, &w.t, b.map(|b| &b.t))?;
-        let b_id = b.and_then(|b| b.id);
-        Ok(self.record(y, &[x.id, w.id, b_id], || Linear {
-            x: x.id,
-            w: w.id,
-            b: b_id,
-            x_t: w.id.map(|_| x.t.clone()),
-            w_t: x.id.map(|_| w.t.clone()),
-        }))
+        let y = self.bmm(x, w, false, false)?;
+        let Some(b) = b else { return Ok(y) };
+        let sh = y.shape();
+        ensure!(sh.rank() == 2, "linear: x·w = {sh} is not a matrix");
+        let (m, n) = (sh.dims()[0], sh.dims()[1]);
+        ensure!(
+            b.shape().dims() == [n],
+            "linear: the bias must be [{n}] (the columns of x·w = {sh}), got {}",
+            b.shape()
+        );
+        let rows = self.reshape(&y, Shape::ndhwc(1, 1, 1, m, n))?;
+        let bias = self.reshape(b, Shape::new(&[1, n]))?;
+        let out = self.add_nc(&rows, &bias)?;
+        self.reshape(&out, sh)
     }
 }
 
@@ -79,33 +88,6 @@ impl Backward for Bmm {
                 dev.bmm(a, &dc, !ta, false)?
             };
             grads.add(self.b, db.reshape(self.b_shape))?;
-        }
-        Ok(())
-    }
-}
-
-struct Linear {
-    x: Option<VarId>,
-    w: Option<VarId>,
-    b: Option<VarId>,
-    x_t: Option<Tensor>,
-    w_t: Option<Tensor>,
-}
-
-impl Backward for Linear {
-    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
-        let dev = grads.dev;
-        if let Some(w_t) = &self.w_t {
-            grads.add(self.x, dev.linear_dgrad(&dy, w_t)?)?;
-        }
-        if let Some(x_t) = &self.x_t {
-            let (dw, db) = dev.linear_wgrad(x_t, &dy, self.b.is_some())?;
-            grads.add(self.w, dw)?;
-            if let Some(db) = db {
-                grads.add(self.b, db)?;
-            }
-        } else if self.b.is_some() {
-            grads.add(self.b, column_sum(dev, &dy)?)?;
         }
         Ok(())
     }

@@ -1,5 +1,4 @@
-//! The matrix family: batched matrix products with transpose flags, and (until
-//! the layer composes them) the dense layer on per-sample f32 vectors.
+//! The matrix family: batched matrix products with transpose flags.
 //!
 //! `bmm(a, b, ta, tb)` multiplies `B` pairs of row-major matrices:
 //! `c[β] = op(a[β]) · op(b[β])` with `op(a) = aᵀ` when `ta` (likewise `b`).
@@ -7,7 +6,8 @@
 //! (`[B, N, K]` when `tb`), c is `[B, M, N]`. A rank-2 operand is one matrix
 //! (`B = 1`); the output has a's rank. The transposes are read through
 //! strides, never materialised: `dA = dC·op(b)ᵀ` and `dB = op(a)ᵀ·dC` are
-//! bmm calls with other flags (see `autograd/matmul.rs`).
+//! bmm calls with other flags (see `autograd/matmul.rs`). A dense layer is a
+//! bmm plus a bias broadcast (`Graph::linear`).
 
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
@@ -99,15 +99,4 @@ pub trait MatmulOps {
     /// `c[β] = op(a[β]) · op(b[β])` (module docs): a and b of one dtype (f32
     /// or bf16), c in that dtype, accumulated in f32.
     fn bmm(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor>;
-    /// `y[M,N] = x[M,K] · w[K,N] + b[N]`, all f32 (per-sample vectors).
-    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor>;
-    /// `dx[M,K] = dy · wᵀ`.
-    fn linear_dgrad(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor>;
-    /// `dw[K,N] = xᵀ · dy`, `db[N] = Σ_m dy` (if `with_bias`).
-    fn linear_wgrad(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        with_bias: bool,
-    ) -> Result<(Tensor, Option<Tensor>)>;
 }

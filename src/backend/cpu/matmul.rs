@@ -1,67 +1,38 @@
-//! Batched matrix products (`bmm`) and the dense layer on per-sample vectors.
+//! Batched matrix products (`bmm`).
 //!
 //! Every product goes through the `gemm` crate (runtime-dispatched SIMD,
 //! rayon-parallel above its own size threshold) on row-major operands; the
 //! transposes are expressed as strides, never materialised. `gemm` computes
-//! `dst = α·dst + β·lhs·rhs`; we either overwrite (`read_dst = false`) or add
-//! to a destination pre-filled with the bias.
+//! `dst = α·dst + β·lhs·rhs`; bmm overwrites (`read_dst = false`).
 //!
 //! bmm runs the batch's products in parallel (one single-threaded GEMM per
 //! matrix) when there are at least as many matrices as threads, else one after
 //! the other, each GEMM using every thread.
-use super::{check, view, view_mut, CpuBackend};
+use super::{view, view_mut, CpuBackend};
 use crate::ops::matmul::bmm_dims;
 use crate::ops::MatmulOps;
-use crate::tensor::{Shape, Tensor};
-use anyhow::{ensure, Result};
+use crate::tensor::Tensor;
+use anyhow::Result;
 use rayon::prelude::*;
 
-const RAYON: gemm::Parallelism = gemm::Parallelism::Rayon(0);
-
-/// `(rows, cols)` of a rank-2 f32 tensor.
-fn matrix(t: &Tensor, what: &str) -> Result<(usize, usize)> {
-    check(t, what)?;
-    ensure!(
-        t.shape().rank() == 2,
-        "{what}: expected a matrix, got shape {}",
-        t.shape()
-    );
-    Ok((t.shape().dims()[0], t.shape().dims()[1]))
-}
-
-/// `dst[m×n] (row-major) = lhs·rhs` (or `+=` when `accumulate`), with `lhs`
-/// element (i, p) at `lhs[i·lhs_rs + p·lhs_cs]` and `rhs` element (p, j) at
-/// `rhs[p·rhs_rs + j·rhs_cs]`.
-#[allow(clippy::too_many_arguments)]
+/// `dst[m×n] (row-major) = lhs·rhs`, with `lhs` element (i, p) at
+/// `lhs[i·lhs_rs + p·lhs_cs]` and `rhs` element (p, j) at `rhs[p·rhs_rs + j·rhs_cs]`;
+/// m, n, k ≥ 1.
 fn matmul(
     dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     lhs: &[f32],
-    lhs_rs: usize,
-    lhs_cs: usize,
+    (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[f32],
-    rhs_rs: usize,
-    rhs_cs: usize,
-    accumulate: bool,
+    (rhs_rs, rhs_cs): (usize, usize),
     parallelism: gemm::Parallelism,
 ) {
-    debug_assert_eq!(dst.len(), m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return;
-    }
-    debug_assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    assert!(dst.len() == m * n && m * n * k > 0);
+    assert!(lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
     // SAFETY: the pointers cover every element addressed by the given extents
-    // and strides (checked by the callers' shape validation, asserted above);
-    // dst does not alias lhs or rhs (it is a freshly allocated output).
+    // and strides (asserted above); dst does not alias lhs or rhs (it is a
+    // freshly allocated output).
     unsafe {
         gemm::gemm(
             m,
@@ -70,7 +41,7 @@ fn matmul(
             dst.as_mut_ptr(),
             1,
             n as isize,
-            accumulate,
+            false,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
@@ -87,8 +58,8 @@ fn matmul(
     }
 }
 
-/// Row and column strides of `op(t)` for a row-major `rows × cols` matrix t:
-/// `(cols, 1)`, or `(1, cols)` when transposed.
+/// Row and column strides of a row-major matrix with `cols` columns, read
+/// as itself `(cols, 1)` or transposed `(1, cols)`.
 fn strides(cols: usize, transposed: bool) -> (usize, usize) {
     if transposed {
         (1, cols)
@@ -110,7 +81,7 @@ impl MatmulOps for CpuBackend {
         let (cs, (sa, sb)) = (m * n, (m * k, k * n));
         let cv = view_mut(&c);
         let product = |(cm, (am, bm)): (&mut [f32], (&[f32], &[f32])), par| {
-            matmul(cm, m, n, k, am, a_rs, a_cs, bm, b_rs, b_cs, false, par)
+            matmul(cm, (m, n, k), am, (a_rs, a_cs), bm, (b_rs, b_cs), par)
         };
         if d.batch >= rayon::current_num_threads() {
             cv.par_chunks_mut(cs)
@@ -119,84 +90,8 @@ impl MatmulOps for CpuBackend {
         } else {
             cv.chunks_mut(cs)
                 .zip(av.chunks(sa).zip(bv.chunks(sb)))
-                .for_each(|x| product(x, RAYON));
+                .for_each(|x| product(x, gemm::Parallelism::Rayon(0)));
         }
         Ok(c)
-    }
-
-    /// `y = x·w + self`: x `[M,K]`, w `[K,N]`, bias `[N]`.
-    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let (m, k) = matrix(x, "linear: x")?;
-        let (kw, n) = matrix(w, "linear: w")?;
-        ensure!(
-            k == kw,
-            "linear: x is {m}×{k} but w is {kw}×{n} (inner dimensions differ)"
-        );
-        let y = self.out_uninit(Shape::new(&[m, n]))?;
-        let ys = view_mut(&y);
-        if let Some(bias) = bias {
-            let bs = view(bias, "linear: bias")?;
-            ensure!(
-                bias.shape().dims() == [n],
-                "linear: bias must have shape [{n}], got {}",
-                bias.shape()
-            );
-            for row in ys.chunks_exact_mut(n.max(1)) {
-                row.copy_from_slice(bs);
-            }
-        }
-        let (xs, ws) = (view(x, "linear: x")?, view(w, "linear: w")?);
-        matmul(ys, m, n, k, xs, k, 1, ws, n, 1, bias.is_some(), RAYON);
-        Ok(y)
-    }
-
-    /// `dx[M,K] = dy[M,N]·wᵀ` (wᵀ read from w `[K,N]` with swapped strides).
-    fn linear_dgrad(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let (m, n) = matrix(dy, "linear_dgrad: dy")?;
-        let (k, nw) = matrix(w, "linear_dgrad: w")?;
-        ensure!(
-            n == nw,
-            "linear_dgrad: dy is {m}×{n} but w is {k}×{nw} (output dimensions differ)"
-        );
-        let dx = self.out_uninit(Shape::new(&[m, k]))?;
-        let (dys, ws) = (view(dy, "linear_dgrad: dy")?, view(w, "linear_dgrad: w")?);
-        // wᵀ[j, p] = w[p, j]: row stride 1, column stride n.
-        matmul(view_mut(&dx), m, k, n, dys, n, 1, ws, 1, n, false, RAYON);
-        Ok(dx)
-    }
-
-    /// `dw[K,N] = xᵀ·dy`, `db[N] = Σ_m dy[m,·]` (f64 accumulation) if `with_bias`.
-    fn linear_wgrad(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        with_bias: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let (m, k) = matrix(x, "linear_wgrad: x")?;
-        let (md, n) = matrix(dy, "linear_wgrad: dy")?;
-        ensure!(
-            m == md,
-            "linear_wgrad: x has {m} rows but dy has {md} (batch sizes differ)"
-        );
-        let (xs, dys) = (view(x, "linear_wgrad: x")?, view(dy, "linear_wgrad: dy")?);
-        let dw = self.out_uninit(Shape::new(&[k, n]))?;
-        // xᵀ[i, p] = x[p, i]: row stride 1, column stride k.
-        matmul(view_mut(&dw), k, n, m, xs, 1, k, dys, n, 1, false, RAYON);
-        let db = if with_bias {
-            let db = self.out_uninit(Shape::new(&[n]))?;
-            let mut acc = vec![0f64; n];
-            for row in dys.chunks_exact(n.max(1)) {
-                for (a, &g) in acc.iter_mut().zip(row) {
-                    *a += g as f64;
-                }
-            }
-            for (o, a) in view_mut(&db).iter_mut().zip(acc) {
-                *o = a as f32;
-            }
-            Some(db)
-        } else {
-            None
-        };
-        Ok((dw, db))
     }
 }

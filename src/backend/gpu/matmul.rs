@@ -71,7 +71,7 @@ use super::device::{KernelArgs, LaunchConfig};
 use super::registry::Kernel;
 use super::GpuBackend;
 use crate::ops::matmul::bmm_dims;
-use crate::ops::MemoryOps;
+use crate::ops::{MatmulOps, MemoryOps};
 use crate::tensor::{DType, Tensor};
 use anyhow::{ensure, Context, Result};
 
@@ -113,9 +113,9 @@ fn bmm_kernel(dtype: DType, ta: bool, tb: bool) -> (Kernel, u32) {
     }
 }
 
-impl GpuBackend {
+impl MatmulOps for GpuBackend {
     /// `c[β] = op(a[β])·op(b[β])` (see the module docs).
-    pub(super) fn launch_bmm(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    fn bmm(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
         self.check(a, "bmm: a")?;
         self.check(b, "bmm: b")?;
         let d = bmm_dims(a, b, ta, tb)?;

@@ -19,7 +19,6 @@ pub mod diffusion;
 pub mod elementwise;
 pub mod emu;
 pub mod layout;
-pub mod linear;
 pub mod loss;
 pub mod matmul;
 mod memory;
