@@ -232,6 +232,29 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         );
     }
 
+    // Permutes: run copies (runs of 8: vector units; of 5: single elements)
+    // and a transpose (the last dim moves).
+    let p8 = rand(b, Shape::new(&[2, 3, 8]), act, 17);
+    d.expect(
+        "permute keeping runs of 8",
+        &["vd_layout_permute_copy_f32x8"],
+        &["vd_layout_permute_copy_bf16x8"],
+        || b.permute(&p8, &[1, 0, 2]).unwrap(),
+    );
+    let p5 = rand(b, Shape::new(&[2, 3, 5]), act, 18);
+    d.expect(
+        "permute keeping runs of 5",
+        &["vd_layout_permute_copy_f32x1"],
+        &["vd_layout_permute_copy_bf16x1"],
+        || b.permute(&p5, &[1, 0, 2]).unwrap(),
+    );
+    d.expect(
+        "permute moving the last dim",
+        &["vd_layout_permute_transpose_f32"],
+        &["vd_layout_permute_transpose_bf16"],
+        || b.permute(&p5, &[0, 2, 1]).unwrap(),
+    );
+
     // Norm with every epilogue part, and the channel-row ops, on both channel
     // paths: 8 channels (8-wide vectors) and 5 (one at a time).
     for c in [8, 5] {

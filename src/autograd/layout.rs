@@ -1,5 +1,6 @@
 //! Layout ops and their backward: concat ↔ slice, crop ↔ pad, upsample ↔ its
-//! block sum, max pool ↔ routing to the first maximum, reshape ↔ reshape back.
+//! block sum, max pool ↔ routing to the first maximum, reshape ↔ reshape back,
+//! permute ↔ the inverse permutation.
 
 use super::{Backward, GradAcc, Graph, Var, VarId};
 use crate::tensor::{Shape, Tensor};
@@ -19,6 +20,19 @@ impl Graph<'_> {
         Ok(self.record(y, &[x.id], || Reshape {
             x: x.id,
             shape: x.shape(),
+        }))
+    }
+
+    /// Output dim k is x's dim `perm[k]` ([`crate::ops::LayoutOps::permute`]).
+    pub fn permute(&mut self, x: &Var, perm: &[usize]) -> Result<Var> {
+        let y = self.dev.permute(&x.t, perm)?;
+        Ok(self.record(y, &[x.id], || {
+            // dx = permute(dy, inverse): x's dim perm[k] is dy's dim k.
+            let mut inverse = vec![0; perm.len()];
+            for (k, &p) in perm.iter().enumerate() {
+                inverse[p] = k;
+            }
+            Permute { x: x.id, inverse }
         }))
     }
 
@@ -80,6 +94,18 @@ struct Reshape {
 impl Backward for Reshape {
     fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
         grads.add(self.x, dy.reshape(self.shape))
+    }
+}
+
+struct Permute {
+    x: Option<VarId>,
+    inverse: Vec<usize>,
+}
+
+impl Backward for Permute {
+    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
+        let dx = grads.dev.permute(&dy, &self.inverse)?;
+        grads.add(self.x, dx)
     }
 }
 
