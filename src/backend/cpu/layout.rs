@@ -358,15 +358,17 @@ impl DisjointOut {
 
 /// permute when the last group moves: for each position of the other groups,
 /// the (q, last) plane is an I × J transpose (q = the group contiguous in x,
-/// I = dims[q], J = dims[last]), done in tiles of 32 × 32.
+/// I = dims[q], J = dims[last]), done in tiles of 32 × 32 staged in a local
+/// buffer: read as 32 contiguous runs of x, written as 32 contiguous runs of
+/// the output (no strided access, whatever the strides' alignment).
 fn permute_tiles(xs: &[f32], ys: &mut [f32], plan: &PermutePlan) {
     let (q, last) = (plan.contiguous_group(), plan.rank - 1);
     let (ni, nj) = (plan.dims[q], plan.dims[last]);
     let (sj, dq) = (plan.src_strides[last], plan.dst_strides[q]);
     let outer = ys.len() / (ni * nj);
     let i_tiles = ni.div_ceil(PERMUTE_TILE);
-    let out = DisjointOut(ys.as_mut_ptr());
     let len = ys.len();
+    let out = DisjointOut(ys.as_mut_ptr());
     (0..outer * i_tiles).into_par_iter().for_each(|task| {
         let (b, it) = (task / i_tiles, task % i_tiles);
         // The other groups' coordinates are the digits of b (q and last skipped).
@@ -377,16 +379,22 @@ fn permute_tiles(xs: &[f32], ys: &mut [f32], plan: &PermutePlan) {
             src += c * plan.src_strides[g];
             dst += c * plan.dst_strides[g];
         }
-        let i_range = it * PERMUTE_TILE..((it + 1) * PERMUTE_TILE).min(ni);
+        let i0 = it * PERMUTE_TILE;
+        let ti = PERMUTE_TILE.min(ni - i0);
+        let mut tile = [0f32; PERMUTE_TILE * PERMUTE_TILE]; // tile[j][i]
         for j0 in (0..nj).step_by(PERMUTE_TILE) {
-            let j_range = j0..(j0 + PERMUTE_TILE).min(nj);
-            for i in i_range.clone() {
-                let row = dst + i * dq;
-                assert!(row + j_range.end <= len);
-                for j in j_range.clone() {
+            let tj = PERMUTE_TILE.min(nj - j0);
+            for j in 0..tj {
+                let run = src + (j0 + j) * sj + i0;
+                tile[j * PERMUTE_TILE..j * PERMUTE_TILE + ti].copy_from_slice(&xs[run..run + ti]);
+            }
+            for i in 0..ti {
+                let row = dst + (i0 + i) * dq + j0;
+                assert!(row + tj <= len);
+                for j in 0..tj {
                     // SAFETY: in bounds (asserted); element (b, i, j) of the
                     // output belongs to this task alone (b and i's tile).
-                    unsafe { out.write(row + j, xs[src + i + j * sj]) };
+                    unsafe { out.write(row + j, tile[j * PERMUTE_TILE + i]) };
                 }
             }
         }
