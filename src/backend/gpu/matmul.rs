@@ -44,7 +44,8 @@
 //! at 128 by `__launch_bounds__(128, 4)`), no spills.
 //!
 //! f32, per thread and K step of 16 columns: 256 `FFMA`, 32 `LDS.128`, 8 global
-//! loads and 8 shared stores (the loader), 2 barriers; 85–87 registers.
+//! loads and 8 shared stores (the loader, which branches on the flags: the SASS
+//! holds both address forms), 2 barriers; 85–87 registers.
 //!
 //! # Cost (counted)
 //!
