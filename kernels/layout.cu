@@ -1,7 +1,7 @@
 // Layout kernels on NDHWC tensors: channel copies (concat, slice), spatial
 // gathers (crop, pad, nearest upsampling), the upsampling backward, and max
-// pooling forward and backward (src/backend/gpu/layout.rs launches them and
-// documents the launch geometry).
+// pooling forward and backward; and the permutation of the dims of any tensor
+// (src/backend/gpu/layout.rs launches them and documents the launch geometry).
 //
 // Units: a thread moves a column vector of VEC channels of one voxel — VEC = 8
 // (16-byte accesses for bf16, two for f32) when every channel count and offset
@@ -221,3 +221,124 @@ extern "C" __global__ void vd_layout_maxpool_bwd_f32x8(const VdLayoutArgs a) { v
 extern "C" __global__ void vd_layout_maxpool_bwd_f32x1(const VdLayoutArgs a) { vd_layout_maxpool_bwd<float, 1>(a); }
 extern "C" __global__ void vd_layout_maxpool_bwd_bf16x8(const VdLayoutArgs a) { vd_layout_maxpool_bwd<bf16, 8>(a); }
 extern "C" __global__ void vd_layout_maxpool_bwd_bf16x1(const VdLayoutArgs a) { vd_layout_maxpool_bwd<bf16, 1>(a); }
+
+// ----------------------------------------------------------------- permute
+// Mirrored by `PermuteArgs` in src/backend/gpu/layout.rs: the merged plan of
+// ops::layout::PermutePlan (rank groups; group g has extent dims[g] and steps
+// the source by src_strides[g], the output by dst_strides[g] elements).
+struct VdPermuteArgs {
+    const void* src;
+    void* dst;
+    i64 n;     // elements
+    int rank;  // groups, 1..5
+    int q;     // transpose: the group contiguous in src
+    int dims[5];
+    int pad_;
+    i64 src_strides[5];
+    i64 dst_strides[5];
+};
+
+// VEC elements from src to dst, bits unchanged (16-byte accesses when they
+// fill whole vectors).
+template <typename T, int VEC>
+VD_DEVICE void vd_copy_bits(const T* src, T* dst) {
+    if constexpr (VEC * sizeof(T) % 16 == 0) {
+#pragma unroll
+        for (int b = 0; b < (int)(VEC * sizeof(T) / 16); ++b)
+            vd_store16(reinterpret_cast<char*>(dst) + 16 * b, vd_load16(reinterpret_cast<const char*>(src) + 16 * b));
+    } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) dst[e] = src[e];
+    }
+}
+
+// The last group is contiguous in src: the output is runs of dims[rank − 1]
+// elements copied from their place in src. Units of VEC elements (VEC = 8 when
+// the run is a multiple of 8: every unit then starts 16-byte aligned on both
+// sides) over a flat grid-stride loop.
+template <typename T, int VEC>
+VD_DEVICE void vd_layout_permute_copy(const VdPermuteArgs a) {
+    const T* __restrict__ src = static_cast<const T*>(a.src);
+    T* __restrict__ dst = static_cast<T*>(a.dst);
+    i64 run = 1;
+#pragma unroll
+    for (int g = 0; g < 5; ++g)
+        if (g == a.rank - 1) run = a.dims[g];
+    const i64 units = a.n / VEC, stride = (i64)gridDim.x * blockDim.x;
+    for (i64 u = (i64)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += stride) {
+        const i64 e = u * VEC;
+        i64 row = e / run, off = e - row * run;
+#pragma unroll
+        for (int g = 3; g >= 0; --g)
+            if (g < a.rank - 1) {
+                const i64 c = row % a.dims[g];
+                row /= a.dims[g];
+                off += c * a.src_strides[g];
+            }
+        vd_copy_bits<T, VEC>(src + off, dst + e);
+    }
+}
+extern "C" __global__ void vd_layout_permute_copy_f32x8(const VdPermuteArgs a) { vd_layout_permute_copy<float, 8>(a); }
+extern "C" __global__ void vd_layout_permute_copy_f32x1(const VdPermuteArgs a) { vd_layout_permute_copy<float, 1>(a); }
+extern "C" __global__ void vd_layout_permute_copy_bf16x8(const VdPermuteArgs a) { vd_layout_permute_copy<bf16, 8>(a); }
+extern "C" __global__ void vd_layout_permute_copy_bf16x1(const VdPermuteArgs a) { vd_layout_permute_copy<bf16, 1>(a); }
+
+// The last group moves: for each position of the other groups, the plane of
+// group q (I = dims[q], contiguous in src) and the last group (J, contiguous
+// in dst) is an I × J transpose. A block of 32 × 8 threads moves one 32 × 32
+// tile through shared memory (rows padded to 33: conflict-free column reads
+// for 4- and 2-byte elements): reads with consecutive threads along i, writes
+// along j, both coalesced. Grid (ceil(I / 32), ceil(J / 32), positions of the
+// other groups, walked by z with a stride of gridDim.z).
+#define VD_PERMUTE_TILE 32
+template <typename T>
+VD_DEVICE void vd_layout_permute_transpose(const VdPermuteArgs a) {
+    __shared__ T tile[VD_PERMUTE_TILE][VD_PERMUTE_TILE + 1];  // tile[j][i]
+    const T* __restrict__ src = static_cast<const T*>(a.src);
+    T* __restrict__ dst = static_cast<T*>(a.dst);
+    i64 ni = 1, nj = 1, sj = 0, dq = 0;
+#pragma unroll
+    for (int g = 0; g < 5; ++g) {
+        if (g == a.q) {
+            ni = a.dims[g];
+            dq = a.dst_strides[g];
+        }
+        if (g == a.rank - 1) {
+            nj = a.dims[g];
+            sj = a.src_strides[g];
+        }
+    }
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const i64 i0 = (i64)blockIdx.x * VD_PERMUTE_TILE, j0 = (i64)blockIdx.y * VD_PERMUTE_TILE;
+    const i64 outer = a.n / (ni * nj);
+    for (i64 b = blockIdx.z; b < outer; b += gridDim.z) {
+        // The other groups' coordinates are the digits of b.
+        i64 rest = b, s0 = 0, d0 = 0;
+#pragma unroll
+        for (int g = 3; g >= 0; --g)
+            if (g < a.rank - 1 && g != a.q) {
+                const i64 c = rest % a.dims[g];
+                rest /= a.dims[g];
+                s0 += c * a.src_strides[g];
+                d0 += c * a.dst_strides[g];
+            }
+#pragma unroll
+        for (int r = 0; r < VD_PERMUTE_TILE; r += 8) {
+            const i64 i = i0 + tx, j = j0 + ty + r;
+            if (i < ni && j < nj) tile[ty + r][tx] = src[s0 + i + j * sj];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < VD_PERMUTE_TILE; r += 8) {
+            const i64 i = i0 + ty + r, j = j0 + tx;
+            if (i < ni && j < nj) dst[d0 + i * dq + j] = tile[tx][ty + r];
+        }
+        __syncthreads();  // the tile is read before the next position overwrites it
+    }
+}
+extern "C" __global__ void vd_layout_permute_transpose_f32(const VdPermuteArgs a) {
+    vd_layout_permute_transpose<float>(a);
+}
+extern "C" __global__ void vd_layout_permute_transpose_bf16(const VdPermuteArgs a) {
+    vd_layout_permute_transpose<bf16>(a);
+}

@@ -4,6 +4,9 @@
 //! has it) and on the portable kernels (re-running this binary with
 //! `VOXDIFF_CPU_ISA=portable`).
 mod common;
+mod every_backend;
+mod gpu_support;
+mod gpu_vs_cpu;
 
 use common::{cpu, dot, fd_check, rand_tensor, Rng};
 use voxdiff::backend::prelude::*;
@@ -496,6 +499,38 @@ fn gradients_match_finite_differences() {
 }
 
 #[test]
+fn graph_bias_gradient_without_a_weight_gradient() {
+    // A constant weight: the backward sums dy for the bias alone (the path
+    // that does not run the weight gradient).
+    let mut rng = Rng::new(77);
+    for (spec, x_shape, cout) in [
+        (ConvSpec::K3, Shape::ndhwc(2, 3, 4, 5, 3), 4),
+        (ConvSpec::UP2, Shape::ndhwc(1, 2, 3, 2, 2), 3),
+    ] {
+        let w = rng.vec(spec.taps() * x_shape.c() * cout, -0.5, 0.5);
+        let inputs = [
+            (x_shape, rng.vec(x_shape.numel(), -1.0, 1.0)),
+            (Shape::new(&[cout]), rng.vec(cout, -1.0, 1.0)),
+        ];
+        every_backend::grad_check(
+            &format!("conv3d {spec:?} with a constant weight"),
+            &inputs,
+            |g, v| {
+                let wt = g
+                    .dev
+                    .upload(&w, spec.weight_shape(x_shape.c(), cout), DType::F32)?;
+                let w = g.constant(wt);
+                g.conv3d(&v[0], &w, Some(&v[1]), spec)
+            },
+            20,
+            1e-2,
+            1e-3,
+            1e-4,
+        );
+    }
+}
+
+#[test]
 fn bad_arguments_are_errors() {
     let b = cpu();
     let mut rng = Rng::new(7);
@@ -592,8 +627,8 @@ fn rerun_with_isa(isa: &str) {
     );
     // Every test of this file except the two that rerun it.
     assert!(
-        stdout.contains("test result: ok. 6 passed"),
-        "{isa} run did not pass all 6 tests:\n{stdout}"
+        stdout.contains("test result: ok. 7 passed"),
+        "{isa} run did not pass all 7 tests:\n{stdout}"
     );
 }
 

@@ -299,24 +299,59 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         });
     }
 
-    // Dense layers (f32 whatever the activations).
+    // Products of f32 matrices (parameters, per-sample vectors: the dense
+    // layer) whatever the activations.
     let xv = rand(b, Shape::new(&[2, 6]), f32_, 5);
     let wv = rand(b, Shape::new(&[6, 4]), f32_, 6);
-    let bv = rand(b, Shape::new(&[4]), f32_, 7);
-    let yv = d.expect("linear", &["vd_linear_gemm"], &["vd_linear_gemm"], || {
-        b.linear(&xv, &wv, Some(&bv)).unwrap()
-    });
     d.expect(
-        "linear_dgrad",
-        &["vd_linear_gemm"],
-        &["vd_linear_gemm"],
-        || b.linear_dgrad(&yv, &wv).unwrap(),
+        "bmm of f32 matrices",
+        &["vd_matmul_bmm_f32"],
+        &["vd_matmul_bmm_f32"],
+        || b.bmm(&xv, &wv, false, false).unwrap(),
+    );
+
+    // Batched products of activations, every transpose-flag pair (f32: one
+    // kernel; bf16: one per pair).
+    for (ta, tb, bf16_kernel) in [
+        (false, false, "vd_matmul_bmm_bf16_nn"),
+        (false, true, "vd_matmul_bmm_bf16_nt"),
+        (true, false, "vd_matmul_bmm_bf16_tn"),
+        (true, true, "vd_matmul_bmm_bf16_tt"),
+    ] {
+        let (m, n, k) = (3, 5, 7);
+        let a_dims = if ta { [2, k, m] } else { [2, m, k] };
+        let b_dims = if tb { [2, n, k] } else { [2, k, n] };
+        let a = rand(b, Shape::new(&a_dims), act, 15);
+        let bm = rand(b, Shape::new(&b_dims), act, 16);
+        d.expect(
+            &format!("bmm ta={ta} tb={tb}"),
+            &["vd_matmul_bmm_f32"],
+            &[bf16_kernel],
+            || b.bmm(&a, &bm, ta, tb).unwrap(),
+        );
+    }
+
+    // Permutes: run copies (runs of 8: vector units; of 5: single elements)
+    // and a transpose (the last dim moves).
+    let p8 = rand(b, Shape::new(&[2, 3, 8]), act, 17);
+    d.expect(
+        "permute keeping runs of 8",
+        &["vd_layout_permute_copy_f32x8"],
+        &["vd_layout_permute_copy_bf16x8"],
+        || b.permute(&p8, &[1, 0, 2]).unwrap(),
+    );
+    let p5 = rand(b, Shape::new(&[2, 3, 5]), act, 18);
+    d.expect(
+        "permute keeping runs of 5",
+        &["vd_layout_permute_copy_f32x1"],
+        &["vd_layout_permute_copy_bf16x1"],
+        || b.permute(&p5, &[1, 0, 2]).unwrap(),
     );
     d.expect(
-        "linear_wgrad",
-        &["vd_linear_bias_grad", "vd_linear_gemm"],
-        &["vd_linear_bias_grad", "vd_linear_gemm"],
-        || b.linear_wgrad(&xv, &yv, true).unwrap(),
+        "permute moving the last dim",
+        &["vd_layout_permute_transpose_f32"],
+        &["vd_layout_permute_transpose_bf16"],
+        || b.permute(&p5, &[0, 2, 1]).unwrap(),
     );
 
     // Norm with every epilogue part, and the channel-row ops, on both channel

@@ -1,11 +1,41 @@
 //! Layout ops and their backward: concat ↔ slice, crop ↔ pad, upsample ↔ its
-//! block sum, max pool ↔ routing to the first maximum.
+//! block sum, max pool ↔ routing to the first maximum, reshape ↔ reshape back,
+//! permute ↔ the inverse permutation.
 
 use super::{Backward, GradAcc, Graph, Var, VarId};
-use crate::tensor::Tensor;
-use anyhow::Result;
+use crate::tensor::{Shape, Tensor};
+use anyhow::{ensure, Result};
 
 impl Graph<'_> {
+    /// The same values in another shape of equal element count (no copy).
+    pub fn reshape(&mut self, x: &Var, shape: Shape) -> Result<Var> {
+        ensure!(
+            shape.numel() == x.shape().numel(),
+            "reshape: {} has {} elements, {shape} has {}",
+            x.shape(),
+            x.shape().numel(),
+            shape.numel()
+        );
+        let y = x.t.reshape(shape);
+        Ok(self.record(y, &[x.id], || Reshape {
+            x: x.id,
+            shape: x.shape(),
+        }))
+    }
+
+    /// Output dim k is x's dim `perm[k]` ([`crate::ops::LayoutOps::permute`]).
+    pub fn permute(&mut self, x: &Var, perm: &[usize]) -> Result<Var> {
+        let y = self.dev.permute(&x.t, perm)?;
+        Ok(self.record(y, &[x.id], || {
+            // dx = permute(dy, inverse): x's dim perm[k] is dy's dim k.
+            let mut inverse = vec![0; perm.len()];
+            for (k, &p) in perm.iter().enumerate() {
+                inverse[p] = k;
+            }
+            Permute { x: x.id, inverse }
+        }))
+    }
+
     pub fn concat_c(&mut self, xs: &[&Var]) -> Result<Var> {
         let ts: Vec<&Tensor> = xs.iter().map(|v| &v.t).collect();
         let y = self.dev.concat_c(&ts)?;
@@ -53,6 +83,29 @@ impl Graph<'_> {
             x_t: x.t.clone(),
             window,
         }))
+    }
+}
+
+struct Reshape {
+    x: Option<VarId>,
+    shape: Shape,
+}
+
+impl Backward for Reshape {
+    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
+        grads.add(self.x, dy.reshape(self.shape))
+    }
+}
+
+struct Permute {
+    x: Option<VarId>,
+    inverse: Vec<usize>,
+}
+
+impl Backward for Permute {
+    fn backward(self: Box<Self>, dy: Tensor, grads: &mut GradAcc) -> Result<()> {
+        let dx = grads.dev.permute(&dy, &self.inverse)?;
+        grads.add(self.x, dx)
     }
 }
 

@@ -200,13 +200,3 @@ impl<'d> Graph<'d> {
         })
     }
 }
-
-/// Σ over rows of an `[M, N]` f32 matrix, as `[N]`: a product with a ones vector.
-pub(crate) fn column_sum(dev: &dyn Backend, m: &Tensor) -> Result<Tensor> {
-    let rows = m.shape().dims()[0];
-    let cols = m.numel() / rows;
-    let m2 = m.reshape(Shape::new(&[rows, cols]));
-    let ones = dev.upload(&vec![1.0; rows], Shape::new(&[1, rows]), m.dtype())?;
-    let s = dev.linear(&ones, &m2, None)?;
-    Ok(s.reshape(Shape::new(&[cols])))
-}

@@ -1,10 +1,18 @@
-//! Channel concat/slice, spatial crop/pad, upsampling and max pooling.
+//! Channel concat/slice, spatial crop/pad, upsampling and max pooling, and
+//! the permutation of dims.
 //!
-//! All NDHWC. Each op is a gather: one parallel task per output (n, d) plane
-//! writes its own rows, so no two tasks touch the same output element and the
-//! results do not depend on scheduling. Inner loops run over whole channel
-//! vectors (contiguous in NDHWC).
+//! All but permute are NDHWC. Each op is a gather: one parallel task per
+//! output (n, d) plane writes its own rows, so no two tasks touch the same
+//! output element and the results do not depend on scheduling. Inner loops
+//! run over whole channel vectors (contiguous in NDHWC).
+//!
+//! permute walks the [`PermutePlan`]: when x's innermost run stays innermost
+//! it copies runs (tasks of ≈ 16 K elements of output rows); otherwise it
+//! transposes 32 × 32 tiles of the output's last group against the group that
+//! is contiguous in x, one task per (other groups, tile row), so both the
+//! reads and the writes of a tile stay in L1.
 use super::{check_ndhwc, view, view_mut, CpuBackend};
+use crate::ops::layout::{permute_plan, PermutePlan};
 use crate::ops::LayoutOps;
 use crate::tensor::{Shape, Tensor};
 use anyhow::{ensure, Result};
@@ -285,6 +293,112 @@ impl LayoutOps for CpuBackend {
         });
         Ok(dx)
     }
+
+    /// Output dim k is x's dim `perm[k]` (see [`PermutePlan`]).
+    fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+        let xs = view(x, "permute: x")?;
+        let plan = permute_plan(x.shape(), perm)?;
+        let y = self.out_uninit(plan.out)?;
+        if y.numel() == 0 {
+            return Ok(y);
+        }
+        if plan.keeps_last() {
+            permute_runs(xs, view_mut(&y), &plan);
+        } else {
+            permute_tiles(xs, view_mut(&y), &plan);
+        }
+        Ok(y)
+    }
+}
+
+/// Elements of output per task of the run copy.
+const PERMUTE_TASK: usize = 1 << 14;
+/// Tile edge of the transposing permute.
+const PERMUTE_TILE: usize = 32;
+
+/// x offset of the output position whose coordinates in the groups `0..g_end`
+/// are the digits of `index` (row-major over `plan.dims[..g_end]`).
+fn src_offset(plan: &PermutePlan, g_end: usize, mut index: usize) -> usize {
+    let mut off = 0;
+    for g in (0..g_end).rev() {
+        off += (index % plan.dims[g]) * plan.src_strides[g];
+        index /= plan.dims[g];
+    }
+    off
+}
+
+/// permute when the last group is contiguous in x: output row r (a run of
+/// `dims[last]` elements) is x's run at `src_offset(r)`.
+fn permute_runs(xs: &[f32], ys: &mut [f32], plan: &PermutePlan) {
+    let last = plan.rank - 1;
+    let run = plan.dims[last];
+    let rows_per_task = (PERMUTE_TASK / run).max(1);
+    ys.par_chunks_mut(run * rows_per_task)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            for (i, out) in chunk.chunks_exact_mut(run).enumerate() {
+                let off = src_offset(plan, last, t * rows_per_task + i);
+                out.copy_from_slice(&xs[off..off + run]);
+            }
+        });
+}
+
+/// The output as a raw pointer for tasks that write disjoint elements.
+struct DisjointOut(*mut f32);
+// SAFETY: shared only by `permute_tiles`, whose tasks write disjoint elements.
+unsafe impl Sync for DisjointOut {}
+
+impl DisjointOut {
+    /// # Safety
+    /// `i` is in bounds and no other task writes element `i`.
+    unsafe fn write(&self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
+/// permute when the last group moves: for each position of the other groups,
+/// the (q, last) plane is an I × J transpose (q = the group contiguous in x,
+/// I = dims[q], J = dims[last]), done in tiles of 32 × 32 staged in a local
+/// buffer: read as 32 contiguous runs of x, written as 32 contiguous runs of
+/// the output (no strided access, whatever the strides' alignment).
+fn permute_tiles(xs: &[f32], ys: &mut [f32], plan: &PermutePlan) {
+    let (q, last) = (plan.contiguous_group(), plan.rank - 1);
+    let (ni, nj) = (plan.dims[q], plan.dims[last]);
+    let (sj, dq) = (plan.src_strides[last], plan.dst_strides[q]);
+    let outer = ys.len() / (ni * nj);
+    let i_tiles = ni.div_ceil(PERMUTE_TILE);
+    let len = ys.len();
+    let out = DisjointOut(ys.as_mut_ptr());
+    (0..outer * i_tiles).into_par_iter().for_each(|task| {
+        let (b, it) = (task / i_tiles, task % i_tiles);
+        // The other groups' coordinates are the digits of b (q and last skipped).
+        let (mut src, mut dst, mut rest) = (0, 0, b);
+        for g in (0..last).rev().filter(|&g| g != q) {
+            let c = rest % plan.dims[g];
+            rest /= plan.dims[g];
+            src += c * plan.src_strides[g];
+            dst += c * plan.dst_strides[g];
+        }
+        let i0 = it * PERMUTE_TILE;
+        let ti = PERMUTE_TILE.min(ni - i0);
+        let mut tile = [0f32; PERMUTE_TILE * PERMUTE_TILE]; // tile[j][i]
+        for j0 in (0..nj).step_by(PERMUTE_TILE) {
+            let tj = PERMUTE_TILE.min(nj - j0);
+            for j in 0..tj {
+                let run = src + (j0 + j) * sj + i0;
+                tile[j * PERMUTE_TILE..j * PERMUTE_TILE + ti].copy_from_slice(&xs[run..run + ti]);
+            }
+            for i in 0..ti {
+                let row = dst + (i0 + i) * dq + j0;
+                assert!(row + tj <= len);
+                for j in 0..tj {
+                    // SAFETY: in bounds (asserted); element (b, i, j) of the
+                    // output belongs to this task alone (b and i's tile).
+                    unsafe { out.write(row + j, tile[j * PERMUTE_TILE + i]) };
+                }
+            }
+        }
+    });
 }
 
 /// Check the box `[origin, origin + size)` lies inside extents `full`, size ≥ 1.

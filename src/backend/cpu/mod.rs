@@ -7,8 +7,8 @@
 
 mod conv;
 mod layout;
-mod linear;
 mod loss;
+mod matmul;
 mod norm;
 mod optim;
 mod pointwise;

@@ -1,5 +1,6 @@
 //! Host side of `kernels/layout.cu`: channel concat/slice, crop/pad,
-//! nearest upsampling and its backward, max pooling and its backward.
+//! nearest upsampling and its backward, max pooling and its backward, and
+//! permute (any rank ≤ 5; its own section below).
 //!
 //! Every kernel moves *units* of `vec` channels of one voxel: 8 (16-byte
 //! accesses for bf16, two for f32) when every channel count and offset
@@ -24,11 +25,28 @@
 //!   the next power of two ≥ `W·lanes`, clamped to 32..256, and
 //!   `grid.y = ceil(W·lanes / threads)`; thread u of the row owns voxel
 //!   `w = u / lanes`, lane `u % lanes`.
+//!
+//! # permute
+//! Reads and writes every element once: 2·numel·e bytes, no arithmetic. The
+//! [`crate::ops::layout::PermutePlan`] (dims merged where they stay adjacent)
+//! picks the kernel:
+//! - x's innermost run stays innermost (`keeps_last`): `permute_copy`, a
+//!   grid-stride loop over units of 8 elements (16-byte accesses for bf16, two
+//!   for f32; every unit is aligned because the run is a multiple of 8) or of 1
+//!   otherwise; blocks of 256, at most 4096. Consecutive threads move
+//!   consecutive elements of both tensors (coalesced); each unit costs up to 4
+//!   divisions to find its source.
+//! - otherwise `permute_transpose`: the plane of the group contiguous in x (I)
+//!   and the output's last group (J) is transposed in 32 × 32 tiles through
+//!   shared memory (4224 or 2112 bytes), blocks of 32 × 8 threads, grid
+//!   `(ceil(I / 32), ceil(J / 32), min(positions of the other groups, 65535))`;
+//!   reads are coalesced along i, writes along j.
 
 use super::device::{KernelArgs, LaunchConfig};
 use super::pointwise::check_ndhwc;
 use super::registry::Kernel;
 use super::GpuBackend;
+use crate::ops::layout::permute_plan;
 use crate::ops::{LayoutOps, MemoryOps};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
@@ -55,6 +73,24 @@ struct LayoutArgs {
     f: [i32; 3],
     pad: [i32; 2],
 }
+
+/// Mirrors `VdPermuteArgs` in kernels/layout.cu (136 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PermuteArgs {
+    src: u64,
+    dst: u64,
+    n: i64,
+    rank: i32,
+    q: i32,
+    dims: [i32; 5],
+    pad: i32,
+    src_strides: [i64; 5],
+    dst_strides: [i64; 5],
+}
+
+/// Tile edge of `permute_transpose` (blocks of 32 × 8 threads).
+const PERMUTE_TILE: usize = 32;
 
 /// One of the four variants of a spatial kernel.
 #[derive(Clone, Copy)]
@@ -383,5 +419,77 @@ impl LayoutOps for GpuBackend {
         };
         self.launch_rows(Op::MaxpoolBwd, x.dtype(), dy.shape(), a, "maxpool_bwd")?;
         Ok(dx)
+    }
+
+    /// Output dim k is x's dim `perm[k]` (see the module docs).
+    fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+        self.check(x, "permute: x")?;
+        let plan = permute_plan(x.shape(), perm)?;
+        let y = self.alloc(plan.out, x.dtype())?;
+        let n = x.numel();
+        if n == 0 {
+            return Ok(y);
+        }
+        let mut a = PermuteArgs {
+            src: x.addr(),
+            dst: y.addr(),
+            n: n as i64,
+            rank: plan.rank as i32,
+            q: plan.contiguous_group() as i32,
+            dims: [1; 5],
+            pad: 0,
+            src_strides: [0; 5],
+            dst_strides: [0; 5],
+        };
+        for g in 0..plan.rank {
+            a.dims[g] = i32::try_from(plan.dims[g]).map_err(|_| {
+                anyhow::anyhow!(
+                    "permute: x ({}) has a dim of more than 2³¹ elements",
+                    x.shape()
+                )
+            })?;
+            a.src_strides[g] = plan.src_strides[g] as i64;
+            a.dst_strides[g] = plan.dst_strides[g] as i64;
+        }
+        let mut args = KernelArgs::new().pod(&a);
+        if plan.keeps_last() {
+            let vec = vec_for(&[plan.dims[plan.rank - 1]]);
+            let kernel = match (x.dtype(), vec) {
+                (DType::F32, 8) => Kernel::LayoutPermuteCopyF32x8,
+                (DType::F32, _) => Kernel::LayoutPermuteCopyF32x1,
+                (DType::BF16, 8) => Kernel::LayoutPermuteCopyBf16x8,
+                (DType::BF16, _) => Kernel::LayoutPermuteCopyBf16x1,
+            };
+            let blocks = (n / vec)
+                .div_ceil(COPY_THREADS as usize)
+                .clamp(1, COPY_MAX_BLOCKS);
+            let cfg = LaunchConfig::linear(blocks as u32, COPY_THREADS);
+            self.device().launch(kernel, cfg, &mut args)?;
+        } else {
+            let last = plan.rank - 1;
+            let (ni, nj) = (plan.dims[plan.contiguous_group()], plan.dims[last]);
+            let j_tiles = nj.div_ceil(PERMUTE_TILE);
+            ensure!(
+                j_tiles <= 65535,
+                "permute: x ({}) moves a dim of {nj} elements to the end (at most {})",
+                x.shape(),
+                65535 * PERMUTE_TILE
+            );
+            let kernel = match x.dtype() {
+                DType::F32 => Kernel::LayoutPermuteTransposeF32,
+                DType::BF16 => Kernel::LayoutPermuteTransposeBf16,
+            };
+            let cfg = LaunchConfig {
+                grid: [
+                    ni.div_ceil(PERMUTE_TILE) as u32,
+                    j_tiles as u32,
+                    (n / (ni * nj)).min(65535) as u32,
+                ],
+                block: [PERMUTE_TILE as u32, 8, 1],
+                shared_bytes: 0,
+            };
+            self.device().launch(kernel, cfg, &mut args)?;
+        }
+        Ok(y)
     }
 }
