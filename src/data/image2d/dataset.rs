@@ -95,8 +95,8 @@ impl Normalisation {
     /// Normalise interleaved RGB in place.
     pub fn apply(&self, rgb: &mut [f32]) {
         for p in rgb.chunks_mut(3) {
-            for c in 0..3 {
-                p[c] = (p[c] - self.mean[c]) / self.std[c];
+            for (c, v) in p.iter_mut().enumerate() {
+                *v = (*v - self.mean[c]) / self.std[c];
             }
         }
     }
