@@ -29,6 +29,7 @@ pub fn fonts() {
 }
 
 /// An RGB image, row-major, 3 bytes per pixel.
+#[derive(Clone)]
 pub struct Rgb {
     pub width: usize,
     pub height: usize,

@@ -1,13 +1,14 @@
 //! Everything between a scan on disk and a tensor: NIfTI and DICOM input with geometry,
 //! preprocessing, datasets and splits, patch sampling, augmentation, a
 //! prefetching loader, sliding-window inference geometry, a synthetic
-//! abdomen phantom, and PNG overlays. See `docs/data.md`.
+//! abdomen phantom, PNG overlays, and 2D photos with masks (`image2d`). See `docs/data.md`.
 
 pub mod affine;
 pub mod augment;
 pub mod crop;
 pub mod dataset;
 pub mod dicom;
+pub mod image2d;
 pub mod intensity;
 pub mod labels;
 pub mod loader;

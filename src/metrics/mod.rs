@@ -1,13 +1,17 @@
 //! Segmentation scores per class and case: Dice, IoU, NSD, HD95, HD100, ASSD
 //! and centroid distance, with the conventions of DeepMind's surface-distance
-//! library (default) or ImgX-DiffSeg's voxel counting ([`SurfaceConvention`]).
+//! library (default) or ImgX-DiffSeg's voxel counting ([`SurfaceConvention`]);
+//! and for binary 2D masks, IoU and F1 as scikit-learn computes them, WCov
+//! and the DAVIS boundary F ([`mask2d`], [`boundary`]).
 //!
 //! Empty masks (the conventions of `docs/metrics.md`):
 //! - both empty: every score is NaN (the class is absent; summaries skip it);
 //! - exactly one empty: Dice = IoU = NSD = 0; HD95, HD100, ASSD and centroid
 //!   distance are NaN (a distance to nothing is undefined).
 
+pub mod boundary;
 pub mod edt;
+pub mod mask2d;
 pub mod summary;
 pub mod surface;
 pub mod surfel;

@@ -1,4 +1,5 @@
 //! `voxdiff evaluate`: score predicted label maps against references.
+//! (2D masks go to [`super::evaluate2d`]; a 3D map against a 2D mask is an error.)
 //!
 //! For one pair of files or two folders paired by file name: both maps are
 //! read, checked to lie on the same grid, remapped through the class map (if
@@ -26,10 +27,12 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvaluateArgs {
-    /// Predicted label map (.nii / .nii.gz), or a folder of them.
+    /// Predicted label map (.nii / .nii.gz), or a folder of them; or a 2D
+    /// mask (.png / .jpg), or a folder of them.
     #[arg(long)]
     pub pred: PathBuf,
-    /// Reference label map, or a folder paired with --pred by file name.
+    /// Reference label map or 2D mask, or a folder paired with --pred by
+    /// file name (2D: by file stem).
     #[arg(long)]
     pub gt: PathBuf,
     /// Class map JSON turning label ids into classes (see docs/data.md);
@@ -59,6 +62,9 @@ pub struct EvaluateArgs {
     /// Slices (rows) in each overlay.
     #[arg(long, default_value_t = 1)]
     pub overlay_slices: usize,
+    /// 2D masks only: boundary F tolerances in pixels (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5")]
+    pub boundary_px: Vec<f64>,
 }
 
 /// The scan of a case: `image` itself, or `<image>/<case>[_0000].nii[.gz]`.
@@ -377,6 +383,19 @@ fn stat_json(s: &Stat) -> Value {
 }
 
 pub fn run(args: &EvaluateArgs) -> Result<()> {
+    use super::evaluate2d::{kind_of, Kind};
+    match (kind_of("--pred", &args.pred)?, kind_of("--gt", &args.gt)?) {
+        (Kind::Masks2d, Kind::Masks2d) => return super::evaluate2d::run(args),
+        (Kind::Volumes3d, Kind::Volumes3d) => ensure!(
+            args.boundary_px == [1.0, 2.0, 3.0, 4.0, 5.0],
+            "--boundary-px applies to 2D masks, but --pred and --gt hold 3D label maps"
+        ),
+        (p, g) => bail!(
+            "--pred {} holds {p} but --gt {} holds {g}: compare 2D with 2D or 3D with 3D",
+            args.pred.display(),
+            args.gt.display()
+        ),
+    }
     ensure!(
         !args.tolerance.is_empty(),
         "--tolerance: give at least one value"

@@ -291,3 +291,21 @@ pub fn tmp(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The data set `name` of the real data (e.g. `polyp_2d`) when it is there;
+/// otherwise `None` after a `skipping` line, as [`data_dir`].
+pub fn data_set(name: &str) -> Option<std::path::PathBuf> {
+    use std::io::Write;
+    let d = data_dir()?.join(name);
+    if d.is_dir() {
+        return Some(d);
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "skipping {}::{test}: {} not found",
+        env!("CARGO_CRATE_NAME"),
+        d.display()
+    );
+    None
+}
