@@ -1,6 +1,7 @@
-//! Multi-head self-attention over the voxels of an NDHWC tensor, built only
-//! from the generic primitives: the q, k, v projections as one 1×1×1
-//! convolution sliced along channels, reshape and permute into heads, the
+//! Multi-head self-attention over the voxels of an NDHWC tensor
+//! (`voxdiff::nn::attention::attend`), built only from the generic
+//! primitives: the q, k, v projections as one 1×1×1 convolution sliced along
+//! channels, reshape and permute into heads, the
 //! scores as a bmm with b transposed, the 1/√d scaling as a lincomb, the row
 //! softmax, the weighted values as a bmm, permute back, the output projection
 //! as a 1×1×1 convolution. The proof that the primitives compose: the forward
@@ -16,6 +17,7 @@ mod gpu_vs_cpu;
 use common::Rng;
 use every_backend::{grad_check, subjects};
 use voxdiff::autograd::{Graph, Var};
+use voxdiff::nn::attention::attend;
 use voxdiff::ops::ConvSpec;
 use voxdiff::tensor::Shape;
 
@@ -41,36 +43,10 @@ fn shapes() -> [Shape; 5] {
     ]
 }
 
-/// `[N, D, H, W, H·d]` (one of q, k, v) → `[N·heads, T, d]`.
-fn split_heads(g: &mut Graph, t: &Var) -> anyhow::Result<Var> {
-    let t = g.reshape(t, Shape::new(&[N, T, HEADS, D]))?;
-    let t = g.permute(&t, &[0, 2, 1, 3])?;
-    g.reshape(&t, Shape::new(&[N * HEADS, T, D]))
-}
-
-/// y = proj_o(concat_h softmax(q_h k_hᵀ / √d) v_h), [q, k, v] = proj_qkv(x).
+/// y = proj_o(concat_h softmax(q_h k_hᵀ / √d) v_h), [q, k, v] = proj_qkv(x):
+/// the library's composition, `nn::attention::attend`.
 fn attention(g: &mut Graph, v: &[Var]) -> anyhow::Result<Var> {
-    let (x, w_qkv, b_qkv, w_o, b_o) = (&v[0], &v[1], &v[2], &v[3], &v[4]);
-    let qkv = g.conv3d(x, w_qkv, Some(b_qkv), ConvSpec::K1)?;
-    let q = g.slice_c(&qkv, 0, HD)?;
-    let k = g.slice_c(&qkv, HD, HD)?;
-    let val = g.slice_c(&qkv, 2 * HD, HD)?;
-    let (q, k, val) = (
-        split_heads(g, &q)?,
-        split_heads(g, &k)?,
-        split_heads(g, &val)?,
-    );
-    let scores = g.bmm(&q, &k, false, true)?;
-    let scores = g.lincomb(&[(1.0 / (D as f32).sqrt(), &scores)])?;
-    // Softmax over each row of T scores (the channel softmax of a [rows, T] view).
-    let rows = g.reshape(&scores, Shape::ndhwc(N * HEADS, 1, 1, T, T))?;
-    let p = g.softmax(&rows)?;
-    let p = g.reshape(&p, Shape::new(&[N * HEADS, T, T]))?;
-    let o = g.bmm(&p, &val, false, false)?;
-    let o = g.reshape(&o, Shape::new(&[N, HEADS, T, D]))?;
-    let o = g.permute(&o, &[0, 2, 1, 3])?;
-    let o = g.reshape(&o, Shape::ndhwc(N, SPATIAL[0], SPATIAL[1], SPATIAL[2], HD))?;
-    g.conv3d(&o, w_o, Some(b_o), ConvSpec::K1)
+    attend(g, &v[0], &v[1], Some(&v[2]), &v[3], Some(&v[4]), HEADS)
 }
 
 /// The same attention in f64, written out: x `[N, T, C]`, weights `[in, out]`.

@@ -47,6 +47,31 @@ impl Conv {
         })
     }
 
+    /// Weights (and bias) start at zero: the layer outputs 0 until it
+    /// learns (guided diffusion's `zero_module`).
+    pub fn zeros(
+        pb: &mut ParamBuilder,
+        cin: usize,
+        cout: usize,
+        spec: ConvSpec,
+        bias: bool,
+    ) -> Result<Conv> {
+        let w = pb.add("w", spec.weight_shape(cin, cout), Init::Zeros)?;
+        pb.set_decay(w, true);
+        let b = if bias {
+            Some(pb.add("b", Shape::new(&[cout]), Init::Zeros)?)
+        } else {
+            None
+        };
+        Ok(Conv {
+            w,
+            b,
+            spec,
+            cin,
+            cout,
+        })
+    }
+
     pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var) -> Result<Var> {
         let w = ps.var(g, self.w);
         let b = self.b.map(|id| ps.var(g, id));

@@ -2,9 +2,11 @@
 //! normalisation, the sinusoidal time embedding. Each layer is a struct of
 //! parameter ids with a `forward` that calls the autograd [`Graph`](crate::autograd::Graph).
 
+pub mod attention;
 pub mod layers;
 pub mod params;
 pub mod time;
 
+pub use attention::SelfAttention;
 pub use layers::{Conv, Linear, Norm, NormEpilogue};
 pub use params::{Init, ParamBuilder, ParamId, ParamStore};

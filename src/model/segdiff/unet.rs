@@ -1,0 +1,154 @@
+//! The guided-diffusion UNet blocks SegDiff's E and D are made of (improved
+//! diffusion's `ResBlock`, `Downsample`, `Upsample`), 2D as depth-1 3D.
+
+use crate::autograd::{Graph, Var};
+use crate::nn::{Conv, Linear, Norm, NormEpilogue, ParamBuilder, ParamStore, SelfAttention};
+use crate::ops::{Act, Binary, ConvSpec};
+use anyhow::Result;
+
+/// Stride-2 1×3×3 convolution (halves H and W, rounding up).
+pub const DOWN: ConvSpec = ConvSpec {
+    kernel: [1, 3, 3],
+    stride: [1, 2, 2],
+    transposed: false,
+};
+/// Nearest-neighbour upsampling factor of the decoder.
+pub const UP: [usize; 3] = [1, 2, 2];
+
+/// How a residual block receives the time embedding.
+enum TimeIn {
+    /// `h + Linear(SiLU(emb))` before the second norm.
+    Add(Linear),
+    /// `GN(h)·(1 + scale) + shift`, scale and shift `Linear(SiLU(emb))`.
+    ScaleShift { scale: Linear, shift: Linear },
+}
+
+/// `skip(x) + conv2(drop(SiLU(GN2(conv1(SiLU(GN1(x))) ⊕ emb))))`, conv2
+/// zero-initialised; skip is the identity when the channels stay, else a
+/// 1×1 convolution.
+pub struct ResBlock {
+    norm1: Norm,
+    conv1: Conv,
+    time: TimeIn,
+    norm2: Norm,
+    conv2: Conv,
+    skip: Option<Conv>,
+}
+
+impl ResBlock {
+    pub fn new(
+        pb: &mut ParamBuilder,
+        cin: usize,
+        cout: usize,
+        emb_dim: usize,
+        groups: usize,
+        scale_shift: bool,
+    ) -> Result<ResBlock> {
+        let k = ConvSpec::K133;
+        let norm1 = Norm::group(&mut pb.pp("norm1"), cin, groups)?;
+        let conv1 = Conv::new(&mut pb.pp("conv1"), cin, cout, k, true)?;
+        let time = if scale_shift {
+            TimeIn::ScaleShift {
+                scale: Linear::new(&mut pb.pp("emb_scale"), emb_dim, cout)?,
+                shift: Linear::new(&mut pb.pp("emb_shift"), emb_dim, cout)?,
+            }
+        } else {
+            TimeIn::Add(Linear::new(&mut pb.pp("emb"), emb_dim, cout)?)
+        };
+        let norm2 = Norm::group(&mut pb.pp("norm2"), cout, groups)?;
+        let conv2 = Conv::zeros(&mut pb.pp("conv2"), cout, cout, k, true)?;
+        let skip = if cin == cout {
+            None
+        } else {
+            Some(Conv::new(
+                &mut pb.pp("skip"),
+                cin,
+                cout,
+                ConvSpec::K1,
+                true,
+            )?)
+        };
+        Ok(ResBlock {
+            norm1,
+            conv1,
+            time,
+            norm2,
+            conv2,
+            skip,
+        })
+    }
+
+    /// `emb_act` is SiLU(time embedding) `[N, emb_dim]`.
+    pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var, emb_act: &Var) -> Result<Var> {
+        let silu = NormEpilogue {
+            act: Some(Act::Silu),
+            ..Default::default()
+        };
+        let h = self.norm1.forward(g, ps, x, silu)?;
+        let h = self.conv1.forward(g, ps, &h)?;
+        let h = match &self.time {
+            TimeIn::Add(lin) => {
+                let e = lin.forward(g, ps, emb_act)?;
+                let h = g.binary(Binary::Add, &h, &e)?;
+                self.norm2.forward(
+                    g,
+                    ps,
+                    &h,
+                    NormEpilogue {
+                        act: Some(Act::Silu),
+                        ..Default::default()
+                    },
+                )?
+            }
+            TimeIn::ScaleShift { scale, shift } => {
+                let s = scale.forward(g, ps, emb_act)?;
+                let b = shift.forward(g, ps, emb_act)?;
+                self.norm2.forward(
+                    g,
+                    ps,
+                    &h,
+                    NormEpilogue {
+                        film: Some((&s, &b)),
+                        act: Some(Act::Silu),
+                        ..Default::default()
+                    },
+                )?
+            }
+        };
+        // Dropout would go here; the configuration admits only 0 (see `SegDiffNetConfig`).
+        let h = self.conv2.forward(g, ps, &h)?;
+        let skip = match &self.skip {
+            Some(c) => c.forward(g, ps, x)?,
+            None => x.clone(),
+        };
+        g.add(&skip, &h)
+    }
+}
+
+/// One entry of the encoder or decoder: a residual block (optionally with
+/// attention after it), or a resampling step.
+pub enum Layer {
+    Res(ResBlock, Option<SelfAttention>),
+    Down(Conv),
+    /// Nearest ×2, then a 1×3×3 convolution.
+    Up(Conv),
+}
+
+impl Layer {
+    pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var, emb_act: &Var) -> Result<Var> {
+        match self {
+            Layer::Res(block, attn) => {
+                let h = block.forward(g, ps, x, emb_act)?;
+                match attn {
+                    Some(a) => a.forward(g, ps, &h),
+                    None => Ok(h),
+                }
+            }
+            Layer::Down(conv) => conv.forward(g, ps, x),
+            Layer::Up(conv) => {
+                let u = g.upsample(x, UP)?;
+                conv.forward(g, ps, &u)
+            }
+        }
+    }
+}
