@@ -36,6 +36,8 @@ enum Cmd {
 enum TrainCmd {
     /// Diffusion segmentation (ImgX-DiffSeg) or the supervised UNet baseline.
     Seg(voxdiff::pipeline::seg_train::TrainSegArgs),
+    /// SegDiff 2D: image-conditioned ε-diffusion on image/mask folders.
+    Segdiff(voxdiff::pipeline::segdiff_train::TrainSegDiffArgs),
 }
 
 #[derive(clap::Args)]
@@ -71,6 +73,7 @@ fn main() -> Result<()> {
         }
         Cmd::Demo(a) => voxdiff::pipeline::demo::run(&a),
         Cmd::Train(TrainCmd::Seg(a)) => voxdiff::pipeline::seg_train::run(&a),
+        Cmd::Train(TrainCmd::Segdiff(a)) => voxdiff::pipeline::segdiff_train::run(&a),
         Cmd::Segment(a) => voxdiff::pipeline::segment::run(&a),
         Cmd::Bench(a) => {
             let b = voxdiff::backend::select(&a.device)?;

@@ -120,7 +120,7 @@ pub struct SegConfig {
 }
 
 /// Apply one `path.to.field=value` override to a TOML document.
-fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
+pub(crate) fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
     let (path, value) = spec
         .split_once('=')
         .with_context(|| format!("--set {spec}: expected section.field=value"))?;

@@ -1,0 +1,214 @@
+//! The configuration of a SegDiff run (`voxdiff train segdiff --config
+//! FILE`), TOML with every table optional and unknown keys refused:
+//!
+//! ```toml
+//! system = "segdiff"   # marks the run folder as a 2D SegDiff run
+//! batch = 4            # images per optimiser step
+//! [data]               # image/mask folders, model size, split, augmentation (docs/data.md)
+//! [model]              # the network (src/model/segdiff): conditioning, channels, …
+//! [diffusion]          # timesteps (T; linear β scaled by 1000/T)
+//! [train]              # steps, learning rate, AdamW, seed, logging (docs/training.md)
+//! [infer]              # samples, sampler, steps, seed used by `voxdiff segment`
+//! ```
+//! Relative data paths in a file resolve against the file's folder, those
+//! given with `--set` against the working directory; both are stored
+//! absolute in the run's `config.toml` (see `super::run`).
+
+use super::run::absolute;
+use super::seg_config::apply_override;
+use super::train_loop::TrainConfig;
+use crate::data::image2d::Data2dConfig;
+use crate::diffusion::{BetaSchedule, Sampler, Schedule};
+use crate::model::SegDiffNetConfig;
+use crate::train::LrSchedule;
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The value of `system` in a SegDiff run's configuration.
+pub const SYSTEM: &str = "segdiff";
+
+/// The forward process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegDiffDiffusion {
+    /// T. β is linear from 1000/T·1e-4 to 1000/T·0.02 (improved diffusion's
+    /// "linear" schedule, which keeps ᾱ_T near 0 for any T).
+    pub timesteps: usize,
+}
+
+impl Default for SegDiffDiffusion {
+    fn default() -> Self {
+        SegDiffDiffusion { timesteps: 100 }
+    }
+}
+
+impl SegDiffDiffusion {
+    pub fn schedule(&self) -> Result<Schedule> {
+        let t = self.timesteps;
+        ensure!(t >= 2, "diffusion.timesteps must be ≥ 2, got {t}");
+        let scale = 1000.0 / t as f64;
+        Schedule::new(BetaSchedule::Linear, t, scale * 1e-4, scale * 0.02, t)
+    }
+}
+
+/// How `voxdiff segment` samples (each a command-line flag too).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegDiffInfer {
+    /// Ensemble members, sampled as one batch.
+    pub samples: usize,
+    pub sampler: Sampler,
+    /// Sampling steps (≤ T; None: all T).
+    pub steps: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for SegDiffInfer {
+    fn default() -> Self {
+        SegDiffInfer {
+            samples: 9,
+            sampler: Sampler::Ddpm,
+            steps: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Everything a SegDiff run needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegDiffConfig {
+    pub system: String,
+    pub batch: usize,
+    pub data: Data2dConfig,
+    pub model: SegDiffNetConfig,
+    pub diffusion: SegDiffDiffusion,
+    pub train: TrainConfig,
+    pub infer: SegDiffInfer,
+}
+
+impl Default for SegDiffConfig {
+    fn default() -> Self {
+        SegDiffConfig {
+            system: SYSTEM.to_string(),
+            batch: 4,
+            data: Data2dConfig {
+                size: 64,
+                ..Data2dConfig::default()
+            },
+            model: SegDiffNetConfig::cpu(),
+            diffusion: SegDiffDiffusion::default(),
+            train: TrainConfig {
+                steps: 2000,
+                lr: LrSchedule {
+                    init: 1e-5,
+                    peak: 2e-4,
+                    end: 2e-5,
+                    warmup_steps: 50,
+                    decay_steps: 2000,
+                },
+                log_every: 10,
+                checkpoint_every: 250,
+                ..TrainConfig::default()
+            },
+            infer: SegDiffInfer::default(),
+        }
+    }
+}
+
+/// The data keys that hold folder paths.
+const PATH_KEYS: [&str; 2] = ["images", "masks"];
+
+fn resolve_paths(doc: &mut toml::Table, base: &Path) {
+    let Some(toml::Value::Table(data)) = doc.get_mut("data") else {
+        return;
+    };
+    for key in PATH_KEYS {
+        if let Some(toml::Value::String(s)) = data.get_mut(key) {
+            *s = absolute(Path::new(s.as_str()), base)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+}
+
+impl SegDiffConfig {
+    /// Read `path` (if any), apply `overrides` (`section.key=value`),
+    /// validate.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<SegDiffConfig> {
+        let cwd = std::env::current_dir().context("cannot read the working directory")?;
+        let mut doc: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read config", p.display()))?;
+                let mut doc: toml::Table = toml::from_str(&text)
+                    .with_context(|| format!("{}: invalid TOML", p.display()))?;
+                resolve_paths(
+                    &mut doc,
+                    &absolute(p.parent().unwrap_or(Path::new("")), &cwd),
+                );
+                doc
+            }
+            None => toml::Table::new(),
+        };
+        for o in overrides {
+            apply_override(&mut doc, o)?;
+        }
+        resolve_paths(&mut doc, &cwd);
+        let origin = || match path {
+            Some(p) => format!("{}: bad SegDiff configuration", p.display()),
+            None => "bad SegDiff configuration (defaults and --set)".to_string(),
+        };
+        let cfg: SegDiffConfig = toml::Value::Table(doc).try_into().with_context(origin)?;
+        cfg.validate().with_context(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.system == SYSTEM,
+            "system = {:?}: a SegDiff configuration has system = \"{SYSTEM}\"",
+            self.system
+        );
+        ensure!(self.batch >= 1, "batch must be ≥ 1");
+        ensure!(self.data.size >= 1, "data.size must be ≥ 1");
+        self.model.validate()?;
+        self.diffusion.schedule()?;
+        ensure!(self.infer.samples >= 1, "infer.samples must be ≥ 1");
+        if let Some(s) = self.infer.steps {
+            ensure!(
+                s >= 1 && s <= self.diffusion.timesteps,
+                "infer.steps = {s} must be in 1..={}",
+                self.diffusion.timesteps
+            );
+        }
+        Ok(())
+    }
+
+    pub fn data_paths_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
+        vec![
+            ("data.images".to_string(), &mut self.data.images),
+            ("data.masks".to_string(), &mut self.data.masks),
+        ]
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+/// Whether the run folder `run` holds a SegDiff run (its `config.toml` says
+/// `system = "segdiff"`); false for other runs and for folders without a
+/// readable configuration.
+pub fn is_segdiff_run(run: &Path) -> bool {
+    std::fs::read_to_string(run.join(super::run::CONFIG))
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|d| {
+            d.get("system")
+                .and_then(|s| s.as_str())
+                .map(|s| s == SYSTEM)
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,145 @@
+//! `voxdiff train segdiff`: train SegDiff on a folder of images and a folder
+//! of masks into a run folder (the format of `super::run`):
+//!
+//! ```text
+//! <run>/config.toml             the resolved configuration (system = "segdiff", data
+//!                               paths absolute, the normalisation written out)
+//! <run>/split.json              the training and validation ids
+//! <run>/log.jsonl, checkpoint.safetensors, progress.png, run.json
+//! ```
+//! The per-channel normalisation is computed on the training split when the
+//! configuration does not give it, and written into `config.toml`, so that
+//! `voxdiff segment` prepares images exactly as training did. `--resume`
+//! continues a killed run from its checkpoint with its own configuration.
+
+use super::run as run_dir;
+use super::segdiff_config::SegDiffConfig;
+use super::segdiff_model::{SegDiffModel, Source2d};
+use super::train_loop::{self, TrainSummary};
+use crate::backend::{self, Backend};
+use crate::data::image2d::Dataset2d;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The file of a run that lists its split.
+pub const SPLIT: &str = "split.json";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainSegDiffArgs {
+    /// TOML configuration (docs/segdiff.md); without it, the defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any field: --set train.steps=500 --set data.size=64
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Run folder (created; must not hold a checkpoint unless --resume).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Continue the run in --run from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Shortcut for --set train.steps=N.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Shortcut for --set train.max_minutes=M.
+    #[arg(long)]
+    pub minutes: Option<f64>,
+    /// auto, cpu, emu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainSegDiffArgs {
+    fn overrides(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        if let Some(s) = self.steps {
+            o.push(format!("train.steps={s}"));
+        }
+        if let Some(m) = self.minutes {
+            o.push(format!("train.max_minutes={m:?}"));
+        }
+        o.extend(self.set.iter().cloned());
+        o
+    }
+}
+
+/// Train as configured into `run` on `b`.
+pub fn train_run(
+    b: &dyn Backend,
+    cfg: &SegDiffConfig,
+    run: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<TrainSummary> {
+    let ds = Dataset2d::open(&cfg.data)?;
+    if progress {
+        eprintln!("{}", ds.describe(&cfg.data.images));
+        for s in ds.skipped.iter().take(5) {
+            eprintln!("  skipped {}: {}", s.path.display(), s.reason);
+        }
+    }
+    let mut cfg = cfg.clone();
+    cfg.data.mean = Some(ds.norm.mean);
+    cfg.data.std = Some(ds.norm.std);
+    run_dir::prepare(run, &cfg.to_toml()?, resume, progress)?;
+    if !resume {
+        let ids = |idx: &[usize]| -> Vec<String> {
+            idx.iter().map(|&i| ds.items[i].id.clone()).collect()
+        };
+        let split = serde_json::json!({ "train": ids(&ds.train), "validation": ids(&ds.val) });
+        crate::fsutil::write_atomic(
+            &run.join(SPLIT),
+            serde_json::to_string_pretty(&split)?.as_bytes(),
+        )?;
+    }
+    let model = SegDiffModel::new(b, &cfg)?;
+    if progress {
+        eprintln!(
+            "training SegDiff ({:.2} M parameters, {:?} conditioning) on {} at {}², batch {}",
+            model.ps.count() as f64 / 1e6,
+            cfg.model.conditioning,
+            b.name(),
+            cfg.data.size,
+            cfg.batch
+        );
+    }
+    let mut source = Source2d {
+        ds: Arc::new(ds),
+        seed: cfg.train.seed,
+        batch: cfg.batch,
+        drawn: 0,
+    };
+    let summary = train_loop::train(b, &model, &cfg.train, &mut source, run, resume, progress)?;
+    run_dir::finish(run)?;
+    Ok(summary)
+}
+
+pub fn run(args: &TrainSegDiffArgs) -> Result<()> {
+    let cfg = if args.resume {
+        let mut cfg = SegDiffConfig::load(
+            Some(&run_dir::config_to_resume(&args.run)?),
+            &args.overrides(),
+        )?;
+        for note in run_dir::locate_data(cfg.data_paths_mut(), &args.run)? {
+            eprintln!("{note}");
+        }
+        cfg
+    } else {
+        SegDiffConfig::load(args.config.as_deref(), &args.overrides())?
+    };
+    let b = backend::select(&args.device)?;
+    let s = train_run(b.as_ref(), &cfg, &args.run, args.resume, !args.quiet)?;
+    println!(
+        "trained {} steps in {:.1} s; loss {} → {}; run folder {}",
+        s.steps_done,
+        s.seconds,
+        s.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        s.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        args.run.display()
+    );
+    Ok(())
+}
