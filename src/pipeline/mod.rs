@@ -12,6 +12,7 @@ pub mod seg_model;
 pub mod seg_train;
 pub mod segdiff_config;
 pub mod segdiff_model;
+pub mod segdiff_segment;
 pub mod segdiff_train;
 pub mod segment;
 pub mod train_loop;

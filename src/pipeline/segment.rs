@@ -31,13 +31,14 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SegmentArgs {
-    /// Run folder of `voxdiff train seg`.
+    /// Run folder of `voxdiff train seg` (3D scans) or `voxdiff train segdiff` (2D photos).
     #[arg(long)]
     pub run: PathBuf,
-    /// Scan to segment (.nii / .nii.gz), or a folder holding one DICOM series.
+    /// Scan to segment (.nii / .nii.gz), or a folder holding one DICOM series;
+    /// for a SegDiff run, a PNG/JPEG photo or a folder of them.
     #[arg(long)]
     pub input: PathBuf,
-    /// Mask to write (.nii.gz compresses).
+    /// Mask to write (.nii.gz compresses; a .png, or a folder, for SegDiff).
     #[arg(long)]
     pub output: PathBuf,
     /// Sampling steps (≤ the run's T; default all).
@@ -45,7 +46,7 @@ pub struct SegmentArgs {
     pub steps: Option<usize>,
     #[arg(long, value_enum)]
     pub sampler: Option<SamplerArg>,
-    /// Samples fused by majority vote.
+    /// Samples fused by majority vote (SegDiff: the ensemble, mean thresholded at ½).
     #[arg(long)]
     pub samples: Option<usize>,
     /// Sliding-window patch D H W (default: the run's infer.patch, else whole volume).
@@ -258,6 +259,18 @@ fn check_outputs(args: &SegmentArgs) -> Result<()> {
 }
 
 pub fn run(args: &SegmentArgs) -> Result<()> {
+    // One command, two kinds of run: a SegDiff run segments 2D photos.
+    if super::segdiff_config::is_segdiff_run(&args.run) {
+        return super::segdiff_segment::run(args);
+    }
+    if super::segdiff_segment::is_2d_input(&args.input) {
+        bail!(
+            "--input {}: a 2D photo (or folder of photos), but {} is a 3D segmentation run; \
+             segment 2D photos with a run of `voxdiff train segdiff`",
+            args.input.display(),
+            args.run.display()
+        );
+    }
     check_outputs(args)?;
     let b = backend::select(&args.device)?;
     let mut run = load_run(b.as_ref(), &args.run)?;
