@@ -19,8 +19,9 @@ struct Cli {
 enum Cmd {
     /// Version, build features, the devices found and each kernel's resources.
     Info,
-    /// The main job: train on the built-in phantom, segment a held-out one, report.
-    Demo(voxdiff::pipeline::demo::DemoArgs),
+    /// The main job: train on the built-in phantom, segment a held-out one, report
+    /// (`demo segdiff`: the 2D SegDiff path on the shared dermoscopy photos).
+    Demo(DemoCmd),
     /// Train a model.
     #[command(subcommand)]
     Train(TrainCmd),
@@ -30,6 +31,20 @@ enum Cmd {
     Bench(BenchArgs),
     /// Score predicted label maps against references (per-class CSV + JSON summary).
     Evaluate(voxdiff::pipeline::evaluate::EvaluateArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoCmd {
+    #[command(subcommand)]
+    system: Option<DemoSystem>,
+    #[command(flatten)]
+    args: voxdiff::pipeline::demo::DemoArgs,
+}
+
+#[derive(Subcommand)]
+enum DemoSystem {
+    /// SegDiff 2D on the shared dermoscopy photos: train minutes, segment a held-out photo.
+    Segdiff(voxdiff::pipeline::segdiff_demo::SegDiffDemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -71,7 +86,11 @@ fn main() -> Result<()> {
             info();
             Ok(())
         }
-        Cmd::Demo(a) => voxdiff::pipeline::demo::run(&a),
+        Cmd::Demo(DemoCmd {
+            system: Some(DemoSystem::Segdiff(a)),
+            ..
+        }) => voxdiff::pipeline::segdiff_demo::run(&a),
+        Cmd::Demo(DemoCmd { args, .. }) => voxdiff::pipeline::demo::run(&args),
         Cmd::Train(TrainCmd::Seg(a)) => voxdiff::pipeline::seg_train::run(&a),
         Cmd::Train(TrainCmd::Segdiff(a)) => voxdiff::pipeline::segdiff_train::run(&a),
         Cmd::Segment(a) => voxdiff::pipeline::segment::run(&a),
