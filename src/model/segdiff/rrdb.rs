@@ -42,22 +42,16 @@ impl DenseBlock {
     }
 
     pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var) -> Result<Var> {
-        let mut feats = vec![x.clone()];
-        for (i, conv) in self.convs.iter().enumerate() {
-            let refs: Vec<&Var> = feats.iter().collect();
-            let inp = if refs.len() == 1 {
-                x.clone()
-            } else {
-                g.concat_c(&refs)?
-            };
-            let y = conv.forward(g, ps, &inp)?;
-            if i < 4 {
-                feats.push(g.unary(&y, Unary::LeakyRelu(SLOPE))?);
-            } else {
-                return g.lincomb(&[(RES_SCALE, &y), (1.0, x)]);
-            }
+        // The growing concatenation [x, x1, …]: each convolution reads it.
+        let mut cat = x.clone();
+        let (last, growing) = self.convs.split_last().expect("five convolutions");
+        for conv in growing {
+            let y = conv.forward(g, ps, &cat)?;
+            let y = g.unary(&y, Unary::LeakyRelu(SLOPE))?;
+            cat = g.concat_c(&[&cat, &y])?;
         }
-        unreachable!("five convolutions")
+        let y = last.forward(g, ps, &cat)?;
+        g.lincomb(&[(RES_SCALE, &y), (1.0, x)])
     }
 }
 
