@@ -55,6 +55,13 @@ struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Time one ImgX-DiffSeg training step (forward, backward, AdamW) on a
+    /// patch of `--dims` instead of the op cases.
+    #[arg(long)]
+    step: bool,
+    /// Classes of the training step (background included).
+    #[arg(long, default_value_t = 14)]
+    classes: usize,
 }
 
 fn main() -> Result<()> {
@@ -76,7 +83,13 @@ fn main() -> Result<()> {
             let b = voxdiff::backend::select(&a.device)?;
             let b = b.as_ref();
             let dims = [a.dims[0], a.dims[1], a.dims[2]];
-            let r = voxdiff::pipeline::bench::standard(b, dims, a.channels, a.reps)?;
+            let r = if a.step {
+                vec![voxdiff::pipeline::bench::imgx_step(
+                    b, dims, a.classes, a.reps,
+                )?]
+            } else {
+                voxdiff::pipeline::bench::standard(b, dims, a.channels, a.reps)?
+            };
             voxdiff::pipeline::bench::print(&r, &b.name());
             if let Some(p) = a.json {
                 voxdiff::fsutil::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())?;
