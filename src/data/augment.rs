@@ -1,7 +1,8 @@
 //! Augmentation: a random affine (rotation, scale, flips, translation)
 //! applied while the patch is cut — one resampling pass, trilinear for the
 //! image and nearest for the labels — then intensity scale/shift, gamma and
-//! Gaussian noise on the image. Every draw comes from the `Rng` passed in.
+//! Gaussian noise on the image, then simulated field-of-view borders
+//! ([`Augment::fov_cut`]). Every draw comes from the `Rng` passed in.
 //!
 //! Geometry of the spatial transform, in millimetres about the patch centre
 //! (vectors in D, H, W order, `S = diag(spacing)`):
@@ -41,6 +42,11 @@ pub struct Augment {
     pub noise_prob: f64,
     /// Its standard deviation.
     pub noise_std: f64,
+    /// Probability, per axis, that a simulated field-of-view border cuts the
+    /// patch ([`Augment::fov_cut`]).
+    pub fov_prob: f64,
+    /// Smallest fraction of the patch's extent a cut keeps.
+    pub fov_keep: f64,
 }
 
 impl Augment {
@@ -59,6 +65,8 @@ impl Augment {
             gamma: [1.0, 1.0],
             noise_prob: 0.0,
             noise_std: 0.0,
+            fov_prob: 0.0,
+            fov_keep: 1.0,
         }
     }
 
@@ -78,6 +86,8 @@ impl Augment {
             gamma: [0.7, 1.5],
             noise_prob: 0.2,
             noise_std: 0.02,
+            fov_prob: 0.0,
+            fov_keep: 1.0,
         }
     }
 
@@ -185,6 +195,60 @@ impl Augment {
             let sd = self.noise_std as f32;
             for (v, n) in x.iter_mut().zip(&noise) {
                 *v += sd * n;
+            }
+        }
+    }
+
+    /// Simulate the edge of a scan with a smaller field of view: along each
+    /// axis, with probability `fov_prob`, everything on one side (low or high,
+    /// even odds) of a random plane becomes "outside the scan" — image `fill`,
+    /// label 0 (background) — keeping at least `fov_keep` of the extent. This
+    /// is what a crop of a scan looks like once padded to the patch, so a
+    /// network trained with it does not take padding for anatomy nor expect
+    /// organs where the scan has ended. Draws nothing when `fov_prob` is 0.
+    pub fn fov_cut(
+        &self,
+        image: &mut [f32],
+        label: Option<&mut [f32]>,
+        size: [usize; 3],
+        fill: f32,
+        rng: &mut Rng,
+    ) {
+        if self.fov_prob <= 0.0 {
+            return;
+        }
+        let (mut lo, mut hi) = ([0usize; 3], size);
+        for a in 0..3 {
+            if !rng.bernoulli(self.fov_prob) {
+                continue;
+            }
+            let n = size[a];
+            let keep = ((self.fov_keep * n as f64).ceil() as usize).clamp(1, n);
+            let cut = rng.below(n - keep + 1);
+            if rng.bernoulli(0.5) {
+                lo[a] = cut;
+            } else {
+                hi[a] = n - cut;
+            }
+        }
+        if lo == [0; 3] && hi == size {
+            return;
+        }
+        let [_, h, w] = size;
+        let outside = |i: usize| {
+            let p = [i / (h * w), (i / w) % h, i % w];
+            (0..3).any(|a| p[a] < lo[a] || p[a] >= hi[a])
+        };
+        for (i, v) in image.iter_mut().enumerate() {
+            if outside(i) {
+                *v = fill;
+            }
+        }
+        if let Some(l) = label {
+            for (i, v) in l.iter_mut().enumerate() {
+                if outside(i) {
+                    *v = 0.0;
+                }
             }
         }
     }
