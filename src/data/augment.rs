@@ -1,7 +1,7 @@
 //! Augmentation: a random affine (rotation, scale, flips, translation)
 //! applied while the patch is cut — one resampling pass, trilinear for the
 //! image and nearest for the labels — then intensity scale/shift, gamma and
-//! Gaussian noise on the image, then simulated field-of-view borders
+//! Gaussian noise on the image, then a simulated smaller field of view
 //! ([`Augment::fov_cut`]). Every draw comes from the `Rng` passed in.
 //!
 //! Geometry of the spatial transform, in millimetres about the patch centre
@@ -42,10 +42,10 @@ pub struct Augment {
     pub noise_prob: f64,
     /// Its standard deviation.
     pub noise_std: f64,
-    /// Probability, per axis, that a simulated field-of-view border cuts the
-    /// patch ([`Augment::fov_cut`]).
+    /// Probability that a patch is cut to a smaller simulated field of view
+    /// ([`Augment::fov_cut`]).
     pub fov_prob: f64,
-    /// Smallest fraction of the patch's extent a cut keeps.
+    /// Smallest fraction of the patch's extent, per axis, such a cut keeps.
     pub fov_keep: f64,
 }
 
@@ -199,13 +199,14 @@ impl Augment {
         }
     }
 
-    /// Simulate the edge of a scan with a smaller field of view: along each
-    /// axis, with probability `fov_prob`, everything on one side (low or high,
-    /// even odds) of a random plane becomes "outside the scan" — image `fill`,
-    /// label 0 (background) — keeping at least `fov_keep` of the extent. This
-    /// is what a crop of a scan looks like once padded to the patch, so a
-    /// network trained with it does not take padding for anatomy nor expect
-    /// organs where the scan has ended. Draws nothing when `fov_prob` is 0.
+    /// Simulate a scan with a smaller field of view: with probability
+    /// `fov_prob` the patch keeps only a box of it — along each axis a random
+    /// extent of at least `fov_keep` of the patch, flush with the low or the
+    /// high side (even odds) — and everything outside the box becomes
+    /// "outside the scan": image `fill`, label 0 (background). This is what a
+    /// crop of a scan looks like once padded to the patch, so a network
+    /// trained with it neither takes padding for anatomy nor expects organs
+    /// where the scan has ended. Draws nothing when `fov_prob` is 0.
     pub fn fov_cut(
         &self,
         image: &mut [f32],
@@ -214,14 +215,11 @@ impl Augment {
         fill: f32,
         rng: &mut Rng,
     ) {
-        if self.fov_prob <= 0.0 {
+        if self.fov_prob <= 0.0 || !rng.bernoulli(self.fov_prob) {
             return;
         }
         let (mut lo, mut hi) = ([0usize; 3], size);
         for a in 0..3 {
-            if !rng.bernoulli(self.fov_prob) {
-                continue;
-            }
             let n = size[a];
             let keep = ((self.fov_keep * n as f64).ceil() as usize).clamp(1, n);
             let cut = rng.below(n - keep + 1);

@@ -54,11 +54,11 @@ pub struct DataConfig {
     /// Random affine (rotation, scale, shift) and intensity augmentation
     /// (CT defaults, `Augment::ct_default`) on or off.
     pub augment: bool,
-    /// Probability, per axis, that a simulated field-of-view border cuts a
-    /// training patch (`Augment::fov_cut`): beyond it the patch reads as
-    /// outside the scan, as a crop padded to the patch does at inference.
+    /// Probability that a training patch is cut to a smaller simulated field
+    /// of view (`Augment::fov_cut`): outside a random box it reads as outside
+    /// the scan, as a crop padded to the patch does at inference.
     pub fov_prob: f64,
-    /// Smallest fraction of the patch's extent such a cut keeps.
+    /// Smallest fraction of the patch's extent, per axis, such a cut keeps.
     pub fov_keep: f64,
     /// Loader worker threads.
     pub workers: usize,
