@@ -52,8 +52,15 @@ pub struct DataConfig {
     pub patch: [usize; 3],
     /// Probability that a patch is centred on a voxel of a random present class.
     pub fg_prob: f64,
-    /// Random affine / flip / intensity augmentation (CT defaults) on or off.
+    /// Random affine (rotation, scale, shift) and intensity augmentation
+    /// (CT defaults, `Augment::ct_default`) on or off.
     pub augment: bool,
+    /// Probability that a training patch is cut to a smaller simulated field
+    /// of view (`Augment::fov_cut`): outside a random box it reads as outside
+    /// the scan, as a crop padded to the patch does at inference.
+    pub fov_prob: f64,
+    /// Smallest fraction of the patch's extent, per axis, such a cut keeps.
+    pub fov_keep: f64,
     /// Loader worker threads.
     pub workers: usize,
 }
@@ -73,6 +80,8 @@ impl Default for DataConfig {
             patch: [0, 0, 0],
             fg_prob: 0.5,
             augment: false,
+            fov_prob: 0.0,
+            fov_keep: 0.25,
             workers: 1,
         }
     }
@@ -333,6 +342,10 @@ impl SegConfig {
             },
         );
         c.fraction("data.fg_prob", d.fg_prob, true);
+        c.fraction("data.fov_prob", d.fov_prob, true);
+        c.require(d.fov_keep > 0.0 && d.fov_keep <= 1.0, || {
+            format!("data.fov_keep must be in (0, 1], got {}", d.fov_keep)
+        });
         c.at_least("data.workers", d.workers as u64, 1);
 
         let m = &self.model;
