@@ -3,6 +3,7 @@
 //! parameter ids with a `forward` that calls the autograd [`Graph`](crate::autograd::Graph).
 
 pub mod attention;
+pub mod batch_norm;
 pub mod layers;
 pub mod linear_attention;
 pub mod params;
