@@ -55,6 +55,13 @@ struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// standard (convolution, norm, softmax at --dims/--channels) or
+    /// pretrain (linear attention and batch norm at --sizes).
+    #[arg(long, default_value = "standard")]
+    suite: String,
+    /// The pretrain suite's sizes, CxDxHxW comma-separated.
+    #[arg(long, default_value = voxdiff::pipeline::bench_pretrain::PAPER_SIZES)]
+    sizes: String,
 }
 
 fn main() -> Result<()> {
@@ -76,7 +83,14 @@ fn main() -> Result<()> {
             let b = voxdiff::backend::select(&a.device)?;
             let b = b.as_ref();
             let dims = [a.dims[0], a.dims[1], a.dims[2]];
-            let r = voxdiff::pipeline::bench::standard(b, dims, a.channels, a.reps)?;
+            let r = match a.suite.as_str() {
+                "standard" => voxdiff::pipeline::bench::standard(b, dims, a.channels, a.reps)?,
+                "pretrain" => {
+                    let sizes = voxdiff::pipeline::bench_pretrain::parse_sizes(&a.sizes)?;
+                    voxdiff::pipeline::bench_pretrain::run(b, &sizes, a.reps)?
+                }
+                other => anyhow::bail!("--suite: {other:?} is not standard or pretrain"),
+            };
             voxdiff::pipeline::bench::print(&r, &b.name());
             if let Some(p) = a.json {
                 voxdiff::fsutil::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())?;
