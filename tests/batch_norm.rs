@@ -1,9 +1,10 @@
-//! Batch norm (nn::batch_norm), composed from primitives: train mode (batch
-//! statistics per channel over N·D·H·W) and eval mode (running statistics)
-//! against f64 on every backend; the running-statistics update (unbiased
-//! variance, momentum); the running statistics are frozen state; the
-//! train-mode gradients (through the batch mean and variance) against
-//! finite differences.
+//! Batch norm (nn::batch_norm): train mode (batch statistics per channel
+//! over N·D·H·W) by the fused norm on the one-sample view and by the
+//! composition of primitives, and eval mode (running statistics), against
+//! f64 on every backend; the running-statistics update (unbiased variance,
+//! momentum); the running statistics are frozen state; the train-mode
+//! gradients of both (through the batch mean and variance) against finite
+//! differences.
 
 mod common;
 mod every_backend;
@@ -13,7 +14,7 @@ mod gpu_vs_cpu;
 use common::Rng;
 use every_backend::{grad_check, subjects};
 use voxdiff::autograd::Graph;
-use voxdiff::nn::batch_norm::{batch_norm_train, BatchNorm};
+use voxdiff::nn::batch_norm::{batch_norm_train, batch_norm_train_fused, BatchNorm};
 use voxdiff::nn::{ParamBuilder, ParamStore};
 use voxdiff::tensor::Shape;
 
@@ -86,6 +87,20 @@ fn train_and_eval_modes_match_f64_on_every_backend() {
         s.check("batch variance", &stats.var, &var, 4.0);
         assert_eq!(stats.count, 2 * 3 * 4 * 5);
 
+        // The composition agrees with the same reference.
+        let (gv, bv) = (
+            g.constant(ps.get(bn.gamma).clone()),
+            g.constant(ps.get(bn.beta).clone()),
+        );
+        let (yc, sc) = batch_norm_train(&mut g, &xv, &gv, &bv, eps as f32).unwrap();
+        s.check(
+            "batch norm train (composed)",
+            &yc.t,
+            &apply(&xd, &st, &gamma, &beta, eps),
+            2.0,
+        );
+        s.check("batch variance (composed)", &sc.var, &var, 4.0);
+
         let y = bn.forward_eval(&mut g, &ps, &xv).unwrap();
         let rst: Vec<(f64, f64)> = rm
             .iter()
@@ -138,9 +153,18 @@ fn the_train_mode_gradients_match_finite_differences() {
         (Shape::new(&[c]), rng.vec(c, -0.5, 0.5)),
     ];
     grad_check(
-        "batch norm (train)",
+        "batch norm (train, composed)",
         &inputs,
         |g, v| Ok(batch_norm_train(g, &v[0], &v[1], &v[2], 1e-5)?.0),
+        36,
+        1e-3,
+        5e-3,
+        2e-4,
+    );
+    grad_check(
+        "batch norm (train, fused)",
+        &inputs,
+        |g, v| Ok(batch_norm_train_fused(g, &v[0], &v[1], &v[2], 1e-5)?.0),
         36,
         1e-3,
         5e-3,

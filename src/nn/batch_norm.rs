@@ -15,14 +15,24 @@
 //! `running_var`, created frozen), so checkpoints carry them; the training
 //! step applies [`BatchNorm::update_running`] after its forward.
 //!
-//! The composition costs seven passes over x forward (sum, centre, square,
-//! sum, divide, scale, shift); a fused kernel in the norm family would take
-//! two. It is the reference any such kernel is checked against.
+//! Two implementations of the training mode, held to each other on every
+//! backend (tests/batch_norm.rs):
+//! - [`batch_norm_train_fused`], what [`BatchNorm`] runs: NDHWC is
+//!   contiguous, so x `[N, D, H, W, C]` viewed as one sample
+//!   `[1, N·D, H, W, C]` has, per channel, exactly the batch's N·D·H·W
+//!   values — the fused instance norm of the norm family (`groups = C`,
+//!   Welford statistics, affine in the same pass, its fused backward) on
+//!   that view *is* batch norm, forward and backward, on the CPU and in the
+//!   norm kernels. The batch variance comes back from its rstd as
+//!   `1/rstd² − eps`.
+//! - [`batch_norm_train`], composed from primitives: seven passes over x
+//!   forward (sum, centre, square, sum, divide, scale, shift); the
+//!   reference.
 
 use super::params::{Init, ParamBuilder, ParamId, ParamStore};
-use crate::autograd::{Graph, Var};
+use crate::autograd::{Graph, NormOpts, Var};
 use crate::backend::Backend;
-use crate::ops::{Bcast, Binary, Unary};
+use crate::ops::{Act, Bcast, Binary, Unary};
 use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
 
@@ -104,6 +114,52 @@ pub fn batch_norm_train(
     Ok((y, stats))
 }
 
+/// Training-mode batch norm by the fused instance norm on x viewed as one
+/// sample (module docs): y and the batch statistics.
+pub fn batch_norm_train_fused(
+    g: &mut Graph,
+    x: &Var,
+    gamma: &Var,
+    beta: &Var,
+    eps: f32,
+) -> Result<(Var, BatchStats)> {
+    let m = check_x(x)?;
+    let sh = x.shape();
+    let c = sh.c();
+    let flat = g.reshape(x, Shape::ndhwc(1, sh.n() * sh.d(), sh.h(), sh.w(), c))?;
+    let (y, stats) = g.norm_with_stats(
+        &flat,
+        NormOpts {
+            groups: c,
+            eps,
+            gamma: Some(gamma),
+            beta: Some(beta),
+            film: None,
+            residual: None,
+            act: Act::Identity,
+        },
+    )?;
+    let y = g.reshape(&y, sh)?;
+    // stats [1, C, 2] = (mean, rstd) per channel; var = 1/rstd² − eps.
+    let dev = g.dev;
+    let pairs = stats.reshape(Shape::ndhwc(1, 1, 1, c, 2));
+    let mean = dev.slice_c(&pairs, 0, 1)?.reshape(Shape::new(&[c]));
+    let rstd = dev.slice_c(&pairs, 1, 1)?.reshape(Shape::new(&[c]));
+    let r2 = dev.unary(&rstd, Unary::Square)?;
+    let ones = dev.upload(&vec![1.0; c], Shape::new(&[c]), DType::F32)?;
+    let inv = dev.binary(Binary::Div, &ones, &r2)?;
+    let eps_t = dev.upload(&[eps], Shape::scalar(), DType::F32)?;
+    let var = dev.binary(Binary::Sub, &inv, &eps_t)?;
+    Ok((
+        y,
+        BatchStats {
+            mean,
+            var,
+            count: m,
+        },
+    ))
+}
+
 /// Eval-mode batch norm with the given `[C]` f32 statistics.
 pub fn batch_norm_eval(
     g: &mut Graph,
@@ -160,7 +216,7 @@ impl BatchNorm {
     ) -> Result<(Var, BatchStats)> {
         let gamma = ps.var(g, self.gamma);
         let beta = ps.var(g, self.beta);
-        batch_norm_train(g, x, &gamma, &beta, self.eps)
+        batch_norm_train_fused(g, x, &gamma, &beta, self.eps)
     }
 
     /// Eval mode: the running statistics.

@@ -1,7 +1,9 @@
 //! `voxdiff bench --suite pretrain`: the pretraining backbone's own ops at
 //! the paper's sizes — position linear attention (the fused custom op and
 //! the composition of primitives, forward and forward + backward through the
-//! Graph) and batch norm (train forward + backward, eval forward).
+//! Graph) and batch norm (train forward + backward fused — the norm
+//! family's instance norm on the one-sample view — and composed; eval
+//! forward).
 //!
 //! Counted figures (per run, e bytes per activation, T tokens, C_k = C/8):
 //! - linear attention forward: `Dims::flops_fwd` (≈ 4·C_k·C per token), the
@@ -23,7 +25,7 @@ use super::bench::{time_it, BenchResult};
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
 use crate::nn::attention::{linear_attention, AttentionImpl, LINEAR_ATTENTION_EPS};
-use crate::nn::batch_norm::{batch_norm_eval, batch_norm_train};
+use crate::nn::batch_norm::{batch_norm_eval, batch_norm_train, batch_norm_train_fused};
 use crate::nn::linear_attention::Dims;
 use crate::ops::{Bcast, Binary};
 use crate::tensor::{DType, Shape, Tensor};
@@ -131,19 +133,25 @@ pub fn run(
         let n = vs.numel() as f64;
         let gamma = b.upload(&vec![1.0; c], Shape::new(&[c]), DType::F32)?;
         let beta = b.upload(&vec![0.0; c], Shape::new(&[c]), DType::F32)?;
-        let (med, min) = time_it(b, 1, reps, || {
-            let mut g = Graph::train(b);
-            let (xv, gv, bv) = (g.param(0, &x), g.param(1, &gamma), g.param(2, &beta));
-            let (y, _) = batch_norm_train(&mut g, &xv, &gv, &bv, 1e-5)?;
-            backward(&mut g, &y, &dy, 3)
-        })?;
-        out.push(BenchResult {
-            name: format!("batch norm train fwd+bwd C {c} {vs}"),
-            median_ms: med,
-            min_ms: min,
-            flops: 17.0 * n,
-            bytes: 5.0 * n * e as f64,
-        });
+        for (fused, name) in [(true, "fused"), (false, "composed")] {
+            let (med, min) = time_it(b, 1, reps, || {
+                let mut g = Graph::train(b);
+                let (xv, gv, bv) = (g.param(0, &x), g.param(1, &gamma), g.param(2, &beta));
+                let (y, _) = if fused {
+                    batch_norm_train_fused(&mut g, &xv, &gv, &bv, 1e-5)?
+                } else {
+                    batch_norm_train(&mut g, &xv, &gv, &bv, 1e-5)?
+                };
+                backward(&mut g, &y, &dy, 3)
+            })?;
+            out.push(BenchResult {
+                name: format!("batch norm {name} train fwd+bwd C {c} {vs}"),
+                median_ms: med,
+                min_ms: min,
+                flops: 17.0 * n,
+                bytes: 5.0 * n * e as f64,
+            });
+        }
         let (med, min) = time_it(b, 1, reps, || {
             let mut g = Graph::inference(b);
             let (xv, gv, bv) = (
