@@ -62,6 +62,13 @@ struct BenchArgs {
     /// Classes of the training step (background included).
     #[arg(long, default_value_t = 14)]
     classes: usize,
+    /// standard (convolution, norm, softmax at --dims/--channels) or
+    /// pretrain (linear attention and batch norm at --sizes).
+    #[arg(long, default_value = "standard")]
+    suite: String,
+    /// The pretrain suite's sizes, CxDxHxW comma-separated.
+    #[arg(long, default_value = voxdiff::pipeline::bench_pretrain::PAPER_SIZES)]
+    sizes: String,
 }
 
 fn main() -> Result<()> {
@@ -88,7 +95,14 @@ fn main() -> Result<()> {
                     b, dims, a.classes, a.reps,
                 )?]
             } else {
-                voxdiff::pipeline::bench::standard(b, dims, a.channels, a.reps)?
+                match a.suite.as_str() {
+                    "standard" => voxdiff::pipeline::bench::standard(b, dims, a.channels, a.reps)?,
+                    "pretrain" => {
+                        let sizes = voxdiff::pipeline::bench_pretrain::parse_sizes(&a.sizes)?;
+                        voxdiff::pipeline::bench_pretrain::run(b, &sizes, a.reps)?
+                    }
+                    other => anyhow::bail!("--suite: {other:?} is not standard or pretrain"),
+                }
             };
             voxdiff::pipeline::bench::print(&r, &b.name());
             if let Some(p) = a.json {

@@ -2,7 +2,10 @@
 //! normalisation, the sinusoidal time embedding. Each layer is a struct of
 //! parameter ids with a `forward` that calls the autograd [`Graph`](crate::autograd::Graph).
 
+pub mod attention;
+pub mod batch_norm;
 pub mod layers;
+pub mod linear_attention;
 pub mod params;
 pub mod time;
 

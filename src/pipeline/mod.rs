@@ -1,6 +1,7 @@
 //! Whole jobs: training loops for each system, inference, evaluation.
 
 pub mod bench;
+pub mod bench_pretrain;
 pub mod demo;
 pub mod evaluate;
 pub mod evaluate2d;
