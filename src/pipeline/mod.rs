@@ -1,6 +1,10 @@
 //! Whole jobs: training loops for each system, inference, evaluation.
 
 pub mod bench;
+pub mod bpr_config;
+pub mod bpr_data;
+pub mod bpr_infer;
+pub mod bpr_train;
 pub mod demo;
 pub mod evaluate;
 pub mod evaluate2d;
