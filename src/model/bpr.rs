@@ -102,7 +102,7 @@ impl BprNet {
             let mut convs = Vec::new();
             for (i, &w) in widths.iter().enumerate() {
                 // bpreg's first conv (VGG16's, replaced for one input channel) has no bias.
-                let bias = !(b == 0 && i == 0);
+                let bias = b != 0 || i != 0;
                 convs.push(Conv::new(&mut pb.pp(i), cin, w, ConvSpec::K133, bias)?);
                 cin = w;
             }
