@@ -30,12 +30,16 @@ enum Cmd {
     Bench(BenchArgs),
     /// Score predicted label maps against references (per-class CSV + JSON summary).
     Evaluate(voxdiff::pipeline::evaluate::EvaluateArgs),
+    /// Body-part regression: score a CT's slices, write a coordinate volume.
+    Bpr(voxdiff::pipeline::bpr_infer::BprArgs),
 }
 
 #[derive(Subcommand)]
 enum TrainCmd {
     /// Diffusion segmentation (ImgX-DiffSeg) or the supervised UNet baseline.
     Seg(voxdiff::pipeline::seg_train::TrainSegArgs),
+    /// Self-supervised body-part regression (SSBR / bpreg) on CT slices.
+    Bpr(voxdiff::pipeline::bpr_train::TrainBprArgs),
 }
 
 #[derive(clap::Args)]
@@ -85,6 +89,7 @@ fn main() -> Result<()> {
         }
         Cmd::Demo(a) => voxdiff::pipeline::demo::run(&a),
         Cmd::Train(TrainCmd::Seg(a)) => voxdiff::pipeline::seg_train::run(&a),
+        Cmd::Train(TrainCmd::Bpr(a)) => voxdiff::pipeline::bpr_train::run(&a),
         Cmd::Segment(a) => voxdiff::pipeline::segment::run(&a),
         Cmd::Bench(a) => {
             let b = voxdiff::backend::select(&a.device)?;
@@ -111,6 +116,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Evaluate(args) => voxdiff::pipeline::evaluate::run(&args),
+        Cmd::Bpr(a) => voxdiff::pipeline::bpr_infer::run(&a),
     }
 }
 

@@ -2,6 +2,10 @@
 
 pub mod bench;
 pub mod bench_pretrain;
+pub mod bpr_config;
+pub mod bpr_data;
+pub mod bpr_infer;
+pub mod bpr_train;
 pub mod demo;
 pub mod evaluate;
 pub mod evaluate2d;

@@ -129,7 +129,7 @@ pub struct SegConfig {
 }
 
 /// Apply one `path.to.field=value` override to a TOML document.
-fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
+pub(crate) fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
     let (path, value) = spec
         .split_once('=')
         .with_context(|| format!("--set {spec}: expected section.field=value"))?;
@@ -164,7 +164,7 @@ const PATH_KEYS: [&str; 3] = ["images", "labels", "class_map"];
 /// Make the relative data paths of `doc` absolute against `base`
 /// ([`super::run::absolute`]). Values of the wrong type are left for the
 /// deserialiser to report.
-fn resolve_paths(doc: &mut toml::Table, base: &Path) {
+pub(crate) fn resolve_paths(doc: &mut toml::Table, base: &Path) {
     let Some(toml::Value::Table(data)) = doc.get_mut("data") else {
         return;
     };
@@ -187,28 +187,28 @@ fn resolve_paths(doc: &mut toml::Table, base: &Path) {
 /// The range checks of [`SegConfig::validate`]: each failed check adds a
 /// line naming the key, the range and the value.
 #[derive(Default)]
-struct Checks(Vec<String>);
+pub(crate) struct Checks(pub(crate) Vec<String>);
 
 impl Checks {
-    fn require(&mut self, ok: bool, msg: impl FnOnce() -> String) {
+    pub(crate) fn require(&mut self, ok: bool, msg: impl FnOnce() -> String) {
         if !ok {
             self.0.push(msg());
         }
     }
     /// A finite number > 0.
-    fn positive(&mut self, key: &str, v: f64) {
+    pub(crate) fn positive(&mut self, key: &str, v: f64) {
         self.require(v.is_finite() && v > 0.0, || {
             format!("{key} must be a finite number > 0, got {v}")
         });
     }
     /// A finite number ≥ 0.
-    fn non_negative(&mut self, key: &str, v: f64) {
+    pub(crate) fn non_negative(&mut self, key: &str, v: f64) {
         self.require(v.is_finite() && v >= 0.0, || {
             format!("{key} must be a finite number ≥ 0, got {v}")
         });
     }
     /// In [0, 1] (`closed`) or [0, 1).
-    fn fraction(&mut self, key: &str, v: f64, closed: bool) {
+    pub(crate) fn fraction(&mut self, key: &str, v: f64, closed: bool) {
         let ok = v >= 0.0 && if closed { v <= 1.0 } else { v < 1.0 };
         self.require(ok, || {
             format!(
@@ -218,7 +218,7 @@ impl Checks {
         });
     }
     /// An integer ≥ `min`.
-    fn at_least(&mut self, key: &str, v: u64, min: u64) {
+    pub(crate) fn at_least(&mut self, key: &str, v: u64, min: u64) {
         self.require(v >= min, || format!("{key} must be ≥ {min}, got {v}"));
     }
     /// A patch extent the network can take: `zero_ok` and 0 (the whole
