@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod evaluate;
 pub mod evaluate2d;
+pub mod plan_step;
 pub mod plot;
 pub mod run;
 pub mod seg_config;
