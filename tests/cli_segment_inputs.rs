@@ -200,7 +200,11 @@ fn a_window_larger_than_the_machine_is_refused_by_the_memory_plan() {
     scan(&input, [12, 20, 20]);
     let output = dir.join("mask.nii.gz");
     let t0 = std::time::Instant::now();
-    let err = failure(&segment(&input, &output, &["--patch", "1000", "1000", "1000"]));
+    let err = failure(&segment(
+        &input,
+        &output,
+        &["--patch", "1000", "1000", "1000"],
+    ));
     eprintln!("refused in {:.1} s: {err}", t0.elapsed().as_secs_f64());
     assert!(err.contains("windows of 1000×1000×1000"), "{err}");
     assert!(err.contains("needs about"), "{err}");
@@ -210,5 +214,9 @@ fn a_window_larger_than_the_machine_is_refused_by_the_memory_plan() {
     assert!(!output.exists());
     // The same scan with a window that fits is segmented.
     let ok = segment(&input, &output, &["--patch", "8", "8", "8"]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }

@@ -3,6 +3,8 @@
 //! the same bytes and never needs more than the eager allocator, and the cost
 //! model of the conv passes is the one of scripts/model-conv-h100.py.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use voxdiff::backend::gpu::conv::launch_gemm;
 use voxdiff::backend::gpu::device::{Device, DeviceKind, Event, KernelArgs, LaunchConfig};
@@ -317,4 +319,85 @@ fn mem_available_is_read_from_meminfo() {
         "MemTotal:       24576000 kB\nMemFree:         1000 kB\nMemAvailable:   12345678 kB\n";
     assert_eq!(mem_available(text), Some(12345678));
     assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+}
+
+fn voxdiff(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_voxdiff"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_training_patch_larger_than_the_machine_is_refused_before_loading() {
+    let run = common::tmp("plan_train_refused");
+    let out = voxdiff(&[
+        "train",
+        "seg",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--run",
+        run.to_str().unwrap(),
+        "--set",
+        "data.phantom_cases=1",
+        "--set",
+        "data.patch=[1000,1000,1000]",
+        "--set",
+        "model.channels=[4,8]",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("a training step on [1000, 1000, 1000] patches needs about"),
+        "{err}"
+    );
+    assert!(err.contains("data.patch"), "{err}");
+    assert!(!run.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn bench_and_train_print_the_plan_without_running() {
+    let out = voxdiff(&["bench", "--plan", "--dims", "16", "32", "32"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "launches per step:",
+        "peak memory, eager:",
+        "peak memory, arena:",
+        "modelled on H100 SXM",
+        "vd_conv3d_fprop_128x32_bf16",
+    ] {
+        assert!(text.contains(want), "no `{want}` in\n{text}");
+    }
+    let run = common::tmp("plan_train_only");
+    let out = voxdiff(&[
+        "train",
+        "seg",
+        "--plan",
+        "--device",
+        "cpu",
+        "--run",
+        run.to_str().unwrap(),
+        "--set",
+        "data.phantom_cases=1",
+        "--set",
+        "model.channels=[4,8]",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("f32 activations"), "{text}");
+    assert!(text.contains("launches per step:"), "{text}");
+    assert!(
+        !run.join("config.toml").exists(),
+        "--plan created the run folder"
+    );
 }

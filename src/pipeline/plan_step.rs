@@ -359,17 +359,28 @@ pub fn train_step_peak(b: &dyn Backend, shape: &TrainStepShape) -> Result<(u64, 
     })
 }
 
-/// Refuses a training run whose step does not fit the machine.
-pub fn check_train_memory(b: &dyn Backend, shape: &TrainStepShape) -> Result<()> {
+/// Refuses a training run whose step does not fit the machine: the step's
+/// planned peak plus, on the host, the batches the loader holds (image and
+/// labels, f32: two prefetched, one per worker being cut, one in use).
+pub fn check_train_memory(b: &dyn Backend, shape: &TrainStepShape, workers: usize) -> Result<()> {
     let (peak, extrapolated) = train_step_peak(b, shape)?;
-    // The batch as host data (image and labels, f32).
-    let host = 2 * 4 * shape.patch.iter().product::<usize>() as u64;
+    let host = (3 + workers as u64) * 2 * 4 * shape.patch.iter().product::<usize>() as u64;
     let on_gpu = b
         .as_any()
         .downcast_ref::<GpuBackend>()
         .is_some_and(|g| g.device().kind() == crate::backend::gpu::device::DeviceKind::Cuda);
-    let needed = if on_gpu { peak } else { peak + host };
     let (avail, source) = available_memory(b)?;
+    if on_gpu {
+        let host_avail = available_memory(&crate::backend::cpu::CpuBackend::new())?.0;
+        check_fits(
+            "the training batches on the host",
+            host,
+            host_avail,
+            "MemAvailable in /proc/meminfo",
+            "use a smaller data.patch",
+        )?;
+    }
+    let needed = if on_gpu { peak } else { peak + host };
     check_fits(
         &format!(
             "a training step on {:?} patches{}",

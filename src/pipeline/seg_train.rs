@@ -17,7 +17,7 @@
 use super::plan_step;
 use super::run as run_dir;
 use super::seg_config::SegConfig;
-use super::seg_data::{class_map, class_names, training_cases, LoaderSource};
+use super::seg_data::{class_map, class_names, patch_size, training_cases, LoaderSource};
 use super::seg_model::{ModelKind, SegModel};
 use super::train_loop::{self, TrainSummary};
 use crate::backend::{self, Backend};
@@ -107,8 +107,10 @@ pub fn train_run(
         run_dir::write_classes(run, &names)?;
     }
     let cases = training_cases(&cfg.data, &map)?;
+    // Planned before the loader starts cutting patches.
+    let shape = step_shape(cfg, names.len(), patch_size(&cfg.data, &cases));
+    plan_step::check_train_memory(b, &shape, cfg.data.workers.max(1))?;
     let mut source = LoaderSource::new(&cfg.data, cases, cfg.train.seed)?;
-    plan_step::check_train_memory(b, &step_shape(cfg, names.len(), source.patch()))?;
     let model = SegModel::new(b, &cfg.model, &cfg.diffusion, names.len())?;
     if progress {
         eprintln!(
@@ -146,8 +148,7 @@ fn plan_only(b: &dyn Backend, cfg: &SegConfig, gpu: &str) -> Result<()> {
     let map = class_map(&cfg.data)?;
     let names = class_names(&map);
     let cases = training_cases(&cfg.data, &map)?;
-    let source = LoaderSource::new(&cfg.data, cases, cfg.train.seed)?;
-    let shape = step_shape(cfg, names.len(), source.patch());
+    let shape = step_shape(cfg, names.len(), patch_size(&cfg.data, &cases));
     let act = plan_step::plan_dtype(b);
     let (dev, pb) = plan_step::plan_backend(act);
     let plan = plan_step::record_train_step(&dev, &pb, &shape)?;
