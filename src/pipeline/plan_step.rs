@@ -116,6 +116,7 @@ pub fn run_train_step(
 /// Records the inference of one sliding window as `segment` runs it: the
 /// model built (resident), then after [`STEP`] the prediction of a zero
 /// patch (every sampling step, every sample, the kept step votes).
+#[allow(clippy::too_many_arguments)]
 pub fn record_segment_window(
     dev: &PlanDevice,
     b: &dyn Backend,

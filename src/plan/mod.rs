@@ -98,7 +98,7 @@ impl StepPlan {
     /// The step's launches.
     pub fn launches(&self) -> impl Iterator<Item = &LaunchRecord> {
         self.step_events().iter().filter_map(|e| match e {
-            PlanEvent::Launch(l) => Some(l),
+            PlanEvent::Launch(l) => Some(&**l),
             _ => None,
         })
     }

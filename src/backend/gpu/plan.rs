@@ -89,7 +89,7 @@ pub enum PlanEvent {
     Free {
         buffer: usize,
     },
-    Launch(LaunchRecord),
+    Launch(Box<LaunchRecord>),
     Copy {
         kind: CopyKind,
         bytes: u64,
@@ -335,13 +335,13 @@ impl Device for PlanDevice {
         for &id in &ids {
             r.touched.insert(id, true);
         }
-        r.push(PlanEvent::Launch(LaunchRecord {
+        r.push(PlanEvent::Launch(Box::new(LaunchRecord {
             kernel,
             cfg,
             buffers: ids,
             addrs,
             args: args.clone(),
-        }));
+        })));
         Ok(())
     }
     fn synchronize(&self) -> Result<()> {
