@@ -73,6 +73,13 @@ struct BenchArgs {
     /// The pretrain suite's sizes, CxDxHxW comma-separated.
     #[arg(long, default_value = voxdiff::pipeline::bench_pretrain::PAPER_SIZES)]
     sizes: String,
+    /// Instead of timing ops: print the static plan of the paper's training
+    /// step on --dims (launches, memory, modelled time on --gpu); runs nothing.
+    #[arg(long)]
+    plan: bool,
+    /// The GPU the plan's time is modelled on.
+    #[arg(long, default_value = "h100")]
+    gpu: String,
 }
 
 fn main() -> Result<()> {
@@ -91,6 +98,15 @@ fn main() -> Result<()> {
         Cmd::Train(TrainCmd::Seg(a)) => voxdiff::pipeline::seg_train::run(&a),
         Cmd::Train(TrainCmd::Bpr(a)) => voxdiff::pipeline::bpr_train::run(&a),
         Cmd::Segment(a) => voxdiff::pipeline::segment::run(&a),
+        Cmd::Bench(a) if a.plan => {
+            let dims = [a.dims[0], a.dims[1], a.dims[2]];
+            let plan = voxdiff::pipeline::plan_step::bench_plan(dims, &a.gpu)?;
+            if let Some(p) = a.json {
+                let json = serde_json::to_string_pretty(&plan.summary())?;
+                voxdiff::fsutil::write_atomic(&p, json.as_bytes())?;
+            }
+            Ok(())
+        }
         Cmd::Bench(a) => {
             let b = voxdiff::backend::select(&a.device)?;
             let b = b.as_ref();

@@ -9,6 +9,7 @@ pub mod bpr_train;
 pub mod demo;
 pub mod evaluate;
 pub mod evaluate2d;
+pub mod plan_step;
 pub mod plot;
 pub mod run;
 pub mod seg_config;
