@@ -24,5 +24,6 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod pipeline;
+pub mod plan;
 pub mod tensor;
 pub mod train;

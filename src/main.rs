@@ -31,6 +31,8 @@ enum Cmd {
     Bench(BenchArgs),
     /// Score predicted label maps against references (per-class CSV + JSON summary).
     Evaluate(voxdiff::pipeline::evaluate::EvaluateArgs),
+    /// Body-part regression: score a CT's slices, write a coordinate volume.
+    Bpr(voxdiff::pipeline::bpr_infer::BprArgs),
 }
 
 #[derive(clap::Args)]
@@ -53,6 +55,8 @@ enum TrainCmd {
     Seg(voxdiff::pipeline::seg_train::TrainSegArgs),
     /// SegDiff 2D: image-conditioned ε-diffusion on image/mask folders.
     Segdiff(voxdiff::pipeline::segdiff_train::TrainSegDiffArgs),
+    /// Self-supervised body-part regression (SSBR / bpreg) on CT slices.
+    Bpr(voxdiff::pipeline::bpr_train::TrainBprArgs),
 }
 
 #[derive(clap::Args)]
@@ -72,6 +76,27 @@ struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Time one ImgX-DiffSeg training step (forward, backward, AdamW) on a
+    /// patch of `--dims` instead of the op cases.
+    #[arg(long)]
+    step: bool,
+    /// Classes of the training step (background included).
+    #[arg(long, default_value_t = 14)]
+    classes: usize,
+    /// standard (convolution, norm, softmax at --dims/--channels) or
+    /// pretrain (linear attention and batch norm at --sizes).
+    #[arg(long, default_value = "standard")]
+    suite: String,
+    /// The pretrain suite's sizes, CxDxHxW comma-separated.
+    #[arg(long, default_value = voxdiff::pipeline::bench_pretrain::PAPER_SIZES)]
+    sizes: String,
+    /// Instead of timing ops: print the static plan of the paper's training
+    /// step on --dims (launches, memory, modelled time on --gpu); runs nothing.
+    #[arg(long)]
+    plan: bool,
+    /// The GPU the plan's time is modelled on.
+    #[arg(long, default_value = "h100")]
+    gpu: String,
 }
 
 fn main() -> Result<()> {
@@ -93,12 +118,35 @@ fn main() -> Result<()> {
         Cmd::Demo(DemoCmd { args, .. }) => voxdiff::pipeline::demo::run(&args),
         Cmd::Train(TrainCmd::Seg(a)) => voxdiff::pipeline::seg_train::run(&a),
         Cmd::Train(TrainCmd::Segdiff(a)) => voxdiff::pipeline::segdiff_train::run(&a),
+        Cmd::Train(TrainCmd::Bpr(a)) => voxdiff::pipeline::bpr_train::run(&a),
         Cmd::Segment(a) => voxdiff::pipeline::segment::run(&a),
+        Cmd::Bench(a) if a.plan => {
+            let dims = [a.dims[0], a.dims[1], a.dims[2]];
+            let plan = voxdiff::pipeline::plan_step::bench_plan(dims, &a.gpu)?;
+            if let Some(p) = a.json {
+                let json = serde_json::to_string_pretty(&plan.summary())?;
+                voxdiff::fsutil::write_atomic(&p, json.as_bytes())?;
+            }
+            Ok(())
+        }
         Cmd::Bench(a) => {
             let b = voxdiff::backend::select(&a.device)?;
             let b = b.as_ref();
             let dims = [a.dims[0], a.dims[1], a.dims[2]];
-            let r = voxdiff::pipeline::bench::standard(b, dims, a.channels, a.reps)?;
+            let r = if a.step {
+                vec![voxdiff::pipeline::bench::imgx_step(
+                    b, dims, a.classes, a.reps,
+                )?]
+            } else {
+                match a.suite.as_str() {
+                    "standard" => voxdiff::pipeline::bench::standard(b, dims, a.channels, a.reps)?,
+                    "pretrain" => {
+                        let sizes = voxdiff::pipeline::bench_pretrain::parse_sizes(&a.sizes)?;
+                        voxdiff::pipeline::bench_pretrain::run(b, &sizes, a.reps)?
+                    }
+                    other => anyhow::bail!("--suite: {other:?} is not standard or pretrain"),
+                }
+            };
             voxdiff::pipeline::bench::print(&r, &b.name());
             if let Some(p) = a.json {
                 voxdiff::fsutil::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())?;
@@ -106,6 +154,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Evaluate(args) => voxdiff::pipeline::evaluate::run(&args),
+        Cmd::Bpr(a) => voxdiff::pipeline::bpr_infer::run(&a),
     }
 }
 

@@ -189,3 +189,34 @@ fn scans_thinner_than_the_network_can_see_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_window_larger_than_the_machine_is_refused_by_the_memory_plan() {
+    // 1000³ voxels per window: planned before anything is allocated, refused
+    // with the number and a smaller window that fits, instead of running
+    // until the kernel's OOM killer ends the process.
+    let dir = tmp("huge_window");
+    let input = dir.join("scan.nii.gz");
+    scan(&input, [12, 20, 20]);
+    let output = dir.join("mask.nii.gz");
+    let t0 = std::time::Instant::now();
+    let err = failure(&segment(
+        &input,
+        &output,
+        &["--patch", "1000", "1000", "1000"],
+    ));
+    eprintln!("refused in {:.1} s: {err}", t0.elapsed().as_secs_f64());
+    assert!(err.contains("windows of 1000×1000×1000"), "{err}");
+    assert!(err.contains("needs about"), "{err}");
+    assert!(err.contains("GB"), "{err}");
+    assert!(err.contains("MemAvailable"), "{err}");
+    assert!(err.contains("--patch"), "{err}");
+    assert!(!output.exists());
+    // The same scan with a window that fits is segmented.
+    let ok = segment(&input, &output, &["--patch", "8", "8", "8"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}

@@ -226,6 +226,64 @@ fn intensity_augmentation_is_seeded() {
 }
 
 #[test]
+fn simulated_field_of_view_borders_blank_one_side_of_the_patch() {
+    let size = [8, 10, 12];
+    let n: usize = size.iter().product();
+    let aug = Augment {
+        fov_prob: 1.0,
+        fov_keep: 0.5,
+        ..Augment::none()
+    };
+    let mut cut_low = [false; 3];
+    let mut cut_high = [false; 3];
+    for seed in 0..40 {
+        let mut img: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
+        let mut lab = vec![3.0f32; n];
+        aug.fov_cut(&mut img, Some(&mut lab), size, -7.0, &mut Rng::new(seed));
+        // The kept part is one box; outside it, fill and background.
+        let kept: Vec<usize> = (0..n).filter(|&i| img[i] != -7.0).collect();
+        let [_, h, w] = size;
+        let at = |i: usize| [i / (h * w), (i / w) % h, i % w];
+        let (mut lo, mut hi) = ([usize::MAX; 3], [0; 3]);
+        for &i in &kept {
+            for a in 0..3 {
+                lo[a] = lo[a].min(at(i)[a]);
+                hi[a] = hi[a].max(at(i)[a] + 1);
+            }
+        }
+        for i in 0..n {
+            let inside = (0..3).all(|a| at(i)[a] >= lo[a] && at(i)[a] < hi[a]);
+            assert_eq!(inside, img[i] != -7.0, "seed {seed}: not one box");
+            assert_eq!(lab[i], if inside { 3.0 } else { 0.0 });
+            if inside {
+                assert_eq!(img[i], 1.0 + i as f32, "kept voxels are untouched");
+            }
+        }
+        for a in 0..3 {
+            assert!(
+                hi[a] - lo[a] >= size[a] / 2,
+                "seed {seed}: kept less than half"
+            );
+            // Each axis is cut on one side only.
+            assert!(lo[a] == 0 || hi[a] == size[a]);
+            cut_low[a] |= lo[a] > 0;
+            cut_high[a] |= hi[a] < size[a];
+        }
+    }
+    assert_eq!(
+        (cut_low, cut_high),
+        ([true; 3], [true; 3]),
+        "both sides, every axis"
+    );
+    // Off: nothing is drawn, nothing changes.
+    let mut r = Rng::new(1);
+    let mut img = vec![1.0f32; n];
+    Augment::none().fov_cut(&mut img, None, size, 0.0, &mut r);
+    assert!(img.iter().all(|&v| v == 1.0));
+    assert_eq!(r.next_u64(), Rng::new(1).next_u64());
+}
+
+#[test]
 fn samples_and_volumes_upload_as_ndhwc_tensors() {
     let b = CpuBackend::new();
     let cs = cases(1);

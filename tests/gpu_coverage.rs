@@ -15,6 +15,7 @@ use voxdiff::backend::gpu::registry::{Family, Kernel};
 use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
 use voxdiff::diffusion::logits::{ScaledToLogits, ScaledToLogitsGrad};
+use voxdiff::nn::linear_attention::{LinearAttention, LinearAttentionGrad};
 use voxdiff::ops::custom;
 use voxdiff::ops::{Act, AdamW, Bcast, Binary, ConvSpec, NormArgs, ParamSlot, Unary};
 use voxdiff::tensor::{DType, Shape, Tensor};
@@ -790,6 +791,46 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
             custom::run(b, &ScaledToLogitsGrad { eps: 1e-5 }, &[&l, &x0])
                 .unwrap()
                 .remove(0)
+        },
+    );
+    // The fused linear attention (custom op): S = 2·5 + 2 + 5 = 17 stats
+    // per sample, so the f32 partials are summed one column at a time.
+    let (qa, va) = (rand(b, sh(2), act, 50), rand(b, sh(5), act, 51));
+    let la = d.expect(
+        "linear_attention (custom op)",
+        &[
+            "vd_attention_linear_stats_f32",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_attention_linear_out_f32",
+        ],
+        &[
+            "vd_attention_linear_stats_bf16",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_attention_linear_out_bf16",
+        ],
+        || custom::run(b, &LinearAttention { eps: 1e-6 }, &[&qa, &qa, &va]).unwrap(),
+    );
+    d.expect(
+        "linear_attention_bwd (custom op)",
+        &[
+            "vd_attention_linear_bwd_q_f32",
+            "vd_attention_linear_stats_bwd_f32",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_attention_linear_bwd_kv_f32",
+        ],
+        &[
+            "vd_attention_linear_bwd_q_bf16",
+            "vd_attention_linear_stats_bwd_bf16",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_attention_linear_bwd_kv_bf16",
+        ],
+        || {
+            let ins = [&la[0], &qa, &qa, &va, &la[1]];
+            custom::run(b, &LinearAttentionGrad { eps: 1e-6 }, &ins).unwrap()
         },
     );
     d.expect(

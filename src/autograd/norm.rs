@@ -22,6 +22,12 @@ pub struct NormOpts<'a> {
 impl Graph<'_> {
     /// Fused group norm + affine + FiLM + residual + activation.
     pub fn norm(&mut self, x: &Var, o: NormOpts) -> Result<Var> {
+        Ok(self.norm_with_stats(x, o)?.0)
+    }
+
+    /// [`Graph::norm`], also returning its statistics (f32 `[N, G, 2]`:
+    /// mean and rstd per sample and group).
+    pub fn norm_with_stats(&mut self, x: &Var, o: NormOpts) -> Result<(Var, Tensor)> {
         let args = NormArgs {
             groups: o.groups,
             eps: o.eps,
@@ -42,7 +48,8 @@ impl Graph<'_> {
             o.residual.and_then(|v| v.id),
         ];
         let stats = r.stats;
-        Ok(self.record(r.y, &ids, || Norm {
+        let out_stats = stats.clone();
+        let y = self.record(r.y, &ids, || Norm {
             x: x.id,
             gamma: saved(o.gamma),
             beta: saved(o.beta),
@@ -55,7 +62,8 @@ impl Graph<'_> {
             groups: o.groups,
             eps: o.eps,
             act: o.act,
-        }))
+        });
+        Ok((y, out_stats))
     }
 }
 

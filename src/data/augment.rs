@@ -1,7 +1,8 @@
 //! Augmentation: a random affine (rotation, scale, flips, translation)
 //! applied while the patch is cut — one resampling pass, trilinear for the
 //! image and nearest for the labels — then intensity scale/shift, gamma and
-//! Gaussian noise on the image. Every draw comes from the `Rng` passed in.
+//! Gaussian noise on the image, then a simulated smaller field of view
+//! ([`Augment::fov_cut`]). Every draw comes from the `Rng` passed in.
 //!
 //! Geometry of the spatial transform, in millimetres about the patch centre
 //! (vectors in D, H, W order, `S = diag(spacing)`):
@@ -41,6 +42,11 @@ pub struct Augment {
     pub noise_prob: f64,
     /// Its standard deviation.
     pub noise_std: f64,
+    /// Probability that a patch is cut to a smaller simulated field of view
+    /// ([`Augment::fov_cut`]).
+    pub fov_prob: f64,
+    /// Smallest fraction of the patch's extent, per axis, such a cut keeps.
+    pub fov_keep: f64,
 }
 
 impl Augment {
@@ -59,6 +65,8 @@ impl Augment {
             gamma: [1.0, 1.0],
             noise_prob: 0.0,
             noise_std: 0.0,
+            fov_prob: 0.0,
+            fov_keep: 1.0,
         }
     }
 
@@ -78,6 +86,8 @@ impl Augment {
             gamma: [0.7, 1.5],
             noise_prob: 0.2,
             noise_std: 0.02,
+            fov_prob: 0.0,
+            fov_keep: 1.0,
         }
     }
 
@@ -185,6 +195,58 @@ impl Augment {
             let sd = self.noise_std as f32;
             for (v, n) in x.iter_mut().zip(&noise) {
                 *v += sd * n;
+            }
+        }
+    }
+
+    /// Simulate a scan with a smaller field of view: with probability
+    /// `fov_prob` the patch keeps only a box of it — along each axis a random
+    /// extent of at least `fov_keep` of the patch, flush with the low or the
+    /// high side (even odds) — and everything outside the box becomes
+    /// "outside the scan": image `fill`, label 0 (background). This is what a
+    /// crop of a scan looks like once padded to the patch, so a network
+    /// trained with it neither takes padding for anatomy nor expects organs
+    /// where the scan has ended. Draws nothing when `fov_prob` is 0.
+    pub fn fov_cut(
+        &self,
+        image: &mut [f32],
+        label: Option<&mut [f32]>,
+        size: [usize; 3],
+        fill: f32,
+        rng: &mut Rng,
+    ) {
+        if self.fov_prob <= 0.0 || !rng.bernoulli(self.fov_prob) {
+            return;
+        }
+        let (mut lo, mut hi) = ([0usize; 3], size);
+        for a in 0..3 {
+            let n = size[a];
+            let keep = ((self.fov_keep * n as f64).ceil() as usize).clamp(1, n);
+            let cut = rng.below(n - keep + 1);
+            if rng.bernoulli(0.5) {
+                lo[a] = cut;
+            } else {
+                hi[a] = n - cut;
+            }
+        }
+        if lo == [0; 3] && hi == size {
+            return;
+        }
+        let [_, h, w] = size;
+        let outside = |i: usize| {
+            let p = [i / (h * w), (i / w) % h, i % w];
+            (0..3).any(|a| p[a] < lo[a] || p[a] >= hi[a])
+        };
+        for (i, v) in image.iter_mut().enumerate() {
+            if outside(i) {
+                *v = fill;
+            }
+        }
+        if let Some(l) = label {
+            for (i, v) in l.iter_mut().enumerate() {
+                if outside(i) {
+                    *v = 0.0;
+                }
             }
         }
     }

@@ -103,7 +103,7 @@ pub fn make_sample(cases: &[PreparedCase], cfg: &LoaderConfig, index: u64) -> Sa
     let map = cfg
         .augment
         .spatial_map(c.image.spacing, origin, cfg.sampler.size, &mut rng);
-    let (mut image, label) = cut_patch(
+    let (mut image, mut label) = cut_patch(
         &c.image.data,
         c.label.as_ref().map(|l| l.data.as_slice()),
         c.image.dims,
@@ -112,6 +112,13 @@ pub fn make_sample(cases: &[PreparedCase], cfg: &LoaderConfig, index: u64) -> Sa
         c.fill,
     );
     cfg.augment.intensity(&mut image, &mut rng);
+    cfg.augment.fov_cut(
+        &mut image,
+        label.as_deref_mut(),
+        cfg.sampler.size,
+        c.fill,
+        &mut rng,
+    );
     Sample {
         index,
         case,

@@ -12,6 +12,7 @@
 pub mod boundary;
 pub mod edt;
 pub mod mask2d;
+pub mod rank;
 pub mod summary;
 pub mod surface;
 pub mod surfel;

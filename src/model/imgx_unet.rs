@@ -67,7 +67,7 @@ impl UnetConfig {
             dims2d: false,
         }
     }
-    fn k3(&self) -> ConvSpec {
+    pub fn k3(&self) -> ConvSpec {
         if self.dims2d {
             ConvSpec::K133
         } else {
@@ -240,6 +240,35 @@ impl ImgxUnet {
             up,
             head,
         })
+    }
+
+    /// Multiply-adds of the convolutions of one forward on a `[1, spatial]`
+    /// input: the layers of [`ImgxUnet::forward`], shape by shape (the norms,
+    /// activations and the time MLP are not counted).
+    pub fn conv_macs(&self, spatial: [usize; 3]) -> u64 {
+        let at = |sp: [usize; 3], c: usize| Shape::ndhwc(1, sp[0], sp[1], sp[2], c);
+        let c0 = self.cfg.channels[0];
+        let block = |sp: [usize; 3], c: usize| 2 * self.cfg.k3().macs(at(sp, c), c);
+        let mut macs =
+            self.cfg.k3().macs(at(spatial, self.cfg.in_channels), c0) + block(spatial, c0);
+        let mut sp = spatial;
+        let mut skips = vec![sp];
+        let mut prev = c0;
+        for (conv, _, _) in &self.down {
+            macs += conv.spec.macs(at(sp, prev), conv.cout);
+            sp = conv.spec.out_spatial(sp);
+            macs += block(sp, conv.cout);
+            prev = conv.cout;
+            skips.push(sp);
+        }
+        skips.pop();
+        for (deconv, _) in &self.up {
+            macs += deconv.spec.macs(at(sp, prev), deconv.cout);
+            sp = skips.pop().expect("one skip per decoder level");
+            macs += block(sp, deconv.cout);
+            prev = deconv.cout;
+        }
+        macs + self.head.spec.macs(at(sp, prev), self.head.cout)
     }
 
     /// Logits `[N, D, H, W, K]` for input `x` `[N, D, H, W, in_channels]` and

@@ -1,5 +1,6 @@
 //! The exact networks, each a struct of layers with a `forward`.
 
+pub mod bpr;
 pub mod imgx_unet;
 pub mod segdiff;
 

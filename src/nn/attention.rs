@@ -1,128 +1,257 @@
-//! Multi-head self-attention over the voxels of an NDHWC tensor, composed
-//! from the generic primitives (no attention kernel): the q, k, v
-//! projections as one 1×1×1 convolution sliced along channels, reshape and
-//! permute into heads, the scores as a bmm with b transposed, the 1/√d
-//! scaling as a lincomb, the row softmax, the weighted values as a bmm,
-//! permute back, the output projection as a 1×1×1 convolution. Its backward
-//! is the composition's. `tests/attention_composed.rs` checks [`attend`]
-//! against an f64 quadratic reference on every backend and its gradients
-//! against finite differences.
+//! Attention blocks of the pretraining backbone, over the voxels of an NDHWC
+//! tensor: position linear attention and two kinds of channel attention
+//! (Rui Li et al., "Linear Attention Mechanism: An Efficient Attention for
+//! Semantic Segmentation", and DANet's channel attention module). Every block
+//! is a gated residual `y = x + γ·out` with a learned scalar γ that starts at
+//! 0, so a fresh block is the identity.
 //!
-//! Channel layout of the qkv projection: `[q | k | v]`, each `heads × d`
-//! channels with head `h` at `h·d .. (h+1)·d`.
+//! # Position linear attention
+//! Per sample, over its N voxels: `q = W_q x`, `k = W_k x`, `v = W_v x`
+//! (1×1×1 convolutions; q and k have C/8 channels, v has C), q̂ and k̂
+//! L2-normalised over channels at each voxel (no floor: a zero q or k row is
+//! a division by zero, as in the reference), then
+//!
+//! ```text
+//! out_n = [Σ_j v_j + q̂_nᵀ Σ_j k̂_j v_jᵀ] / [N + q̂_nᵀ (Σ_j k̂_j + ε)]
+//! ```
+//!
+//! — the first-order Taylor form of softmax attention,
+//! `Σ_j (1 + q̂_n·k̂_j) v_j / Σ_j (1 + q̂_n·k̂_j)`, with ε added to every
+//! component of `Σ k̂` (ε·Σ_i q̂_ni in the denominator). The sums are per
+//! sample, so the cost is O(N·C_k·C) instead of O(N²·C). Every weight
+//! 1 + q̂_n·k̂_j lies in [0, 2], so the denominator lies in [0, 2N] (plus the
+//! ε term) and is 0 only when every k̂_j = −q̂_n.
+//!
+//! [`linear_attention_composed`] builds `out` from the primitives (bmm,
+//! reduce_sum, binary, unary), its backward free; the fused custom op
+//! [`super::linear_attention::LinearAttention`] computes it in two passes
+//! (per-sample sums, then the output) and its backward in three; the two
+//! are checked against each other on every backend
+//! (tests/linear_attention.rs). [`AttentionImpl`] chooses.
+//!
+//! # Channel attention
+//! - [`ChannelKind::Linear`] (the reference's `ChannelLinearAttention`):
+//!   q = k = v = x, x̂ = x L2-normalised over channels at each voxel, and with
+//!   X, X̂ the `[N, C]` matrices of a sample, `s_n = Σ_c x̂_nc`:
+//!   `out_nc = [Σ_c' x_nc' + Σ_m (Xᵀ X̂)_cm x̂_nm] / [N + Σ_n' x̂_n'c (s_n' + ε)]`
+//!   (the reference's formula, transcribed as it is).
+//! - [`ChannelKind::Cam`] (DANet's CAM): `E = XᵀX` (`[C, C]`),
+//!   `A = softmax_rows(max_row(E) − E)`, `out = X Aᵀ`. The row max is a
+//!   per-row constant, which the softmax cancels: `A = softmax_rows(−E)`,
+//!   and the softmax subtracts its own row max for range.
 
-use super::layers::{Conv, Norm, NormEpilogue};
-use super::params::{ParamBuilder, ParamStore};
+use super::linear_attention::LinearAttention;
+use super::params::{Init, ParamBuilder, ParamId, ParamStore};
+use super::Conv;
 use crate::autograd::{Graph, Var};
-use crate::ops::ConvSpec;
-use crate::tensor::Shape;
+use crate::ops::{Bcast, Binary, ConvSpec, Unary};
+use crate::tensor::{DType, Shape};
 use anyhow::{ensure, Result};
+use std::sync::Arc;
 
-/// `[N, D, H, W, heads·d]` → `[N·heads, T, d]` (T = D·H·W).
-fn split_heads(g: &mut Graph, t: &Var, heads: usize) -> Result<Var> {
-    let s = t.shape();
-    let (n, tokens, d) = (s.n(), s.voxels(), s.c() / heads);
-    let t = g.reshape(t, Shape::new(&[n, tokens, heads, d]))?;
-    let t = g.permute(&t, &[0, 2, 1, 3])?;
-    g.reshape(&t, Shape::new(&[n * heads, tokens, d]))
+/// ε of the denominators (the reference's default).
+pub const LINEAR_ATTENTION_EPS: f32 = 1e-6;
+
+/// Which implementation computes the position linear attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionImpl {
+    /// The custom op ([`LinearAttention`]): two passes forward, three back.
+    Fused,
+    /// The composition of primitives ([`linear_attention_composed`]).
+    Composed,
 }
 
-/// `y = proj_o(concat_h softmax(q_h k_hᵀ / √d) v_h)` with
-/// `[q, k, v] = proj_qkv(x)`: `w_qkv` is a 1×1×1 convolution weight
-/// `C → 3·heads·d`, `w_o` one of `heads·d → C'`; biases optional. The output
-/// has x's spatial extents and `C'` channels.
-pub fn attend(
-    g: &mut Graph,
-    x: &Var,
-    w_qkv: &Var,
-    b_qkv: Option<&Var>,
-    w_o: &Var,
-    b_o: Option<&Var>,
-    heads: usize,
-) -> Result<Var> {
-    let qkv = g.conv3d(x, w_qkv, b_qkv, ConvSpec::K1)?;
-    let width = qkv.shape().c();
+/// Which channel attention ([module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Linear,
+    Cam,
+}
+
+/// A `[f32]` scalar constant on the graph's backend.
+fn scalar(g: &Graph, v: f32) -> Result<Var> {
+    Ok(g.constant(g.dev.upload(&[v], Shape::scalar(), DType::F32)?))
+}
+
+/// `x / ‖x‖` over the last dim (channels) of every row.
+pub fn l2_normalize_rows(g: &mut Graph, x: &Var) -> Result<Var> {
+    let sq = g.unary(x, Unary::Square)?;
+    let ss = g.reduce_sum(&sq, Bcast::Row)?;
+    let norm = g.unary(&ss, Unary::Sqrt)?;
+    g.binary(Binary::Div, x, &norm)
+}
+
+/// `(samples, voxels)` of an NDHWC tensor.
+fn tokens(x: &Var, what: &str) -> Result<(usize, usize)> {
+    let sh = x.shape();
     ensure!(
-        heads >= 1 && width % (3 * heads) == 0,
-        "attention: {width} qkv channels do not split into q, k, v of {heads} heads"
+        sh.rank() == 5,
+        "{what}: expected an NDHWC tensor, got shape {sh}"
     );
-    let hd = width / 3;
-    let d = hd / heads;
-    let q = g.slice_c(&qkv, 0, hd)?;
-    let k = g.slice_c(&qkv, hd, hd)?;
-    let v = g.slice_c(&qkv, 2 * hd, hd)?;
-    let (q, k, v) = (
-        split_heads(g, &q, heads)?,
-        split_heads(g, &k, heads)?,
-        split_heads(g, &v, heads)?,
-    );
-    let s = x.shape();
-    let (n, tokens) = (s.n(), s.voxels());
-    let scores = g.bmm(&q, &k, false, true)?;
-    let scores = g.lincomb(&[(1.0 / (d as f32).sqrt(), &scores)])?;
-    // Softmax over each row of T scores (the channel softmax of a [rows, T] view).
-    let rows = g.reshape(&scores, Shape::ndhwc(n * heads, 1, 1, tokens, tokens))?;
-    let p = g.softmax(&rows)?;
-    let p = g.reshape(&p, Shape::new(&[n * heads, tokens, tokens]))?;
-    let o = g.bmm(&p, &v, false, false)?;
-    let o = g.reshape(&o, Shape::new(&[n, heads, tokens, d]))?;
-    let o = g.permute(&o, &[0, 2, 1, 3])?;
-    let [sd, sh, sw] = s.spatial();
-    let o = g.reshape(&o, Shape::ndhwc(n, sd, sh, sw, hd))?;
-    g.conv3d(&o, w_o, b_o, ConvSpec::K1)
+    Ok((sh.n(), sh.voxels()))
 }
 
-/// The attention block of the guided-diffusion UNet:
-/// `x + proj_o(attention(qkv(GroupNorm(x))))`, `heads` heads of `C / heads`
-/// channels, the output projection zero-initialised (the block starts as the
-/// identity).
-pub struct SelfAttention {
-    pub norm: Norm,
-    pub qkv: Conv,
-    pub proj: Conv,
-    pub heads: usize,
+/// The position linear attention `out` (module docs) from q, k `[B, D, H,
+/// W, C_k]` and v `[B, D, H, W, C]`, composed from primitives; out has v's
+/// shape and dtype.
+pub fn linear_attention_composed(
+    g: &mut Graph,
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    eps: f32,
+) -> Result<Var> {
+    let (b, n) = tokens(v, "linear attention: v")?;
+    let (ck, c) = (q.shape().c(), v.shape().c());
+    ensure!(
+        q.shape() == k.shape() && q.shape().with_c(c) == v.shape(),
+        "linear attention: q {}, k {}, v {} must share [B, D, H, W] (q and k one shape)",
+        q.shape(),
+        k.shape(),
+        v.shape()
+    );
+    let qh = l2_normalize_rows(g, q)?;
+    let kh = l2_normalize_rows(g, k)?;
+    let ksum = g.reduce_sum(&kh, Bcast::SampleChannel)?; // [B, C_k]
+    let vsum = g.reduce_sum(v, Bcast::SampleChannel)?; // [B, C]
+    let qh = g.reshape(&qh, Shape::new(&[b, n, ck]))?;
+    let kh = g.reshape(&kh, Shape::new(&[b, n, ck]))?;
+    let vr = g.reshape(v, Shape::new(&[b, n, c]))?;
+    let kv = g.bmm(&kh, &vr, true, false)?; // [B, C_k, C] = Σ k̂ vᵀ
+    let num = g.bmm(&qh, &kv, false, false)?; // [B, N, C]
+    let num = g.binary(Binary::Add, &num, &vsum)?;
+    let eps = scalar(g, eps)?;
+    let kse = g.binary(Binary::Add, &ksum, &eps)?;
+    let qk = g.binary(Binary::Mul, &qh, &kse)?; // [B, N, C_k]
+    let den = g.reduce_sum(&qk, Bcast::Row)?; // [B, N, 1]
+    let big_n = scalar(g, n as f32)?;
+    let den = g.binary(Binary::Add, &den, &big_n)?;
+    let out = g.binary(Binary::Div, &num, &den)?;
+    g.reshape(&out, v.shape())
 }
 
-impl SelfAttention {
+/// The position linear attention `out` by `how`.
+pub fn linear_attention(
+    g: &mut Graph,
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    eps: f32,
+    how: AttentionImpl,
+) -> Result<Var> {
+    match how {
+        AttentionImpl::Composed => linear_attention_composed(g, q, k, v, eps),
+        AttentionImpl::Fused => g.custom(Arc::new(LinearAttention { eps }), &[q, k, v]),
+    }
+}
+
+/// `x + γ·out` with γ a `[1]` f32 scalar.
+pub fn gated_residual(g: &mut Graph, x: &Var, gamma: &Var, out: &Var) -> Result<Var> {
+    let scaled = g.binary(Binary::Mul, out, gamma)?;
+    g.add(x, &scaled)
+}
+
+/// The reference's channel linear attention `out` (module docs) of x `[B,
+/// D, H, W, C]`, composed from primitives.
+pub fn channel_linear_attention(g: &mut Graph, x: &Var, eps: f32) -> Result<Var> {
+    let (b, n) = tokens(x, "channel linear attention: x")?;
+    let c = x.shape().c();
+    let xh = l2_normalize_rows(g, x)?;
+    let s = g.reduce_sum(&xh, Bcast::Row)?; // [B, D, H, W, 1]
+    let eps = scalar(g, eps)?;
+    let s = g.binary(Binary::Add, &s, &eps)?;
+    let ws = g.binary(Binary::Mul, &xh, &s)?;
+    let den = g.reduce_sum(&ws, Bcast::SampleChannel)?; // [B, C]
+    let big_n = scalar(g, n as f32)?;
+    let den = g.binary(Binary::Add, &den, &big_n)?;
+    let vsum = g.reduce_sum(x, Bcast::Row)?; // Σ_c' x_nc', [B, D, H, W, 1]
+    let xr = g.reshape(x, Shape::new(&[b, n, c]))?;
+    let xhr = g.reshape(&xh, Shape::new(&[b, n, c]))?;
+    let m = g.bmm(&xr, &xhr, true, false)?; // [B, C, C] = Xᵀ X̂
+    let t = g.bmm(&xhr, &m, false, true)?; // [B, N, C] = X̂ Mᵀ
+    let t = g.reshape(&t, x.shape())?;
+    let num = g.binary(Binary::Add, &t, &vsum)?;
+    g.binary(Binary::Div, &num, &den)
+}
+
+/// DANet's channel attention `out = X·softmax_rows(−XᵀX)ᵀ` of x `[B, D, H,
+/// W, C]` (module docs), composed from primitives.
+pub fn channel_attention_cam(g: &mut Graph, x: &Var) -> Result<Var> {
+    let (b, n) = tokens(x, "channel attention (CAM): x")?;
+    let c = x.shape().c();
+    let xr = g.reshape(x, Shape::new(&[b, n, c]))?;
+    let e = g.bmm(&xr, &xr, true, false)?; // [B, C, C]
+    let neg = g.lincomb(&[(-1.0, &e)])?;
+    let a = g.softmax(&neg)?;
+    let out = g.bmm(&xr, &a, false, true)?; // [B, N, C]
+    g.reshape(&out, x.shape())
+}
+
+/// The position linear attention block: q, k, v projections (1×1×1
+/// convolutions with bias, C/8 channels for q and k, at least 1), the
+/// attention, and the gate `y = x + γ·out`, γ starting at 0. Parameters:
+/// `q.{w,b}`, `k.{w,b}`, `v.{w,b}`, `gamma`.
+pub struct PositionLinearAttention {
+    pub q: Conv,
+    pub k: Conv,
+    pub v: Conv,
+    pub gamma: ParamId,
+    pub eps: f32,
+    pub how: AttentionImpl,
+}
+
+impl PositionLinearAttention {
     pub fn new(
         pb: &mut ParamBuilder,
         channels: usize,
-        heads: usize,
-        groups: usize,
-    ) -> Result<SelfAttention> {
-        ensure!(
-            heads >= 1 && channels % heads == 0,
-            "attention: {channels} channels do not split into {heads} heads"
-        );
-        Ok(SelfAttention {
-            norm: Norm::group(&mut pb.pp("norm"), channels, groups)?,
-            qkv: Conv::new(
-                &mut pb.pp("qkv"),
-                channels,
-                3 * channels,
-                ConvSpec::K1,
-                true,
-            )?,
-            proj: Conv::zeros(&mut pb.pp("proj"), channels, channels, ConvSpec::K1, true)?,
-            heads,
+        how: AttentionImpl,
+    ) -> Result<PositionLinearAttention> {
+        let ck = (channels / 8).max(1);
+        Ok(PositionLinearAttention {
+            q: Conv::new(&mut pb.pp("q"), channels, ck, ConvSpec::K1, true)?,
+            k: Conv::new(&mut pb.pp("k"), channels, ck, ConvSpec::K1, true)?,
+            v: Conv::new(&mut pb.pp("v"), channels, channels, ConvSpec::K1, true)?,
+            gamma: pb.add("gamma", Shape::scalar(), Init::Zeros)?,
+            eps: LINEAR_ATTENTION_EPS,
+            how,
         })
     }
 
     pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var) -> Result<Var> {
-        let h = self.norm.forward(g, ps, x, NormEpilogue::default())?;
-        let w_qkv = ps.var(g, self.qkv.w);
-        let b_qkv = self.qkv.b.map(|id| ps.var(g, id));
-        let w_o = ps.var(g, self.proj.w);
-        let b_o = self.proj.b.map(|id| ps.var(g, id));
-        let y = attend(
-            g,
-            &h,
-            &w_qkv,
-            b_qkv.as_ref(),
-            &w_o,
-            b_o.as_ref(),
-            self.heads,
-        )?;
-        g.add(x, &y)
+        let q = self.q.forward(g, ps, x)?;
+        let k = self.k.forward(g, ps, x)?;
+        let v = self.v.forward(g, ps, x)?;
+        let out = linear_attention(g, &q, &k, &v, self.eps, self.how)?;
+        let gamma = ps.var(g, self.gamma);
+        gated_residual(g, x, &gamma, &out)
+    }
+}
+
+/// The channel attention block `y = x + γ·out` of [`ChannelKind`], γ
+/// starting at 0. Parameter: `gamma`.
+pub struct ChannelAttention {
+    pub kind: ChannelKind,
+    pub gamma: ParamId,
+    pub eps: f32,
+}
+
+impl ChannelAttention {
+    pub fn new(pb: &mut ParamBuilder, kind: ChannelKind) -> Result<ChannelAttention> {
+        Ok(ChannelAttention {
+            kind,
+            gamma: pb.add("gamma", Shape::scalar(), Init::Zeros)?,
+            eps: LINEAR_ATTENTION_EPS,
+        })
+    }
+
+    pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var) -> Result<Var> {
+        let out = match self.kind {
+            ChannelKind::Linear => channel_linear_attention(g, x, self.eps)?,
+            ChannelKind::Cam => channel_attention_cam(g, x)?,
+        };
+        let gamma = ps.var(g, self.gamma);
+        gated_residual(g, x, &gamma, &out)
     }
 }

@@ -192,6 +192,16 @@ impl<'a> ParamBuilder<'a> {
         let full = self.path(name);
         self.store.add(self.dev, &full, shape, init)
     }
+    /// Create state `name` at this level: stored and checkpointed like a
+    /// parameter, but frozen (no gradient, no optimiser update, no decay) —
+    /// batch norm's running statistics.
+    pub fn add_state(&mut self, name: &str, shape: Shape, init: Init) -> Result<ParamId> {
+        let id = self.add(name, shape, init)?;
+        let e = &mut self.store.entries[id.0];
+        e.frozen = true;
+        e.decay = false;
+        Ok(id)
+    }
     /// Set whether decoupled weight decay applies to `id`.
     pub fn set_decay(&mut self, id: ParamId, decay: bool) {
         self.store.entries[id.0].decay = decay;

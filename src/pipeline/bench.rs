@@ -2,9 +2,13 @@
 //! and report time, achieved FLOP/s and bytes/s. Every figure printed was
 //! measured in this run (median of the timed repetitions after a warm-up).
 
+use super::seg_model::{volume_shape, ModelConfig, SegModel};
+use crate::autograd::Graph;
 use crate::backend::Backend;
-use crate::ops::{Act, ConvSpec, NormArgs};
+use crate::diffusion::seg::{DiffusionConfig, Recycle};
+use crate::ops::{Act, AdamW, ConvSpec, NormArgs};
 use crate::tensor::{DType, Shape, Tensor};
+use crate::train::Optimizer;
 use anyhow::Result;
 use std::time::Instant;
 
@@ -159,6 +163,63 @@ pub fn standard(
         });
     }
     Ok(out)
+}
+
+/// One ImgX-DiffSeg training step as `voxdiff train seg` runs it: the paper's
+/// UNet (32/64/128/256, FiLM time input) with the default diffusion settings
+/// (x₀ prediction, recycling), a `[1, dims]` patch with `classes` classes —
+/// the loss recorded on a tape (recycling's forward without one), backward,
+/// AdamW. Counted: the convolutions only (forwards, plus data and weight
+/// gradients in the backward; the stem has no data gradient, its input being
+/// a constant).
+pub fn imgx_step(
+    b: &dyn Backend,
+    dims: [usize; 3],
+    classes: usize,
+    reps: usize,
+) -> Result<BenchResult> {
+    let diffusion = DiffusionConfig::default();
+    let model = SegModel::new(b, &ModelConfig::default(), &diffusion, classes)?;
+    let shape = volume_shape(dims, 1);
+    let image = b.randn(shape, b.act_dtype(), 1, 0)?;
+    // Labels in slabs along the last axis: every class present.
+    let labels: Vec<f32> = (0..shape.numel())
+        .map(|i| ((i % dims[2]) * classes / dims[2]) as f32)
+        .collect();
+    let labels = b.upload(&labels, shape, b.act_dtype())?;
+    let mask = b.one_hot(&labels, classes, 1.0, 0.0)?;
+    let mut opt = Optimizer::new(b, &model.ps, AdamW::default())?;
+    let t = model.timesteps() / 2;
+    let mut step = 0;
+    let (median_ms, min_ms) = time_it(b, 1, reps, || {
+        let mut g = Graph::train(b);
+        let loss = model.loss(&mut g, &image, &mask, t, 0, step)?;
+        let grads = g.backward(&loss, model.ps.len())?;
+        opt.update(b, &model.ps, &grads, 1e-5)?;
+        step += 1;
+        Ok(())
+    })?;
+    let forward = model.net.conv_macs(dims) as f64;
+    let net = &model.net.cfg;
+    let stem = net
+        .k3()
+        .macs(volume_shape(dims, net.in_channels), net.channels[0]) as f64;
+    let forwards = if diffusion.recycle == Recycle::Off {
+        1.0
+    } else {
+        2.0
+    };
+    Ok(BenchResult {
+        name: format!(
+            "ImgX training step, UNet 32/64/128/256, {classes} classes, {}",
+            volume_shape(dims, 1)
+        ),
+        median_ms,
+        min_ms,
+        flops: 2.0 * (forwards * forward + 2.0 * forward - stem),
+        // Parameters, their gradients and two moments, read and written.
+        bytes: (model.ps.count() * 4 * 6) as f64,
+    })
 }
 
 /// Print results as a table.

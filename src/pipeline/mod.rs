@@ -1,9 +1,15 @@
 //! Whole jobs: training loops for each system, inference, evaluation.
 
 pub mod bench;
+pub mod bench_pretrain;
+pub mod bpr_config;
+pub mod bpr_data;
+pub mod bpr_infer;
+pub mod bpr_train;
 pub mod demo;
 pub mod evaluate;
 pub mod evaluate2d;
+pub mod plan_step;
 pub mod plot;
 pub mod run;
 pub mod seg_config;

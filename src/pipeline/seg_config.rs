@@ -52,8 +52,15 @@ pub struct DataConfig {
     pub patch: [usize; 3],
     /// Probability that a patch is centred on a voxel of a random present class.
     pub fg_prob: f64,
-    /// Random affine / flip / intensity augmentation (CT defaults) on or off.
+    /// Random affine (rotation, scale, shift) and intensity augmentation
+    /// (CT defaults, `Augment::ct_default`) on or off.
     pub augment: bool,
+    /// Probability that a training patch is cut to a smaller simulated field
+    /// of view (`Augment::fov_cut`): outside a random box it reads as outside
+    /// the scan, as a crop padded to the patch does at inference.
+    pub fov_prob: f64,
+    /// Smallest fraction of the patch's extent, per axis, such a cut keeps.
+    pub fov_keep: f64,
     /// Loader worker threads.
     pub workers: usize,
 }
@@ -73,6 +80,8 @@ impl Default for DataConfig {
             patch: [0, 0, 0],
             fg_prob: 0.5,
             augment: false,
+            fov_prob: 0.0,
+            fov_keep: 0.25,
             workers: 1,
         }
     }
@@ -155,7 +164,7 @@ const PATH_KEYS: [&str; 3] = ["images", "labels", "class_map"];
 /// Make the relative data paths of `doc` absolute against `base`
 /// ([`super::run::absolute`]). Values of the wrong type are left for the
 /// deserialiser to report.
-fn resolve_paths(doc: &mut toml::Table, base: &Path) {
+pub(crate) fn resolve_paths(doc: &mut toml::Table, base: &Path) {
     let Some(toml::Value::Table(data)) = doc.get_mut("data") else {
         return;
     };
@@ -178,28 +187,28 @@ fn resolve_paths(doc: &mut toml::Table, base: &Path) {
 /// The range checks of [`SegConfig::validate`]: each failed check adds a
 /// line naming the key, the range and the value.
 #[derive(Default)]
-struct Checks(Vec<String>);
+pub(crate) struct Checks(pub(crate) Vec<String>);
 
 impl Checks {
-    fn require(&mut self, ok: bool, msg: impl FnOnce() -> String) {
+    pub(crate) fn require(&mut self, ok: bool, msg: impl FnOnce() -> String) {
         if !ok {
             self.0.push(msg());
         }
     }
     /// A finite number > 0.
-    fn positive(&mut self, key: &str, v: f64) {
+    pub(crate) fn positive(&mut self, key: &str, v: f64) {
         self.require(v.is_finite() && v > 0.0, || {
             format!("{key} must be a finite number > 0, got {v}")
         });
     }
     /// A finite number ≥ 0.
-    fn non_negative(&mut self, key: &str, v: f64) {
+    pub(crate) fn non_negative(&mut self, key: &str, v: f64) {
         self.require(v.is_finite() && v >= 0.0, || {
             format!("{key} must be a finite number ≥ 0, got {v}")
         });
     }
     /// In [0, 1] (`closed`) or [0, 1).
-    fn fraction(&mut self, key: &str, v: f64, closed: bool) {
+    pub(crate) fn fraction(&mut self, key: &str, v: f64, closed: bool) {
         let ok = v >= 0.0 && if closed { v <= 1.0 } else { v < 1.0 };
         self.require(ok, || {
             format!(
@@ -209,7 +218,7 @@ impl Checks {
         });
     }
     /// An integer ≥ `min`.
-    fn at_least(&mut self, key: &str, v: u64, min: u64) {
+    pub(crate) fn at_least(&mut self, key: &str, v: u64, min: u64) {
         self.require(v >= min, || format!("{key} must be ≥ {min}, got {v}"));
     }
     /// A patch extent the network can take: `zero_ok` and 0 (the whole
@@ -333,6 +342,10 @@ impl SegConfig {
             },
         );
         c.fraction("data.fg_prob", d.fg_prob, true);
+        c.fraction("data.fov_prob", d.fov_prob, true);
+        c.require(d.fov_keep > 0.0 && d.fov_keep <= 1.0, || {
+            format!("data.fov_keep must be in (0, 1], got {}", d.fov_keep)
+        });
         c.at_least("data.workers", d.workers as u64, 1);
 
         let m = &self.model;

@@ -268,10 +268,14 @@ impl LoaderSource {
                 size,
                 fg_prob: data.fg_prob,
             },
-            augment: if data.augment {
-                Augment::ct_default()
-            } else {
-                Augment::none()
+            augment: Augment {
+                fov_prob: data.fov_prob,
+                fov_keep: data.fov_keep,
+                ..if data.augment {
+                    Augment::ct_default()
+                } else {
+                    Augment::none()
+                }
             },
             seed,
             workers: data.workers.max(1),

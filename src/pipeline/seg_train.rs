@@ -14,13 +14,14 @@
 //! from any working directory (see [`super::run`] for how its data is found).
 //! Temp files a killed run left in the folder are removed when a run starts.
 
+use super::plan_step;
 use super::run as run_dir;
 use super::seg_config::SegConfig;
-use super::seg_data::{class_map, class_names, training_cases, LoaderSource};
+use super::seg_data::{class_map, class_names, patch_size, training_cases, LoaderSource};
 use super::seg_model::{ModelKind, SegModel};
 use super::train_loop::{self, TrainSummary};
 use crate::backend::{self, Backend};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -52,6 +53,13 @@ pub struct TrainSegArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Print the static plan of one training step as configured (launches,
+    /// memory, modelled time on --gpu) and exit; the run folder is not created.
+    #[arg(long)]
+    pub plan: bool,
+    /// The GPU the plan's time is modelled on.
+    #[arg(long, default_value = "h100")]
+    pub gpu: String,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -99,6 +107,9 @@ pub fn train_run(
         run_dir::write_classes(run, &names)?;
     }
     let cases = training_cases(&cfg.data, &map)?;
+    // Planned before the loader starts cutting patches.
+    let shape = step_shape(cfg, names.len(), patch_size(&cfg.data, &cases));
+    plan_step::check_train_memory(b, &shape, cfg.data.workers.max(1))?;
     let mut source = LoaderSource::new(&cfg.data, cases, cfg.train.seed)?;
     let model = SegModel::new(b, &cfg.model, &cfg.diffusion, names.len())?;
     if progress {
@@ -119,6 +130,42 @@ pub fn train_run(
     Ok(summary)
 }
 
+/// The shape of one training step of `cfg`.
+fn step_shape(cfg: &SegConfig, classes: usize, patch: [usize; 3]) -> plan_step::TrainStepShape {
+    plan_step::TrainStepShape {
+        model: cfg.model.clone(),
+        diffusion: cfg.diffusion.clone(),
+        classes,
+        patch,
+        adamw: cfg.train.adamw,
+    }
+}
+
+/// `--plan`: the plan of one configured step at the backend's dtype, printed.
+fn plan_only(b: &dyn Backend, cfg: &SegConfig, gpu: &str) -> Result<()> {
+    let gpu = crate::plan::cost::gpu_by_name(gpu)
+        .with_context(|| format!("--gpu {gpu}: unknown GPU (known: h100)"))?;
+    let map = class_map(&cfg.data)?;
+    let names = class_names(&map);
+    let cases = training_cases(&cfg.data, &map)?;
+    let shape = step_shape(cfg, names.len(), patch_size(&cfg.data, &cases));
+    let act = plan_step::plan_dtype(b);
+    let (dev, pb) = plan_step::plan_backend(act);
+    let plan = plan_step::record_train_step(&dev, &pb, &shape)?;
+    plan_step::print_plan(
+        &format!(
+            "plan of one training step as configured: {} classes, patch {:?}, {} activations (as {} runs it)",
+            shape.classes,
+            shape.patch,
+            act.name(),
+            b.name()
+        ),
+        &plan,
+        &gpu,
+    );
+    Ok(())
+}
+
 pub fn run(args: &TrainSegArgs) -> Result<()> {
     let cfg = if args.resume {
         let mut cfg = SegConfig::load(
@@ -133,6 +180,9 @@ pub fn run(args: &TrainSegArgs) -> Result<()> {
         SegConfig::load(args.config.as_deref(), &args.overrides())?
     };
     let b = backend::select(&args.device)?;
+    if args.plan {
+        return plan_only(b.as_ref(), &cfg, &args.gpu);
+    }
     let s = train_run(b.as_ref(), &cfg, &args.run, args.resume, !args.quiet)?;
     println!(
         "trained {} steps in {:.1} s; loss {} → {}; run folder {}",

@@ -124,32 +124,10 @@ pub fn predict_scores(
     let out = sw.run(&image.data, image.dims, channels, 0.0, |patch, _| {
         let p = sw.patch;
         let x = b.upload(patch, volume_shape(p, 1), b.act_dtype())?;
-        let mut steps: Vec<Option<crate::tensor::Tensor>> = vec![None; n_steps];
-        let samples = infer.samples;
-        let scores = model.predict(
-            b,
-            &x,
-            infer.sampler,
-            infer.steps,
-            samples,
-            infer.seed,
-            |_, step, x0| {
-                if n_steps > 0 {
-                    // Accumulate this sample's step vote: one-hot of argmax / samples.
-                    let lab = b.argmax_c(x0)?;
-                    let oh = b.one_hot(&lab, k, 1.0 / samples as f32, 0.0)?;
-                    let slot = &mut steps[n_steps - 1 - step];
-                    *slot = Some(match slot.take() {
-                        None => oh,
-                        Some(acc) => b.lincomb(&[(1.0, &acc), (1.0, &oh)])?,
-                    });
-                }
-                Ok(())
-            },
-        )?;
+        let (scores, steps) = predict_window(b, model, infer, &x, n_steps > 0)?;
         let mut parts = vec![b.download(&scores)?];
         for s in steps {
-            parts.push(b.download(&s.context("a sampling step produced no prediction")?)?);
+            parts.push(b.download(&s)?);
         }
         // Interleave per voxel: [final K | step T−1 K | …].
         let vox = p.iter().product::<usize>();
@@ -172,6 +150,51 @@ pub fn predict_scores(
         }
     }
     Ok((finals, steps))
+}
+
+/// The scores `[1, D, H, W, K]` of one window `x` `[1, D, H, W, 1]` and
+/// (when `keep_steps`) each denoising step's vote, step T−1 first: the
+/// device work of one window, also what the memory plan records.
+pub fn predict_window(
+    b: &dyn Backend,
+    model: &SegModel,
+    infer: &InferConfig,
+    x: &crate::tensor::Tensor,
+    keep_steps: bool,
+) -> Result<(crate::tensor::Tensor, Vec<crate::tensor::Tensor>)> {
+    let k = model.classes;
+    let n_steps = match (&model.diffusion, keep_steps) {
+        (Some(d), true) => d.sampling_schedule(infer.steps)?.0.len(),
+        _ => 0,
+    };
+    let mut steps: Vec<Option<crate::tensor::Tensor>> = vec![None; n_steps];
+    let samples = infer.samples;
+    let scores = model.predict(
+        b,
+        x,
+        infer.sampler,
+        infer.steps,
+        samples,
+        infer.seed,
+        |_, step, x0| {
+            if n_steps > 0 {
+                // Accumulate this sample's step vote: one-hot of argmax / samples.
+                let lab = b.argmax_c(x0)?;
+                let oh = b.one_hot(&lab, k, 1.0 / samples as f32, 0.0)?;
+                let slot = &mut steps[n_steps - 1 - step];
+                *slot = Some(match slot.take() {
+                    None => oh,
+                    Some(acc) => b.lincomb(&[(1.0, &acc), (1.0, &oh)])?,
+                });
+            }
+            Ok(())
+        },
+    )?;
+    let steps = steps
+        .into_iter()
+        .map(|s| s.context("a sampling step produced no prediction"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((scores, steps))
 }
 
 /// A label map on the prepared grid, back onto the scan's own grid.
@@ -309,6 +332,15 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     };
     let scan = prepare_scan(&run.cfg.data, &args.input, policy)?;
     check_extent(&scan, run.cfg.model.channels.len(), &args.input)?;
+    super::plan_step::check_segment_memory(
+        b.as_ref(),
+        &run.cfg.model,
+        &run.cfg.diffusion,
+        run.classes.len(),
+        &infer,
+        scan.image.dims,
+        args.save_steps.is_some(),
+    )?;
     let t0 = std::time::Instant::now();
     let (scores, steps) = predict_scores(
         b.as_ref(),

@@ -387,6 +387,11 @@ impl Device for Cuda {
         }
         Ok(buf)
     }
+    fn free_memory(&self) -> Result<Option<u64>> {
+        self.bind()?;
+        let (free, _total) = result::mem_get_info().map_err(driver_err("reading free memory"))?;
+        Ok(Some(free as u64))
+    }
     fn memcpy_htod(&self, dst: u64, src: &[u8]) -> Result<()> {
         self.bind()?;
         // SAFETY: pageable source: the call returns once `src` is staged, so it

@@ -24,6 +24,9 @@ pub const ALLOC_ALIGN: usize = 256;
 pub enum DeviceKind {
     Cuda,
     Emu,
+    /// The recording device of a static plan ([`super::plan::PlanDevice`]):
+    /// no memory behind its addresses, no kernel run.
+    Plan,
 }
 
 /// Grid and block extents and the dynamic shared memory of one launch.
@@ -239,6 +242,14 @@ impl KernelArgs {
             .collect()
     }
 
+    /// The bytes of parameter `i` as packed (a pointer's address, a struct's fields).
+    pub fn param_bytes(&self, i: usize) -> &[u8] {
+        assert!(i < self.len, "parameter {i} of {}", self.len);
+        let words = bytemuck::cast_slice::<u64, u8>(&self.words);
+        let at = self.offsets[i] as usize * 8;
+        &words[at..at + self.sizes[i] as usize]
+    }
+
     /// The `void**` array for a launch (valid until `self` moves or changes).
     pub fn pointers(&mut self) -> &mut [*mut c_void] {
         let base = self.words.as_mut_ptr();
@@ -329,4 +340,8 @@ pub trait Device: Send + Sync {
     fn record_event(&self) -> Result<Event>;
     /// Milliseconds between two recorded events (waits for `end`).
     fn elapsed_ms(&self, start: &Event, end: &Event) -> Result<f32>;
+    /// Free device memory in bytes, where the device has its own (None: host memory).
+    fn free_memory(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }

@@ -26,6 +26,7 @@ mod memory;
 pub use loss::PENDING_LABEL_CHECKS;
 pub mod norm;
 pub mod optim;
+pub mod plan;
 pub mod pointwise;
 pub mod reduce;
 pub mod registry;
@@ -87,7 +88,8 @@ impl GpuBackend {
 
     fn memory_kind(&self) -> MemoryKind {
         match self.device.kind() {
-            DeviceKind::Cuda => MemoryKind::Cuda,
+            // A plan's addresses point at nothing: never host memory.
+            DeviceKind::Cuda | DeviceKind::Plan => MemoryKind::Cuda,
             DeviceKind::Emu => MemoryKind::Host,
         }
     }

@@ -305,3 +305,34 @@ impl NormOps for GpuBackend {
         })
     }
 }
+
+/// The buffers one launch of the norm family reads or writes, by address
+/// (every pass gets the whole [`NormKernelArgs`], but each touches only part
+/// of it): for the byte count of a static plan's cost model. None for
+/// kernels of other families.
+pub fn launch_touches(kernel: Kernel, args: &KernelArgs) -> Option<Vec<u64>> {
+    use Kernel::*;
+    let k: NormKernelArgs = bytemuck::try_pod_read_unaligned(args.param_bytes(0)).ok()?;
+    let v = match kernel {
+        NormStatsF32x8 | NormStatsF32x1 | NormStatsBf16x8 | NormStatsBf16x1 => {
+            vec![k.x, k.residual, k.partial]
+        }
+        NormStatsMerge => vec![k.partial, k.stats],
+        NormApplyF32x8 | NormApplyF32x1 | NormApplyBf16x8 | NormApplyBf16x1 => vec![
+            k.x, k.residual, k.out, k.stats, k.gamma, k.beta, k.scale, k.shift,
+        ],
+        NormBwdReduceF32x8 | NormBwdReduceF32x1 | NormBwdReduceBf16x8 | NormBwdReduceBf16x1 => {
+            vec![
+                k.x, k.residual, k.dy, k.du, k.partial, k.stats, k.gamma, k.scale,
+            ]
+        }
+        NormBwdMerge => vec![
+            k.partial, k.moments, k.stats, k.gamma, k.dgamma, k.dbeta, k.dscale, k.dshift,
+        ],
+        NormBwdDxF32x8 | NormBwdDxF32x1 | NormBwdDxBf16x8 | NormBwdDxBf16x1 => vec![
+            k.x, k.residual, k.dy, k.du, k.out, k.moments, k.stats, k.gamma, k.scale,
+        ],
+        _ => return None,
+    };
+    Some(v.into_iter().filter(|&a| a != 0).collect())
+}
