@@ -85,7 +85,7 @@ impl BlockNorm {
             NormKind::Instance => BlockNorm::Fused(Norm::instance(pb, c)?),
             NormKind::Group => {
                 ensure!(
-                    groups > 0 && c % groups == 0,
+                    groups > 0 && c.is_multiple_of(groups),
                     "group norm: {groups} groups do not divide {c} channels"
                 );
                 BlockNorm::Fused(Norm::group(pb, c, groups)?)
