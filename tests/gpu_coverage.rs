@@ -706,26 +706,38 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         || b.softmax_bwd(&p, &p).unwrap(),
     );
     // Longer rows: a warp per row up to 1024, a block per row beyond.
-    for (len, path) in [(40, "warp"), (1030, "block")] {
+    for (len, fwd, bwd) in [
+        (
+            40,
+            ["vd_reduce_softmax_warp_f32", "vd_reduce_softmax_warp_bf16"],
+            [
+                "vd_reduce_softmax_bwd_warp_f32",
+                "vd_reduce_softmax_bwd_warp_bf16",
+            ],
+        ),
+        (
+            1030,
+            [
+                "vd_reduce_softmax_block_f32",
+                "vd_reduce_softmax_block_bf16",
+            ],
+            [
+                "vd_reduce_softmax_bwd_block_f32",
+                "vd_reduce_softmax_bwd_block_bf16",
+            ],
+        ),
+    ] {
         let x = rand(b, Shape::new(&[3, len]), act, 18);
-        let fwd = [
-            format!("vd_reduce_softmax_{path}_f32"),
-            format!("vd_reduce_softmax_{path}_bf16"),
-        ];
-        let bwd = [
-            format!("vd_reduce_softmax_bwd_{path}_f32"),
-            format!("vd_reduce_softmax_bwd_{path}_bf16"),
-        ];
         let px = d.expect(
             &format!("softmax of rows of {len}"),
-            &[fwd[0].as_str()],
-            &[fwd[1].as_str()],
+            &[fwd[0]],
+            &[fwd[1]],
             || b.softmax(&x).unwrap(),
         );
         d.expect(
             &format!("softmax_bwd of rows of {len}"),
-            &[bwd[0].as_str()],
-            &[bwd[1].as_str()],
+            &[bwd[0]],
+            &[bwd[1]],
             || b.softmax_bwd(&px, &px).unwrap(),
         );
     }
