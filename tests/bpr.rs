@@ -22,6 +22,7 @@ use voxdiff::data::{read_nifti, write_nifti, Volume};
 use voxdiff::model::bpr::{bpr_loss, BprLossConfig, BprNet, BprNetConfig};
 use voxdiff::nn::{ParamBuilder, ParamStore};
 use voxdiff::pipeline::bpr_infer::gaussian_smooth;
+use voxdiff::pipeline::config::RunConfig;
 use voxdiff::tensor::{DType, Shape};
 
 fn softplus(x: f64) -> f64 {

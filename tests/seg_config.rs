@@ -5,6 +5,7 @@
 mod common;
 use common::tmp;
 
+use voxdiff::pipeline::config::RunConfig;
 use voxdiff::pipeline::seg_config::SegConfig;
 
 fn load_err(set: &str) -> String {

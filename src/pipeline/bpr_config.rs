@@ -4,11 +4,11 @@
 //! data paths resolve against the config file's folder (or, from `--set`, the
 //! working directory) and are stored absolute in the run's `config.toml`.
 
-use super::seg_config::{apply_override, resolve_paths, Checks};
+use super::config::{self, Checks, RunConfig};
 use super::train_loop::TrainConfig;
 use crate::model::bpr::{BprLossConfig, BprNetConfig};
 use crate::train::LrSchedule;
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -117,9 +117,17 @@ impl Default for BprConfig {
 }
 
 impl BprConfig {
-    /// Every data path of the configuration with its key, for
-    /// [`super::run::locate_data`].
-    pub fn data_paths_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
+    /// Read `path` (if any), apply `overrides`, validate ([`config::load`]).
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<BprConfig> {
+        config::load(path, overrides)
+    }
+}
+
+impl RunConfig for BprConfig {
+    const KIND: &'static str = "BPR configuration";
+    const PATH_KEYS: &'static [&'static str] = &["images"];
+
+    fn data_paths_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
         self.data
             .images
             .iter_mut()
@@ -128,38 +136,9 @@ impl BprConfig {
             .collect()
     }
 
-    /// Read `path` (if any), apply `overrides`, validate (as
-    /// [`super::seg_config::SegConfig::load`]).
-    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<BprConfig> {
-        let cwd = std::env::current_dir().context("cannot read the working directory")?;
-        let mut doc: toml::Table = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("{}: cannot read config", p.display()))?;
-                let mut doc: toml::Table = toml::from_str(&text)
-                    .with_context(|| format!("{}: invalid TOML", p.display()))?;
-                let folder = p.parent().unwrap_or(Path::new(""));
-                resolve_paths(&mut doc, &super::run::absolute(folder, &cwd));
-                doc
-            }
-            None => toml::Table::new(),
-        };
-        for o in overrides {
-            apply_override(&mut doc, o)?;
-        }
-        resolve_paths(&mut doc, &cwd);
-        let origin = || match path {
-            Some(p) => format!("{}: bad BPR configuration", p.display()),
-            None => "bad BPR configuration (the defaults with the command-line settings)".into(),
-        };
-        let cfg: BprConfig = toml::Value::Table(doc).try_into().with_context(origin)?;
-        cfg.validate().with_context(origin)?;
-        Ok(cfg)
-    }
-
     /// Check every setting against its range; the error lists each one out
     /// of range with its key, the range and the value.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         let mut c = Checks::default();
         let d = &self.data;
         c.require(!d.images.is_empty(), || {
@@ -263,14 +242,6 @@ impl BprConfig {
 
         c.non_negative("infer.smoothing_mm", self.infer.smoothing_mm);
         c.at_least("infer.batch", self.infer.batch as u64, 1);
-        if c.0.is_empty() {
-            Ok(())
-        } else {
-            bail!("{}", c.0.join("\n"))
-        }
-    }
-
-    pub fn to_toml(&self) -> Result<String> {
-        Ok(toml::to_string_pretty(self)?)
+        c.finish()
     }
 }

@@ -8,6 +8,7 @@
 
 use super::bpr_config::BprConfig;
 use super::bpr_data::{training_stacks, SliceBatch, SliceSource};
+use super::config::{RunArgs, RunConfig};
 use super::run as run_dir;
 use super::train_loop::{self, StepKey, StepLoss, TrainSummary, Trainable};
 use crate::autograd::Graph;
@@ -16,48 +17,12 @@ use crate::model::bpr::{bpr_loss, BprLossConfig, BprNet};
 use crate::nn::{ParamBuilder, ParamStore};
 use crate::tensor::Shape;
 use anyhow::Result;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainBprArgs {
-    /// TOML configuration (docs/pretraining.md); without it, the defaults.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Override any field: --set train.steps=500 --set data.size=128
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Run folder (created; must not hold a checkpoint unless --resume).
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Continue the run in --run from its checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Shortcut for --set train.steps=N.
-    #[arg(long)]
-    pub steps: Option<u64>,
-    /// Shortcut for --set train.max_minutes=M.
-    #[arg(long)]
-    pub minutes: Option<f64>,
-    /// auto, cpu, emu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-}
-
-impl TrainBprArgs {
-    fn overrides(&self) -> Vec<String> {
-        let mut o = Vec::new();
-        if let Some(s) = self.steps {
-            o.push(format!("train.steps={s}"));
-        }
-        if let Some(m) = self.minutes {
-            o.push(format!("train.max_minutes={m:?}"));
-        }
-        o.extend(self.set.iter().cloned());
-        o
-    }
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// A BPR network with its parameters and losses.
@@ -143,27 +108,15 @@ pub fn train_run(
 }
 
 pub fn run(args: &TrainBprArgs) -> Result<()> {
-    let cfg = if args.resume {
-        let mut cfg = BprConfig::load(
-            Some(&run_dir::config_to_resume(&args.run)?),
-            &args.overrides(),
-        )?;
-        for note in run_dir::locate_data(cfg.data_paths_mut(), &args.run)? {
-            eprintln!("{note}");
-        }
-        cfg
-    } else {
-        BprConfig::load(args.config.as_deref(), &args.overrides())?
-    };
-    let dev = backend::select(&args.device)?;
-    let s = train_run(dev.as_ref(), &cfg, &args.run, args.resume, !args.quiet)?;
-    println!(
-        "trained {} steps in {:.1} s; loss {} → {}; run folder {}",
-        s.steps_done,
-        s.seconds,
-        s.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        s.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        args.run.display()
-    );
+    let cfg: BprConfig = args.run.config(&[])?;
+    let dev = backend::select(&args.run.device)?;
+    let s = train_run(
+        dev.as_ref(),
+        &cfg,
+        &args.run.run,
+        args.run.resume,
+        !args.run.quiet,
+    )?;
+    args.run.print_summary(&s);
     Ok(())
 }

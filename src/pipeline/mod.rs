@@ -6,6 +6,7 @@ pub mod bpr_config;
 pub mod bpr_data;
 pub mod bpr_infer;
 pub mod bpr_train;
+pub mod config;
 pub mod demo;
 pub mod evaluate;
 pub mod evaluate2d;

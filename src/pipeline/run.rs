@@ -15,7 +15,7 @@
 //! and still finds its data after the folder was moved with it:
 //!
 //! Every data path is resolved once, when a configuration is loaded
-//! ([`super::seg_config::SegConfig::load`]): a path written in a config file
+//! ([`super::config::load`]): a path written in a config file
 //! is relative to that file's folder, a path given with `--set` relative to
 //! the working directory, and both become absolute, canonical paths
 //! ([`absolute`]: symlinks and `..` resolved). A run's `config.toml` stores

@@ -1,17 +1,15 @@
 //! The configuration of a segmentation run (`voxdiff train seg`), read from
-//! TOML. Every field has a default — the paper's where the paper sets one —
-//! and every field can be overridden from the command line with
-//! `--set section.field=value` (the value is TOML: `--set train.steps=200`,
-//! `--set data.spacing=[5.0,5.0,5.0]`, `--set model.kind="unet"`).
+//! TOML ([`super::config`]: paths, `--set` overrides, range checks). Every
+//! field has a default — the paper's where the paper sets one.
 
-use super::run::absolute;
+use super::config::{self, Checks, RunConfig};
 use super::seg_model::ModelConfig;
 use super::train_loop::TrainConfig;
 use crate::data::phantom::PhantomConfig;
 use crate::data::sliding::Aggregation;
 use crate::diffusion::seg::DiffusionConfig;
 use crate::diffusion::Sampler;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -128,99 +126,8 @@ pub struct SegConfig {
     pub infer: InferConfig,
 }
 
-/// Apply one `path.to.field=value` override to a TOML document.
-pub(crate) fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
-    let (path, value) = spec
-        .split_once('=')
-        .with_context(|| format!("--set {spec}: expected section.field=value"))?;
-    let keys: Vec<&str> = path.trim().split('.').collect();
-    ensure!(
-        keys.iter().all(|k| !k.is_empty()),
-        "--set {spec}: empty key in {path:?}"
-    );
-    // The value is TOML; a bare word that is not valid TOML is taken as a string.
-    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
-    {
-        Ok(mut t) => t.remove("v").expect("parsed key"),
-        Err(_) => toml::Value::String(value.trim().to_string()),
-    };
-    let mut table = doc;
-    for k in &keys[..keys.len() - 1] {
-        let entry = table
-            .entry(k.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = match entry {
-            toml::Value::Table(t) => t,
-            _ => bail!("--set {spec}: {k} is not a section"),
-        };
-    }
-    table.insert(keys[keys.len() - 1].to_string(), parsed);
-    Ok(())
-}
-
-/// The data keys that hold file paths.
-const PATH_KEYS: [&str; 3] = ["images", "labels", "class_map"];
-
-/// Make the relative data paths of `doc` absolute against `base`
-/// ([`super::run::absolute`]). Values of the wrong type are left for the
-/// deserialiser to report.
-pub(crate) fn resolve_paths(doc: &mut toml::Table, base: &Path) {
-    let Some(toml::Value::Table(data)) = doc.get_mut("data") else {
-        return;
-    };
-    let fix = |v: &mut toml::Value| {
-        if let toml::Value::String(s) = v {
-            *s = absolute(Path::new(s.as_str()), base)
-                .to_string_lossy()
-                .into_owned();
-        }
-    };
-    for key in PATH_KEYS {
-        match data.get_mut(key) {
-            Some(toml::Value::Array(a)) => a.iter_mut().for_each(fix),
-            Some(v) => fix(v),
-            None => {}
-        }
-    }
-}
-
-/// The range checks of [`SegConfig::validate`]: each failed check adds a
-/// line naming the key, the range and the value.
-#[derive(Default)]
-pub(crate) struct Checks(pub(crate) Vec<String>);
-
+/// The range check only a segmentation configuration needs.
 impl Checks {
-    pub(crate) fn require(&mut self, ok: bool, msg: impl FnOnce() -> String) {
-        if !ok {
-            self.0.push(msg());
-        }
-    }
-    /// A finite number > 0.
-    pub(crate) fn positive(&mut self, key: &str, v: f64) {
-        self.require(v.is_finite() && v > 0.0, || {
-            format!("{key} must be a finite number > 0, got {v}")
-        });
-    }
-    /// A finite number ≥ 0.
-    pub(crate) fn non_negative(&mut self, key: &str, v: f64) {
-        self.require(v.is_finite() && v >= 0.0, || {
-            format!("{key} must be a finite number ≥ 0, got {v}")
-        });
-    }
-    /// In [0, 1] (`closed`) or [0, 1).
-    pub(crate) fn fraction(&mut self, key: &str, v: f64, closed: bool) {
-        let ok = v >= 0.0 && if closed { v <= 1.0 } else { v < 1.0 };
-        self.require(ok, || {
-            format!(
-                "{key} must be in [0, 1{}, got {v}",
-                if closed { "]" } else { ")" }
-            )
-        });
-    }
-    /// An integer ≥ `min`.
-    pub(crate) fn at_least(&mut self, key: &str, v: u64, min: u64) {
-        self.require(v >= min, || format!("{key} must be ≥ {min}, got {v}"));
-    }
     /// A patch extent the network can take: `zero_ok` and 0 (the whole
     /// extent), or at least the network's downsampling factor.
     fn patch(&mut self, key: &str, p: [usize; 3], factor: usize, zero_ok: bool) {
@@ -241,9 +148,17 @@ impl Checks {
 }
 
 impl SegConfig {
-    /// Every data path of the configuration with its key, for
-    /// [`super::run::locate_data`].
-    pub fn data_paths_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
+    /// Read `path` (if any), apply `overrides`, validate ([`config::load`]).
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<SegConfig> {
+        config::load(path, overrides)
+    }
+}
+
+impl RunConfig for SegConfig {
+    const KIND: &'static str = "configuration";
+    const PATH_KEYS: &'static [&'static str] = &["images", "labels", "class_map"];
+
+    fn data_paths_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
         let d = &mut self.data;
         let mut slots: Vec<(String, &mut PathBuf)> = Vec::new();
         for (i, p) in d.images.iter_mut().enumerate() {
@@ -258,50 +173,9 @@ impl SegConfig {
         slots
     }
 
-    /// Read `path` (if any), apply `overrides`, validate. Relative data paths
-    /// in the file resolve against the file's folder, those given in
-    /// `overrides` against the working directory; both are stored absolute
-    /// (see [`super::run`]).
-    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<SegConfig> {
-        let cwd = std::env::current_dir().context("cannot read the working directory")?;
-        let mut doc: toml::Table = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("{}: cannot read config", p.display()))?;
-                let mut doc: toml::Table = toml::from_str(&text)
-                    .with_context(|| format!("{}: invalid TOML", p.display()))?;
-                let folder = p.parent().unwrap_or(Path::new(""));
-                resolve_paths(&mut doc, &absolute(folder, &cwd));
-                doc
-            }
-            None => toml::Table::new(),
-        };
-        for o in overrides {
-            apply_override(&mut doc, o)?;
-        }
-        // What is still relative came from the command line.
-        resolve_paths(&mut doc, &cwd);
-        let origin = || match (path, overrides.is_empty()) {
-            (Some(p), true) => format!("{}: bad configuration", p.display()),
-            (Some(p), false) => format!(
-                "{}: bad configuration (with the command-line settings {})",
-                p.display(),
-                overrides.join(", ")
-            ),
-            (None, false) => format!(
-                "bad configuration (the defaults with the command-line settings {})",
-                overrides.join(", ")
-            ),
-            (None, true) => "bad default configuration".to_string(),
-        };
-        let cfg: SegConfig = toml::Value::Table(doc).try_into().with_context(origin)?;
-        cfg.validate().with_context(origin)?;
-        Ok(cfg)
-    }
-
     /// Check every setting against its range; the error lists each setting
     /// out of range with its key, the range and the value.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         let mut c = Checks::default();
         let d = &self.data;
         if d.source == DataSource::Files {
@@ -421,14 +295,6 @@ impl SegConfig {
         if let Aggregation::Gaussian { sigma_scale } = i.aggregation {
             c.positive("infer.aggregation.Gaussian.sigma_scale", sigma_scale);
         }
-        if c.0.is_empty() {
-            Ok(())
-        } else {
-            bail!("{}", c.0.join("\n"))
-        }
-    }
-
-    pub fn to_toml(&self) -> Result<String> {
-        Ok(toml::to_string_pretty(self)?)
+        c.finish()
     }
 }

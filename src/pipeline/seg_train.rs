@@ -14,6 +14,7 @@
 //! from any working directory (see [`super::run`] for how its data is found).
 //! Temp files a killed run left in the folder are removed when a run starts.
 
+use super::config::{RunArgs, RunConfig};
 use super::plan_step;
 use super::run as run_dir;
 use super::seg_config::SegConfig;
@@ -22,37 +23,15 @@ use super::seg_model::{ModelKind, SegModel};
 use super::train_loop::{self, TrainSummary};
 use crate::backend::{self, Backend};
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainSegArgs {
-    /// TOML configuration (docs/training.md); without it, the defaults.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Override any field: --set train.steps=500 --set data.spacing=[5.0,5.0,5.0]
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Run folder (created; must not hold a checkpoint unless --resume).
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Continue the run in --run from its checkpoint.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Shortcut for --set model.kind=…: diffusion or unet (the supervised baseline).
     #[arg(long, value_enum)]
     pub model: Option<ModelArg>,
-    /// Shortcut for --set train.steps=N.
-    #[arg(long)]
-    pub steps: Option<u64>,
-    /// Shortcut for --set train.max_minutes=M.
-    #[arg(long)]
-    pub minutes: Option<f64>,
-    /// auto, cpu, emu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
     /// Print the static plan of one training step as configured (launches,
     /// memory, modelled time on --gpu) and exit; the run folder is not created.
     #[arg(long)]
@@ -66,30 +45,6 @@ pub struct TrainSegArgs {
 pub enum ModelArg {
     Diffusion,
     Unet,
-}
-
-impl TrainSegArgs {
-    /// All overrides: the shortcuts, then the explicit --set ones.
-    fn overrides(&self) -> Vec<String> {
-        let mut o = Vec::new();
-        if let Some(m) = self.model {
-            o.push(format!(
-                "model.kind=\"{}\"",
-                match m {
-                    ModelArg::Diffusion => "diffusion",
-                    ModelArg::Unet => "unet",
-                }
-            ));
-        }
-        if let Some(s) = self.steps {
-            o.push(format!("train.steps={s}"));
-        }
-        if let Some(m) = self.minutes {
-            o.push(format!("train.max_minutes={m:?}"));
-        }
-        o.extend(self.set.iter().cloned());
-        o
-    }
 }
 
 /// Train as configured into `run` on `b`; returns the summary.
@@ -167,30 +122,27 @@ fn plan_only(b: &dyn Backend, cfg: &SegConfig, gpu: &str) -> Result<()> {
 }
 
 pub fn run(args: &TrainSegArgs) -> Result<()> {
-    let cfg = if args.resume {
-        let mut cfg = SegConfig::load(
-            Some(&run_dir::config_to_resume(&args.run)?),
-            &args.overrides(),
-        )?;
-        for note in run_dir::locate_data(cfg.data_paths_mut(), &args.run)? {
-            eprintln!("{note}");
-        }
-        cfg
-    } else {
-        SegConfig::load(args.config.as_deref(), &args.overrides())?
-    };
-    let b = backend::select(&args.device)?;
+    let model = args.model.map(|m| {
+        format!(
+            "model.kind=\"{}\"",
+            match m {
+                ModelArg::Diffusion => "diffusion",
+                ModelArg::Unet => "unet",
+            }
+        )
+    });
+    let cfg: SegConfig = args.run.config(model.as_slice())?;
+    let b = backend::select(&args.run.device)?;
     if args.plan {
         return plan_only(b.as_ref(), &cfg, &args.gpu);
     }
-    let s = train_run(b.as_ref(), &cfg, &args.run, args.resume, !args.quiet)?;
-    println!(
-        "trained {} steps in {:.1} s; loss {} → {}; run folder {}",
-        s.steps_done,
-        s.seconds,
-        s.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        s.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        args.run.display()
-    );
+    let s = train_run(
+        b.as_ref(),
+        &cfg,
+        &args.run.run,
+        args.run.resume,
+        !args.run.quiet,
+    )?;
+    args.run.print_summary(&s);
     Ok(())
 }

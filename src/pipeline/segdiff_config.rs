@@ -14,14 +14,13 @@
 //! given with `--set` against the working directory; both are stored
 //! absolute in the run's `config.toml` (see `super::run`).
 
-use super::run::absolute;
-use super::seg_config::apply_override;
+use super::config::{self, RunConfig};
 use super::train_loop::TrainConfig;
 use crate::data::image2d::Data2dConfig;
 use crate::diffusion::{BetaSchedule, Sampler, Schedule};
 use crate::model::SegDiffNetConfig;
 use crate::train::LrSchedule;
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -117,55 +116,18 @@ impl Default for SegDiffConfig {
     }
 }
 
-/// The data keys that hold folder paths.
-const PATH_KEYS: [&str; 2] = ["images", "masks"];
-
-fn resolve_paths(doc: &mut toml::Table, base: &Path) {
-    let Some(toml::Value::Table(data)) = doc.get_mut("data") else {
-        return;
-    };
-    for key in PATH_KEYS {
-        if let Some(toml::Value::String(s)) = data.get_mut(key) {
-            *s = absolute(Path::new(s.as_str()), base)
-                .to_string_lossy()
-                .into_owned();
-        }
+impl SegDiffConfig {
+    /// Read `path` (if any), apply `overrides`, validate ([`config::load`]).
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<SegDiffConfig> {
+        config::load(path, overrides)
     }
 }
 
-impl SegDiffConfig {
-    /// Read `path` (if any), apply `overrides` (`section.key=value`),
-    /// validate.
-    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<SegDiffConfig> {
-        let cwd = std::env::current_dir().context("cannot read the working directory")?;
-        let mut doc: toml::Table = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("{}: cannot read config", p.display()))?;
-                let mut doc: toml::Table = toml::from_str(&text)
-                    .with_context(|| format!("{}: invalid TOML", p.display()))?;
-                resolve_paths(
-                    &mut doc,
-                    &absolute(p.parent().unwrap_or(Path::new("")), &cwd),
-                );
-                doc
-            }
-            None => toml::Table::new(),
-        };
-        for o in overrides {
-            apply_override(&mut doc, o)?;
-        }
-        resolve_paths(&mut doc, &cwd);
-        let origin = || match path {
-            Some(p) => format!("{}: bad SegDiff configuration", p.display()),
-            None => "bad SegDiff configuration (defaults and --set)".to_string(),
-        };
-        let cfg: SegDiffConfig = toml::Value::Table(doc).try_into().with_context(origin)?;
-        cfg.validate().with_context(origin)?;
-        Ok(cfg)
-    }
+impl RunConfig for SegDiffConfig {
+    const KIND: &'static str = "SegDiff configuration";
+    const PATH_KEYS: &'static [&'static str] = &["images", "masks"];
 
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         ensure!(
             self.system == SYSTEM,
             "system = {:?}: a SegDiff configuration has system = \"{SYSTEM}\"",
@@ -186,15 +148,11 @@ impl SegDiffConfig {
         Ok(())
     }
 
-    pub fn data_paths_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
+    fn data_paths_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
         vec![
             ("data.images".to_string(), &mut self.data.images),
             ("data.masks".to_string(), &mut self.data.masks),
         ]
-    }
-
-    pub fn to_toml(&self) -> Result<String> {
-        Ok(toml::to_string_pretty(self)?)
     }
 }
 

@@ -16,6 +16,7 @@
 //! folder run skips, and reports, the photos it cannot read instead of
 //! stopping; it fails only when no photo could be segmented.
 
+use super::config::RunConfig;
 use super::run::{absolute, CHECKPOINT, CONFIG};
 use super::segdiff_config::{SegDiffConfig, SegDiffInfer};
 use super::segdiff_model::{mean_and_variance, SegDiffModel};

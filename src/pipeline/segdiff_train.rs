@@ -12,6 +12,7 @@
 //! `voxdiff segment` prepares images exactly as training did. `--resume`
 //! continues a killed run from its checkpoint with its own configuration.
 
+use super::config::{RunArgs, RunConfig};
 use super::run as run_dir;
 use super::segdiff_config::SegDiffConfig;
 use super::segdiff_model::{SegDiffModel, Source2d};
@@ -19,7 +20,7 @@ use super::train_loop::{self, TrainSummary};
 use crate::backend::{self, Backend};
 use crate::data::image2d::Dataset2d;
 use anyhow::Result;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// The file of a run that lists its split.
@@ -27,44 +28,8 @@ pub const SPLIT: &str = "split.json";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainSegDiffArgs {
-    /// TOML configuration (docs/segdiff.md); without it, the defaults.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Override any field: --set train.steps=500 --set data.size=64
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Run folder (created; must not hold a checkpoint unless --resume).
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Continue the run in --run from its checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Shortcut for --set train.steps=N.
-    #[arg(long)]
-    pub steps: Option<u64>,
-    /// Shortcut for --set train.max_minutes=M.
-    #[arg(long)]
-    pub minutes: Option<f64>,
-    /// auto, cpu, emu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-}
-
-impl TrainSegDiffArgs {
-    fn overrides(&self) -> Vec<String> {
-        let mut o = Vec::new();
-        if let Some(s) = self.steps {
-            o.push(format!("train.steps={s}"));
-        }
-        if let Some(m) = self.minutes {
-            o.push(format!("train.max_minutes={m:?}"));
-        }
-        o.extend(self.set.iter().cloned());
-        o
-    }
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Train as configured into `run` on `b`.
@@ -119,27 +84,15 @@ pub fn train_run(
 }
 
 pub fn run(args: &TrainSegDiffArgs) -> Result<()> {
-    let cfg = if args.resume {
-        let mut cfg = SegDiffConfig::load(
-            Some(&run_dir::config_to_resume(&args.run)?),
-            &args.overrides(),
-        )?;
-        for note in run_dir::locate_data(cfg.data_paths_mut(), &args.run)? {
-            eprintln!("{note}");
-        }
-        cfg
-    } else {
-        SegDiffConfig::load(args.config.as_deref(), &args.overrides())?
-    };
-    let b = backend::select(&args.device)?;
-    let s = train_run(b.as_ref(), &cfg, &args.run, args.resume, !args.quiet)?;
-    println!(
-        "trained {} steps in {:.1} s; loss {} → {}; run folder {}",
-        s.steps_done,
-        s.seconds,
-        s.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        s.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        args.run.display()
-    );
+    let cfg: SegDiffConfig = args.run.config(&[])?;
+    let b = backend::select(&args.run.device)?;
+    let s = train_run(
+        b.as_ref(),
+        &cfg,
+        &args.run.run,
+        args.run.resume,
+        !args.run.quiet,
+    )?;
+    args.run.print_summary(&s);
     Ok(())
 }

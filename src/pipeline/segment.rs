@@ -15,6 +15,7 @@
 //! given), and the scan must span at least the network's coarsest voxel
 //! along every axis ([`check_extent`]).
 
+use super::config::RunConfig;
 use super::run::absolute;
 use super::run::{classes_json, read_classes, CHECKPOINT, CONFIG};
 use super::seg_config::{InferConfig, SegConfig};
