@@ -20,7 +20,7 @@ use super::config::RunConfig;
 use super::run::{absolute, CHECKPOINT, CONFIG};
 use super::segdiff_config::{SegDiffConfig, SegDiffInfer};
 use super::segdiff_model::{mean_and_variance, SegDiffModel};
-use super::segment::{SamplerArg, SegmentArgs};
+use super::segment::SegmentArgs;
 use crate::backend::{self, Backend};
 use crate::data::image2d::dataset::{model_input, Normalisation};
 use crate::data::image2d::folder::{is_image_file, list_images, Skipped};
@@ -28,7 +28,6 @@ use crate::data::image2d::picture::PREDICTION_COLOUR;
 use crate::data::image2d::read::Mask;
 use crate::data::image2d::resize::{probability_to_mask, resize};
 use crate::data::image2d::{read_photo, write_mask_png, write_overlay_png, write_uncertainty_png};
-use crate::diffusion::Sampler;
 use crate::draw::Rgb;
 use crate::train::checkpoint;
 use anyhow::{bail, ensure, Context, Result};
@@ -143,10 +142,7 @@ fn infer_settings(args: &SegmentArgs, cfg: &SegDiffConfig) -> Result<SegDiffInfe
         infer.steps = Some(s);
     }
     if let Some(s) = args.sampler {
-        infer.sampler = match s {
-            SamplerArg::Ddpm => Sampler::Ddpm,
-            SamplerArg::Ddim => Sampler::Ddim,
-        };
+        infer.sampler = s.into();
     }
     if let Some(n) = args.samples {
         infer.samples = n;

@@ -73,6 +73,15 @@ pub enum SamplerArg {
     Ddim,
 }
 
+impl From<SamplerArg> for Sampler {
+    fn from(s: SamplerArg) -> Sampler {
+        match s {
+            SamplerArg::Ddpm => Sampler::Ddpm,
+            SamplerArg::Ddim => Sampler::Ddim,
+        }
+    }
+}
+
 /// A trained model loaded from a run folder.
 pub struct LoadedRun {
     pub cfg: SegConfig,
@@ -303,10 +312,7 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         infer.steps = Some(s);
     }
     if let Some(s) = args.sampler {
-        infer.sampler = match s {
-            SamplerArg::Ddpm => Sampler::Ddpm,
-            SamplerArg::Ddim => Sampler::Ddim,
-        };
+        infer.sampler = s.into();
     }
     if let Some(n) = args.samples {
         infer.samples = n;
