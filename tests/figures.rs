@@ -12,7 +12,7 @@ use voxdiff::data::overlay::{colour, pick_slices, render, write_overlay, Overlay
 use voxdiff::data::phantom::{generate, PhantomConfig, CLASS_NAMES};
 use voxdiff::pipeline::plot::{
     progress_figure, smooth, smoothing_half_width, Progress, HEIGHT, LR, RAW_LOSS, SMOOTH_LOSS,
-    STEP_TIME, WIDTH,
+    STEP_TIME, VALIDATION, WIDTH,
 };
 use voxdiff::pipeline::run::PROGRESS;
 use voxdiff::pipeline::seg_config::SegConfig;
@@ -106,6 +106,98 @@ fn a_short_training_run_writes_its_progress_figure() {
     // Only the title (which names the log's folder) may differ.
     assert_eq!(&px2[36 * w * 3..], &px[36 * w * 3..]);
     let _ = std::fs::remove_dir_all(&run);
+}
+
+#[test]
+fn a_run_with_a_held_out_case_logs_and_draws_validation_dice_per_class() {
+    let run = tmp("figure_validation");
+    let cfg = SegConfig::load(
+        None,
+        &[
+            "data.source=\"phantom\"".into(),
+            "data.phantom_cases=2".into(),
+            "data.validation_phantom_cases=1".into(),
+            "data.phantom.dims=[12,20,20]".into(),
+            "data.phantom.spacing=[16.0,14.0,14.0]".into(),
+            "model.channels=[4,8]".into(),
+            "train.steps=10".into(),
+            "train.log_every=1".into(),
+            "train.checkpoint_every=10".into(),
+            "train.validate_every=4".into(),
+        ],
+    )
+    .unwrap();
+    train_run(&CpuBackend::new(), &cfg, &run, false, false).unwrap();
+    let recs = voxdiff::train::RunLog::read(&run.join("log.jsonl")).unwrap();
+    let validated: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r.get("validation").is_some())
+        .collect();
+    // Every 4 steps and after the last: steps 4, 8 and 10.
+    let steps: Vec<u64> = validated
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![4, 8, 10]);
+    for r in &validated {
+        let v = r["validation"].as_array().unwrap();
+        assert!(!v.is_empty(), "no class scored at step {}", r["step"]);
+        for pair in v {
+            let (name, d) = (pair[0].as_str().unwrap(), &pair[1]);
+            assert!(name.starts_with("Dice "), "{name}");
+            // A class named in the log is one of the phantom's foreground classes.
+            assert!(CLASS_NAMES[1..].contains(&&name[5..]), "{name}");
+            let d = d.as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&d), "{name} = {d}");
+        }
+    }
+    // The step records carry the time spent validating so far, growing.
+    let val_time: Vec<f64> = recs
+        .iter()
+        .filter_map(|r| r.get("seconds_validating")?.as_f64())
+        .collect();
+    assert_eq!(val_time.len(), 10 + 3);
+    assert!(val_time.windows(2).all(|w| w[1] >= w[0]));
+    assert!(val_time.last().unwrap() > &0.0);
+
+    let p = Progress::from_records(&recs);
+    assert_eq!(p.loss.len(), 10);
+    assert_eq!(
+        p.validation.len(),
+        validated[0]["validation"].as_array().unwrap().len()
+    );
+    // Four panels: the validation series are drawn in the bottom one only.
+    let (w, _, px) = decode(&run.join(PROGRESS));
+    let quarter = (HEIGHT - 36) / 4;
+    let panel = |i: usize| (36 + i * quarter, 36 + (i + 1) * quarter);
+    let first = rgb(VALIDATION[0]);
+    assert!(
+        count_colour(&px, w, panel(3), first) > 100,
+        "validation series missing"
+    );
+    assert_eq!(count_colour(&px, w, panel(1), first), 0);
+    let _ = std::fs::remove_dir_all(&run);
+}
+
+#[test]
+fn seconds_per_step_leave_out_the_time_spent_validating() {
+    let recs = vec![
+        serde_json::json!({"step": 10, "loss": 1.0, "seconds": 10.0, "seconds_validating": 0.0}),
+        serde_json::json!({"step": 10, "validation": [["Dice b", 0.25], ["Dice a", 0.5]],
+                           "seconds": 16.0, "seconds_validating": 6.0}),
+        serde_json::json!({"step": 20, "loss": 0.5, "seconds": 26.0, "seconds_validating": 6.0}),
+        serde_json::json!({"step": 30, "validation": [["Dice b", 0.75], ["Dice a", "not a number"]]}),
+    ];
+    let p = Progress::from_records(&recs);
+    // (26 − 6 − 10) / 10: the 6 s of validation are not training time.
+    assert_eq!(p.step_time, vec![(20.0, 1.0)]);
+    assert_eq!(p.loss.len(), 2);
+    // In the order the classes first appear.
+    assert_eq!(
+        p.validation[0],
+        ("Dice b".to_string(), vec![(10.0, 0.25), (30.0, 0.75)])
+    );
+    assert_eq!(p.validation[1], ("Dice a".to_string(), vec![(10.0, 0.5)]));
 }
 
 #[test]

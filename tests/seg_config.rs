@@ -20,6 +20,10 @@ fn every_numeric_setting_is_range_checked_with_its_key() {
     SegConfig::load(None, &[]).expect("the defaults are valid");
     let cases: &[(&str, &str)] = &[
         (
+            "data.validation_images=[\"a.nii.gz\"]",
+            "data: 1 validation images but 0 validation label maps",
+        ),
+        (
             "train.adamw.beta1=3",
             "train.adamw.beta1 must be in [0, 1), got 3",
         ),

@@ -68,6 +68,10 @@ pub fn demo_config(args: &DemoArgs) -> Result<SegConfig> {
         "data.phantom.noise_hu=12.0".to_string(),
         // Patches of 32×40×40 from the 32×48×48 cases; the whole volume at inference.
         "data.patch=[32,40,40]".to_string(),
+        // One more phantom scored every 100 steps: the validation panel of
+        // progress.png.
+        "data.validation_phantom_cases=1".to_string(),
+        "train.validate_every=100".to_string(),
         format!("train.steps={}", args.steps),
         format!("train.max_minutes={:?}", args.minutes),
         "train.lr_follows_time=true".to_string(),

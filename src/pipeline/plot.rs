@@ -3,15 +3,14 @@
 //! read from the run's `log.jsonl` —
 //!
 //! 1. training loss: every logged value (light) and, from 8 values on, their
-//!    moving mean (dark), on a log scale when every value is positive (the
-//!    axis says which);
+//!    moving mean (dark), on a log scale when every value is positive and
+//!    they span more than a factor of 10 (the axis says which);
 //! 2. learning rate;
 //! 3. seconds per step: the wall time between consecutive log records over the
-//!    steps between them (a resumed run restarts its clock; the gap across a
-//!    restart is left out).
-//!
-//! The training loop logs no validation score, so there is no validation
-//! panel.
+//!    steps between them, less the time spent validating (a resumed run
+//!    restarts its clock; the gap across a restart is left out);
+//! 4. when the run validates (`train.validate_every` and held-out data), the
+//!    validation score of each class (e.g. Dice) — a fourth panel.
 
 use crate::draw::{fonts, plot_err, Rgb, FONT};
 use anyhow::{ensure, Result};
@@ -29,6 +28,18 @@ pub const RAW_LOSS: RGBColor = RGBColor(240, 160, 160);
 pub const SMOOTH_LOSS: RGBColor = RGBColor(190, 20, 20);
 pub const LR: RGBColor = RGBColor(20, 90, 200);
 pub const STEP_TIME: RGBColor = RGBColor(20, 140, 60);
+/// Colours of the validation series, in the order the classes first appear
+/// (repeating past eight).
+pub const VALIDATION: [RGBColor; 8] = [
+    RGBColor(200, 60, 20),
+    RGBColor(30, 100, 200),
+    RGBColor(40, 150, 60),
+    RGBColor(150, 60, 170),
+    RGBColor(220, 150, 0),
+    RGBColor(0, 150, 160),
+    RGBColor(120, 80, 40),
+    RGBColor(90, 90, 90),
+];
 
 /// What the figure shows, taken from a run log.
 #[derive(Debug, Default)]
@@ -39,13 +50,17 @@ pub struct Progress {
     pub lr: Vec<(f64, f64)>,
     /// (step, seconds per step since the previous record of the same process).
     pub step_time: Vec<(f64, f64)>,
+    /// Per validated name (e.g. a class), in order of first appearance:
+    /// (step, score).
+    pub validation: Vec<(String, Vec<(f64, f64)>)>,
 }
 
 impl Progress {
-    /// Collect the series from log records (`step`, `loss`, `lr`, `seconds`).
+    /// Collect the series from log records (`step`, `loss`, `lr`,
+    /// `seconds`, `seconds_validating`, `validation`).
     pub fn from_records(recs: &[Value]) -> Progress {
         let mut p = Progress::default();
-        let mut prev: Option<(f64, f64)> = None; // (step, seconds)
+        let mut prev: Option<(f64, f64)> = None; // (step, training seconds)
         for r in recs {
             let Some(step) = r.get("step").and_then(Value::as_f64) else {
                 continue;
@@ -57,7 +72,26 @@ impl Progress {
             if let Some(l) = num("lr") {
                 p.lr.push((step, l));
             }
+            if let Some(v) = r.get("validation").and_then(Value::as_array) {
+                for pair in v {
+                    let name = pair.get(0).and_then(Value::as_str);
+                    let score = pair
+                        .get(1)
+                        .and_then(Value::as_f64)
+                        .filter(|x| x.is_finite());
+                    let (Some(name), Some(score)) = (name, score) else {
+                        continue;
+                    };
+                    match p.validation.iter_mut().find(|(n, _)| n == name) {
+                        Some((_, pts)) => pts.push((step, score)),
+                        None => p.validation.push((name.to_string(), vec![(step, score)])),
+                    }
+                }
+                // A validation record times validation, not training steps.
+                continue;
+            }
             if let Some(s) = num("seconds") {
+                let s = s - num("seconds_validating").unwrap_or(0.0);
                 // A later record of the same process has a larger step and a
                 // larger clock; anything else is a restart.
                 if let Some((s0, t0)) = prev.filter(|&(s0, t0)| step > s0 && s >= t0) {
@@ -128,18 +162,34 @@ type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 /// A line of a panel: its points, colour and legend label.
 type Series<'a> = (&'a [(f64, f64)], RGBColor, String);
 
-/// One panel: `series` of (points, colour, legend label) over `x`, y on a
-/// log scale if asked (and possible).
+/// The y axis of a panel.
+#[derive(Clone, Copy, PartialEq)]
+enum YAxis {
+    /// Logarithmic when every value is positive and they span more than a
+    /// factor of 10 (a narrower range would get no tick labels), else as `Data`.
+    Log,
+    /// The data's range (from 0 for non-negative data).
+    Data,
+    /// Scores in [0, 1], the whole range shown.
+    Unit,
+}
+
+/// One panel: `series` of (points, colour, legend label) over `x`.
 fn panel(
     area: &Area,
     title: &str,
     y_desc: &str,
     x: (f64, f64),
     series: &[Series],
-    log_y: bool,
+    y_axis: YAxis,
 ) -> Result<()> {
     let all = || series.iter().flat_map(|s| s.0.iter().map(|p| p.1));
-    let (y0, y1) = range(all());
+    let (y0, y1) = match y_axis {
+        YAxis::Unit => (0.0, 1.0),
+        _ => range(all()),
+    };
+    // Many series (one per class): a smaller legend.
+    let legend_font = if series.len() > 6 { 11 } else { 15 };
     let mut chart = ChartBuilder::on(area);
     chart
         .caption(title, (FONT, 22))
@@ -172,7 +222,7 @@ fn panel(
             if draw_legend {
                 c.configure_series_labels()
                     .position(SeriesLabelPosition::UpperRight)
-                    .label_font((FONT, 15))
+                    .label_font((FONT, legend_font))
                     .background_style(WHITE.mix(0.85))
                     .border_style(BLACK)
                     .draw()
@@ -180,15 +230,20 @@ fn panel(
             }
         }};
     }
-    if log_y && y0 > 0.0 {
+    if y_axis == YAxis::Log && y0 > 0.0 && y1 > 10.0 * y0 {
         let c = chart
             .build_cartesian_2d(x.0..x.1, (y0 * 0.9..y1 * 1.1).log_scale())
             .map_err(plot_err)?;
         finish!(c, format!("{y_desc} (log scale)"));
     } else {
-        // Non-negative quantities (rates, times) start at 0.
+        // Non-negative quantities (rates, times) start at 0; scores of 0
+        // are drawn just above the axis line.
         let pad = (y1 - y0) * 0.05;
-        let lo = if y0 >= 0.0 { 0.0 } else { y0 - pad };
+        let lo = match y_axis {
+            YAxis::Unit => -0.02,
+            _ if y0 >= 0.0 => 0.0,
+            _ => y0 - pad,
+        };
         let c = chart
             .build_cartesian_2d(x.0..x.1, lo..y1 + pad)
             .map_err(plot_err)?;
@@ -208,8 +263,15 @@ pub fn render(p: &Progress, title: &str) -> Result<Rgb> {
         let (head, body) = root.split_vertically(36);
         head.titled(title, (FONT, 24).into_font().style(FontStyle::Bold))
             .map_err(plot_err)?;
-        let panels = body.split_evenly((3, 1));
-        let steps = p.loss.iter().chain(&p.lr).chain(&p.step_time).map(|q| q.0);
+        let panels = body.split_evenly((if p.validation.is_empty() { 3 } else { 4 }, 1));
+        let validated = p.validation.iter().flat_map(|(_, pts)| pts);
+        let steps = p
+            .loss
+            .iter()
+            .chain(&p.lr)
+            .chain(&p.step_time)
+            .chain(validated);
+        let steps = steps.map(|q| q.0);
         let (x0, x1) = range(steps);
         let x = (x0, x1);
         let w = smoothing_half_width(p.loss.len());
@@ -219,14 +281,14 @@ pub fn render(p: &Progress, title: &str) -> Result<Rgb> {
             let label = format!("moving mean of {} values", 2 * w + 1);
             loss.push((&smoothed, SMOOTH_LOSS, label));
         }
-        panel(&panels[0], "training loss", "loss", x, &loss, true)?;
+        panel(&panels[0], "training loss", "loss", x, &loss, YAxis::Log)?;
         panel(
             &panels[1],
             "learning rate",
             "learning rate",
             x,
             &[(&p.lr, LR, "learning rate".into())],
-            false,
+            YAxis::Data,
         )?;
         panel(
             &panels[2],
@@ -234,8 +296,17 @@ pub fn render(p: &Progress, title: &str) -> Result<Rgb> {
             "seconds per step",
             x,
             &[(&p.step_time, STEP_TIME, "seconds per step".into())],
-            false,
+            YAxis::Data,
         )?;
+        if !p.validation.is_empty() {
+            let series: Vec<Series> = p
+                .validation
+                .iter()
+                .enumerate()
+                .map(|(i, (name, pts))| (pts.as_slice(), VALIDATION[i % 8], name.clone()))
+                .collect();
+            panel(&panels[3], "validation", "score", x, &series, YAxis::Unit)?;
+        }
         root.present().map_err(plot_err)?;
     }
     Ok(img)

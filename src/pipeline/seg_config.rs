@@ -61,6 +61,14 @@ pub struct DataConfig {
     pub fov_keep: f64,
     /// Loader worker threads.
     pub workers: usize,
+    /// Held-out scans scored during training (`train.validate_every`): the
+    /// validation Dice of each class, in the log and on progress.png.
+    pub validation_images: Vec<PathBuf>,
+    /// Their label maps, one per scan.
+    pub validation_labels: Vec<PathBuf>,
+    /// Held-out phantom cases (`source = "phantom"`): seeds after the
+    /// training ones.
+    pub validation_phantom_cases: usize,
 }
 
 impl Default for DataConfig {
@@ -81,6 +89,9 @@ impl Default for DataConfig {
             fov_prob: 0.0,
             fov_keep: 0.25,
             workers: 1,
+            validation_images: Vec::new(),
+            validation_labels: Vec::new(),
+            validation_phantom_cases: 0,
         }
     }
 }
@@ -156,7 +167,13 @@ impl SegConfig {
 
 impl RunConfig for SegConfig {
     const KIND: &'static str = "configuration";
-    const PATH_KEYS: &'static [&'static str] = &["images", "labels", "class_map"];
+    const PATH_KEYS: &'static [&'static str] = &[
+        "images",
+        "labels",
+        "class_map",
+        "validation_images",
+        "validation_labels",
+    ];
 
     fn data_paths_mut(&mut self) -> Vec<(String, &mut PathBuf)> {
         let d = &mut self.data;
@@ -166,6 +183,12 @@ impl RunConfig for SegConfig {
         }
         for (i, p) in d.labels.iter_mut().enumerate() {
             slots.push((format!("data.labels[{i}]"), p));
+        }
+        for (i, p) in d.validation_images.iter_mut().enumerate() {
+            slots.push((format!("data.validation_images[{i}]"), p));
+        }
+        for (i, p) in d.validation_labels.iter_mut().enumerate() {
+            slots.push((format!("data.validation_labels[{i}]"), p));
         }
         if let Some(p) = d.class_map.as_mut() {
             slots.push(("data.class_map".to_string(), p));
@@ -192,6 +215,16 @@ impl RunConfig for SegConfig {
         } else {
             c.at_least("data.phantom_cases", d.phantom_cases as u64, 1);
         }
+        c.require(
+            d.validation_images.len() == d.validation_labels.len(),
+            || {
+                format!(
+                    "data: {} validation images but {} validation label maps",
+                    d.validation_images.len(),
+                    d.validation_labels.len()
+                )
+            },
+        );
         for a in 0..3 {
             c.at_least(
                 &format!("data.phantom.dims[{a}]"),

@@ -13,7 +13,7 @@ use crate::data::patch::PatchSampler;
 use crate::data::resample::{resample_to_spacing, Interp};
 use crate::data::{phantom, read_nifti, read_scan, ClassMap, Volume};
 use anyhow::{ensure, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The training classes of a run: index 0 is background.
@@ -212,23 +212,10 @@ fn prepare_case(
 
 /// Read or generate and preprocess every training case.
 pub fn training_cases(cfg: &DataConfig, map: &ClassMap) -> Result<Vec<PreparedCase>> {
-    let mut cases = Vec::new();
-    match cfg.source {
-        DataSource::Phantom => {
-            for seed in 0..cfg.phantom_cases as u64 {
-                let (img, lab) = phantom::generate(&cfg.phantom, seed);
-                cases.push(prepare_case(cfg, map, format!("phantom{seed}"), img, lab)?);
-            }
-        }
-        DataSource::Files => {
-            for (ip, lp) in cfg.images.iter().zip(&cfg.labels) {
-                let img = read_finite_scan(ip, NonFinite::Refuse, ": fix the scan")?;
-                let lab = read_nifti(lp)?;
-                let id = crate::pipeline::evaluate::case_name(ip);
-                cases.push(prepare_case(cfg, map, id, img, lab)?);
-            }
-        }
-    }
+    let cases = match cfg.source {
+        DataSource::Phantom => phantom_cases(cfg, map, 0..cfg.phantom_cases as u64)?,
+        DataSource::Files => file_cases(cfg, map, &cfg.images, &cfg.labels)?,
+    };
     for c in &cases {
         let present = c.classes.as_ref().map_or(0, |ci| ci.classes.len());
         ensure!(
@@ -238,6 +225,52 @@ pub fn training_cases(cfg: &DataConfig, map: &ClassMap) -> Result<Vec<PreparedCa
         );
     }
     Ok(cases)
+}
+
+/// Read or generate and preprocess the held-out cases scored during
+/// training: `data.validation_images`, or phantom seeds after the training
+/// ones.
+pub fn validation_cases(cfg: &DataConfig, map: &ClassMap) -> Result<Vec<PreparedCase>> {
+    let mut cases = file_cases(cfg, map, &cfg.validation_images, &cfg.validation_labels)?;
+    if cfg.source == DataSource::Phantom {
+        let first = cfg.phantom_cases as u64;
+        let seeds = first..first + cfg.validation_phantom_cases as u64;
+        cases.extend(phantom_cases(cfg, map, seeds)?);
+    }
+    Ok(cases)
+}
+
+/// Phantom cases of `seeds`, preprocessed.
+fn phantom_cases(
+    cfg: &DataConfig,
+    map: &ClassMap,
+    seeds: std::ops::Range<u64>,
+) -> Result<Vec<PreparedCase>> {
+    seeds
+        .map(|seed| {
+            let (img, lab) = phantom::generate(&cfg.phantom, seed);
+            prepare_case(cfg, map, format!("phantom{seed}"), img, lab)
+        })
+        .collect()
+}
+
+/// Scans `images` with their label maps `labels`, read and preprocessed.
+fn file_cases(
+    cfg: &DataConfig,
+    map: &ClassMap,
+    images: &[PathBuf],
+    labels: &[PathBuf],
+) -> Result<Vec<PreparedCase>> {
+    images
+        .iter()
+        .zip(labels)
+        .map(|(ip, lp)| {
+            let img = read_finite_scan(ip, NonFinite::Refuse, ": fix the scan")?;
+            let lab = read_nifti(lp)?;
+            let id = crate::pipeline::evaluate::case_name(ip);
+            prepare_case(cfg, map, id, img, lab)
+        })
+        .collect()
 }
 
 /// The patch size for `cases`: `cfg.patch` with 0 axes replaced by the

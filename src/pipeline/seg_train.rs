@@ -17,11 +17,18 @@
 use super::config::{RunArgs, RunConfig};
 use super::plan_step;
 use super::run as run_dir;
+use super::seg_config::InferConfig;
 use super::seg_config::SegConfig;
-use super::seg_data::{class_map, class_names, patch_size, training_cases, LoaderSource};
+use super::seg_data::{
+    class_map, class_names, patch_size, training_cases, validation_cases, Example, LoaderSource,
+};
 use super::seg_model::{ModelKind, SegModel};
-use super::train_loop::{self, TrainSummary};
+use super::segment::predict_scores;
+use super::train_loop::{self, StepKey, StepLoss, TrainSummary, Trainable};
+use crate::autograd::Graph;
 use crate::backend::{self, Backend};
+use crate::data::loader::PreparedCase;
+use crate::nn::ParamStore;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -80,9 +87,83 @@ pub fn train_run(
             source.patch()
         );
     }
-    let summary = train_loop::train(b, &model, &cfg.train, &mut source, run, resume, progress)?;
+    let validated = Validated {
+        model: &model,
+        cases: validation_cases(&cfg.data, &map)?,
+        infer: &cfg.infer,
+        classes: &names,
+    };
+    let summary = train_loop::train(
+        b,
+        &validated,
+        &cfg.train,
+        &mut source,
+        run,
+        resume,
+        progress,
+    )?;
     run_dir::finish(run)?;
     Ok(summary)
+}
+
+/// The model with its held-out cases: validation segments each case as
+/// `voxdiff segment` does (the configured sampler, windows and aggregation,
+/// on the training grid) and scores the Dice of every foreground class,
+/// averaged over the cases where the class is in the truth or the prediction.
+struct Validated<'a> {
+    model: &'a SegModel,
+    cases: Vec<PreparedCase>,
+    infer: &'a InferConfig,
+    classes: &'a [String],
+}
+
+impl Trainable for Validated<'_> {
+    type Batch = Example;
+    fn params(&self) -> &ParamStore {
+        &self.model.ps
+    }
+    fn loss(&self, g: &mut Graph, ex: &Example, key: StepKey) -> Result<StepLoss> {
+        Trainable::loss(self.model, g, ex, key)
+    }
+    fn validate(&self, dev: &dyn Backend) -> Result<Vec<(String, f64)>> {
+        let k = self.classes.len();
+        let mut sums = vec![(0.0f64, 0usize); k];
+        for case in &self.cases {
+            let truth = case
+                .label
+                .as_ref()
+                .with_context(|| format!("validation case {}: no label map", case.id))?;
+            let (scores, _) = predict_scores(dev, self.model, self.infer, &case.image, false)
+                .with_context(|| format!("validating on {}", case.id))?;
+            let pred = scores.chunks(k).map(|s| {
+                // Argmax over classes, the first on ties (as segment's).
+                (0..k).fold(0, |best, c| if s[c] > s[best] { c } else { best })
+            });
+            // Per class: |truth ∩ pred|, |truth|, |pred|.
+            let mut counts = vec![[0u64; 3]; k];
+            for (t, p) in truth.data.iter().zip(pred) {
+                let t = *t as usize;
+                if t == p {
+                    counts[p][0] += 1;
+                }
+                counts[t.min(k - 1)][1] += 1;
+                counts[p][2] += 1;
+            }
+            for (c, [both, t, p]) in counts.into_iter().enumerate().skip(1) {
+                if t + p > 0 {
+                    sums[c].0 += 2.0 * both as f64 / (t + p) as f64;
+                    sums[c].1 += 1;
+                }
+            }
+        }
+        Ok(sums
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(c, (sum, n))| (format!("Dice {}", self.classes[c]), sum / *n as f64))
+            .collect())
+    }
 }
 
 /// The shape of one training step of `cfg`.

@@ -43,6 +43,12 @@ pub trait Trainable {
     /// The loss of `batch` recorded on `g` (which records), with every random
     /// draw derived from `key`.
     fn loss(&self, g: &mut Graph, batch: &Self::Batch, key: StepKey) -> Result<StepLoss>;
+    /// Scores of the current weights on held-out data, by name (e.g. the
+    /// validation Dice of each class), every `train.validate_every` steps;
+    /// empty when the model has no held-out data (the default).
+    fn validate(&self, _dev: &dyn Backend) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
+    }
 }
 
 /// An endless, seeded supply of batches. `position` / `seek` let a resumed
@@ -75,6 +81,9 @@ pub struct TrainConfig {
     pub seed: u64,
     pub log_every: u64,
     pub checkpoint_every: u64,
+    /// Score the held-out data (`Trainable::validate`) every this many steps
+    /// and at the end; 0 = never.
+    pub validate_every: u64,
 }
 
 impl Default for TrainConfig {
@@ -91,6 +100,7 @@ impl Default for TrainConfig {
             seed: 0,
             log_every: 10,
             checkpoint_every: 100,
+            validate_every: 0,
         }
     }
 }
@@ -176,6 +186,25 @@ pub fn train<M: Trainable>(
         checkpoint::save(&ckpt_path, dev, ps, Some(opt), &extra)
     };
     let t0 = Instant::now();
+    // Wall time spent validating, logged so the time per step leaves it out.
+    let mut validating = 0.0f64;
+    let validate = |step: u64, validating: &mut f64, log: &mut RunLog| -> Result<()> {
+        let tv = Instant::now();
+        let scores = model.validate(dev)?;
+        *validating += tv.elapsed().as_secs_f64();
+        if scores.is_empty() {
+            return Ok(());
+        }
+        // Pairs, so the classes keep their order.
+        let v: Vec<serde_json::Value> = scores
+            .into_iter()
+            .map(|(name, score)| serde_json::json!([name, score]))
+            .collect();
+        log.write(&serde_json::json!({
+            "step": step, "validation": v,
+            "seconds": t0.elapsed().as_secs_f64(), "seconds_validating": *validating,
+        }))
+    };
     let (mut first_loss, mut last_loss) = (None, None);
     // The last step whose loss was checked, and the last step's loss and norm.
     let mut checked = opt.step;
@@ -215,7 +244,7 @@ pub fn train<M: Trainable>(
                 last_loss = Some(l);
                 let mut record = serde_json::json!({
                     "step": done, "loss": l, "grad_norm": n, "lr": lr,
-                    "seconds": t0.elapsed().as_secs_f64(),
+                    "seconds": t0.elapsed().as_secs_f64(), "seconds_validating": validating,
                 });
                 for (k, v) in fields {
                     record[k] = v;
@@ -235,11 +264,18 @@ pub fn train<M: Trainable>(
             saved_step = Some(done);
         }
         last = Some((loss.t.clone(), norm));
+        if cfg.validate_every > 0 && done % cfg.validate_every == 0 {
+            validate(done, &mut validating, &mut log)?;
+        }
     }
     // A run stopped by its time limit may end on a step not checked yet.
     if let Some((loss, norm)) = last.filter(|_| checked != opt.step) {
         let (l, n) = (dev.download(&loss)?[0], dev.download(&norm)?[0]);
         check_finite(l, n, opt.step, saved_step, cfg, run_dir)?;
+    }
+    // The final weights are scored too, unless that step just was.
+    if cfg.validate_every > 0 && opt.step > start_step && opt.step % cfg.validate_every != 0 {
+        validate(opt.step, &mut validating, &mut log)?;
     }
     save(&opt, source.position())?;
     if let Some(pb) = bar {
