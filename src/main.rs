@@ -57,6 +57,8 @@ enum TrainCmd {
     Segdiff(voxdiff::pipeline::segdiff_train::TrainSegDiffArgs),
     /// Self-supervised body-part regression (SSBR / bpreg) on CT slices.
     Bpr(voxdiff::pipeline::bpr_train::TrainBprArgs),
+    /// DDPM pretraining of the FPN3d backbone on CT patches, conditioned on coordinates.
+    Pretrain(voxdiff::pipeline::pretrain_train::TrainPretrainArgs),
 }
 
 #[derive(clap::Args)]
@@ -77,7 +79,8 @@ struct BenchArgs {
     #[arg(long)]
     json: Option<std::path::PathBuf>,
     /// Time one ImgX-DiffSeg training step (forward, backward, AdamW) on a
-    /// patch of `--dims` instead of the op cases.
+    /// patch of `--dims` instead of the op cases; with `--suite pretrain`,
+    /// the pretraining step (with and without attention).
     #[arg(long)]
     step: bool,
     /// Classes of the training step (background included).
@@ -119,6 +122,7 @@ fn main() -> Result<()> {
         Cmd::Train(TrainCmd::Seg(a)) => voxdiff::pipeline::seg_train::run(&a),
         Cmd::Train(TrainCmd::Segdiff(a)) => voxdiff::pipeline::segdiff_train::run(&a),
         Cmd::Train(TrainCmd::Bpr(a)) => voxdiff::pipeline::bpr_train::run(&a),
+        Cmd::Train(TrainCmd::Pretrain(a)) => voxdiff::pipeline::pretrain_train::run(&a),
         Cmd::Segment(a) => voxdiff::pipeline::segment::run(&a),
         Cmd::Bench(a) if a.plan => {
             let dims = [a.dims[0], a.dims[1], a.dims[2]];
@@ -133,7 +137,9 @@ fn main() -> Result<()> {
             let b = voxdiff::backend::select(&a.device)?;
             let b = b.as_ref();
             let dims = [a.dims[0], a.dims[1], a.dims[2]];
-            let r = if a.step {
+            let r = if a.step && a.suite == "pretrain" {
+                voxdiff::pipeline::bench_pretrain::pretrain_step(b, dims, a.reps)?
+            } else if a.step {
                 vec![voxdiff::pipeline::bench::imgx_step(
                     b, dims, a.classes, a.reps,
                 )?]
