@@ -4,12 +4,21 @@
 //! resolve against the config file's folder and are stored absolute in the
 //! run's `config.toml`. The paper's value stands beside each key in
 //! configs/probe.toml and docs/pretraining.md.
+//!
+//! The backbone, the preprocessing (spacing, window, coordinate source) and
+//! the time-step schedule are not settings of the probe: they are the
+//! pretraining run's (`data.pretrained_run`), for every feature source, so
+//! pretrained, random and from-scratch probes of one run differ in the
+//! weights alone.
+//!
+//! Axis order as in the pretraining configuration: `data.patch` and
+//! `infer.patch` are written **x, y, z** (the paper's 128 × 128 × 32).
 
 use super::bpr_config::HeldOut;
 use super::config::{self, Checks, RunConfig};
 use super::train_loop::TrainConfig;
 use crate::data::sliding::Aggregation;
-use crate::model::{FpnConfig, HeadKind};
+use crate::model::HeadKind;
 use crate::ops::AdamW;
 use crate::train::LrSchedule;
 use anyhow::Result;
@@ -29,20 +38,14 @@ pub struct ProbeDataConfig {
     /// Probe these classes of the map, in this order (empty = all).
     pub classes: Vec<String>,
     /// k-channel coordinate NIfTIs, one per CT on the CT's grid (the
-    /// backbone's extra input channels); empty when the backbone takes none,
-    /// or when the pretraining run's BPR run computes them.
+    /// backbone's extra input channels). Empty: the pretraining run's
+    /// coordinate source computes them (its BPR run), or k = 0.
     pub coords: Vec<PathBuf>,
-    /// The pretraining run (`voxdiff train pretrain`) whose backbone gives
-    /// the features (`features.source = "pretrained"`), and whose model,
-    /// preprocessing and coordinate source the other sources copy.
+    /// The pretraining run (`voxdiff train pretrain`): its backbone (the
+    /// features of `features.source = "pretrained"`, the architecture of
+    /// every source) and its preparation of a CT. Required.
     pub pretrained_run: Option<PathBuf>,
-    /// Voxel size [sd, sh, sw] in mm (D = z); `None`: the pretraining
-    /// run's, else [2, 1, 1] (vox2vec's 1×1×2 mm).
-    pub spacing: Option<[f64; 3]>,
-    /// HU window mapped to [0, 1]; `None`: the pretraining run's, else
-    /// vox2vec's [−1350, 1000].
-    pub window: Option<[f32; 2]>,
-    /// Training patch [D, H, W] (vox2vec: 32 × 128 × 128).
+    /// Training patch in voxels, **x, y, z** (vox2vec: 128 × 128 × 32).
     pub patch: [usize; 3],
     /// Patches of the one volume drawn per step (the batch).
     pub patches_per_step: usize,
@@ -63,13 +66,18 @@ impl Default for ProbeDataConfig {
             classes: Vec::new(),
             coords: Vec::new(),
             pretrained_run: None,
-            spacing: None,
-            window: None,
-            patch: [16, 32, 32],
+            patch: [32, 32, 16],
             patches_per_step: 2,
             class_prob: 0.5,
             held_out: Vec::new(),
         }
+    }
+}
+
+impl ProbeDataConfig {
+    /// The patch as tensor extents `[D, H, W]` (= `[z, y, x]`).
+    pub fn patch_dhw(&self) -> [usize; 3] {
+        [self.patch[2], self.patch[1], self.patch[0]]
     }
 }
 
@@ -79,10 +87,11 @@ impl Default for ProbeDataConfig {
 pub enum FeatureSource {
     /// The frozen backbone of `data.pretrained_run`.
     Pretrained,
-    /// The same backbone with random weights (`features.seed`), frozen.
+    /// The same backbone with random weights (from `train.seed`), frozen.
     Random,
-    /// From scratch: the backbone, randomly initialised, trained with the
-    /// head on the clean patch (vox2vec's from-scratch baseline).
+    /// From scratch: the same backbone, randomly initialised (`train.seed`),
+    /// trained with the head on the clean patch (vox2vec's from-scratch
+    /// baseline).
     None,
 }
 
@@ -96,11 +105,6 @@ pub struct FeaturesConfig {
     pub timesteps: Vec<usize>,
     /// Seed of the fixed noise of each patch.
     pub noise_seed: u64,
-    /// Seed of the random backbone (`random`, `none`).
-    pub seed: u64,
-    /// The backbone without a pretraining run (its `in_channels` = 1 + k
-    /// coordinate channels).
-    pub backbone: FpnConfig,
 }
 
 impl Default for FeaturesConfig {
@@ -109,12 +113,6 @@ impl Default for FeaturesConfig {
             source: FeatureSource::Pretrained,
             timesteps: vec![10, 30, 60],
             noise_seed: 0,
-            seed: 1,
-            backbone: FpnConfig {
-                base_channels: 8,
-                num_scales: 4,
-                ..FpnConfig::vox2vec(1)
-            },
         }
     }
 }
@@ -124,15 +122,12 @@ impl Default for FeaturesConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HeadConfig {
     pub kind: HeadKind,
-    /// Seed of the head's initialisation.
-    pub seed: u64,
 }
 
 impl Default for HeadConfig {
     fn default() -> Self {
         HeadConfig {
             kind: HeadKind::Nonlinear,
-            seed: 0,
         }
     }
 }
@@ -141,7 +136,8 @@ impl Default for HeadConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProbeInferConfig {
-    /// Sliding-window patch [D, H, W]; `None`: the training patch.
+    /// Sliding-window patch in voxels, **x, y, z**; `None`: the training
+    /// patch (vox2vec: 128 × 128 × 32).
     pub patch: Option<[usize; 3]>,
     /// Fraction shared by neighbouring windows (vox2vec: 0.5).
     pub overlap: f64,
@@ -275,23 +271,11 @@ impl RunConfig for ProbeConfig {
         c.require(d.class_map.is_some(), || {
             "data.class_map is required (it names the classes and maps label ids to them)".into()
         });
-        c.require(
-            self.features.source != FeatureSource::Pretrained || d.pretrained_run.is_some(),
-            || {
-                "data.pretrained_run: features.source = \"pretrained\" needs a pretraining run"
-                    .into()
-            },
-        );
-        if let Some(s) = d.spacing {
-            for (a, &v) in s.iter().enumerate() {
-                c.positive(&format!("data.spacing[{a}]"), v);
-            }
-        }
-        if let Some(w) = d.window {
-            c.require(w.iter().all(|v| v.is_finite()) && w[1] > w[0], || {
-                format!("data.window must be two finite numbers, low < high, got {w:?}")
-            });
-        }
+        c.require(d.pretrained_run.is_some(), || {
+            "data.pretrained_run is required: the pretraining run gives the backbone and the \
+             preparation of the CTs (for every features.source)"
+                .into()
+        });
         for (a, &v) in d.patch.iter().enumerate() {
             c.at_least(&format!("data.patch[{a}]"), v as u64, 1);
         }
@@ -318,28 +302,6 @@ impl RunConfig for ProbeConfig {
             f.source == FeatureSource::None || !f.timesteps.is_empty(),
             || "features.timesteps: at least one time step".into(),
         );
-        c.require(f.timesteps.iter().all(|&t| t < 1000), || {
-            format!(
-                "features.timesteps must each be in 0..1000 (T = 1000), got {:?}",
-                f.timesteps
-            )
-        });
-        c.at_least(
-            "features.backbone.in_channels",
-            f.backbone.in_channels as u64,
-            1,
-        );
-        c.at_least(
-            "features.backbone.base_channels",
-            f.backbone.base_channels as u64,
-            1,
-        );
-        c.require((1..=12).contains(&f.backbone.num_scales), || {
-            format!(
-                "features.backbone.num_scales must be in 1..=12, got {}",
-                f.backbone.num_scales
-            )
-        });
 
         let t = &self.train;
         c.at_least("train.steps", t.steps, 1);

@@ -1,78 +1,124 @@
-//! The probe's data: a CT prepared for the backbone (RAS, resampled,
-//! windowed to [0, 1], its k coordinate channels on the same grid, its body
-//! mask), the labelled training cases, and vox2vec's patch sampling — one
-//! volume per step, several patches of it, each forced with probability
-//! `class_prob` to hold a voxel of one class drawn for the step.
+//! The probe's data: every CT — labelled training case or new input to
+//! segment — is prepared by the pretraining run's one mechanism
+//! ([`prepare_ct`]: RAS, resampled to its `data.spacing_mm`, windowed with
+//! its `data.window`, its k coordinate channels on the same grid, padded to
+//! one patch); [`Preparation`] holds what that needs. On top of it: the
+//! label maps on the same grid, the body mask, and vox2vec's patch sampling
+//! — one volume per step, several patches of it, each forced with
+//! probability `class_prob` to hold a voxel of one class drawn for the
+//! step.
 //!
 //! The body mask is vox2vec's: voxels below −500 HU connected (in 3D) to the
 //! in-plane border of the scan are air outside the body; everything else is
-//! body. Held-out slice ranges (in the file's RAS slice index) are mapped
-//! onto the resampled grid, widened by one slice each side for the linear
-//! interpolation, and no training patch touches them.
+//! body. It is computed on the prepared (windowed) image with the window's
+//! image of −500 HU, so the window must contain −500 HU.
+//!
+//! Held-out slice ranges (in the file's RAS slice index) are marked by
+//! [`PretrainVolume::mark_held_out`] (every prepared slice that reads one of
+//! them through the interpolation), and no training patch touches them.
 
-use super::bpr_config::HeldOut;
-use super::bpr_data::read_ct;
+use super::pretrain_config::{CoordSource, PretrainData};
+use super::pretrain_data::{copy_patch, prepare_ct, BprCoords, Coords, PretrainVolume};
+use super::pretrain_run::{load_pretrained, PretrainedRun};
 use super::probe_config::ProbeDataConfig;
 use super::seg_config::{DataConfig, DataSource};
-use super::seg_data::{class_map, PreparedScan};
+use super::seg_data::class_map;
 use super::train_loop::BatchSource;
-use crate::data::crop::extract_raw_channels;
+use crate::backend::Backend;
 use crate::data::intensity::Window;
-use crate::data::nifti_io::read_nifti_channels;
 use crate::data::orient::to_canonical;
 use crate::data::resample::{resample_to_spacing, Interp};
 use crate::data::rng::Rng;
-use crate::data::{read_nifti, ClassMap, Volume};
+use crate::data::{read_nifti, ClassMap};
 use anyhow::{bail, ensure, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// HU below which a voxel is air (vox2vec's `BODY_THRESHOLD_HU`).
 pub const BODY_THRESHOLD_HU: f32 = -500.0;
 
-/// How a CT becomes the backbone's input.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Preprocess {
-    /// [sd, sh, sw] mm, D = z.
-    pub spacing: [f64; 3],
-    /// HU window mapped to [0, 1].
-    pub window: [f32; 2],
+/// Grid tolerance between a label map and its CT, mm.
+const GRID_TOL_MM: f64 = 1e-3;
+
+/// The pretraining run a probe builds on, and how it prepares a CT.
+pub struct Preparation {
+    /// The run's folder.
+    pub dir: PathBuf,
+    pub run: PretrainedRun,
+    /// The run's `data` with the probe's patch (the padding target).
+    pub data: PretrainData,
+    /// The run's BPR run, loaded, when its coordinates come from one.
+    bpr: Option<BprCoords>,
 }
 
-impl Preprocess {
-    /// vox2vec's: 1×1×2 mm, [−1350, 1000] HU.
-    pub const VOX2VEC: Preprocess = Preprocess {
-        spacing: [2.0, 1.0, 1.0],
-        window: [-1350.0, 1000.0],
-    };
+impl Preparation {
+    /// Open the pretraining run in `dir` ([`load_pretrained`]: refuses a
+    /// folder that is not one) for patches of `patch` (x, y, z).
+    pub fn open(dev: &dyn Backend, dir: &Path, patch: [usize; 3]) -> Result<Preparation> {
+        let run = load_pretrained(dir)?;
+        let mut data = run.cfg.data.clone();
+        data.patch = patch;
+        let bpr = match data.coord_source() {
+            CoordSource::Bpr(b) => Some(BprCoords::load(dev, b).with_context(|| {
+                format!(
+                    "{}: its coordinate source, the BPR run {}",
+                    dir.display(),
+                    b.display()
+                )
+            })?),
+            _ => None,
+        };
+        Ok(Preparation {
+            dir: dir.to_path_buf(),
+            run,
+            data,
+            bpr,
+        })
+    }
+
+    /// k, the coordinate channels the backbone takes.
+    pub fn k(&self) -> usize {
+        self.run.cfg.coord_channels()
+    }
+
+    /// Prepare the CT at `image`; its coordinates from `coords` (a k-channel
+    /// NIfTI on its grid) when given, else from the pretraining run's source
+    /// (its BPR run; none when k = 0).
+    pub fn prepare(
+        &self,
+        dev: &dyn Backend,
+        image: &Path,
+        coords: Option<&Path>,
+    ) -> Result<PretrainVolume> {
+        let k = self.k();
+        let source = match (coords, &self.bpr) {
+            (Some(p), _) => Coords::File(p),
+            (None, Some(b)) => Coords::Bpr(b),
+            (None, None) if k == 0 => Coords::None,
+            (None, None) => bail!(
+                "{}: the backbone of {} takes k = {k} coordinate channel(s) from files: give this \
+                 CT's coordinate NIfTI (data.coords in a probe configuration, --coords to segment)",
+                image.display(),
+                self.dir.display()
+            ),
+        };
+        prepare_ct(dev, &self.data, image, source, k)
+    }
 }
 
-/// A CT prepared for the backbone, with what maps a prediction back.
-pub struct ProbeScan {
-    /// `image`: windowed to [0, 1] on the RAS, resampled grid.
-    pub scan: PreparedScan,
-    /// `[D, H, W, k]` coordinate channels on the image's grid.
-    pub coords: Vec<f32>,
-    pub k: usize,
-    /// Inside the body, per voxel of the image's grid.
-    pub body: Vec<bool>,
-    /// Prepared slices per RAS slice of the file (z spacing ratio).
-    pub z_ratio: f64,
-}
-
-/// The body mask of a HU volume `[D, H, W]`: not air connected to the
-/// in-plane border (module docs).
-pub fn body_mask(hu: &[f32], dims: [usize; 3]) -> Vec<bool> {
+/// The body mask of a `[D, H, W]` volume: not `air` (values below `air`)
+/// connected to the in-plane border (module docs).
+pub fn body_mask(values: &[f32], dims: [usize; 3], air: f32) -> Vec<bool> {
     let [d, h, w] = dims;
     let idx = |z: usize, y: usize, x: usize| (z * h + y) * w + x;
-    let air: Vec<bool> = hu.iter().map(|&v| v < BODY_THRESHOLD_HU).collect();
-    let mut outside = vec![false; hu.len()];
+    let is_air: Vec<bool> = values.iter().map(|&v| v < air).collect();
+    let mut outside = vec![false; values.len()];
     let mut stack = Vec::new();
     for z in 0..d {
         for y in 0..h {
             for x in 0..w {
                 let border = y == 0 || x == 0 || y + 1 == h || x + 1 == w;
                 let i = idx(z, y, x);
-                if border && air[i] && !outside[i] {
+                if border && is_air[i] && !outside[i] {
                     outside[i] = true;
                     stack.push((z, y, x));
                 }
@@ -82,7 +128,7 @@ pub fn body_mask(hu: &[f32], dims: [usize; 3]) -> Vec<bool> {
     while let Some((z, y, x)) = stack.pop() {
         let mut visit = |z: usize, y: usize, x: usize| {
             let i = idx(z, y, x);
-            if air[i] && !outside[i] {
+            if is_air[i] && !outside[i] {
                 outside[i] = true;
                 stack.push((z, y, x));
             }
@@ -109,72 +155,17 @@ pub fn body_mask(hu: &[f32], dims: [usize; 3]) -> Vec<bool> {
     outside.iter().map(|&o| !o).collect()
 }
 
-/// Read a k-channel coordinate NIfTI for the CT `ct` (read from
-/// `ct_path`), refusing one on another grid or with another k than
-/// `expect_k`, naming both files.
-pub fn read_coords(
-    path: &Path,
-    ct: &Volume,
-    ct_path: &Path,
-    expect_k: usize,
-) -> Result<Vec<Volume>> {
-    let ch = read_nifti_channels(path)
-        .with_context(|| format!("{}: cannot read the coordinate volume", path.display()))?;
+/// The body mask of a prepared CT (windowed with `window`), refusing a
+/// window that does not contain −500 HU.
+pub fn prepared_body_mask(v: &PretrainVolume, window: [f32; 2]) -> Result<Vec<bool>> {
     ensure!(
-        ch.len() == expect_k,
-        "{}: {} coordinate channel(s), but the backbone was trained with k = {expect_k}",
-        path.display(),
-        ch.len()
+        window[0] < BODY_THRESHOLD_HU && BODY_THRESHOLD_HU < window[1],
+        "{}: the body mask needs the window {window:?} to contain {BODY_THRESHOLD_HU} HU \
+         (set infer.body_mask = false)",
+        v.name
     );
-    for c in &ch {
-        c.check_same_grid(ct, 1e-3).with_context(|| {
-            format!(
-                "{}: the coordinates are not on the grid of the CT {} (they must have its shape \
-                 and affine)",
-                path.display(),
-                ct_path.display()
-            )
-        })?;
-    }
-    Ok(ch)
-}
-
-/// Prepare a CT (HU, read from `path`) and its coordinate channels (each
-/// on the CT's grid; [`read_coords`]) for the backbone.
-pub fn prepare_ct(original: Volume, coords: &[Volume], pre: &Preprocess) -> Result<ProbeScan> {
-    let (canon, reorientation) = to_canonical(&original);
-    let mut image = resample_to_spacing(&canon, pre.spacing, Interp::Linear)?;
-    let body = body_mask(&image.data, image.dims);
-    Window::new(pre.window[0], pre.window[1]).apply(&mut image.data);
-    let k = coords.len();
-    let n = image.numel();
-    let mut cdata = vec![0.0f32; n * k];
-    for (j, c) in coords.iter().enumerate() {
-        let (cc, _) = to_canonical(c);
-        let r = resample_to_spacing(&cc, pre.spacing, Interp::Linear)?;
-        ensure!(
-            r.dims == image.dims,
-            "coordinate channel {j}: resampled to {:?}, the CT to {:?}",
-            r.dims,
-            image.dims
-        );
-        for (v, &x) in r.data.iter().enumerate() {
-            cdata[v * k + j] = x;
-        }
-    }
-    let z_ratio = canon.spacing[0] / pre.spacing[0];
-    Ok(ProbeScan {
-        scan: PreparedScan {
-            image,
-            original,
-            canonical_grid: canon,
-            reorientation,
-        },
-        coords: cdata,
-        k,
-        body,
-        z_ratio,
-    })
+    let air = Window::new(window[0], window[1]).map(BODY_THRESHOLD_HU);
+    Ok(body_mask(&v.image.data, v.image.dims, air))
 }
 
 /// The class map of a probe run (`data.class_map` restricted to
@@ -191,27 +182,64 @@ pub fn probe_class_map(d: &ProbeDataConfig) -> Result<ClassMap> {
 
 /// One labelled CT ready for patch sampling.
 pub struct ProbeCase {
-    pub name: String,
-    pub dims: [usize; 3],
-    /// Windowed image `[D, H, W]`.
-    pub image: Vec<f32>,
-    /// `[D, H, W, k]`.
-    pub coords: Vec<f32>,
-    /// Class ids (0 = background, 1..=K) per voxel.
+    /// The prepared CT (image, coordinates, held-out slices).
+    pub volume: PretrainVolume,
+    /// Class ids (0 = background, 1..=K) per voxel of its grid.
     pub labels: Vec<u8>,
     /// For each class 1..=K, the voxels holding it (indices into the grid).
     pub class_voxels: Vec<Vec<u32>>,
-    /// Slices (prepared grid) no patch may touch.
-    pub held_out: Vec<[usize; 2]>,
 }
 
-/// Read and prepare every training case; `coords[i]` are image i's
-/// coordinate channels (empty when k = 0).
+/// The label map at `path` (of the CT prepared as `v`) remapped by `map`
+/// onto `v`'s grid: the same reorientation, nearest resampling, padding as
+/// background. Refuses a label map off the CT's grid, naming both files.
+pub fn prepared_labels(
+    path: &Path,
+    v: &PretrainVolume,
+    map: &ClassMap,
+    data: &PretrainData,
+) -> Result<Vec<u8>> {
+    let label = read_nifti(path)?;
+    let diff = label.affine.max_abs_diff(&v.input_affine);
+    if label.dims != v.input_dims || diff > GRID_TOL_MM {
+        bail!(
+            "{}: the label map must lie on the grid of the CT {} (shape [D,H,W] {:?} vs {:?}, \
+             affines differ by up to {diff:.4} mm)",
+            path.display(),
+            v.name,
+            label.dims,
+            v.input_dims
+        );
+    }
+    let label = map.remap(&label)?;
+    let (lc, _) = to_canonical(&label);
+    let lab = resample_to_spacing(&lc, data.spacing_dhw(), Interp::Nearest)?;
+    ensure!(
+        lab.dims == v.valid,
+        "{}: resampled to {:?}, its CT to {:?}",
+        path.display(),
+        lab.dims,
+        v.valid
+    );
+    let dims = v.image.dims;
+    let mut out = vec![0u8; dims.iter().product()];
+    for d in 0..v.valid[0] {
+        for h in 0..v.valid[1] {
+            for w in 0..v.valid[2] {
+                let src = (d * v.valid[1] + h) * v.valid[2] + w;
+                out[(d * dims[1] + h) * dims[2] + w] = lab.data[src].round().max(0.0) as u8;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Read and prepare every training case of `d` through `prep`.
 pub fn training_cases(
+    dev: &dyn Backend,
     d: &ProbeDataConfig,
     map: &ClassMap,
-    pre: &Preprocess,
-    coords: impl Fn(usize, &Volume) -> Result<Vec<Volume>>,
+    prep: &Preparation,
 ) -> Result<Vec<ProbeCase>> {
     ensure!(
         map.names.len() < 255,
@@ -220,25 +248,11 @@ pub fn training_cases(
     );
     let mut cases = Vec::new();
     for (i, (ip, lp)) in d.images.iter().zip(&d.labels).enumerate() {
-        let ct = read_ct(ip)?;
-        let label = read_nifti(lp)?;
-        ct.check_same_grid(&label, 1e-3).with_context(|| {
-            format!(
-                "{}: the label map must lie on the grid of the CT {}",
-                lp.display(),
-                ip.display()
-            )
-        })?;
-        let label = map.remap(&label)?;
-        let c = coords(i, &ct)?;
-        let ps = prepare_ct(ct, &c, pre)?;
-        let (lc, _) = to_canonical(&label);
-        let lab = resample_to_spacing(&lc, pre.spacing, Interp::Nearest)?;
-        ensure!(
-            lab.dims == ps.scan.image.dims,
-            "label map resampled off the CT's grid"
-        );
-        let labels: Vec<u8> = lab.data.iter().map(|&v| v.round().max(0.0) as u8).collect();
+        let mut volume = prep.prepare(dev, ip, d.coords.get(i).map(|p| p.as_path()))?;
+        for h in d.held_out.iter().filter(|h| h.image == i) {
+            volume.mark_held_out(h.slices[0], h.slices[1])?;
+        }
+        let labels = prepared_labels(lp, &volume, map, &prep.data)?;
         let kc = map.names.len();
         let mut class_voxels = vec![Vec::new(); kc];
         for (v, &l) in labels.iter().enumerate() {
@@ -246,13 +260,6 @@ pub fn training_cases(
                 class_voxels[l as usize - 1].push(v as u32);
             }
         }
-        let nz = ps.scan.image.dims[0];
-        let held_out = d
-            .held_out
-            .iter()
-            .filter(|h| h.image == i)
-            .map(|h| held_range(h, ps.z_ratio, nz))
-            .collect();
         ensure!(
             class_voxels.iter().any(|v| !v.is_empty()),
             "{}: no voxel of any probed class ({}) after preprocessing",
@@ -260,31 +267,20 @@ pub fn training_cases(
             map.names.join(", ")
         );
         cases.push(ProbeCase {
-            name: ip.display().to_string(),
-            dims: ps.scan.image.dims,
-            image: ps.scan.image.data,
-            coords: ps.coords,
+            volume,
             labels,
             class_voxels,
-            held_out,
         });
     }
     Ok(cases)
 }
 
-/// A held-out range of file slices as prepared slices `[start, end)`,
-/// widened by one each side.
-pub fn held_range(h: &HeldOut, z_ratio: f64, nz: usize) -> [usize; 2] {
-    let a = (h.slices[0] as f64 * z_ratio).floor() as usize;
-    let b = (h.slices[1] as f64 * z_ratio).ceil() as usize;
-    [a.saturating_sub(1), (b + 1).min(nz)]
-}
-
 /// One step's patches of one volume, host data.
 pub struct ProbeBatch {
     pub volume: usize,
+    /// Patch extents `[D, H, W]`.
     pub patch: [usize; 3],
-    /// Patch origins (prepared grid).
+    /// Patch origins `[D, H, W]` (prepared grid).
     pub origins: Vec<[usize; 3]>,
     /// `[P, D, H, W]` clean windowed image.
     pub image: Vec<f32>,
@@ -296,10 +292,10 @@ pub struct ProbeBatch {
     pub classes: usize,
 }
 
-/// vox2vec's sampler over the prepared cases (module docs). Cases smaller
-/// than the patch are padded (image 0, coordinates 0, background).
+/// vox2vec's sampler over the prepared cases (module docs).
 pub struct ProbeSource {
     cases: Vec<ProbeCase>,
+    /// `[D, H, W]`.
     patch: [usize; 3],
     per_step: usize,
     class_prob: f64,
@@ -317,19 +313,25 @@ impl ProbeSource {
         classes: usize,
         seed: u64,
     ) -> Result<ProbeSource> {
-        let patch = d.patch;
+        ensure!(!cases.is_empty(), "no training cases");
+        let patch = d.patch_dhw();
         let mut z_starts = Vec::new();
         for c in &cases {
-            let nz = c.dims[0].max(patch[0]);
-            let starts: Vec<usize> = (0..=nz - patch[0])
-                .filter(|&s| c.held_out.iter().all(|h| s + patch[0] <= h[0] || s >= h[1]))
+            let v = &c.volume;
+            ensure!(
+                (0..3).all(|a| v.image.dims[a] >= patch[a]),
+                "{}: prepared to {:?}, smaller than the patch {patch:?}",
+                v.name,
+                v.image.dims
+            );
+            let starts: Vec<usize> = (0..=v.image.dims[0] - patch[0])
+                .filter(|&s| !v.held[s..s + patch[0]].iter().any(|&h| h))
                 .collect();
             if starts.is_empty() {
                 bail!(
-                    "{}: the held-out slices {:?} (prepared grid) leave no room for a patch of {} \
+                    "{}: its held-out slices (data.held_out) leave no room for a patch of {} \
                      slices",
-                    c.name,
-                    c.held_out,
+                    v.name,
                     patch[0]
                 );
             }
@@ -355,8 +357,7 @@ impl ProbeSource {
         let p = self.patch;
         let cls = rng.below(self.classes);
         let anchors = &c.class_voxels[cls];
-        let dims = c.dims;
-        let pd = [0, 1, 2].map(|a| dims[a].max(p[a]));
+        let dims = c.volume.image.dims;
         let zs = &self.z_starts[v];
         let mut origins = Vec::with_capacity(self.per_step);
         for _ in 0..self.per_step {
@@ -385,7 +386,7 @@ impl ProbeSource {
                 fit[rng.below(fit.len())]
             };
             for ax in 1..3 {
-                let hi = pd[ax] - p[ax];
+                let hi = dims[ax] - p[ax];
                 let (lo, hi) = match anchor {
                     Some(a) => (a[ax].saturating_sub(p[ax] - 1), a[ax].min(hi)),
                     None => (0, hi),
@@ -394,35 +395,40 @@ impl ProbeSource {
             }
             origins.push(o);
         }
-        let k = self.classes;
+        let nk = self.classes;
+        let k = c.volume.k;
         let vox = p.iter().product::<usize>();
         let mut image = Vec::with_capacity(vox * origins.len());
-        let mut coords = Vec::new();
-        let mut target = vec![0.0f32; vox * origins.len() * k];
-        let labels_f: Vec<f32> = c.labels.iter().map(|&l| l as f32).collect();
-        for (j, o) in origins.iter().enumerate() {
-            let oi = o.map(|x| x as i64);
-            image.extend(extract_raw_channels(&c.image, dims, 1, oi, p, 0.0));
-            if !c.coords.is_empty() {
-                let kk = c.coords.len() / c.image.len();
-                coords.extend(extract_raw_channels(&c.coords, dims, kk, oi, p, 0.0));
+        let mut coords = Vec::with_capacity(vox * origins.len() * k);
+        let mut target = vec![0.0f32; vox * origins.len() * nk];
+        let mut lab = Vec::with_capacity(vox);
+        for (j, &o) in origins.iter().enumerate() {
+            copy_patch(&c.volume.image.data, dims, 1, o, p, &mut image);
+            if k > 0 {
+                copy_patch(&c.volume.coords, dims, k, o, p, &mut coords);
             }
-            let lab = extract_raw_channels(&labels_f, dims, 1, oi, p, 0.0);
+            lab.clear();
+            for d in 0..p[0] {
+                for h in 0..p[1] {
+                    let row = ((o[0] + d) * dims[1] + o[1] + h) * dims[2] + o[2];
+                    lab.extend_from_slice(&c.labels[row..row + p[2]]);
+                }
+            }
             for (t, &l) in lab.iter().enumerate() {
-                if l >= 1.0 {
-                    target[(j * vox + t) * k + l as usize - 1] = 1.0;
+                if l >= 1 && (l as usize) <= nk {
+                    target[(j * vox + t) * nk + l as usize - 1] = 1.0;
                 }
             }
         }
         ProbeBatch {
             volume: v,
             patch: p,
-            k: coords.len() / (vox * origins.len()),
+            k,
             origins,
             image,
             coords,
             target,
-            classes: k,
+            classes: nk,
         }
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Frozen features (`pretrained`, `random`): the clean patch x₀ (windowed to
 //! [0, 1]) is noised to each time step t of `features.timesteps` with one
-//! fixed noise field per patch, `x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε` (DDPM, T =
-//! 1000, linear β 1e-4 … 0.02), the coordinate channels are appended clean,
+//! fixed noise field per patch, `x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε` (the DDPM
+//! schedule of the pretraining run's `objective`: T and linear β, paper:
+//! 1000, 1e-4 … 0.02), the coordinate channels are appended clean,
 //! the backbone runs without a tape with eval-mode norms, and the pyramids
 //! of the time steps are concatenated per level along channels (level i:
 //! `m · c0·2^i` channels for m time steps). ε is Philox noise of a seed
@@ -17,6 +18,8 @@
 //! mode, one pyramid) — vox2vec's from-scratch baseline; the time steps are
 //! not used.
 
+use super::pretrain_config::Objective;
+use super::pretrain_run::{BACKBONE, HEAD};
 use super::probe_config::FeatureSource;
 use super::probe_data::ProbeBatch;
 use crate::autograd::{Graph, Var};
@@ -26,11 +29,7 @@ use crate::model::fpn3d_block::apply_running_in_place;
 use crate::model::{Fpn3d, FpnConfig, HeadKind, HeadShape, NormMode, ProbeHead};
 use crate::nn::{ParamBuilder, ParamStore};
 use crate::tensor::{Shape, Tensor};
-use anyhow::{ensure, Result};
-
-/// Parameter prefixes.
-pub const BACKBONE: &str = "backbone.";
-pub const HEAD: &str = "head.";
+use anyhow::{bail, ensure, Result};
 
 /// A backbone and a head in one parameter store.
 pub struct ProbeModel {
@@ -64,13 +63,16 @@ fn interleave(x: &[f32], coords: &[f32], k: usize) -> Vec<f32> {
 }
 
 impl ProbeModel {
-    /// A model of `backbone` and a head of `kind` for `classes` classes,
-    /// every parameter initialised from `seed`; the backbone frozen unless
-    /// the source is `none`.
+    /// A model of `backbone` (under `backbone.`, as in a pretraining
+    /// checkpoint) and a head of `kind` for `classes` classes (under
+    /// `head.`), every parameter initialised from `seed`; the backbone frozen
+    /// unless the source is `none`. The time steps noise with the schedule
+    /// of `objective`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         dev: &dyn Backend,
         backbone: FpnConfig,
+        objective: &Objective,
         kind: HeadKind,
         classes: usize,
         source: FeatureSource,
@@ -78,9 +80,16 @@ impl ProbeModel {
         noise_seed: u64,
         seed: u64,
     ) -> Result<ProbeModel> {
+        let t_max = objective.timesteps;
+        if let Some(t) = timesteps.iter().find(|&&t| t >= t_max) {
+            bail!(
+                "features.timesteps: t = {t} is not below the pretraining run's \
+                 objective.timesteps = {t_max}"
+            );
+        }
         let mut ps = ParamStore::new(seed);
         let mut pb = ParamBuilder::new(&mut ps, dev);
-        let fpn = Fpn3d::new(&mut pb.pp("backbone"), backbone)?;
+        let fpn = Fpn3d::new(&mut pb.pp(BACKBONE), backbone)?;
         let in_mult = match source {
             FeatureSource::None => 1,
             _ => timesteps.len(),
@@ -93,11 +102,17 @@ impl ProbeModel {
             in_mult,
             classes,
         };
-        let head = ProbeHead::new(&mut pb.pp("head"), shape)?;
+        let head = ProbeHead::new(&mut pb.pp(HEAD), shape)?;
         if source != FeatureSource::None {
-            ps.freeze(BACKBONE);
+            ps.freeze(&format!("{BACKBONE}."));
         }
-        let schedule = Schedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02, 1000)?;
+        let schedule = Schedule::new(
+            BetaSchedule::Linear,
+            t_max,
+            objective.beta[0],
+            objective.beta[1],
+            t_max,
+        )?;
         Ok(ProbeModel {
             ps,
             backbone: fpn,
