@@ -57,6 +57,8 @@ enum TrainCmd {
     Segdiff(voxdiff::pipeline::segdiff_train::TrainSegDiffArgs),
     /// Self-supervised body-part regression (SSBR / bpreg) on CT slices.
     Bpr(voxdiff::pipeline::bpr_train::TrainBprArgs),
+    /// DDPM pretraining of the FPN3d backbone on CT patches, conditioned on coordinates.
+    Pretrain(voxdiff::pipeline::pretrain_train::TrainPretrainArgs),
     /// Train a probe head on frozen diffusion features of labelled CTs (docs/pretraining.md).
     Probe(voxdiff::pipeline::probe_train::TrainProbeArgs),
 }
@@ -121,6 +123,7 @@ fn main() -> Result<()> {
         Cmd::Train(TrainCmd::Seg(a)) => voxdiff::pipeline::seg_train::run(&a),
         Cmd::Train(TrainCmd::Segdiff(a)) => voxdiff::pipeline::segdiff_train::run(&a),
         Cmd::Train(TrainCmd::Bpr(a)) => voxdiff::pipeline::bpr_train::run(&a),
+        Cmd::Train(TrainCmd::Pretrain(a)) => voxdiff::pipeline::pretrain_train::run(&a),
         Cmd::Train(TrainCmd::Probe(a)) => voxdiff::pipeline::probe_train::run(&a),
         Cmd::Segment(a) => voxdiff::pipeline::segment::run(&a),
         Cmd::Bench(a) if a.plan => {

@@ -15,6 +15,7 @@ pub mod plot;
 pub mod pretrain_config;
 pub mod pretrain_data;
 pub mod pretrain_run;
+pub mod pretrain_train;
 pub mod probe_config;
 pub mod probe_data;
 pub mod probe_features;
