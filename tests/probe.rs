@@ -611,3 +611,25 @@ fn no_training_patch_touches_a_held_out_range() {
     let e = err_of(ProbeSource::new(cases, &cfg.data, 2, 5));
     assert!(e.contains("ct0.nii.gz") && e.contains("no room"), "{e}");
 }
+
+#[test]
+fn the_shipped_configuration_is_valid() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/probe.toml");
+    let cfg = ProbeConfig::load(Some(&p), &[]).unwrap();
+    assert_eq!(cfg.data.patch_dhw(), [32, 64, 64]);
+    assert_eq!(cfg.data.classes.len(), 12);
+    assert_eq!(cfg.features.source, FeatureSource::Pretrained);
+    assert_eq!(cfg.features.timesteps, vec![10, 30, 60]);
+    assert_eq!(cfg.train.lr.init, 3e-4);
+    assert_eq!(cfg.train.adamw.weight_decay, 0.0);
+    assert!(cfg
+        .data
+        .pretrained_run
+        .as_ref()
+        .unwrap()
+        .ends_with("runs/pre"));
+    // The classes exist in the class map.
+    if common::data_dir().is_some() {
+        assert_eq!(probe_class_map(&cfg.data).unwrap().names.len(), 12);
+    }
+}
