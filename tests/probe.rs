@@ -616,7 +616,7 @@ fn no_training_patch_touches_a_held_out_range() {
 fn the_shipped_configuration_is_valid() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/probe.toml");
     let cfg = ProbeConfig::load(Some(&p), &[]).unwrap();
-    assert_eq!(cfg.data.patch_dhw(), [32, 64, 64]);
+    assert_eq!(cfg.data.patch_dhw(), [16, 64, 64]);
     assert_eq!(cfg.data.classes.len(), 12);
     assert_eq!(cfg.features.source, FeatureSource::Pretrained);
     assert_eq!(cfg.features.timesteps, vec![10, 30, 60]);
