@@ -59,6 +59,8 @@ enum TrainCmd {
     Bpr(voxdiff::pipeline::bpr_train::TrainBprArgs),
     /// DDPM pretraining of the FPN3d backbone on CT patches, conditioned on coordinates.
     Pretrain(voxdiff::pipeline::pretrain_train::TrainPretrainArgs),
+    /// Train a probe head on frozen diffusion features of labelled CTs (docs/pretraining.md).
+    Probe(voxdiff::pipeline::probe_train::TrainProbeArgs),
 }
 
 #[derive(clap::Args)]
@@ -123,6 +125,7 @@ fn main() -> Result<()> {
         Cmd::Train(TrainCmd::Segdiff(a)) => voxdiff::pipeline::segdiff_train::run(&a),
         Cmd::Train(TrainCmd::Bpr(a)) => voxdiff::pipeline::bpr_train::run(&a),
         Cmd::Train(TrainCmd::Pretrain(a)) => voxdiff::pipeline::pretrain_train::run(&a),
+        Cmd::Train(TrainCmd::Probe(a)) => voxdiff::pipeline::probe_train::run(&a),
         Cmd::Segment(a) => voxdiff::pipeline::segment::run(&a),
         Cmd::Bench(a) if a.plan => {
             let dims = [a.dims[0], a.dims[1], a.dims[2]];

@@ -95,6 +95,7 @@ fn args(run: &Path, input: &Path, output: &Path) -> SegmentArgs {
         save_steps: None,
         seed: None,
         replace_nonfinite: None,
+        coords: None,
         device: "cpu".into(),
     }
 }

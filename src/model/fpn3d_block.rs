@@ -57,6 +57,28 @@ pub fn apply_running(dev: &dyn Backend, ps: &mut ParamStore, ups: &[RunningUpdat
     Ok(())
 }
 
+/// As [`apply_running`], writing the new statistics into the stored
+/// tensors in place, for a store only borrowed (a training step's loss,
+/// which runs the forward whose statistics these are).
+pub fn apply_running_in_place(
+    dev: &dyn Backend,
+    ps: &ParamStore,
+    ups: &[RunningUpdate],
+) -> Result<()> {
+    for u in ups {
+        let (mean, var) = running_update(
+            dev,
+            ps.get(u.running_mean),
+            ps.get(u.running_var),
+            &u.stats,
+            u.momentum,
+        )?;
+        dev.write(ps.get(u.running_mean), &dev.download(&mean)?)?;
+        dev.write(ps.get(u.running_var), &dev.download(&var)?)?;
+    }
+    Ok(())
+}
+
 /// What a forward needs besides the input: the norm mode, the time
 /// embedding (SiLU already applied, `[N, E]`) and where batch statistics go.
 pub struct Ctx<'a> {

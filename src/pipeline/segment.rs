@@ -62,6 +62,10 @@ pub struct SegmentArgs {
     /// units, e.g. -1000 for air in CT); without it such a scan is refused.
     #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
     pub replace_nonfinite: Option<f32>,
+    /// Coordinate NIfTI of the input (k channels on its grid), for a probe
+    /// run whose backbone takes coordinates.
+    #[arg(long)]
+    pub coords: Option<PathBuf>,
     /// auto, cpu, emu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -263,7 +267,7 @@ fn outputs(args: &SegmentArgs) -> Vec<(&'static str, PathBuf)> {
 
 /// Refuse outputs that would overwrite the input or cannot be written, before
 /// anything is computed.
-fn check_outputs(args: &SegmentArgs) -> Result<()> {
+pub fn check_outputs(args: &SegmentArgs) -> Result<()> {
     let name = args.output.to_string_lossy();
     if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
         bail!(
@@ -295,6 +299,16 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     // One command, two kinds of run: a SegDiff run segments 2D photos.
     if super::segdiff_config::is_segdiff_run(&args.run) {
         return super::segdiff_segment::run(args);
+    }
+    if super::probe_config::is_probe_run(&args.run) {
+        return super::probe_segment::run(args);
+    }
+    if let Some(c) = &args.coords {
+        bail!(
+            "--coords {}: only a probe run (`voxdiff train probe`) takes coordinates; {} is not one",
+            c.display(),
+            args.run.display()
+        );
     }
     if super::segdiff_segment::is_2d_input(&args.input) {
         bail!(
