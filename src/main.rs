@@ -47,6 +47,8 @@ struct DemoCmd {
 enum DemoSystem {
     /// SegDiff 2D on the shared dermoscopy photos: train minutes, segment a held-out photo.
     Segdiff(voxdiff::pipeline::segdiff_demo::SegDiffDemoArgs),
+    /// The diffusion-pretraining chain on the built-in phantom: BPR, DDPM pretraining, probe, segment.
+    Pretrain(voxdiff::pipeline::pretrain_demo::PretrainDemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -120,6 +122,10 @@ fn main() -> Result<()> {
             system: Some(DemoSystem::Segdiff(a)),
             ..
         }) => voxdiff::pipeline::segdiff_demo::run(&a),
+        Cmd::Demo(DemoCmd {
+            system: Some(DemoSystem::Pretrain(a)),
+            ..
+        }) => voxdiff::pipeline::pretrain_demo::run(&a),
         Cmd::Demo(DemoCmd { args, .. }) => voxdiff::pipeline::demo::run(&args),
         Cmd::Train(TrainCmd::Seg(a)) => voxdiff::pipeline::seg_train::run(&a),
         Cmd::Train(TrainCmd::Segdiff(a)) => voxdiff::pipeline::segdiff_train::run(&a),

@@ -14,6 +14,7 @@ pub mod plan_step;
 pub mod plot;
 pub mod pretrain_config;
 pub mod pretrain_data;
+pub mod pretrain_demo;
 pub mod pretrain_run;
 pub mod pretrain_train;
 pub mod probe_config;
