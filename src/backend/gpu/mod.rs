@@ -30,25 +30,37 @@ pub mod plan;
 pub mod pointwise;
 pub mod reduce;
 pub mod registry;
+pub mod step_arena;
 
 use crate::tensor::{DType, MemoryKind, Tensor};
 use anyhow::{bail, ensure, Context, Result};
 use device::{Device, DeviceKind};
 use std::sync::Arc;
 
-/// Opens a device by name: `emu`, `cuda` (= `cuda:0`) or `cuda:N`.
+/// Opens a device by name: `emu`, `cuda` (= `cuda:0`) or `cuda:N`, behind a
+/// [`step_arena::StepArena`] (a pass-through until a training step begins).
 pub fn open_device(spec: &str) -> Result<Arc<dyn Device>> {
     let spec = spec.trim();
-    match spec {
-        "emu" => Ok(Arc::new(emu::Emu::new())),
-        "cuda" => Ok(Arc::new(cuda::Cuda::new(0)?)),
+    let device: Arc<dyn Device> = match spec {
+        "emu" => Arc::new(emu::Emu::new()),
+        "cuda" => Arc::new(cuda::Cuda::new(0)?),
         s if s.starts_with("cuda:") => {
             let n: usize = s[5..]
                 .parse()
                 .with_context(|| format!("device `{s}`: expected cuda:<ordinal>"))?;
-            Ok(Arc::new(cuda::Cuda::new(n)?))
+            Arc::new(cuda::Cuda::new(n)?)
         }
         other => bail!("unknown gpu device `{other}` (emu, cuda, cuda:N)"),
+    };
+    Ok(Arc::new(step_arena::StepArena::new(device)))
+}
+
+/// Marks the start of a training step on `b` when it is a gpu backend (see
+/// [`step_arena`]); nothing on other backends.
+pub fn begin_step(b: &dyn crate::backend::Backend) -> Result<()> {
+    match b.as_any().downcast_ref::<GpuBackend>() {
+        Some(g) => g.begin_step(),
+        None => Ok(()),
     }
 }
 
@@ -84,6 +96,14 @@ impl GpuBackend {
 
     pub fn device(&self) -> &Arc<dyn Device> {
         &self.device
+    }
+
+    /// A training step begins: the previous step's `one_hot` label checks are
+    /// read (a host sync between steps, none inside one; the checks keep step
+    /// buffers alive), then the device is told ([`Device::begin_step`]).
+    pub fn begin_step(&self) -> Result<()> {
+        self.settle_label_checks()?;
+        self.device.begin_step()
     }
 
     fn memory_kind(&self) -> MemoryKind {

@@ -148,7 +148,7 @@ impl OptimOps for GpuBackend {
         }
         let dev = self.device();
         let table_buf = dev.alloc(std::mem::size_of_val(table.as_slice()))?;
-        dev.memcpy_htod(table_buf.addr(), bytemuck::cast_slice(&table))?;
+        dev.memcpy_htod_table(table_buf.addr(), bytemuck::cast_slice(&table))?;
         let nslots = table.len() as i32;
 
         let sum_blocks = (tiles as usize).min(ADAMW_MAX_PARTIALS);
