@@ -1,5 +1,6 @@
 //! The step arena (src/backend/gpu/step_arena.rs) on the emulator: after the
-//! recorded first step, steps make no device allocation; losses and
+//! recorded first step, steps make no device allocation; from the third on
+//! the captured launch list is replayed (one submission per step); losses and
 //! updated weights are bitwise those of the eager path; a shape change, a
 //! buffer held across steps and a departure inside a step take the stated
 //! fallbacks.
@@ -115,7 +116,11 @@ fn steady_state_steps_allocate_nothing_and_match_the_eager_path_bitwise() {
             assert_eq!(s.ops, h[0].ops, "{h:?}");
         }
         for s in &h[2..] {
-            assert_eq!(s.mode, StepMode::Arena, "{act:?}: {h:?}");
+            assert_eq!(s.mode, StepMode::Replayed, "{act:?}: {h:?}");
+            // The loss download submits the whole list; nothing is left for later.
+            assert_eq!(s.submissions, 1, "{act:?}: {h:?}");
+            // The step's seeds and time step differ, and are patched in.
+            assert!(s.patched > 0 && s.patched < s.ops / 4, "{act:?}: {h:?}");
         }
         eprintln!("{act:?}: {h:?}");
         assert!(arena.notices().is_empty(), "{:?}", arena.notices());
@@ -163,7 +168,7 @@ fn a_buffer_held_across_steps_is_not_overwritten() {
     assert_eq!(b.download(&kept).unwrap(), value);
     let modes: Vec<StepMode> = arena.history().iter().map(|s| s.mode).collect();
     use StepMode::*;
-    assert_eq!(modes, [Recorded, Arena, Arena, Recorded, Arena]);
+    assert_eq!(modes, [Recorded, Arena, Replayed, Recorded, Arena]);
 }
 
 #[test]
@@ -191,5 +196,5 @@ fn a_departure_inside_a_step_is_an_error_and_the_next_step_plans_again() {
     arena.begin_step().unwrap();
     let modes: Vec<StepMode> = arena.history().iter().map(|s| s.mode).collect();
     use StepMode::*;
-    assert_eq!(modes, [Recorded, Arena, Arena, Recorded, Arena]);
+    assert_eq!(modes, [Recorded, Arena, Replayed, Recorded, Arena]);
 }

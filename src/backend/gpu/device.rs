@@ -379,4 +379,14 @@ pub trait Device: Send + Sync {
     fn begin_step(&self) -> Result<()> {
         Ok(())
     }
+    /// Runs operations `range` of a captured step list
+    /// ([`super::launch_list::LaunchList`]; its staging bytes are on the
+    /// device). By default one after the other, as they were issued.
+    fn replay(
+        &self,
+        list: &super::launch_list::LaunchList,
+        range: std::ops::Range<usize>,
+    ) -> Result<()> {
+        list.run_in_order(self, range)
+    }
 }

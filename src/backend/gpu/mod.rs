@@ -19,6 +19,7 @@ pub mod device;
 pub mod diffusion;
 pub mod elementwise;
 pub mod emu;
+pub mod launch_list;
 pub mod layout;
 pub mod loss;
 pub mod matmul;

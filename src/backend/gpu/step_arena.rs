@@ -43,7 +43,10 @@
 //! one wrote gets the previous step's value instead of NaN, which the
 //! bitwise comparison with the eager path (`tests/step_arena.rs`) detects.
 
-use super::device::{Device, DeviceKind, Event, KernelArgs, LaunchConfig, ALLOC_ALIGN};
+use super::device::{
+    check_args, check_config, Device, DeviceKind, Event, KernelArgs, LaunchConfig, ALLOC_ALIGN,
+};
+use super::launch_list::{LaunchList, ListOp};
 use super::registry::Kernel;
 use crate::plan::arena::Arena;
 use crate::plan::Interval;
@@ -58,8 +61,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub enum StepMode {
     /// Allocations from the inner device, launches recorded for the plan.
     Recorded,
-    /// Allocations served from the planned arena.
+    /// Allocations served from the planned arena; the step's launch list captured.
     Arena,
+    /// Allocations served from the arena, the captured launch list replayed.
+    Replayed,
 }
 
 /// What one step did (from one `begin_step` to the next).
@@ -72,6 +77,11 @@ pub struct StepStats {
     pub arena_allocations: usize,
     /// Launches and device copies (host reads not counted).
     pub ops: usize,
+    /// Replayed steps: operations whose arguments differed from the list's
+    /// (scalars such as seeds and time steps), patched in before the replay.
+    pub patched: usize,
+    /// Replayed steps: submissions of (a part of) the list to the device.
+    pub submissions: usize,
 }
 
 /// The plan of a step as the wrapper serves it.
@@ -143,6 +153,10 @@ struct Recording {
 }
 
 struct Planned {
+    /// The step's launch list, captured in the first served step.
+    list: Option<LaunchList>,
+    /// Operations of this step already submitted (replayed steps).
+    submitted: usize,
     block: Arc<Buffer>,
     /// Buffers of this block not dropped yet.
     live: Arc<AtomicUsize>,
@@ -155,15 +169,17 @@ struct Planned {
 struct Serving {
     /// Address given to each allocation so far, and whether it is still held.
     addrs: Vec<(u64, bool)>,
+    /// The list being captured (the first served step).
+    capture: Option<LaunchList>,
 }
 
 /// An operation as the caller issued it.
 enum OpCall<'a> {
-    Launch(Kernel, &'a KernelArgs),
+    Launch(Kernel, LaunchConfig, &'a KernelArgs),
     /// dst, bytes, and whether they are a table of addresses.
     HostToDevice(u64, &'a [u8], bool),
     DeviceToDevice(u64, u64, usize),
-    Memset(u64, usize),
+    Memset(u64, u8, usize),
 }
 
 impl OpCall<'_> {
@@ -177,7 +193,7 @@ impl OpCall<'_> {
     }
     fn words(&self) -> Vec<u64> {
         match self {
-            OpCall::Launch(_, args) => args.address_words(),
+            OpCall::Launch(_, _, args) => args.address_words(),
             OpCall::HostToDevice(dst, src, table) => {
                 let mut words = vec![*dst];
                 if *table {
@@ -190,6 +206,67 @@ impl OpCall<'_> {
             }
             OpCall::Memset(dst, ..) => vec![*dst],
             OpCall::DeviceToDevice(dst, src, _) => vec![*dst, *src],
+        }
+    }
+    /// As a list operation (a host copy staged in `list`).
+    fn push_to(&self, list: &mut LaunchList) {
+        match *self {
+            OpCall::Launch(kernel, cfg, args) => list.ops.push(ListOp::Launch {
+                kernel,
+                cfg,
+                args: args.clone(),
+            }),
+            OpCall::HostToDevice(dst, src, _) => list.push_staged(dst, src),
+            OpCall::DeviceToDevice(dst, src, bytes) => {
+                list.ops.push(ListOp::DeviceToDevice { dst, src, bytes })
+            }
+            OpCall::Memset(dst, byte, bytes) => list.ops.push(ListOp::Memset { dst, byte, bytes }),
+        }
+    }
+    /// Overwrites the list's operation `at` with this call; whether it changed.
+    fn patch(&self, list: &mut LaunchList, at: usize) -> bool {
+        let staging = &mut list.staging_host;
+        match (self, &mut list.ops[at]) {
+            (
+                OpCall::Launch(_, cfg, args),
+                ListOp::Launch {
+                    cfg: c, args: a, ..
+                },
+            ) => {
+                let changed =
+                    *c != *cfg || (0..args.len()).any(|i| args.param_bytes(i) != a.param_bytes(i));
+                if changed {
+                    *c = *cfg;
+                    *a = (*args).clone();
+                }
+                changed
+            }
+            (OpCall::HostToDevice(dst, src, _), ListOp::Staged { dst: d, offset, .. }) => {
+                // New bytes are the point of a staged copy: not a change of the list.
+                staging[*offset..*offset + src.len()].copy_from_slice(src);
+                let changed = *d != *dst;
+                *d = *dst;
+                changed
+            }
+            (
+                OpCall::DeviceToDevice(dst, src, _),
+                ListOp::DeviceToDevice { dst: d, src: s, .. },
+            ) => {
+                let changed = (*d, *s) != (*dst, *src);
+                (*d, *s) = (*dst, *src);
+                changed
+            }
+            (
+                OpCall::Memset(dst, byte, _),
+                ListOp::Memset {
+                    dst: d, byte: b, ..
+                },
+            ) => {
+                let changed = (*d, *b) != (*dst, *byte);
+                (*d, *b) = (*dst, *byte);
+                changed
+            }
+            _ => unreachable!("the kinds were checked against the plan"),
         }
     }
 }
@@ -285,6 +362,8 @@ impl StepArena {
                         device_allocations: 0,
                         arena_allocations: 0,
                         ops: 0,
+                        patched: 0,
+                        submissions: 0,
                     },
                     history: Vec::new(),
                     broken: false,
@@ -367,6 +446,8 @@ impl StepArena {
             allocs[k].1 = Some(arena.offsets[n]);
         }
         Ok(Planned {
+            list: None,
+            submitted: 0,
             block,
             live: Default::default(),
             allocs,
@@ -454,14 +535,16 @@ impl StepArena {
         Ok(())
     }
 
-    /// Records or checks one launch or counted copy at the current position.
-    fn op(&self, call: OpCall) -> Result<()> {
+    /// Records, checks or defers one launch or counted copy at the current
+    /// position; whether the caller runs it now (false: it is in the list
+    /// that [`Self::flush`] replays).
+    fn op(&self, call: OpCall) -> Result<bool> {
         let mut guard = lock(&self.shared);
         let st = &mut *guard;
         let pos = st.pos;
         let (kind, words) = (call.kind(), call.words());
-        match &mut st.phase {
-            Phase::Idle => return Ok(()),
+        let run_now = match &mut st.phase {
+            Phase::Idle => return Ok(true),
             Phase::Recording(r) => {
                 let refs = Self::record_refs(r, &words, pos);
                 if let OpCall::HostToDevice(_, _, true) = call {
@@ -471,17 +554,59 @@ impl StepArena {
                     }
                 }
                 r.ops.push(Op { kind, refs });
+                true
             }
             Phase::Serving(_) => {
                 if let Err(e) = Self::check_served(st, kind, &words) {
                     st.broken = true;
                     return Err(e);
                 }
+                let (Phase::Serving(serving), Some(plan)) = (&mut st.phase, &mut st.plan) else {
+                    unreachable!("serving has a plan")
+                };
+                match (&mut serving.capture, &mut plan.list) {
+                    (Some(capture), _) => {
+                        call.push_to(capture);
+                        true
+                    }
+                    (None, Some(list)) if pos < list.ops.len() => {
+                        if call.patch(list, pos) {
+                            list.version += 1;
+                            st.stats.patched += 1;
+                        }
+                        false
+                    }
+                    (None, _) => true,
+                }
             }
-        }
+        };
         st.pos += 1;
         st.stats.ops += 1;
-        Ok(())
+        Ok(run_now)
+    }
+
+    /// Submits the deferred operations of a replayed step: one upload of the
+    /// staging bytes, then the list from the first unsubmitted operation.
+    fn flush(&self) -> Result<()> {
+        let mut guard = lock(&self.shared);
+        let st = &mut *guard;
+        let pos = st.pos;
+        if st.broken {
+            return Ok(()); // the step failed: its pending operations are dropped
+        }
+        let Some(plan) = &mut st.plan else {
+            return Ok(());
+        };
+        let (Some(list), true) = (&plan.list, plan.submitted < pos) else {
+            return Ok(());
+        };
+        if let Some(staging) = &list.staging {
+            self.inner.memcpy_htod(staging.addr(), &list.staging_host)?;
+        }
+        let range = plan.submitted..pos;
+        plan.submitted = pos;
+        st.stats.submissions += 1;
+        self.inner.replay(list, range)
     }
 
     /// A host read of `addr`: recorded as a use (recording), or checked to
@@ -534,17 +659,48 @@ impl Device for StepArena {
     }
 
     fn begin_step(&self) -> Result<()> {
+        self.flush()?;
         let mut st = lock(&self.shared);
         // Close the step that ran.
         if !matches!(st.phase, Phase::Idle) {
             let done = st.stats;
             st.history.push(done);
         }
-        if let Phase::Recording(rec) = std::mem::replace(&mut st.phase, Phase::Idle) {
-            drop(st.plan.take());
-            // The block is allocated between steps: no step counts it.
-            let planned = self.make_plan(rec)?;
-            st.plan = Some(planned);
+        let phase = std::mem::replace(&mut st.phase, Phase::Idle);
+        match phase {
+            Phase::Recording(rec) => {
+                drop(st.plan.take());
+                // The block is allocated between steps: no step counts it.
+                let planned = self.make_plan(rec)?;
+                st.plan = Some(planned);
+            }
+            Phase::Serving(Serving {
+                capture: Some(mut list),
+                ..
+            }) if !st.broken => {
+                let planned = st.plan.as_ref().map_or(0, |p| p.ops.len());
+                if list.ops.len() == planned {
+                    // A complete step: its list is replayed from now on.
+                    list.staging = Some(
+                        self.inner
+                            .alloc(list.staging_host.len().max(ALLOC_ALIGN))
+                            .context("allocating the launch list's staging buffer")?,
+                    );
+                    if let Some(p) = &mut st.plan {
+                        p.list = Some(list);
+                    }
+                } else {
+                    let n = list.ops.len();
+                    Self::notice(
+                        &mut st,
+                        format!(
+                            "the step served from the arena made {n} launches and copies where its \
+                             plan has {planned}: the next step is captured again instead of replayed"
+                        ),
+                    );
+                }
+            }
+            _ => {}
         }
         if st.broken {
             st.broken = false;
@@ -566,9 +722,18 @@ impl Device for StepArena {
             st.plan = None;
         }
         st.pos = 0;
-        let mode = if st.plan.is_some() {
-            st.phase = Phase::Serving(Serving { addrs: Vec::new() });
-            StepMode::Arena
+        let mode = if let Some(plan) = &mut st.plan {
+            plan.submitted = 0;
+            let replay = plan.list.is_some();
+            st.phase = Phase::Serving(Serving {
+                addrs: Vec::new(),
+                capture: (!replay).then(LaunchList::default),
+            });
+            if replay {
+                StepMode::Replayed
+            } else {
+                StepMode::Arena
+            }
         } else {
             st.phase = Phase::Recording(Recording::default());
             StepMode::Recorded
@@ -578,6 +743,8 @@ impl Device for StepArena {
             device_allocations: 0,
             arena_allocations: 0,
             ops: 0,
+            patched: 0,
+            submissions: 0,
         };
         Ok(())
     }
@@ -674,33 +841,50 @@ impl Device for StepArena {
     }
 
     fn memcpy_htod(&self, dst: u64, src: &[u8]) -> Result<()> {
-        self.op(OpCall::HostToDevice(dst, src, false))?;
-        self.inner.memcpy_htod(dst, src)
+        if self.op(OpCall::HostToDevice(dst, src, false))? {
+            self.inner.memcpy_htod(dst, src)?;
+        }
+        Ok(())
     }
     fn memcpy_htod_table(&self, dst: u64, src: &[u8]) -> Result<()> {
-        self.op(OpCall::HostToDevice(dst, src, true))?;
-        self.inner.memcpy_htod_table(dst, src)
+        if self.op(OpCall::HostToDevice(dst, src, true))? {
+            self.inner.memcpy_htod_table(dst, src)?;
+        }
+        Ok(())
     }
     fn memcpy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
         self.host_read(src)?;
+        self.flush()?;
         self.inner.memcpy_dtoh(dst, src)
     }
     fn memcpy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        self.op(OpCall::DeviceToDevice(dst, src, bytes))?;
-        self.inner.memcpy_dtod(dst, src, bytes)
+        if self.op(OpCall::DeviceToDevice(dst, src, bytes))? {
+            self.inner.memcpy_dtod(dst, src, bytes)?;
+        }
+        Ok(())
     }
     fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
-        self.op(OpCall::Memset(dst, bytes))?;
-        self.inner.memset(dst, byte, bytes)
+        if self.op(OpCall::Memset(dst, byte, bytes))? {
+            self.inner.memset(dst, byte, bytes)?;
+        }
+        Ok(())
     }
     fn launch(&self, kernel: Kernel, cfg: LaunchConfig, args: &mut KernelArgs) -> Result<()> {
-        self.op(OpCall::Launch(kernel, args))?;
-        self.inner.launch(kernel, cfg, args)
+        if self.op(OpCall::Launch(kernel, cfg, args))? {
+            // Checked here too, so a bad launch fails where it is made.
+            self.inner.launch(kernel, cfg, args)?;
+        } else {
+            check_config(kernel, &cfg)?;
+            check_args(kernel, args)?;
+        }
+        Ok(())
     }
     fn synchronize(&self) -> Result<()> {
+        self.flush()?;
         self.inner.synchronize()
     }
     fn record_event(&self) -> Result<Event> {
+        self.flush()?;
         self.inner.record_event()
     }
     fn elapsed_ms(&self, start: &Event, end: &Event) -> Result<f32> {
