@@ -72,6 +72,9 @@ pub struct GpuBackend {
     /// `one_hot` calls whose id check has not been read back yet (see
     /// [`GpuBackend::one_hot`]): settled at the next download or synchronize.
     label_checks: std::sync::Mutex<Vec<loss::LabelCheck>>,
+    /// Weights packed as bf16 for the conv kernels, until the next in-place
+    /// write (see `conv::operands`).
+    packed_weights: std::sync::Mutex<Vec<conv::PackedWeight>>,
 }
 
 impl GpuBackend {
@@ -84,6 +87,7 @@ impl GpuBackend {
             device,
             act_dtype,
             label_checks: Default::default(),
+            packed_weights: Default::default(),
         }
     }
     /// The emulated GPU (fiber order from `VOXDIFF_EMU_SHUFFLE`).
@@ -104,6 +108,7 @@ impl GpuBackend {
     /// buffers alive), then the device is told ([`Device::begin_step`]).
     pub fn begin_step(&self) -> Result<()> {
         self.settle_label_checks()?;
+        self.forget_packed_weights();
         self.device.begin_step()
     }
 

@@ -54,7 +54,9 @@
 //!   multiple of 8 (`vd_conv3d_pad_channels`, one 16-byte chunk per thread);
 //!   `vd_conv3d_pack_weights` writes the weight as bf16 `[tap][N][Cin_pad]`
 //!   (zeros past Cin; one thread per element, the data gradient's transpose
-//!   included). Blocks of [`PIPE_THREADS`] = 128 threads (4 warps); the tile
+//!   included), once per value of the weight and layout: the packing is kept
+//!   until the weight is written in place or an AdamW step updates it
+//!   (`operands.rs`), so a step's second forward reuses the first's. Blocks of [`PIPE_THREADS`] = 128 threads (4 warps); the tile
 //!   per layer ([`fprop_tiling`]): 128 × 32 (warp tiles 32 × 32) when
 //!   Cout ≤ 32, else 128 × 64 (warp tiles 64 × 32) when that still gives a
 //!   block per SM ([`SMS`]), else 64 × 64 (warp tiles 32 × 32). Each thread
@@ -171,6 +173,7 @@ mod tiling;
 mod wgrad;
 
 pub use launch_gemm::{launch_gemm, LaunchGemm};
+pub(crate) use operands::PackedWeight;
 pub use tiling::{fprop_tiling, gemm_kernel, takes_pipeline, wgrad_splits, FpropTiling};
 
 use super::device::{KernelArgs, LaunchConfig};
