@@ -12,6 +12,9 @@
 use super::Interval;
 use anyhow::{bail, Result};
 
+/// An order in which [`Arena::pack`] places the buffers (ascending key).
+type SortKey = fn(&Interval) -> (i64, i64);
+
 /// Placement of a list of intervals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Arena {
@@ -23,19 +26,19 @@ pub struct Arena {
 
 impl Arena {
     pub fn pack(items: &[Interval]) -> Arena {
-        let by = |key: &dyn Fn(&Interval) -> (i64, i64)| {
+        let by = |key: SortKey| {
             let mut order: Vec<usize> = (0..items.len()).collect();
             order.sort_by_key(|&i| key(&items[i]));
             Arena::pack_in(items, &order)
         };
-        let orders: [&dyn Fn(&Interval) -> (i64, i64); 3] = [
-            &|it| (-(it.bytes as i64), it.start as i64),
-            &|it| (it.start as i64, -(it.bytes as i64)),
-            &|it| (it.start as i64 - it.end as i64, -(it.bytes as i64)),
+        let orders: [SortKey; 3] = [
+            |it| (-(it.bytes as i64), it.start as i64),
+            |it| (it.start as i64, -(it.bytes as i64)),
+            |it| (it.start as i64 - it.end as i64, -(it.bytes as i64)),
         ];
         orders
-            .iter()
-            .map(|k| by(*k))
+            .into_iter()
+            .map(by)
             .min_by_key(|a| a.peak)
             .expect("three orders")
     }

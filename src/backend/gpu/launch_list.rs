@@ -29,7 +29,8 @@ pub enum ListOp {
     Launch {
         kernel: Kernel,
         cfg: LaunchConfig,
-        args: KernelArgs,
+        /// Boxed: the packed arguments are large next to the other operations.
+        args: Box<KernelArgs>,
     },
     /// A host→device copy of the step: `bytes` from the staging buffer at `offset` to `dst`.
     Staged {
@@ -87,14 +88,6 @@ impl LaunchList {
             offset,
             bytes: src.len(),
         });
-    }
-
-    /// Launches, copies and fills: how many of each kind.
-    pub fn launches(&self) -> usize {
-        self.ops
-            .iter()
-            .filter(|o| matches!(o, ListOp::Launch { .. }))
-            .count()
     }
 
     /// Runs `range` of the list on `dev`, one operation after the other

@@ -214,7 +214,7 @@ impl OpCall<'_> {
             OpCall::Launch(kernel, cfg, args) => list.ops.push(ListOp::Launch {
                 kernel,
                 cfg,
-                args: args.clone(),
+                args: Box::new(args.clone()),
             }),
             OpCall::HostToDevice(dst, src, _) => list.push_staged(dst, src),
             OpCall::DeviceToDevice(dst, src, bytes) => {
@@ -237,7 +237,7 @@ impl OpCall<'_> {
                     *c != *cfg || (0..args.len()).any(|i| args.param_bytes(i) != a.param_bytes(i));
                 if changed {
                     *c = *cfg;
-                    *a = (*args).clone();
+                    **a = (*args).clone();
                 }
                 changed
             }
