@@ -162,6 +162,19 @@ fn the_arena_of_a_step_is_sound_and_no_larger_than_the_eager_peak() {
         let arena = plan.arena();
         arena.check(&items).unwrap();
         assert_disjoint(&items, &arena);
+        // The AdamW slot table points at every gradient: each stays in use
+        // (and keeps its bytes) until the table's last reader.
+        let at = |b: usize| plan.step_buffers.iter().position(|&x| x == b);
+        let links: Vec<_> = plan
+            .rec
+            .links
+            .iter()
+            .filter_map(|&(t, b)| Some((items[at(t)?], items[at(b)?])))
+            .collect();
+        assert!(links.len() > 10, "{act:?}: {} table links", links.len());
+        for (t, b) in links {
+            assert!(b.end >= t.end, "{act:?}: {b:?} ends before its table {t:?}");
+        }
         let s = plan.summary();
         assert!(s.allocations > 100, "{s:?}");
         assert!(s.arena_lower_bound <= s.arena_peak, "{s:?}");

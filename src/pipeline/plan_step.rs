@@ -18,6 +18,7 @@ use super::seg_config::InferConfig;
 use super::seg_model::{volume_shape, ModelConfig, SegModel};
 use crate::autograd::Graph;
 use crate::backend::gpu::plan::{CopyKind, PlanDevice, PlanEvent};
+use crate::backend::gpu::step_arena::{ArenaPlan, StepArena, StepStats};
 use crate::backend::gpu::GpuBackend;
 use crate::backend::Backend;
 use crate::diffusion::seg::DiffusionConfig;
@@ -94,6 +95,7 @@ pub fn run_train_step(
     opt: &mut Optimizer,
     patch: [usize; 3],
 ) -> Result<()> {
+    crate::backend::gpu::begin_step(b)?;
     mark(STEP);
     let shape = volume_shape(patch, 1);
     let image = b.zeros(shape, b.act_dtype())?;
@@ -111,6 +113,29 @@ pub fn run_train_step(
     drop((grads, loss, mask, image, labels, norm));
     mark("end");
     Ok(())
+}
+
+/// The paper step (or `shape`) run `steps` times shape-only on the real
+/// allocation path: the gpu backend over a [`StepArena`] over the recording
+/// device, as the training loop drives it. Returns what each step did (the
+/// first is recorded, the later ones served from the arena) and the plan.
+pub fn served_steps(
+    shape: &TrainStepShape,
+    act: DType,
+    steps: usize,
+) -> Result<(Vec<StepStats>, ArenaPlan)> {
+    let arena = Arc::new(StepArena::new(Arc::new(PlanDevice::new())));
+    let b = GpuBackend::with_act_dtype(arena.clone(), act);
+    let model = SegModel::new(&b, &shape.model, &shape.diffusion, shape.classes)?;
+    let mut opt = Optimizer::new(&b, &model.ps, shape.adamw)?;
+    for _ in 0..steps {
+        run_train_step(&|_| {}, &b, &model, &mut opt, shape.patch)?;
+    }
+    b.begin_step()?; // closes the last step
+    let plan = arena
+        .plan()
+        .context("the step arena has no plan after the steps")?;
+    Ok((arena.history(), plan))
 }
 
 /// Records the inference of one sliding window as `segment` runs it: the
@@ -343,7 +368,34 @@ pub fn bench_plan(dims: [usize; 3], gpu: &str) -> Result<StepPlan> {
         &plan,
         &gpu,
     );
+    print_served_steps(&shape, DType::BF16, 3)?;
     Ok(plan)
+}
+
+/// Prints the allocations of `steps` steps on the real allocation path
+/// ([`served_steps`]).
+pub fn print_served_steps(shape: &TrainStepShape, act: DType, steps: usize) -> Result<()> {
+    let (history, plan) = served_steps(shape, act, steps)?;
+    println!(
+        "allocations per step, real allocator (the step arena over the recording device, {steps} steps):"
+    );
+    for (i, s) in history.iter().enumerate() {
+        println!(
+            "  step {}: {:?}, {} from the device pool, {} from the arena, {} launches and copies",
+            i + 1,
+            s.mode,
+            s.device_allocations,
+            s.arena_allocations,
+            s.ops
+        );
+    }
+    println!(
+        "  arena block {} for {} buffers ({} outlive their step and come from the pool)",
+        fmt_bytes(plan.arena_bytes),
+        plan.allocations,
+        plan.escaping
+    );
+    Ok(())
 }
 
 /// The eager peak of a training step of `shape` as backend `b` would run

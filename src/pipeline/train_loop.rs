@@ -213,6 +213,10 @@ pub fn train<M: Trainable>(
         if cfg.max_minutes > 0.0 && t0.elapsed().as_secs_f64() > cfg.max_minutes * 60.0 {
             break;
         }
+        // The previous step's buffers go before this one begins, so a gpu
+        // device can serve the step from the arena it planned (step_arena).
+        drop(last.take());
+        crate::backend::gpu::begin_step(dev)?;
         let step = opt.step;
         let batch = source.next_batch()?;
         let mut g = Graph::train(dev);

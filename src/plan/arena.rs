@@ -1,14 +1,19 @@
 //! Offsets for buffers with known use intervals: one block of memory in which
 //! two buffers share bytes only if their intervals do not overlap.
 //!
-//! Greedy best fit, largest first: buffers sorted by size (descending; ties by
-//! start), each placed in the smallest gap between the buffers already placed
-//! whose intervals overlap its own, or on top of them when no gap fits. The
-//! result is checked by [`Arena::check`]; its peak is at least [`max_live`]
-//! (the most bytes in use at one event), the bound no placement can beat.
+//! Greedy best fit: buffers taken in one order, each placed in the smallest
+//! gap between the buffers already placed whose intervals overlap its own, or
+//! on top of them when no gap fits. Three orders are tried — largest first
+//! (ties by start), earliest start first, longest interval first — and the
+//! smallest peak kept. The result is checked by [`Arena::check`]; its peak is
+//! at least [`max_live`] (the most bytes in use at one event), the bound no
+//! placement can beat.
 
 use super::Interval;
 use anyhow::{bail, Result};
+
+/// An order in which [`Arena::pack`] places the buffers (ascending key).
+type SortKey = fn(&Interval) -> (i64, i64);
 
 /// Placement of a list of intervals.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,17 +26,29 @@ pub struct Arena {
 
 impl Arena {
     pub fn pack(items: &[Interval]) -> Arena {
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by(|&a, &b| {
-            items[b]
-                .bytes
-                .cmp(&items[a].bytes)
-                .then(items[a].start.cmp(&items[b].start))
-        });
+        let by = |key: SortKey| {
+            let mut order: Vec<usize> = (0..items.len()).collect();
+            order.sort_by_key(|&i| key(&items[i]));
+            Arena::pack_in(items, &order)
+        };
+        let orders: [SortKey; 3] = [
+            |it| (-(it.bytes as i64), it.start as i64),
+            |it| (it.start as i64, -(it.bytes as i64)),
+            |it| (it.start as i64 - it.end as i64, -(it.bytes as i64)),
+        ];
+        orders
+            .into_iter()
+            .map(by)
+            .min_by_key(|a| a.peak)
+            .expect("three orders")
+    }
+
+    /// Greedy best fit in the given order.
+    fn pack_in(items: &[Interval], order: &[usize]) -> Arena {
         let mut offsets = vec![0u64; items.len()];
         let mut placed: Vec<usize> = Vec::with_capacity(items.len());
         let mut peak = 0;
-        for &i in &order {
+        for &i in order {
             let it = items[i];
             // Placed neighbours in time, by offset.
             let mut near: Vec<(u64, u64)> = placed

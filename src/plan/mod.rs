@@ -104,8 +104,9 @@ impl StepPlan {
     }
 
     /// Use interval of each step buffer (same order as `step_buffers`): first
-    /// to last event that touches it; a buffer nothing touches lives at its
-    /// allocation only.
+    /// to last event that touches it, and at least as long as a table of
+    /// addresses that points into it ([`Recording::links`]); a buffer nothing
+    /// touches lives at its allocation only.
     pub fn use_intervals(&self) -> Vec<Interval> {
         let mut first = vec![usize::MAX; self.rec.buffers.len()];
         let mut last = vec![0usize; self.rec.buffers.len()];
@@ -118,6 +119,12 @@ impl StepPlan {
             for &b in touched {
                 first[b] = first[b].min(i);
                 last[b] = last[b].max(i);
+            }
+        }
+        for &(table, b) in &self.rec.links {
+            if first[table] != usize::MAX {
+                first[b] = first[b].min(first[table]);
+                last[b] = last[b].max(last[table]);
             }
         }
         self.step_buffers

@@ -21,12 +21,13 @@ use super::code_image::{self, driver_version_name, image_name, CodeImage, Embedd
 use super::device::{
     check_args, check_config, Device, DeviceKind, Event, KernelArgs, LaunchConfig, ALLOC_ALIGN,
 };
+use super::launch_list::LaunchList;
 use super::registry::{Family, Kernel, HEADERS, NVRTC_AT_BUILD, NVRTC_OPTIONS};
 use crate::tensor::{Buffer, Memory, MemoryKind};
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Static shared memory every kernel may use without opting in.
 const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
@@ -132,7 +133,19 @@ pub struct Cuda {
     poison: bool,
     /// Where the loaded code came from, per family (for `voxdiff info`).
     code_origin: Vec<(Family, String)>,
+    /// The CUDA graph of the last replayed launch list.
+    graph: Mutex<Option<CapturedGraph>>,
 }
+
+/// A launch list captured as a CUDA graph: which list, at which version.
+struct CapturedGraph {
+    list: u64,
+    version: u64,
+    graph: CudaGraph,
+}
+
+// SAFETY: the graph is used only under the Mutex of `Cuda::graph`, one thread at a time.
+unsafe impl Send for CapturedGraph {}
 
 impl Cuda {
     /// Opens GPU `ordinal`.
@@ -222,6 +235,7 @@ impl Cuda {
             ctx,
             stream,
             code_origin,
+            graph: Mutex::new(None),
         })
     }
 
@@ -458,6 +472,41 @@ impl Device for Cuda {
             )
         }
         .map_err(|e| anyhow!("cuda: launching {} with {cfg:?}: {e}", kernel.name()))
+    }
+    /// The whole list: as one CUDA graph, captured from the stream (the list
+    /// issued op by op on a capturing stream) when the list or its arguments
+    /// changed since the last capture, then launched. A part of a list: op by op.
+    fn replay(&self, list: &LaunchList, range: std::ops::Range<usize>) -> Result<()> {
+        if range != (0..list.ops.len()) {
+            return list.run_in_order(self, range);
+        }
+        let mut g = self.graph.lock().unwrap_or_else(|e| e.into_inner());
+        let current = g
+            .as_ref()
+            .is_some_and(|c| (c.list, c.version) == (list.id, list.version));
+        if !current {
+            *g = None;
+            self.bind()?;
+            self.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(driver_err("beginning a stream capture"))?;
+            let issued = list.run_in_order(self, range);
+            let graph = self
+                .stream
+                .end_capture(sys::CUgraphInstantiate_flags(0))
+                .map_err(driver_err("capturing the step's launch list as a graph"))?;
+            issued?;
+            *g = Some(CapturedGraph {
+                list: list.id,
+                version: list.version,
+                graph: graph.context("cuda: the captured launch list is empty")?,
+            });
+        }
+        g.as_ref()
+            .expect("captured above")
+            .graph
+            .launch()
+            .map_err(driver_err("launching the step's graph"))
     }
     fn synchronize(&self) -> Result<()> {
         self.stream

@@ -250,6 +250,27 @@ impl KernelArgs {
         &words[at..at + self.sizes[i] as usize]
     }
 
+    /// The 8-byte argument words that may hold a device address: pointer
+    /// parameters and every whole word of a struct parameter, numbered in order.
+    pub fn address_words(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (i, (kind, size)) in self.layout().into_iter().enumerate() {
+            let bytes = self.param_bytes(i);
+            match kind {
+                ParamKind::Pointer => out.push(u64::from_ne_bytes(
+                    bytes[..8].try_into().expect("8-byte pointer"),
+                )),
+                ParamKind::Struct => out.extend(
+                    bytes[..size - size % 8]
+                        .chunks_exact(8)
+                        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes"))),
+                ),
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The `void**` array for a launch (valid until `self` moves or changes).
     pub fn pointers(&mut self) -> &mut [*mut c_void] {
         let base = self.words.as_mut_ptr();
@@ -327,6 +348,14 @@ pub trait Device: Send + Sync {
     /// poisons it with 0xFF bytes: NaN as f32 and as bf16).
     fn alloc(&self, bytes: usize) -> Result<Arc<Buffer>>;
     fn memcpy_htod(&self, dst: u64, src: &[u8]) -> Result<()>;
+    /// A host→device copy of a table of device addresses that a kernel will
+    /// follow (any aligned 8-byte word may be one, e.g. the AdamW slot
+    /// table). The devices that track which buffers a launch uses (the plan,
+    /// the step arena) count the buffers it points to as used for as long as
+    /// the table is; every other device just copies.
+    fn memcpy_htod_table(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.memcpy_htod(dst, src)
+    }
     /// Waits for queued work, then copies.
     fn memcpy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()>;
     fn memcpy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
@@ -343,5 +372,21 @@ pub trait Device: Send + Sync {
     /// Free device memory in bytes, where the device has its own (None: host memory).
     fn free_memory(&self) -> Result<Option<u64>> {
         Ok(None)
+    }
+    /// A step of a run with fixed shapes begins (the previous one, if any,
+    /// has ended). [`super::step_arena::StepArena`] plans and serves the
+    /// step's allocations from it; every other device ignores it.
+    fn begin_step(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Runs operations `range` of a captured step list
+    /// ([`super::launch_list::LaunchList`]; its staging bytes are on the
+    /// device). By default one after the other, as they were issued.
+    fn replay(
+        &self,
+        list: &super::launch_list::LaunchList,
+        range: std::ops::Range<usize>,
+    ) -> Result<()> {
+        list.run_in_order(self, range)
     }
 }

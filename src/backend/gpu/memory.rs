@@ -69,6 +69,7 @@ impl MemoryOps for GpuBackend {
     /// Overwrites a tensor with host data (in place).
     fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
         self.check(t, "write")?;
+        self.forget_packed_weights_of(t);
         ensure!(
             data.len() == t.numel(),
             "write: {} values into shape {}",
@@ -96,6 +97,7 @@ impl MemoryOps for GpuBackend {
     /// Sets every element of `t` to `value` (converted to its dtype), in place.
     fn fill(&self, t: &Tensor, value: f32) -> Result<()> {
         self.check(t, "fill")?;
+        self.forget_packed_weights_of(t);
         check_vector_aligned(t, "fill")?;
         let n = t.numel();
         if n == 0 {

@@ -19,6 +19,7 @@ pub mod device;
 pub mod diffusion;
 pub mod elementwise;
 pub mod emu;
+pub mod launch_list;
 pub mod layout;
 pub mod loss;
 pub mod matmul;
@@ -30,25 +31,37 @@ pub mod plan;
 pub mod pointwise;
 pub mod reduce;
 pub mod registry;
+pub mod step_arena;
 
 use crate::tensor::{DType, MemoryKind, Tensor};
 use anyhow::{bail, ensure, Context, Result};
 use device::{Device, DeviceKind};
 use std::sync::Arc;
 
-/// Opens a device by name: `emu`, `cuda` (= `cuda:0`) or `cuda:N`.
+/// Opens a device by name: `emu`, `cuda` (= `cuda:0`) or `cuda:N`, behind a
+/// [`step_arena::StepArena`] (a pass-through until a training step begins).
 pub fn open_device(spec: &str) -> Result<Arc<dyn Device>> {
     let spec = spec.trim();
-    match spec {
-        "emu" => Ok(Arc::new(emu::Emu::new())),
-        "cuda" => Ok(Arc::new(cuda::Cuda::new(0)?)),
+    let device: Arc<dyn Device> = match spec {
+        "emu" => Arc::new(emu::Emu::new()),
+        "cuda" => Arc::new(cuda::Cuda::new(0)?),
         s if s.starts_with("cuda:") => {
             let n: usize = s[5..]
                 .parse()
                 .with_context(|| format!("device `{s}`: expected cuda:<ordinal>"))?;
-            Ok(Arc::new(cuda::Cuda::new(n)?))
+            Arc::new(cuda::Cuda::new(n)?)
         }
         other => bail!("unknown gpu device `{other}` (emu, cuda, cuda:N)"),
+    };
+    Ok(Arc::new(step_arena::StepArena::new(device)))
+}
+
+/// Marks the start of a training step on `b` when it is a gpu backend (see
+/// [`step_arena`]); nothing on other backends.
+pub fn begin_step(b: &dyn crate::backend::Backend) -> Result<()> {
+    match b.as_any().downcast_ref::<GpuBackend>() {
+        Some(g) => g.begin_step(),
+        None => Ok(()),
     }
 }
 
@@ -59,6 +72,9 @@ pub struct GpuBackend {
     /// `one_hot` calls whose id check has not been read back yet (see
     /// [`GpuBackend::one_hot`]): settled at the next download or synchronize.
     label_checks: std::sync::Mutex<Vec<loss::LabelCheck>>,
+    /// Weights packed as bf16 for the conv kernels, until the next in-place
+    /// write (see `conv::operands`).
+    packed_weights: std::sync::Mutex<Vec<conv::PackedWeight>>,
 }
 
 impl GpuBackend {
@@ -71,6 +87,7 @@ impl GpuBackend {
             device,
             act_dtype,
             label_checks: Default::default(),
+            packed_weights: Default::default(),
         }
     }
     /// The emulated GPU (fiber order from `VOXDIFF_EMU_SHUFFLE`).
@@ -84,6 +101,15 @@ impl GpuBackend {
 
     pub fn device(&self) -> &Arc<dyn Device> {
         &self.device
+    }
+
+    /// A training step begins: the previous step's `one_hot` label checks are
+    /// read (a host sync between steps, none inside one; the checks keep step
+    /// buffers alive), then the device is told ([`Device::begin_step`]).
+    pub fn begin_step(&self) -> Result<()> {
+        self.settle_label_checks()?;
+        self.forget_packed_weights();
+        self.device.begin_step()
     }
 
     fn memory_kind(&self) -> MemoryKind {

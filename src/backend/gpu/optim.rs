@@ -135,6 +135,7 @@ impl OptimOps for GpuBackend {
     /// the [`crate::backend::Backend::adamw_step`] contract and the module
     /// docs). Returns the pre-clip global gradient norm, f32 `[1]`.
     fn adamw_step(&self, slots: &[ParamSlot], hp: &AdamW, lr: f32, step: u64) -> Result<Tensor> {
+        self.forget_packed_weights();
         ensure!(step >= 1, "adamw_step: step counts from 1, got 0");
         if let Some(mx) = hp.max_grad_norm {
             ensure!(
@@ -148,7 +149,7 @@ impl OptimOps for GpuBackend {
         }
         let dev = self.device();
         let table_buf = dev.alloc(std::mem::size_of_val(table.as_slice()))?;
-        dev.memcpy_htod(table_buf.addr(), bytemuck::cast_slice(&table))?;
+        dev.memcpy_htod_table(table_buf.addr(), bytemuck::cast_slice(&table))?;
         let nslots = table.len() as i32;
 
         let sum_blocks = (tiles as usize).min(ADAMW_MAX_PARTIALS);

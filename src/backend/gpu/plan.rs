@@ -105,6 +105,10 @@ pub enum PlanEvent {
 pub struct Recording {
     pub buffers: Vec<BufferLife>,
     pub events: Vec<PlanEvent>,
+    /// (table, buffer): a table of addresses copied to the device
+    /// ([`Device::memcpy_htod_table`]) points into the buffer, which is then
+    /// in use for as long as the table is.
+    pub links: Vec<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -216,17 +220,18 @@ impl PlanDevice {
         Ok(ids)
     }
 
-    fn host_wrote(&self, dst: u64, bytes: Option<Vec<u8>>) {
+    /// The host wrote `len` bytes at `dst` (kept when `bytes` are given and
+    /// small); what it wrote earlier over the same bytes is forgotten (only
+    /// those: a buffer may hold several tensors, e.g. a step arena's block).
+    fn host_wrote(&self, dst: u64, len: usize, bytes: Option<Vec<u8>>) {
         let mut r = lock(&self.rec);
         if let Some((id, off)) = r.resolve(dst) {
             r.touched.insert(id, false);
-            match bytes {
-                Some(b) if b.len() <= SHADOW_MAX_BYTES => {
-                    r.shadow.insert((id, off), b);
-                }
-                _ => {
-                    r.shadow.retain(|&(b, _), _| b != id);
-                }
+            let end = off + len as u64;
+            r.shadow
+                .retain(|&(b, o), v| b != id || o >= end || o + v.len() as u64 <= off);
+            if let Some(b) = bytes.filter(|b| b.len() <= SHADOW_MAX_BYTES) {
+                r.shadow.insert((id, off), b);
             }
         }
     }
@@ -256,7 +261,24 @@ impl Device for PlanDevice {
     }
     fn memcpy_htod(&self, dst: u64, src: &[u8]) -> Result<()> {
         self.copy(CopyKind::HostToDevice, src.len(), &[(dst, "memcpy_htod")])?;
-        self.host_wrote(dst, Some(src.to_vec()));
+        self.host_wrote(dst, src.len(), Some(src.to_vec()));
+        Ok(())
+    }
+    fn memcpy_htod_table(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.memcpy_htod(dst, src)?;
+        let mut r = lock(&self.rec);
+        let (table, _) = r.resolve_or_err(dst, "memcpy_htod_table")?;
+        for w in src.chunks_exact(8) {
+            let addr = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+            if addr < PLAN_BASE {
+                continue;
+            }
+            if let Some((id, _)) = r.resolve(addr) {
+                if !r.rec.links.contains(&(table, id)) {
+                    r.rec.links.push((table, id));
+                }
+            }
+        }
         Ok(())
     }
     fn memcpy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
@@ -296,7 +318,11 @@ impl Device for PlanDevice {
     }
     fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
         self.copy(CopyKind::Memset, bytes, &[(dst, "memset")])?;
-        self.host_wrote(dst, (bytes <= SHADOW_MAX_BYTES).then(|| vec![byte; bytes]));
+        self.host_wrote(
+            dst,
+            bytes,
+            (bytes <= SHADOW_MAX_BYTES).then(|| vec![byte; bytes]),
+        );
         Ok(())
     }
     fn launch(&self, kernel: Kernel, cfg: LaunchConfig, args: &mut KernelArgs) -> Result<()> {
