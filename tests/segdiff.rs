@@ -70,6 +70,7 @@ fn sampling_is_a_function_of_the_seed() {
                 None
             },
             seed,
+            clip_denoised: true,
         };
         let a = model.sample_ensemble(dev, &image, 16, &infer(4)).unwrap();
         let b = model.sample_ensemble(dev, &image, 16, &infer(4)).unwrap();

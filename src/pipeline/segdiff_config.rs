@@ -61,6 +61,12 @@ pub struct SegDiffInfer {
     /// Sampling steps (≤ T; None: all T).
     pub steps: Option<usize>,
     pub seed: u64,
+    /// Clamp each step's x̂₀ to the masks' range before the reverse step
+    /// (improved diffusion's `clip_denoised`). The reference's medical
+    /// scripts turn it off for networks trained 10⁵ iterations; a network
+    /// trained minutes needs it (docs/segdiff.md, "Why the first run did
+    /// not learn").
+    pub clip_denoised: bool,
 }
 
 impl Default for SegDiffInfer {
@@ -70,6 +76,7 @@ impl Default for SegDiffInfer {
             sampler: Sampler::Ddpm,
             steps: None,
             seed: 0,
+            clip_denoised: true,
         }
     }
 }

@@ -19,7 +19,7 @@ use super::train_loop::{BatchSource, StepKey, StepLoss, Trainable};
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
 use crate::data::image2d::{Dataset2d, Sample2d};
-use crate::diffusion::gaussian::{sample, stream_seed, x0_from_eps, SampleSpec, Stream};
+use crate::diffusion::gaussian::{clamp, sample, stream_seed, x0_from_eps, SampleSpec, Stream};
 use crate::diffusion::{Schedule, Variance};
 use crate::model::{Conditioning, SegDiffNet};
 use crate::nn::{ParamBuilder, ParamStore};
@@ -95,6 +95,32 @@ impl SegDiffModel {
         match self.net.cfg.conditioning {
             Conditioning::Rrdb => 2.0 * m - 1.0,
             Conditioning::Concat => m,
+        }
+    }
+
+    /// The range of x₀: [−1, 1] (SegDiff) or [0, 1] (concatenation).
+    pub fn x0_range(&self) -> (f32, f32) {
+        (self.x0_of(0.0), self.x0_of(1.0))
+    }
+
+    /// x̂₀ at step `t` from the network's ε̂ for x_t, clamped to
+    /// [`Self::x0_range`] when `clip`.
+    pub fn predict_x0(
+        &self,
+        g: &mut Graph,
+        x_t: &Var,
+        cond: &Var,
+        t: f32,
+        clip: bool,
+    ) -> Result<Var> {
+        let n = x_t.shape().n();
+        let eps = self.net.forward(g, &self.ps, x_t, cond, &vec![t; n])?;
+        let x0 = x0_from_eps(g, &self.schedule, x_t, &eps, t as usize)?;
+        if clip {
+            let (lo, hi) = self.x0_range();
+            clamp(g, &x0, lo, hi)
+        } else {
+            Ok(x0)
         }
     }
 
@@ -190,10 +216,7 @@ impl SegDiffModel {
             &self.schedule,
             spec,
             Shape::ndhwc(n, 1, size, size, 1),
-            |g, x, t| {
-                let eps = self.net.forward(g, &self.ps, x, &cond, &vec![t; n])?;
-                x0_from_eps(g, &self.schedule, x, &eps, t as usize)
-            },
+            |g, x, t| self.predict_x0(g, x, &cond, t, infer.clip_denoised),
             |_, _| Ok(()),
         )?;
         let v = dev.download(&x0)?;
