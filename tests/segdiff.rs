@@ -96,6 +96,7 @@ fn args(run: &Path, input: &Path, output: &Path) -> SegmentArgs {
         save_steps: None,
         seed: None,
         replace_nonfinite: None,
+        weights: None,
         device: "cpu".into(),
     }
 }

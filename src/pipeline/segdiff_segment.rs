@@ -29,7 +29,7 @@ use crate::data::image2d::read::Mask;
 use crate::data::image2d::resize::{probability_to_mask, resize};
 use crate::data::image2d::{read_photo, write_mask_png, write_overlay_png, write_uncertainty_png};
 use crate::draw::Rgb;
-use crate::train::checkpoint;
+use crate::train::{checkpoint, Weights};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -40,8 +40,9 @@ pub struct LoadedSegDiff {
     pub model: SegDiffModel,
 }
 
-/// Build the run's model and load its checkpoint.
-pub fn load_run(b: &dyn Backend, run: &Path) -> Result<LoadedSegDiff> {
+/// Build the run's model and load its checkpoint's `weights` (None: the EMA
+/// weights when it holds them, else the raw ones).
+pub fn load_run(b: &dyn Backend, run: &Path, weights: Option<Weights>) -> Result<LoadedSegDiff> {
     let cfg = SegDiffConfig::load(Some(&run.join(CONFIG)), &[])
         .with_context(|| format!("{}: not a SegDiff run folder", run.display()))?;
     let (Some(mean), Some(std)) = (cfg.data.mean, cfg.data.std) else {
@@ -51,7 +52,7 @@ pub fn load_run(b: &dyn Backend, run: &Path) -> Result<LoadedSegDiff> {
         );
     };
     let model = SegDiffModel::new(b, &cfg)?;
-    checkpoint::load(&run.join(CHECKPOINT), b, &model.ps, None)?;
+    checkpoint::load_weights(&run.join(CHECKPOINT), b, &model.ps, weights)?;
     Ok(LoadedSegDiff {
         cfg,
         norm: Normalisation { mean, std },
@@ -192,7 +193,7 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         );
         crate::fsutil::check_writable(out).context("--output")?;
     }
-    let run = load_run(b, &args.run)?;
+    let run = load_run(b, &args.run, args.weights)?;
     let infer = infer_settings(args, &run.cfg)?;
     let photo = read_photo(input)?;
     let t0 = std::time::Instant::now();
@@ -226,7 +227,7 @@ fn run_folder(b: &dyn Backend, args: &SegmentArgs) -> Result<()> {
         "--output {}: is the input folder; choose another",
         out.display()
     );
-    let run = load_run(b, &args.run)?;
+    let run = load_run(b, &args.run, args.weights)?;
     let infer = infer_settings(args, &run.cfg)?;
     let (files, mut skipped) = list_images(&args.input)?;
     for d in [out.clone(), out.join("overlay"), out.join("uncertainty")] {
