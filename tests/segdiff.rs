@@ -3,7 +3,7 @@
 //! and a folder, with overlay and uncertainty maps at each photo's own
 //! size; a bad file in a folder is skipped and reported); a 2D photo given
 //! to a 3D run and a 3D scan given to a SegDiff run are refused; the
-//! configuration refuses unknown keys and dropout.
+//! configuration refuses unknown keys and a dropout of 1.
 
 mod common;
 
@@ -201,11 +201,12 @@ fn a_photo_given_to_a_3d_run_is_refused() {
 }
 
 #[test]
-fn the_configuration_refuses_unknown_keys_and_dropout() {
+fn the_configuration_refuses_unknown_keys_and_dropout_of_1() {
     let e = SegDiffConfig::load(None, &["model.dropuot=0.1".to_string()]).unwrap_err();
     assert!(format!("{e:#}").contains("dropuot"), "{e:#}");
-    let e = SegDiffConfig::load(None, &["model.dropout=0.1".to_string()]).unwrap_err();
-    assert!(format!("{e:#}").contains("only 0"), "{e:#}");
+    let e = SegDiffConfig::load(None, &["model.dropout=1.0".to_string()]).unwrap_err();
+    assert!(format!("{e:#}").contains("model.dropout"), "{e:#}");
+    SegDiffConfig::load(None, &["model.dropout=0.1".to_string()]).unwrap();
     let e = SegDiffConfig::load(None, &["system=\"seg\"".to_string()]).unwrap_err();
     assert!(format!("{e:#}").contains("system"), "{e:#}");
     // The shipped configurations parse.

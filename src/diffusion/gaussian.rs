@@ -45,6 +45,8 @@ pub enum Stream {
     SampleInit = 3,
     /// The noise of reverse step k.
     SampleStep = 4,
+    /// The dropout masks of a training step.
+    Dropout = 5,
 }
 
 /// The Philox seed of draw `index` of `stream` under the run's `seed`.

@@ -21,6 +21,7 @@ use crate::backend::Backend;
 use crate::data::image2d::{Dataset2d, Sample2d};
 use crate::diffusion::gaussian::{clamp, sample, stream_seed, x0_from_eps, SampleSpec, Stream};
 use crate::diffusion::{Schedule, Variance};
+use crate::model::segdiff::unet::DropKey;
 use crate::model::{Conditioning, SegDiffNet};
 use crate::nn::{ParamBuilder, ParamStore};
 use crate::ops::Binary;
@@ -179,7 +180,10 @@ impl SegDiffModel {
         let img = g.constant(img);
         let cond = self.net.condition(g, &self.ps, &img)?;
         let tf: Vec<f32> = ts.iter().map(|&t| t as f32).collect();
-        let eps = self.net.forward(g, &self.ps, &x_t, &cond, &tf)?;
+        let mut drop = DropKey::train(stream_seed(key.seed, Stream::Dropout, key.step));
+        let eps = self
+            .net
+            .forward_with(g, &self.ps, &x_t, &cond, &tf, &mut drop)?;
         Ok((g.mse(&eps, &noise)?, ts))
     }
 

@@ -2,6 +2,7 @@
 //! diffusion's `ResBlock`, `Downsample`, `Upsample`), 2D as depth-1 3D.
 
 use crate::autograd::{Graph, Var};
+use crate::nn::dropout::{dropout, layer_seed};
 use crate::nn::{Conv, Linear, Norm, NormEpilogue, ParamBuilder, ParamStore, SelfAttention};
 use crate::ops::{Act, Binary, ConvSpec};
 use anyhow::Result;
@@ -25,7 +26,8 @@ enum TimeIn {
 
 /// `skip(x) + conv2(drop(SiLU(GN2(conv1(SiLU(GN1(x))) ⊕ emb))))`, conv2
 /// zero-initialised; skip is the identity when the channels stay, else a
-/// 1×1 convolution.
+/// 1×1 convolution; `drop` drops with probability `dropout` when the pass
+/// has a dropout seed (training) and is the identity otherwise.
 pub struct ResBlock {
     norm1: Norm,
     conv1: Conv,
@@ -33,6 +35,37 @@ pub struct ResBlock {
     norm2: Norm,
     conv2: Conv,
     skip: Option<Conv>,
+    dropout: f32,
+}
+
+/// The dropout of one forward pass: none (inference), or the pass's seed and
+/// a counter that gives each residual block its own mask.
+pub struct DropKey {
+    seed: Option<u64>,
+    next_layer: u64,
+}
+
+impl DropKey {
+    /// No dropout (inference, or a network configured with dropout 0).
+    pub fn none() -> DropKey {
+        DropKey {
+            seed: None,
+            next_layer: 0,
+        }
+    }
+    /// Dropout masks drawn from `seed` (a training step's key).
+    pub fn train(seed: u64) -> DropKey {
+        DropKey {
+            seed: Some(seed),
+            next_layer: 0,
+        }
+    }
+    /// The next layer's mask seed, or None without dropout.
+    fn next(&mut self) -> Option<u64> {
+        let s = self.seed.map(|s| layer_seed(s, self.next_layer));
+        self.next_layer += 1;
+        s
+    }
 }
 
 impl ResBlock {
@@ -43,6 +76,7 @@ impl ResBlock {
         emb_dim: usize,
         groups: usize,
         scale_shift: bool,
+        dropout: f32,
     ) -> Result<ResBlock> {
         let k = ConvSpec::K133;
         let norm1 = Norm::group(&mut pb.pp("norm1"), cin, groups)?;
@@ -75,11 +109,19 @@ impl ResBlock {
             norm2,
             conv2,
             skip,
+            dropout,
         })
     }
 
     /// `emb_act` is SiLU(time embedding) `[N, emb_dim]`.
-    pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var, emb_act: &Var) -> Result<Var> {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        ps: &ParamStore,
+        x: &Var,
+        emb_act: &Var,
+        drop: &mut DropKey,
+    ) -> Result<Var> {
         let silu = NormEpilogue {
             act: Some(Act::Silu),
             ..Default::default()
@@ -115,7 +157,10 @@ impl ResBlock {
                 )?
             }
         };
-        // Dropout would go here; the configuration admits only 0 (see `SegDiffNetConfig`).
+        let h = match drop.next() {
+            Some(seed) if self.dropout > 0.0 => dropout(g, &h, self.dropout, seed)?,
+            _ => h,
+        };
         let h = self.conv2.forward(g, ps, &h)?;
         let skip = match &self.skip {
             Some(c) => c.forward(g, ps, x)?,
@@ -135,10 +180,17 @@ pub enum Layer {
 }
 
 impl Layer {
-    pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var, emb_act: &Var) -> Result<Var> {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        ps: &ParamStore,
+        x: &Var,
+        emb_act: &Var,
+        drop: &mut DropKey,
+    ) -> Result<Var> {
         match self {
             Layer::Res(block, attn) => {
-                let h = block.forward(g, ps, x, emb_act)?;
+                let h = block.forward(g, ps, x, emb_act, drop)?;
                 match attn {
                     Some(a) => a.forward(g, ps, &h),
                     None => Ok(h),
