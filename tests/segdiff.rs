@@ -71,6 +71,7 @@ fn sampling_is_a_function_of_the_seed() {
             },
             seed,
             clip_denoised: true,
+            ..SegDiffInfer::default()
         };
         let a = model.sample_ensemble(dev, &image, 16, &infer(4)).unwrap();
         let b = model.sample_ensemble(dev, &image, 16, &infer(4)).unwrap();
@@ -97,6 +98,7 @@ fn args(run: &Path, input: &Path, output: &Path) -> SegmentArgs {
         seed: None,
         replace_nonfinite: None,
         weights: None,
+        fusion: None,
         device: "cpu".into(),
     }
 }

@@ -19,6 +19,7 @@ pub mod seg_model;
 pub mod seg_train;
 pub mod segdiff_config;
 pub mod segdiff_demo;
+pub mod segdiff_fusion;
 pub mod segdiff_model;
 pub mod segdiff_segment;
 pub mod segdiff_train;

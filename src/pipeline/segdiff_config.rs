@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! system = "segdiff"   # marks the run folder as a 2D SegDiff run
+//! objective = "diffusion"  # or "supervised": the same network, mask logits in one pass
 //! batch = 4            # images per optimiser step
 //! [data]               # image/mask folders, model size, split, augmentation (docs/data.md)
 //! [model]              # the network (src/model/segdiff): conditioning, channels, …
@@ -15,6 +16,7 @@
 //! absolute in the run's `config.toml` (see `super::run`).
 
 use super::config::{self, RunConfig};
+use super::segdiff_fusion::Fusion;
 use super::train_loop::TrainConfig;
 use crate::data::image2d::Data2dConfig;
 use crate::diffusion::{BetaSchedule, Sampler, Schedule};
@@ -67,6 +69,8 @@ pub struct SegDiffInfer {
     /// trained minutes needs it (docs/segdiff.md, "Why the first run did
     /// not learn").
     pub clip_denoised: bool,
+    /// How the ensemble becomes one mask (`super::segdiff_fusion`).
+    pub fusion: Fusion,
 }
 
 impl Default for SegDiffInfer {
@@ -77,8 +81,22 @@ impl Default for SegDiffInfer {
             steps: None,
             seed: 0,
             clip_denoised: true,
+            fusion: Fusion::Mean,
         }
     }
+}
+
+/// What the network is trained to output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// SegDiff: ε of a noisy mask x_t given the image and t (diffusion).
+    Diffusion,
+    /// The supervised 2D baseline: the same network with x_t = 0 and t = 0,
+    /// the image through its conditioning (the RRDB encoder, or input
+    /// channels with `conditioning = "concat"`), its output the foreground
+    /// logit; trained with cross-entropy + soft Dice, segmenting in one pass.
+    Supervised,
 }
 
 /// Everything a SegDiff run needs.
@@ -86,6 +104,7 @@ impl Default for SegDiffInfer {
 #[serde(default, deny_unknown_fields)]
 pub struct SegDiffConfig {
     pub system: String,
+    pub objective: Objective,
     pub batch: usize,
     pub data: Data2dConfig,
     pub model: SegDiffNetConfig,
@@ -98,6 +117,7 @@ impl Default for SegDiffConfig {
     fn default() -> Self {
         SegDiffConfig {
             system: SYSTEM.to_string(),
+            objective: Objective::Diffusion,
             batch: 4,
             data: Data2dConfig {
                 size: 64,

@@ -6,6 +6,12 @@
 //! MedSegDiff), one t per pair uniform over 0..T, ε ~ N(0, I),
 //! `x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε`, loss `mean (ε̂(x_t, I, t) − ε)²`.
 //!
+//! The supervised baseline ([`Objective::Supervised`]): the same network
+//! with x_t = 0 and t = 0 gives a foreground logit z per pixel from the
+//! image; the loss is `CE + Dice` of the two-class logits (0, z) (so CE is
+//! the binary cross-entropy of z) against the one-hot mask, and segmenting
+//! is one forward pass, σ(z) as the probability (an "ensemble" of one).
+//!
 //! Segmentation: an ensemble of N samples runs as one batch of N — the image
 //! repeated N times, its condition G(I) computed once — through the reverse
 //! process of `crate::diffusion::gaussian::sample` (DDPM over all T steps
@@ -14,12 +20,13 @@
 //! to [0, 1]; the ensemble's mean is thresholded at ½ and its pixelwise
 //! variance is the uncertainty.
 
-use super::segdiff_config::{SegDiffConfig, SegDiffInfer};
+use super::segdiff_config::{Objective, SegDiffConfig, SegDiffInfer};
 use super::train_loop::{BatchSource, StepKey, StepLoss, Trainable};
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
 use crate::data::image2d::{Dataset2d, Sample2d};
 use crate::diffusion::gaussian::{clamp, sample, stream_seed, x0_from_eps, SampleSpec, Stream};
+use crate::diffusion::seg::seg_loss;
 use crate::diffusion::{Schedule, Variance};
 use crate::model::segdiff::unet::DropKey;
 use crate::model::{Conditioning, SegDiffNet};
@@ -29,11 +36,13 @@ use crate::tensor::{DType, Shape};
 use anyhow::{ensure, Result};
 use std::sync::Arc;
 
-/// The network, its parameters and the diffusion schedule of a run.
+/// The network, its parameters, the diffusion schedule and the objective
+/// of a run.
 pub struct SegDiffModel {
     pub net: SegDiffNet,
     pub ps: ParamStore,
     pub schedule: Schedule,
+    pub objective: Objective,
 }
 
 /// B training pairs as host data.
@@ -88,6 +97,7 @@ impl SegDiffModel {
             net,
             ps,
             schedule: cfg.diffusion.schedule()?,
+            objective: cfg.objective,
         })
     }
 
@@ -187,8 +197,43 @@ impl SegDiffModel {
         Ok((g.mse(&eps, &noise)?, ts))
     }
 
+    /// The supervised baseline's foreground logits `[N, 1, H, W, 1]` for
+    /// normalised images `[N, 1, H, W, image_channels]`: the network at
+    /// x_t = 0, t = 0, with dropout from `drop` (training) or none.
+    pub fn logits(&self, g: &mut Graph, images: &Var, drop: &mut DropKey) -> Result<Var> {
+        let dev = g.dev;
+        let s = images.shape();
+        let x_shape = Shape::ndhwc(s.n(), 1, s.h(), s.w(), 1);
+        let zero = g.constant(dev.upload(&vec![0.0; x_shape.numel()], x_shape, dev.act_dtype())?);
+        let cond = self.net.condition(g, &self.ps, images)?;
+        self.net
+            .forward_with(g, &self.ps, &zero, &cond, &vec![0.0; s.n()], drop)
+    }
+
+    /// The supervised baseline's loss of a batch: `CE + Dice` of the
+    /// two-class logits (0, z) against the one-hot mask.
+    pub fn supervised_loss(&self, g: &mut Graph, batch: &Batch2d, key: StepKey) -> Result<Var> {
+        let dev = g.dev;
+        let (n, s) = (batch.len(), batch.size);
+        ensure!(n >= 1, "an empty batch");
+        let img = g.constant(dev.upload(
+            &batch.images,
+            Shape::ndhwc(n, 1, s, s, self.net.cfg.image_channels),
+            dev.act_dtype(),
+        )?);
+        let mut drop = DropKey::train(stream_seed(key.seed, Stream::Dropout, key.step));
+        let z = self.logits(g, &img, &mut drop)?;
+        let x_shape = Shape::ndhwc(n, 1, s, s, 1);
+        let zero = g.constant(dev.upload(&vec![0.0; x_shape.numel()], x_shape, dev.act_dtype())?);
+        let two = g.concat_c(&[&zero, &z])?;
+        let labels = dev.upload(&batch.masks, x_shape, dev.act_dtype())?;
+        let target = dev.one_hot(&labels, 2, 1.0, 0.0)?;
+        seg_loss(g, &two, &target, 1.0, 1.0)
+    }
+
     /// The N sampled probability maps (`size`², each in [0, 1]) of one
-    /// normalised image (`size`² × channels), the N samples as one batch.
+    /// normalised image (`size`² × channels), the N samples as one batch;
+    /// for the supervised baseline the one map σ(z) of a single pass.
     pub fn sample_ensemble(
         &self,
         dev: &dyn Backend,
@@ -204,6 +249,17 @@ impl SegDiffModel {
             "image holds {} values, not {size}²×{c}",
             image.len()
         );
+        if self.objective == Objective::Supervised {
+            let mut g = Graph::inference(dev);
+            let img = g.constant(dev.upload(
+                image,
+                Shape::ndhwc(1, 1, size, size, c),
+                dev.act_dtype(),
+            )?);
+            let z = self.logits(&mut g, &img, &mut DropKey::none())?;
+            let p = dev.download(&z.t)?;
+            return Ok(vec![p.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect()]);
+        }
         let mut g0 = Graph::inference(dev);
         let rep: Vec<f32> = (0..n).flat_map(|_| image.iter().copied()).collect();
         let img =
@@ -230,31 +286,18 @@ impl SegDiffModel {
     }
 }
 
-/// The pixelwise mean and (population) variance of N probability maps.
-pub fn mean_and_variance(samples: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
-    let n = samples.len() as f32;
-    let len = samples[0].len();
-    let mut mean = vec![0f32; len];
-    let mut var = vec![0f32; len];
-    for s in samples {
-        for (m, v) in mean.iter_mut().zip(s) {
-            *m += v / n;
-        }
-    }
-    for s in samples {
-        for ((q, m), v) in var.iter_mut().zip(&mean).zip(s) {
-            *q += (v - m) * (v - m) / n;
-        }
-    }
-    (mean, var)
-}
-
 impl Trainable for SegDiffModel {
     type Batch = Batch2d;
     fn params(&self) -> &ParamStore {
         &self.ps
     }
     fn loss(&self, g: &mut Graph, batch: &Batch2d, key: StepKey) -> Result<StepLoss> {
+        if self.objective == Objective::Supervised {
+            return Ok(StepLoss {
+                loss: self.supervised_loss(g, batch, key)?,
+                log: vec![],
+            });
+        }
         let (loss, ts) = self.loss_of(g, batch, key)?;
         let mean_t = ts.iter().sum::<usize>() as f64 / ts.len() as f64;
         Ok(StepLoss {

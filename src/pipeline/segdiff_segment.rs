@@ -3,7 +3,10 @@
 //!
 //! Each photo is resized to the run's model size and normalised as in
 //! training; an ensemble of `--samples` N masks is sampled as one batch of
-//! N (`super::segdiff_model`); the ensemble's mean probability is resized
+//! N (`super::segdiff_model`; a supervised run makes one forward pass, an
+//! ensemble of one with variance 0); the ensemble is fused
+//! (`super::segdiff_fusion`: the mean, or STAPLE with `--fusion staple`) and the
+//! fused probability is resized
 //! back to the photo's own size and thresholded at ½. Beside each mask:
 //!
 //! ```text
@@ -18,8 +21,9 @@
 
 use super::config::RunConfig;
 use super::run::{absolute, CHECKPOINT, CONFIG};
-use super::segdiff_config::{SegDiffConfig, SegDiffInfer};
-use super::segdiff_model::{mean_and_variance, SegDiffModel};
+use super::segdiff_config::{Objective, SegDiffConfig, SegDiffInfer};
+use super::segdiff_fusion::fuse;
+use super::segdiff_model::SegDiffModel;
 use super::segment::SegmentArgs;
 use crate::backend::{self, Backend};
 use crate::data::image2d::dataset::{model_input, Normalisation};
@@ -60,12 +64,26 @@ pub fn load_run(b: &dyn Backend, run: &Path, weights: Option<Weights>) -> Result
     })
 }
 
+/// How a run segments, for the report line.
+fn method(cfg: &SegDiffConfig, infer: &SegDiffInfer) -> String {
+    match cfg.objective {
+        Objective::Supervised => "supervised, one forward pass".to_string(),
+        Objective::Diffusion => format!(
+            "{} samples, {:?}, {} steps",
+            infer.samples,
+            infer.sampler,
+            infer.steps.unwrap_or(cfg.diffusion.timesteps)
+        ),
+    }
+}
+
 /// The segmentation of one photo at its own size.
 pub struct Prediction2d {
     pub mask: Mask,
-    /// The ensemble's mean foreground probability, at the photo's size.
+    /// The ensemble's fused foreground probability, at the photo's size.
     pub probability: Vec<f32>,
-    /// The ensemble's pixelwise variance, at the photo's size.
+    /// The fusion's pixelwise uncertainty (the ensemble's variance, or
+    /// STAPLE's W(1 − W)), at the photo's size.
     pub variance: Vec<f32>,
 }
 
@@ -79,7 +97,7 @@ pub fn predict_photo(
     let size = run.cfg.data.size;
     let x = model_input(photo, size, &run.norm);
     let samples = run.model.sample_ensemble(b, &x, size, infer)?;
-    let (mean, var) = mean_and_variance(&samples);
+    let (mean, var) = fuse(&samples, infer.fusion);
     let (w, h) = (photo.width, photo.height);
     let mask = probability_to_mask(&mean, size, size, w, h);
     let (probability, variance) = if (w, h) == (size, size) {
@@ -148,6 +166,9 @@ fn infer_settings(args: &SegmentArgs, cfg: &SegDiffConfig) -> Result<SegDiffInfe
     if let Some(n) = args.samples {
         infer.samples = n;
     }
+    if let Some(f) = args.fusion {
+        infer.fusion = f;
+    }
     if let Some(s) = args.seed {
         infer.seed = s;
     }
@@ -200,11 +221,9 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     let p = predict_photo(b, &run, &infer, &photo)?;
     write_prediction(&p, &photo, &args.output, &overlay, &uncertainty)?;
     println!(
-        "segmented {} ({} samples, {:?}, {} steps) in {:.1} s on {} → {} (+ {}, {})",
+        "segmented {} ({}) in {:.1} s on {} → {} (+ {}, {})",
         input.display(),
-        infer.samples,
-        infer.sampler,
-        infer.steps.unwrap_or(run.cfg.diffusion.timesteps),
+        method(&run.cfg, &infer),
         t0.elapsed().as_secs_f64(),
         b.name(),
         args.output.display(),
@@ -275,10 +294,9 @@ fn run_folder(b: &dyn Backend, args: &SegmentArgs) -> Result<()> {
         skipped.len()
     );
     println!(
-        "segmented {done} photos ({} skipped; {} samples, {:?}) in {:.1} s on {} → {}",
+        "segmented {done} photos ({} skipped; {}) in {:.1} s on {} → {}",
         skipped.len(),
-        infer.samples,
-        infer.sampler,
+        method(&run.cfg, &infer),
         t0.elapsed().as_secs_f64(),
         b.name(),
         out.display()

@@ -66,6 +66,9 @@ pub struct SegmentArgs {
     /// weights (default: ema when the run kept one, else raw).
     #[arg(long, value_enum)]
     pub weights: Option<checkpoint::Weights>,
+    /// SegDiff: how the ensemble is fused (default: the run's infer.fusion, mean).
+    #[arg(long, value_enum)]
+    pub fusion: Option<super::segdiff_fusion::Fusion>,
     /// auto, cpu, emu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -309,6 +312,11 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
             args.run.display()
         );
     }
+    ensure!(
+        args.fusion.is_none(),
+        "--fusion applies to SegDiff 2D runs; {} is a 3D segmentation run",
+        args.run.display()
+    );
     check_outputs(args)?;
     let b = backend::select(&args.device)?;
     let mut run = load_run(b.as_ref(), &args.run)?;
