@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_pretrain;
+pub mod bench_segdiff;
 pub mod bpr_config;
 pub mod bpr_data;
 pub mod bpr_infer;

@@ -37,7 +37,7 @@ use crate::tensor::{DType, Shape};
 use anyhow::{ensure, Result};
 use rrdb::RrdbNet;
 use serde::{Deserialize, Serialize};
-use unet::{DropKey, Layer, ResBlock, DOWN};
+use unet::{attention_macs, conv_macs, DropKey, Layer, ResBlock, DOWN};
 
 /// How the image enters the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +175,21 @@ impl SegDiffNetConfig {
     pub fn max_downsampling(&self) -> usize {
         1 << (self.channel_mult.len() - 1)
     }
+}
+
+/// Multiply-adds of one sample's forward pass, by part (see
+/// [`SegDiffNet::macs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegDiffMacs {
+    /// G(I), the RRDB encoder (0 with concatenation): once per image.
+    pub condition: u64,
+    /// The denoiser: the time MLP, F, E, the middle, D and the output — once
+    /// per sample and step.
+    pub denoise: u64,
+    /// The convolutions whose input is a constant (F, G's first) and the
+    /// time MLP's first layer (its input the sinusoid): a training step
+    /// computes no data gradient for them.
+    pub no_data_grad: u64,
 }
 
 /// One decoder block: a residual block on [features, skip] (with attention
@@ -323,6 +338,47 @@ impl SegDiffNet {
             out_norm,
             out_conv,
         })
+    }
+
+    /// Multiply-adds of one sample's pass at `h`×`w`, counted from the
+    /// layers as built (convolutions, linear maps, attention's two batched
+    /// products); norms, activations and additions are not counted.
+    pub fn macs(&self, h: usize, w: usize) -> SegDiffMacs {
+        let c = self.cfg.channels;
+        let emb = self.cfg.emb_dim();
+        let full = [1, h, w];
+        let time1 = (c * emb) as u64;
+        let mut denoise = time1 + (emb * emb) as u64 + conv_macs(&self.input_conv, full);
+        let mut sp = full;
+        let mut skips = vec![sp];
+        for layer in &self.encoder {
+            let (m, out) = layer.macs(sp, emb);
+            denoise += m;
+            sp = out;
+            skips.push(sp);
+        }
+        let (r1, a, r2) = &self.middle;
+        denoise += r1.macs(sp, emb) + attention_macs(a, sp) + r2.macs(sp, emb);
+        for block in &self.decoder {
+            // The block runs at its skip's extents (the features cropped to them).
+            sp = skips.pop().expect("one skip per decoder block");
+            denoise += block.res.macs(sp, emb).0;
+            if let Some(up) = &block.up {
+                let (m, out) = up.macs(sp, emb);
+                denoise += m;
+                sp = out;
+            }
+        }
+        denoise += conv_macs(&self.out_conv, sp);
+        let (condition, first) = match &self.rrdb {
+            Some(r) => (r.macs(full), r.first_conv_macs(full)),
+            None => (0, 0),
+        };
+        SegDiffMacs {
+            condition,
+            denoise,
+            no_data_grad: time1 + conv_macs(&self.input_conv, full) + first,
+        }
     }
 
     /// What the network keeps of the image `[N, 1, H, W, image_channels]`

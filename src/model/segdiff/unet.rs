@@ -113,6 +113,20 @@ impl ResBlock {
         })
     }
 
+    /// Multiply-adds of one sample's pass at `spatial` with a time
+    /// embedding of `emb_dim`: the convolutions and the embedding's linear
+    /// map(s).
+    pub fn macs(&self, spatial: [usize; 3], emb_dim: usize) -> u64 {
+        let time = match &self.time {
+            TimeIn::Add(_) => emb_dim * self.conv1.cout,
+            TimeIn::ScaleShift { .. } => 2 * emb_dim * self.conv1.cout,
+        } as u64;
+        conv_macs(&self.conv1, spatial)
+            + time
+            + conv_macs(&self.conv2, spatial)
+            + self.skip.as_ref().map_or(0, |c| conv_macs(c, spatial))
+    }
+
     /// `emb_act` is SiLU(time embedding) `[N, emb_dim]`.
     pub fn forward(
         &self,
@@ -170,6 +184,23 @@ impl ResBlock {
     }
 }
 
+/// Multiply-adds of convolution `c` on one sample of extents `spatial`.
+pub fn conv_macs(c: &Conv, spatial: [usize; 3]) -> u64 {
+    c.spec.macs(
+        crate::tensor::Shape::ndhwc(1, spatial[0], spatial[1], spatial[2], c.cin),
+        c.cout,
+    )
+}
+
+/// Multiply-adds of self-attention over the T voxels of one sample of
+/// extents `spatial` with C channels: the qkv and output projections
+/// (3C² + C² per voxel) and, summed over the heads, the scores q kᵀ and
+/// the weighted values (T²·C each).
+pub fn attention_macs(a: &SelfAttention, spatial: [usize; 3]) -> u64 {
+    let t = (spatial[0] * spatial[1] * spatial[2]) as u64;
+    conv_macs(&a.qkv, spatial) + conv_macs(&a.proj, spatial) + 2 * t * t * a.proj.cout as u64
+}
+
 /// One entry of the encoder or decoder: a residual block (optionally with
 /// attention after it), or a resampling step.
 pub enum Layer {
@@ -180,6 +211,23 @@ pub enum Layer {
 }
 
 impl Layer {
+    /// Multiply-adds of one sample's pass at input extents `spatial`, and
+    /// the output extents.
+    pub fn macs(&self, spatial: [usize; 3], emb_dim: usize) -> (u64, [usize; 3]) {
+        match self {
+            Layer::Res(block, attn) => (
+                block.macs(spatial, emb_dim)
+                    + attn.as_ref().map_or(0, |a| attention_macs(a, spatial)),
+                spatial,
+            ),
+            Layer::Down(conv) => (conv_macs(conv, spatial), DOWN.out_spatial(spatial)),
+            Layer::Up(conv) => {
+                let up = [spatial[0] * UP[0], spatial[1] * UP[1], spatial[2] * UP[2]];
+                (conv_macs(conv, up), up)
+            }
+        }
+    }
+
     pub fn forward(
         &self,
         g: &mut Graph,
