@@ -17,8 +17,8 @@
 //! process of `crate::diffusion::gaussian::sample` (DDPM over all T steps
 //! with the β_t ("fixed large") variance, or DDIM η = 0 over fewer). Each
 //! sample's final x̂₀ becomes a probability ((x+1)/2 for ±1 masks), clamped
-//! to [0, 1]; the ensemble's mean is thresholded at ½ and its pixelwise
-//! variance is the uncertainty.
+//! to [0, 1]; `super::segdiff_fusion` fuses the ensemble (mean or STAPLE)
+//! into the probability thresholded at ½ and an uncertainty.
 
 use super::segdiff_config::{Objective, SegDiffConfig, SegDiffInfer};
 use super::train_loop::{BatchSource, StepKey, StepLoss, Trainable};
