@@ -90,10 +90,24 @@ struct BenchArgs {
     /// Classes of the training step (background included).
     #[arg(long, default_value_t = 14)]
     classes: usize,
-    /// standard (convolution, norm, softmax at --dims/--channels) or
-    /// pretrain (linear attention and batch norm at --sizes).
+    /// standard (convolution, norm, softmax at --dims/--channels),
+    /// pretrain (linear attention and batch norm at --sizes) or segdiff
+    /// (a SegDiff 2D training step and reverse step at --size).
     #[arg(long, default_value = "standard")]
     suite: String,
+    /// The segdiff suite's image size (square).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// The segdiff suite's network: cpu (the default configuration's) or monuseg.
+    #[arg(long, default_value = "cpu")]
+    segdiff_net: String,
+    /// The segdiff suite's ensemble size.
+    #[arg(long, default_value_t = 9)]
+    samples: usize,
+    /// The segdiff suite also times a whole ensemble (all 100 DDPM steps;
+    /// minutes on a CPU).
+    #[arg(long)]
+    full_ensemble: bool,
     /// The pretrain suite's sizes, CxDxHxW comma-separated.
     #[arg(long, default_value = voxdiff::pipeline::bench_pretrain::PAPER_SIZES)]
     sizes: String,
@@ -159,7 +173,17 @@ fn main() -> Result<()> {
                         let sizes = voxdiff::pipeline::bench_pretrain::parse_sizes(&a.sizes)?;
                         voxdiff::pipeline::bench_pretrain::run(b, &sizes, a.reps)?
                     }
-                    other => anyhow::bail!("--suite: {other:?} is not standard or pretrain"),
+                    "segdiff" => voxdiff::pipeline::bench_segdiff::run(
+                        b,
+                        &a.segdiff_net,
+                        a.size,
+                        a.samples,
+                        a.full_ensemble,
+                        a.reps,
+                    )?,
+                    other => {
+                        anyhow::bail!("--suite: {other:?} is not standard, pretrain or segdiff")
+                    }
                 }
             };
             voxdiff::pipeline::bench::print(&r, &b.name());

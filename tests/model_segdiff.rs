@@ -2,7 +2,8 @@
 //! its parameter count for SegDiff's published MoNuSeg setting against the
 //! count of the reference architecture (improved-diffusion's UNetModel with
 //! SegDiff's RRDBNet, counted layer by layer below as PyTorch counts them),
-//! and finite-difference gradients through the RRDB blocks on the CPU.
+//! finite-difference gradients through the RRDB blocks on the CPU, and the
+//! multiply-add count (the bench's FLOP figure) against a hand count.
 
 mod common;
 mod every_backend;
@@ -225,4 +226,63 @@ fn the_rrdb_blocks_input_gradients_match_finite_differences() {
         2e-3,
         2e-4,
     );
+}
+
+/// The multiply-adds `SegDiffNet::macs` walks from the built layers, against
+/// a count by hand of a two-level network at 8×8 (4×4 at level 1): C = 8,
+/// channel_mult [1, 2], one residual block, attention at factor 2, an RRDB
+/// block with nf = 8, gc = 4. A 3×3 convolution cin → cout at n pixels is
+/// 9·cin·cout·n, a 1×1 one cin·cout·n, a linear map in·out.
+#[test]
+fn the_multiply_add_count_matches_a_hand_count() {
+    let cpu = CpuBackend::new();
+    let dev: &dyn Backend = &cpu;
+    let cfg = SegDiffNetConfig {
+        channel_mult: vec![1, 2],
+        attention_ds: vec![2],
+        ..tiny(Conditioning::Rrdb)
+    };
+    let mut ps = ParamStore::new(7);
+    let net = SegDiffNet::new(&mut ParamBuilder::new(&mut ps, dev), cfg).unwrap();
+    let m = net.macs(8, 8);
+    let (p0, p1) = (64u64, 16u64); // pixels at level 0 and 1
+    let res = |cin: u64, cout: u64, n: u64| {
+        9 * cin * cout * n
+            + 32 * cout
+            + 9 * cout * cout * n
+            + if cin != cout { cin * cout * n } else { 0 }
+    };
+    // qkv 16→48 and projection 16→16 per pixel; scores and values T²·C.
+    let attn16 = 16 * 48 * p1 + 16 * 16 * p1 + 2 * p1 * p1 * 16;
+    let time = 8 * 32 + 32 * 32;
+    let input = 9 * 1 * 8 * p0;
+    let encoder = res(8, 8, p0) + 9 * 8 * 8 * p1 + res(8, 16, p1) + attn16;
+    let middle = res(16, 16, p1) + attn16 + res(16, 16, p1);
+    let decoder = res(16 + 16, 16, p1) + attn16 // skip: the level-1 block
+        + res(16 + 8, 16, p1) + attn16 // skip: the downsampled map
+        + 9 * 16 * 16 * p0 // nearest ×2, then a convolution at 8×8
+        + res(16 + 8, 8, p0) // skip: the level-0 block
+        + res(8 + 8, 8, p0); // skip: F's output
+    let output = 9 * 8 * 1 * p0;
+    assert_eq!(
+        m.denoise,
+        time + input + encoder + middle + decoder + output
+    );
+    // G: conv_first 3→8; per dense block five convolutions on 8, 12, 16, 20,
+    // 24 channels to 4, 4, 4, 4, 8; three dense blocks; trunk, hr and last 8→8.
+    let dense = 9 * p0 * (8 * 4 + 12 * 4 + 16 * 4 + 20 * 4 + 24 * 8);
+    assert_eq!(m.condition, 9 * 3 * 8 * p0 + 3 * dense + 3 * 9 * 8 * 8 * p0);
+    assert_eq!(m.no_data_grad, 8 * 32 + input + 9 * 3 * 8 * p0);
+    // The concatenation variant has no G; F reads the mask and the image.
+    let mut ps = ParamStore::new(7);
+    let cat = SegDiffNetConfig {
+        channel_mult: vec![1, 2],
+        attention_ds: vec![2],
+        scale_shift_norm: false,
+        ..tiny(Conditioning::Concat)
+    };
+    let net = SegDiffNet::new(&mut ParamBuilder::new(&mut ps, dev), cat).unwrap();
+    let c = net.macs(8, 8);
+    assert_eq!(c.condition, 0);
+    assert_eq!(c.denoise, m.denoise + 9 * 3 * 8 * p0);
 }

@@ -2,8 +2,9 @@
 //! trains and segments the dermoscopy photos of the shared data (a photo
 //! and a folder, with overlay and uncertainty maps at each photo's own
 //! size; a bad file in a folder is skipped and reported); a 2D photo given
-//! to a 3D run and a 3D scan given to a SegDiff run are refused; the
-//! configuration refuses unknown keys and dropout.
+//! to a 3D run and a 3D scan given to a SegDiff run are refused, as is
+//! --fusion for a 3D run; STAPLE fusion through `segment`; the
+//! configuration refuses unknown keys and a dropout of 1.
 
 mod common;
 
@@ -13,6 +14,7 @@ use voxdiff::backend::Backend;
 use voxdiff::data::image2d::{read_mask, read_photo};
 use voxdiff::diffusion::Sampler;
 use voxdiff::pipeline::segdiff_config::{SegDiffConfig, SegDiffInfer};
+use voxdiff::pipeline::segdiff_fusion::Fusion;
 use voxdiff::pipeline::segdiff_model::SegDiffModel;
 use voxdiff::pipeline::segdiff_segment;
 use voxdiff::pipeline::segdiff_train::train_run;
@@ -70,6 +72,8 @@ fn sampling_is_a_function_of_the_seed() {
                 None
             },
             seed,
+            clip_denoised: true,
+            ..SegDiffInfer::default()
         };
         let a = model.sample_ensemble(dev, &image, 16, &infer(4)).unwrap();
         let b = model.sample_ensemble(dev, &image, 16, &infer(4)).unwrap();
@@ -96,6 +100,8 @@ fn args(run: &Path, input: &Path, output: &Path) -> SegmentArgs {
         seed: None,
         replace_nonfinite: None,
         coords: None,
+        weights: None,
+        fusion: None,
         device: "cpu".into(),
     }
 }
@@ -144,6 +150,14 @@ fn a_tiny_run_trains_and_segments_the_dermoscopy_photos() {
         let p = read_photo(&p).unwrap();
         assert_eq!((p.width, p.height), (w, h));
     }
+    // The same photo fused by STAPLE.
+    let staple = dir.join("staple/mask.png");
+    segment::run(&SegmentArgs {
+        fusion: Some(Fusion::Staple),
+        ..args(&run, &photo, &staple)
+    })
+    .unwrap();
+    assert_eq!(read_mask(&staple).unwrap().width, w);
 
     // A folder with one truncated JPEG: it is skipped, the others segmented.
     let input = dir.join("in");
@@ -197,14 +211,23 @@ fn a_photo_given_to_a_3d_run_is_refused() {
     assert!(!segdiff_segment::is_2d_input(
         &data.join("ct_abdomen/example_ct.nii.gz")
     ));
+    // --fusion is SegDiff's.
+    let ct = data.join("ct_abdomen/example_ct_sm.nii.gz");
+    let e = segment::run(&SegmentArgs {
+        fusion: Some(Fusion::Staple),
+        ..args(&dir, &ct, &dir.join("m.nii.gz"))
+    })
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("--fusion"), "{e:#}");
 }
 
 #[test]
-fn the_configuration_refuses_unknown_keys_and_dropout() {
+fn the_configuration_refuses_unknown_keys_and_dropout_of_1() {
     let e = SegDiffConfig::load(None, &["model.dropuot=0.1".to_string()]).unwrap_err();
     assert!(format!("{e:#}").contains("dropuot"), "{e:#}");
-    let e = SegDiffConfig::load(None, &["model.dropout=0.1".to_string()]).unwrap_err();
-    assert!(format!("{e:#}").contains("only 0"), "{e:#}");
+    let e = SegDiffConfig::load(None, &["model.dropout=1.0".to_string()]).unwrap_err();
+    assert!(format!("{e:#}").contains("model.dropout"), "{e:#}");
+    SegDiffConfig::load(None, &["model.dropout=0.1".to_string()]).unwrap();
     let e = SegDiffConfig::load(None, &["system=\"seg\"".to_string()]).unwrap_err();
     assert!(format!("{e:#}").contains("system"), "{e:#}");
     // The shipped configurations parse.

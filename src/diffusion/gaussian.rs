@@ -11,7 +11,8 @@
 use super::schedule::{even_indices, Schedule, Variance};
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
-use crate::tensor::{Shape, Tensor};
+use crate::ops::{Binary, Unary};
+use crate::tensor::{DType, Shape, Tensor};
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,8 @@ pub enum Stream {
     SampleInit = 3,
     /// The noise of reverse step k.
     SampleStep = 4,
+    /// The dropout masks of a training step.
+    Dropout = 5,
 }
 
 /// The Philox seed of draw `index` of `stream` under the run's `seed`.
@@ -63,6 +66,32 @@ pub fn q_sample(g: &mut Graph, s: &Schedule, x0: &Var, noise: &Var, t: usize) ->
 pub fn x0_from_eps(g: &mut Graph, s: &Schedule, x_t: &Var, eps: &Var, t: usize) -> Result<Var> {
     let (a, b) = s.x0_from_eps_coefs(t);
     g.lincomb(&[(a as f32, x_t), (-(b as f32), eps)])
+}
+
+/// x clamped to [lo, hi] as `hi − relu(hi − lo − relu(x − lo))`:
+/// improved diffusion's "clip denoised", which keeps a sampler's x̂₀ in the
+/// data's range. Without it the ε-network's error at large t enters x̂₀
+/// scaled by √(1/ᾱ_t) (≈ 150 at t = T − 1 of T = 100) and can carry the whole
+/// trajectory out of the data's range (docs/segdiff.md). This form is exact
+/// outside the range (both bounds come out as written, whatever the
+/// rounding of the intermediate values) and never leaves it.
+pub fn clamp(g: &mut Graph, x: &Var, lo: f32, hi: f32) -> Result<Var> {
+    ensure!(lo < hi, "clamp range [{lo}, {hi}] is empty");
+    let scalar = |g: &mut Graph, v: f32| -> Result<Var> {
+        Ok(g.constant(g.dev.upload(&[v], Shape::scalar(), DType::F32)?))
+    };
+    // c − v as (−v) + c.
+    let minus = |g: &mut Graph, c: f32, v: &Var| -> Result<Var> {
+        let neg = g.lincomb(&[(-1.0, v)])?;
+        let c = scalar(g, c)?;
+        g.binary(Binary::Add, &neg, &c)
+    };
+    let l = scalar(g, lo)?;
+    let above = g.binary(Binary::Sub, x, &l)?;
+    let above = g.unary(&above, Unary::Relu)?;
+    let below_hi = minus(g, hi - lo, &above)?;
+    let below_hi = g.unary(&below_hi, Unary::Relu)?;
+    minus(g, hi, &below_hi)
 }
 
 /// ε = (√(1/ᾱ_t) x_t − x₀) / √(1/ᾱ_t − 1).

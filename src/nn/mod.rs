@@ -1,9 +1,10 @@
 //! Layers: parameter storage and initialisation, convolutions, dense layers,
-//! normalisation, the sinusoidal time embedding, attention. Each layer is a
+//! normalisation, the sinusoidal time embedding, attention, dropout. Each layer is a
 //! struct of parameter ids with a `forward` that calls the autograd [`Graph`](crate::autograd::Graph).
 
 pub mod attention;
 pub mod batch_norm;
+pub mod dropout;
 pub mod layers;
 pub mod linear_attention;
 pub mod params;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_pretrain;
+pub mod bench_segdiff;
 pub mod bpr_config;
 pub mod bpr_data;
 pub mod bpr_infer;
@@ -29,6 +30,7 @@ pub mod seg_model;
 pub mod seg_train;
 pub mod segdiff_config;
 pub mod segdiff_demo;
+pub mod segdiff_fusion;
 pub mod segdiff_model;
 pub mod segdiff_segment;
 pub mod segdiff_train;

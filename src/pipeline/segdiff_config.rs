@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! system = "segdiff"   # marks the run folder as a 2D SegDiff run
+//! objective = "diffusion"  # or "supervised": the same network, mask logits in one pass
 //! batch = 4            # images per optimiser step
 //! [data]               # image/mask folders, model size, split, augmentation (docs/data.md)
 //! [model]              # the network (src/model/segdiff): conditioning, channels, …
@@ -15,6 +16,7 @@
 //! absolute in the run's `config.toml` (see `super::run`).
 
 use super::config::{self, RunConfig};
+use super::segdiff_fusion::Fusion;
 use super::train_loop::TrainConfig;
 use crate::data::image2d::Data2dConfig;
 use crate::diffusion::{BetaSchedule, Sampler, Schedule};
@@ -61,6 +63,14 @@ pub struct SegDiffInfer {
     /// Sampling steps (≤ T; None: all T).
     pub steps: Option<usize>,
     pub seed: u64,
+    /// Clamp each step's x̂₀ to the masks' range before the reverse step
+    /// (improved diffusion's `clip_denoised`). The reference's medical
+    /// scripts turn it off for networks trained 10⁵ iterations; a network
+    /// trained minutes needs it (docs/segdiff.md, "Why the first run did
+    /// not learn").
+    pub clip_denoised: bool,
+    /// How the ensemble becomes one mask (`super::segdiff_fusion`).
+    pub fusion: Fusion,
 }
 
 impl Default for SegDiffInfer {
@@ -70,8 +80,23 @@ impl Default for SegDiffInfer {
             sampler: Sampler::Ddpm,
             steps: None,
             seed: 0,
+            clip_denoised: true,
+            fusion: Fusion::Mean,
         }
     }
+}
+
+/// What the network is trained to output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// SegDiff: ε of a noisy mask x_t given the image and t (diffusion).
+    Diffusion,
+    /// The supervised 2D baseline: the same network with x_t = 0 and t = 0,
+    /// the image through its conditioning (the RRDB encoder, or input
+    /// channels with `conditioning = "concat"`), its output the foreground
+    /// logit; trained with cross-entropy + soft Dice, segmenting in one pass.
+    Supervised,
 }
 
 /// Everything a SegDiff run needs.
@@ -79,6 +104,7 @@ impl Default for SegDiffInfer {
 #[serde(default, deny_unknown_fields)]
 pub struct SegDiffConfig {
     pub system: String,
+    pub objective: Objective,
     pub batch: usize,
     pub data: Data2dConfig,
     pub model: SegDiffNetConfig,
@@ -91,6 +117,7 @@ impl Default for SegDiffConfig {
     fn default() -> Self {
         SegDiffConfig {
             system: SYSTEM.to_string(),
+            objective: Objective::Diffusion,
             batch: 4,
             data: Data2dConfig {
                 size: 64,

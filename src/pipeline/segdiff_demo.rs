@@ -92,7 +92,7 @@ pub fn run(args: &SegDiffDemoArgs) -> Result<()> {
         .as_str()
         .context("the run holds out no photo")?
         .to_string();
-    let loaded = load_run(b, &run)?;
+    let loaded = load_run(b, &run, None)?;
     let mut infer = loaded.cfg.infer.clone();
     infer.sampler = Sampler::Ddim;
     infer.steps = Some(20);

@@ -6,21 +6,29 @@
 //! MedSegDiff), one t per pair uniform over 0..T, ε ~ N(0, I),
 //! `x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε`, loss `mean (ε̂(x_t, I, t) − ε)²`.
 //!
+//! The supervised baseline ([`Objective::Supervised`]): the same network
+//! with x_t = 0 and t = 0 gives a foreground logit z per pixel from the
+//! image; the loss is `CE + Dice` of the two-class logits (0, z) (so CE is
+//! the binary cross-entropy of z) against the one-hot mask, and segmenting
+//! is one forward pass, σ(z) as the probability (an "ensemble" of one).
+//!
 //! Segmentation: an ensemble of N samples runs as one batch of N — the image
 //! repeated N times, its condition G(I) computed once — through the reverse
 //! process of `crate::diffusion::gaussian::sample` (DDPM over all T steps
 //! with the β_t ("fixed large") variance, or DDIM η = 0 over fewer). Each
 //! sample's final x̂₀ becomes a probability ((x+1)/2 for ±1 masks), clamped
-//! to [0, 1]; the ensemble's mean is thresholded at ½ and its pixelwise
-//! variance is the uncertainty.
+//! to [0, 1]; `super::segdiff_fusion` fuses the ensemble (mean or STAPLE)
+//! into the probability thresholded at ½ and an uncertainty.
 
-use super::segdiff_config::{SegDiffConfig, SegDiffInfer};
+use super::segdiff_config::{Objective, SegDiffConfig, SegDiffInfer};
 use super::train_loop::{BatchSource, StepKey, StepLoss, Trainable};
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
 use crate::data::image2d::{Dataset2d, Sample2d};
-use crate::diffusion::gaussian::{sample, stream_seed, x0_from_eps, SampleSpec, Stream};
+use crate::diffusion::gaussian::{clamp, sample, stream_seed, x0_from_eps, SampleSpec, Stream};
+use crate::diffusion::seg::seg_loss;
 use crate::diffusion::{Schedule, Variance};
+use crate::model::segdiff::unet::DropKey;
 use crate::model::{Conditioning, SegDiffNet};
 use crate::nn::{ParamBuilder, ParamStore};
 use crate::ops::Binary;
@@ -28,11 +36,13 @@ use crate::tensor::{DType, Shape};
 use anyhow::{ensure, Result};
 use std::sync::Arc;
 
-/// The network, its parameters and the diffusion schedule of a run.
+/// The network, its parameters, the diffusion schedule and the objective
+/// of a run.
 pub struct SegDiffModel {
     pub net: SegDiffNet,
     pub ps: ParamStore,
     pub schedule: Schedule,
+    pub objective: Objective,
 }
 
 /// B training pairs as host data.
@@ -87,6 +97,7 @@ impl SegDiffModel {
             net,
             ps,
             schedule: cfg.diffusion.schedule()?,
+            objective: cfg.objective,
         })
     }
 
@@ -95,6 +106,32 @@ impl SegDiffModel {
         match self.net.cfg.conditioning {
             Conditioning::Rrdb => 2.0 * m - 1.0,
             Conditioning::Concat => m,
+        }
+    }
+
+    /// The range of x₀: [−1, 1] (SegDiff) or [0, 1] (concatenation).
+    pub fn x0_range(&self) -> (f32, f32) {
+        (self.x0_of(0.0), self.x0_of(1.0))
+    }
+
+    /// x̂₀ at step `t` from the network's ε̂ for x_t, clamped to
+    /// [`Self::x0_range`] when `clip`.
+    pub fn predict_x0(
+        &self,
+        g: &mut Graph,
+        x_t: &Var,
+        cond: &Var,
+        t: f32,
+        clip: bool,
+    ) -> Result<Var> {
+        let n = x_t.shape().n();
+        let eps = self.net.forward(g, &self.ps, x_t, cond, &vec![t; n])?;
+        let x0 = x0_from_eps(g, &self.schedule, x_t, &eps, t as usize)?;
+        if clip {
+            let (lo, hi) = self.x0_range();
+            clamp(g, &x0, lo, hi)
+        } else {
+            Ok(x0)
         }
     }
 
@@ -153,12 +190,50 @@ impl SegDiffModel {
         let img = g.constant(img);
         let cond = self.net.condition(g, &self.ps, &img)?;
         let tf: Vec<f32> = ts.iter().map(|&t| t as f32).collect();
-        let eps = self.net.forward(g, &self.ps, &x_t, &cond, &tf)?;
+        let mut drop = DropKey::train(stream_seed(key.seed, Stream::Dropout, key.step));
+        let eps = self
+            .net
+            .forward_with(g, &self.ps, &x_t, &cond, &tf, &mut drop)?;
         Ok((g.mse(&eps, &noise)?, ts))
     }
 
+    /// The supervised baseline's foreground logits `[N, 1, H, W, 1]` for
+    /// normalised images `[N, 1, H, W, image_channels]`: the network at
+    /// x_t = 0, t = 0, with dropout from `drop` (training) or none.
+    pub fn logits(&self, g: &mut Graph, images: &Var, drop: &mut DropKey) -> Result<Var> {
+        let dev = g.dev;
+        let s = images.shape();
+        let x_shape = Shape::ndhwc(s.n(), 1, s.h(), s.w(), 1);
+        let zero = g.constant(dev.upload(&vec![0.0; x_shape.numel()], x_shape, dev.act_dtype())?);
+        let cond = self.net.condition(g, &self.ps, images)?;
+        self.net
+            .forward_with(g, &self.ps, &zero, &cond, &vec![0.0; s.n()], drop)
+    }
+
+    /// The supervised baseline's loss of a batch: `CE + Dice` of the
+    /// two-class logits (0, z) against the one-hot mask.
+    pub fn supervised_loss(&self, g: &mut Graph, batch: &Batch2d, key: StepKey) -> Result<Var> {
+        let dev = g.dev;
+        let (n, s) = (batch.len(), batch.size);
+        ensure!(n >= 1, "an empty batch");
+        let img = g.constant(dev.upload(
+            &batch.images,
+            Shape::ndhwc(n, 1, s, s, self.net.cfg.image_channels),
+            dev.act_dtype(),
+        )?);
+        let mut drop = DropKey::train(stream_seed(key.seed, Stream::Dropout, key.step));
+        let z = self.logits(g, &img, &mut drop)?;
+        let x_shape = Shape::ndhwc(n, 1, s, s, 1);
+        let zero = g.constant(dev.upload(&vec![0.0; x_shape.numel()], x_shape, dev.act_dtype())?);
+        let two = g.concat_c(&[&zero, &z])?;
+        let labels = dev.upload(&batch.masks, x_shape, dev.act_dtype())?;
+        let target = dev.one_hot(&labels, 2, 1.0, 0.0)?;
+        seg_loss(g, &two, &target, 1.0, 1.0)
+    }
+
     /// The N sampled probability maps (`size`², each in [0, 1]) of one
-    /// normalised image (`size`² × channels), the N samples as one batch.
+    /// normalised image (`size`² × channels), the N samples as one batch;
+    /// for the supervised baseline the one map σ(z) of a single pass.
     pub fn sample_ensemble(
         &self,
         dev: &dyn Backend,
@@ -174,6 +249,17 @@ impl SegDiffModel {
             "image holds {} values, not {size}²×{c}",
             image.len()
         );
+        if self.objective == Objective::Supervised {
+            let mut g = Graph::inference(dev);
+            let img = g.constant(dev.upload(
+                image,
+                Shape::ndhwc(1, 1, size, size, c),
+                dev.act_dtype(),
+            )?);
+            let z = self.logits(&mut g, &img, &mut DropKey::none())?;
+            let p = dev.download(&z.t)?;
+            return Ok(vec![p.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect()]);
+        }
         let mut g0 = Graph::inference(dev);
         let rep: Vec<f32> = (0..n).flat_map(|_| image.iter().copied()).collect();
         let img =
@@ -190,10 +276,7 @@ impl SegDiffModel {
             &self.schedule,
             spec,
             Shape::ndhwc(n, 1, size, size, 1),
-            |g, x, t| {
-                let eps = self.net.forward(g, &self.ps, x, &cond, &vec![t; n])?;
-                x0_from_eps(g, &self.schedule, x, &eps, t as usize)
-            },
+            |g, x, t| self.predict_x0(g, x, &cond, t, infer.clip_denoised),
             |_, _| Ok(()),
         )?;
         let v = dev.download(&x0)?;
@@ -203,31 +286,18 @@ impl SegDiffModel {
     }
 }
 
-/// The pixelwise mean and (population) variance of N probability maps.
-pub fn mean_and_variance(samples: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
-    let n = samples.len() as f32;
-    let len = samples[0].len();
-    let mut mean = vec![0f32; len];
-    let mut var = vec![0f32; len];
-    for s in samples {
-        for (m, v) in mean.iter_mut().zip(s) {
-            *m += v / n;
-        }
-    }
-    for s in samples {
-        for ((q, m), v) in var.iter_mut().zip(&mean).zip(s) {
-            *q += (v - m) * (v - m) / n;
-        }
-    }
-    (mean, var)
-}
-
 impl Trainable for SegDiffModel {
     type Batch = Batch2d;
     fn params(&self) -> &ParamStore {
         &self.ps
     }
     fn loss(&self, g: &mut Graph, batch: &Batch2d, key: StepKey) -> Result<StepLoss> {
+        if self.objective == Objective::Supervised {
+            return Ok(StepLoss {
+                loss: self.supervised_loss(g, batch, key)?,
+                log: vec![],
+            });
+        }
         let (loss, ts) = self.loss_of(g, batch, key)?;
         let mean_t = ts.iter().sum::<usize>() as f64 / ts.len() as f64;
         Ok(StepLoss {

@@ -3,7 +3,10 @@
 //!
 //! Each photo is resized to the run's model size and normalised as in
 //! training; an ensemble of `--samples` N masks is sampled as one batch of
-//! N (`super::segdiff_model`); the ensemble's mean probability is resized
+//! N (`super::segdiff_model`; a supervised run makes one forward pass, an
+//! ensemble of one with variance 0); the ensemble is fused
+//! (`super::segdiff_fusion`: the mean, or STAPLE with `--fusion staple`) and the
+//! fused probability is resized
 //! back to the photo's own size and thresholded at ½. Beside each mask:
 //!
 //! ```text
@@ -18,8 +21,9 @@
 
 use super::config::RunConfig;
 use super::run::{absolute, CHECKPOINT, CONFIG};
-use super::segdiff_config::{SegDiffConfig, SegDiffInfer};
-use super::segdiff_model::{mean_and_variance, SegDiffModel};
+use super::segdiff_config::{Objective, SegDiffConfig, SegDiffInfer};
+use super::segdiff_fusion::fuse;
+use super::segdiff_model::SegDiffModel;
 use super::segment::SegmentArgs;
 use crate::backend::{self, Backend};
 use crate::data::image2d::dataset::{model_input, Normalisation};
@@ -29,7 +33,7 @@ use crate::data::image2d::read::Mask;
 use crate::data::image2d::resize::{probability_to_mask, resize};
 use crate::data::image2d::{read_photo, write_mask_png, write_overlay_png, write_uncertainty_png};
 use crate::draw::Rgb;
-use crate::train::checkpoint;
+use crate::train::{checkpoint, Weights};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -40,8 +44,9 @@ pub struct LoadedSegDiff {
     pub model: SegDiffModel,
 }
 
-/// Build the run's model and load its checkpoint.
-pub fn load_run(b: &dyn Backend, run: &Path) -> Result<LoadedSegDiff> {
+/// Build the run's model and load its checkpoint's `weights` (None: the EMA
+/// weights when it holds them, else the raw ones).
+pub fn load_run(b: &dyn Backend, run: &Path, weights: Option<Weights>) -> Result<LoadedSegDiff> {
     let cfg = SegDiffConfig::load(Some(&run.join(CONFIG)), &[])
         .with_context(|| format!("{}: not a SegDiff run folder", run.display()))?;
     let (Some(mean), Some(std)) = (cfg.data.mean, cfg.data.std) else {
@@ -51,7 +56,7 @@ pub fn load_run(b: &dyn Backend, run: &Path) -> Result<LoadedSegDiff> {
         );
     };
     let model = SegDiffModel::new(b, &cfg)?;
-    checkpoint::load(&run.join(CHECKPOINT), b, &model.ps, None)?;
+    checkpoint::load_weights(&run.join(CHECKPOINT), b, &model.ps, weights)?;
     Ok(LoadedSegDiff {
         cfg,
         norm: Normalisation { mean, std },
@@ -59,12 +64,26 @@ pub fn load_run(b: &dyn Backend, run: &Path) -> Result<LoadedSegDiff> {
     })
 }
 
+/// How a run segments, for the report line.
+fn method(cfg: &SegDiffConfig, infer: &SegDiffInfer) -> String {
+    match cfg.objective {
+        Objective::Supervised => "supervised, one forward pass".to_string(),
+        Objective::Diffusion => format!(
+            "{} samples, {:?}, {} steps",
+            infer.samples,
+            infer.sampler,
+            infer.steps.unwrap_or(cfg.diffusion.timesteps)
+        ),
+    }
+}
+
 /// The segmentation of one photo at its own size.
 pub struct Prediction2d {
     pub mask: Mask,
-    /// The ensemble's mean foreground probability, at the photo's size.
+    /// The ensemble's fused foreground probability, at the photo's size.
     pub probability: Vec<f32>,
-    /// The ensemble's pixelwise variance, at the photo's size.
+    /// The fusion's pixelwise uncertainty (the ensemble's variance, or
+    /// STAPLE's W(1 − W)), at the photo's size.
     pub variance: Vec<f32>,
 }
 
@@ -78,7 +97,7 @@ pub fn predict_photo(
     let size = run.cfg.data.size;
     let x = model_input(photo, size, &run.norm);
     let samples = run.model.sample_ensemble(b, &x, size, infer)?;
-    let (mean, var) = mean_and_variance(&samples);
+    let (mean, var) = fuse(&samples, infer.fusion);
     let (w, h) = (photo.width, photo.height);
     let mask = probability_to_mask(&mean, size, size, w, h);
     let (probability, variance) = if (w, h) == (size, size) {
@@ -147,6 +166,9 @@ fn infer_settings(args: &SegmentArgs, cfg: &SegDiffConfig) -> Result<SegDiffInfe
     if let Some(n) = args.samples {
         infer.samples = n;
     }
+    if let Some(f) = args.fusion {
+        infer.fusion = f;
+    }
     if let Some(s) = args.seed {
         infer.seed = s;
     }
@@ -192,18 +214,16 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         );
         crate::fsutil::check_writable(out).context("--output")?;
     }
-    let run = load_run(b, &args.run)?;
+    let run = load_run(b, &args.run, args.weights)?;
     let infer = infer_settings(args, &run.cfg)?;
     let photo = read_photo(input)?;
     let t0 = std::time::Instant::now();
     let p = predict_photo(b, &run, &infer, &photo)?;
     write_prediction(&p, &photo, &args.output, &overlay, &uncertainty)?;
     println!(
-        "segmented {} ({} samples, {:?}, {} steps) in {:.1} s on {} → {} (+ {}, {})",
+        "segmented {} ({}) in {:.1} s on {} → {} (+ {}, {})",
         input.display(),
-        infer.samples,
-        infer.sampler,
-        infer.steps.unwrap_or(run.cfg.diffusion.timesteps),
+        method(&run.cfg, &infer),
         t0.elapsed().as_secs_f64(),
         b.name(),
         args.output.display(),
@@ -226,7 +246,7 @@ fn run_folder(b: &dyn Backend, args: &SegmentArgs) -> Result<()> {
         "--output {}: is the input folder; choose another",
         out.display()
     );
-    let run = load_run(b, &args.run)?;
+    let run = load_run(b, &args.run, args.weights)?;
     let infer = infer_settings(args, &run.cfg)?;
     let (files, mut skipped) = list_images(&args.input)?;
     for d in [out.clone(), out.join("overlay"), out.join("uncertainty")] {
@@ -274,10 +294,9 @@ fn run_folder(b: &dyn Backend, args: &SegmentArgs) -> Result<()> {
         skipped.len()
     );
     println!(
-        "segmented {done} photos ({} skipped; {} samples, {:?}) in {:.1} s on {} → {}",
+        "segmented {done} photos ({} skipped; {}) in {:.1} s on {} → {}",
         skipped.len(),
-        infer.samples,
-        infer.sampler,
+        method(&run.cfg, &infer),
         t0.elapsed().as_secs_f64(),
         b.name(),
         out.display()

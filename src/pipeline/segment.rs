@@ -66,6 +66,13 @@ pub struct SegmentArgs {
     /// run whose backbone takes coordinates.
     #[arg(long)]
     pub coords: Option<PathBuf>,
+    /// The checkpoint's weights to run: the moving average or the raw
+    /// weights (default: ema when the run kept one, else raw).
+    #[arg(long, value_enum)]
+    pub weights: Option<checkpoint::Weights>,
+    /// SegDiff: how the ensemble is fused (default: the run's infer.fusion, mean).
+    #[arg(long, value_enum)]
+    pub fusion: Option<super::segdiff_fusion::Fusion>,
     /// auto, cpu, emu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -93,13 +100,14 @@ pub struct LoadedRun {
     pub model: SegModel,
 }
 
-/// Build the run's model and load its checkpoint.
+/// Build the run's model and load its checkpoint (the EMA weights when it
+/// holds them).
 pub fn load_run(b: &dyn Backend, run: &Path) -> Result<LoadedRun> {
     let cfg = SegConfig::load(Some(&run.join(CONFIG)), &[])
         .with_context(|| format!("{}: not a run folder", run.display()))?;
     let classes = read_classes(run)?;
     let model = SegModel::new(b, &cfg.model, &cfg.diffusion, classes.len())?;
-    checkpoint::load(&run.join(CHECKPOINT), b, &model.ps, None)?;
+    checkpoint::load_weights(&run.join(CHECKPOINT), b, &model.ps, None)?;
     Ok(LoadedRun {
         cfg,
         classes,
@@ -318,9 +326,22 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
             args.run.display()
         );
     }
+    ensure!(
+        args.fusion.is_none(),
+        "--fusion applies to SegDiff 2D runs; {} is a 3D segmentation run",
+        args.run.display()
+    );
     check_outputs(args)?;
     let b = backend::select(&args.device)?;
     let mut run = load_run(b.as_ref(), &args.run)?;
+    if args.weights.is_some() {
+        checkpoint::load_weights(
+            &args.run.join(CHECKPOINT),
+            b.as_ref(),
+            &run.model.ps,
+            args.weights,
+        )?;
+    }
     let infer = &mut run.cfg.infer;
     if let Some(s) = args.steps {
         infer.steps = Some(s);

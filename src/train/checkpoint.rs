@@ -2,8 +2,10 @@
 //! safetensors file, written to a temporary file and renamed into place so a
 //! run killed mid-write never leaves a broken checkpoint behind.
 //!
-//! Tensor names: `param/<name>`, `adam_m/<name>`, `adam_v/<name>` (f32,
-//! parameter shapes). Metadata (strings): `format` = `voxdiff-checkpoint-1`,
+//! Tensor names: `param/<name>`, `adam_m/<name>`, `adam_v/<name>` and, when
+//! the optimiser keeps one, the EMA of the weights `ema/<name>` (f32,
+//! parameter shapes); inference loads either the raw or the EMA weights
+//! ([`Weights`]). Metadata (strings): `format` = `voxdiff-checkpoint-1`,
 //! `step` (optimiser updates applied), `extra` (JSON chosen by the caller:
 //! config, RNG position, …), `sha256` (the content hash below).
 //!
@@ -31,6 +33,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 const FORMAT: &str = "voxdiff-checkpoint-1";
+
+/// Which weights of a checkpoint a model runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Weights {
+    /// The moving average (`ema/<name>`).
+    Ema,
+    /// The optimiser's own weights (`param/<name>`).
+    Raw,
+}
 
 /// What a checkpoint restores besides the tensors.
 pub struct Checkpoint {
@@ -83,9 +94,16 @@ pub fn save(
             ));
             blobs.push((
                 format!("adam_v/{}", e.name),
-                dims,
+                dims.clone(),
                 f32_bytes(&b.download(&o.v[i])?),
             ));
+            if let Some(ema) = &o.ema {
+                blobs.push((
+                    format!("ema/{}", e.name),
+                    dims,
+                    f32_bytes(&b.download(&ema.shadow[i])?),
+                ));
+            }
         }
     }
     let views: Vec<(String, TensorView)> = blobs
@@ -214,6 +232,12 @@ pub fn load(
                 &o.v[i],
                 &file.values(&st, &format!("adam_v/{}", e.name), &e.t)?,
             )?;
+            if let Some(ema) = &o.ema {
+                b.write(
+                    &ema.shadow[i],
+                    &file.values(&st, &format!("ema/{}", e.name), &e.t)?,
+                )?;
+            }
         }
         o.step = step;
     }
@@ -225,6 +249,46 @@ pub fn load(
         .with_context(|| format!("{}: bad extra metadata", path.display()))?
         .unwrap_or(serde_json::Value::Null);
     Ok(Checkpoint { step, extra })
+}
+
+/// Restore the parameters of an already built model for inference from
+/// `path`: `weights` chooses the raw or the EMA weights; `None` takes the
+/// EMA weights when the checkpoint holds them, else the raw ones. Returns
+/// the weights loaded; asking for EMA weights a checkpoint lacks is an
+/// error naming the file.
+pub fn load_weights(
+    path: &Path,
+    dev: &dyn Backend,
+    ps: &ParamStore,
+    weights: Option<Weights>,
+) -> Result<Weights> {
+    let file = Opened::read(path)?;
+    let st = file.tensors();
+    let has_ema = ps
+        .entries
+        .first()
+        .is_some_and(|e| st.tensor(&format!("ema/{}", e.name)).is_ok());
+    let w = match weights {
+        Some(Weights::Ema) if !has_ema => bail!(
+            "{}: the checkpoint holds no EMA weights (the run trained with train.ema = 0); \
+             use the raw weights",
+            path.display()
+        ),
+        Some(w) => w,
+        None if has_ema => Weights::Ema,
+        None => Weights::Raw,
+    };
+    let prefix = match w {
+        Weights::Ema => "ema",
+        Weights::Raw => "param",
+    };
+    for e in &ps.entries {
+        dev.write(
+            &e.t,
+            &file.values(&st, &format!("{prefix}/{}", e.name), &e.t)?,
+        )?;
+    }
+    Ok(w)
 }
 
 /// Load part of a model from another run's checkpoint: every parameter of

@@ -1,10 +1,12 @@
-//! The AdamW optimiser state around [`Backend::adamw_step`].
+//! The AdamW optimiser state around [`Backend::adamw_step`], and the EMA of
+//! the weights it updates after every step (when one is kept).
 
 use crate::autograd::Grads;
 use crate::backend::Backend;
 use crate::nn::ParamStore;
 use crate::ops::{AdamW, ParamSlot};
 use crate::tensor::{DType, Tensor};
+use crate::train::Ema;
 use anyhow::{ensure, Context, Result};
 
 /// Moments for every parameter and the step counter.
@@ -14,6 +16,8 @@ pub struct Optimizer {
     pub v: Vec<Tensor>,
     /// Updates applied so far.
     pub step: u64,
+    /// The moving average of the weights, updated after every step.
+    pub ema: Option<Ema>,
 }
 
 impl Optimizer {
@@ -25,7 +29,23 @@ impl Optimizer {
             m.push(b.zeros(e.t.shape(), DType::F32)?);
             v.push(b.zeros(e.t.shape(), DType::F32)?);
         }
-        Ok(Optimizer { hp, m, v, step: 0 })
+        Ok(Optimizer {
+            hp,
+            m,
+            v,
+            step: 0,
+            ema: None,
+        })
+    }
+
+    /// Keep an EMA of the weights at `rate` (none when `rate` is 0).
+    pub fn with_ema(mut self, b: &dyn Backend, ps: &ParamStore, rate: f32) -> Result<Optimizer> {
+        self.ema = if rate == 0.0 {
+            None
+        } else {
+            Some(Ema::new(b, ps, rate)?)
+        };
+        Ok(self)
     }
 
     /// Apply one update with learning rate `lr`. Parameters without a
@@ -58,7 +78,12 @@ impl Optimizer {
         }
         ensure!(!slots.is_empty(), "no parameter received a gradient");
         self.step += 1;
-        b.adamw_step(&slots, &self.hp, lr, self.step)
-            .context("optimiser step")
+        let norm = b
+            .adamw_step(&slots, &self.hp, lr, self.step)
+            .context("optimiser step")?;
+        if let Some(ema) = &mut self.ema {
+            ema.update(b, ps).context("EMA of the weights")?;
+        }
+        Ok(norm)
     }
 }

@@ -34,10 +34,10 @@ use crate::autograd::{Graph, Var};
 use crate::nn::{time, Conv, Linear, Norm, NormEpilogue, ParamBuilder, ParamStore, SelfAttention};
 use crate::ops::{Act, ConvSpec, Unary};
 use crate::tensor::{DType, Shape};
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use rrdb::RrdbNet;
 use serde::{Deserialize, Serialize};
-use unet::{Layer, ResBlock, DOWN};
+use unet::{attention_macs, conv_macs, DropKey, Layer, ResBlock, DOWN};
 
 /// How the image enters the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,8 +77,8 @@ pub struct SegDiffNetConfig {
     /// The time embedding modulates the second norm of each residual block
     /// (scale and shift) instead of being added before it.
     pub scale_shift_norm: bool,
-    /// Dropout before each residual block's last convolution. Only 0: there
-    /// is no dropout op yet.
+    /// Dropout probability before each residual block's last convolution,
+    /// in training only (`crate::nn::dropout`); 0 = none.
     pub dropout: f32,
 }
 
@@ -158,12 +158,11 @@ impl SegDiffNetConfig {
                 "model.rrdb_features and model.rrdb_growth must be ≥ 1"
             );
         }
-        if self.dropout != 0.0 {
-            bail!(
-                "model.dropout = {}: only 0 is supported (there is no dropout op yet)",
-                self.dropout
-            );
-        }
+        ensure!(
+            (0.0..1.0).contains(&self.dropout),
+            "model.dropout = {} must lie in [0, 1)",
+            self.dropout
+        );
         Ok(())
     }
 
@@ -176,6 +175,21 @@ impl SegDiffNetConfig {
     pub fn max_downsampling(&self) -> usize {
         1 << (self.channel_mult.len() - 1)
     }
+}
+
+/// Multiply-adds of one sample's forward pass, by part (see
+/// [`SegDiffNet::macs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegDiffMacs {
+    /// G(I), the RRDB encoder (0 with concatenation): once per image.
+    pub condition: u64,
+    /// The denoiser: the time MLP, F, E, the middle, D and the output — once
+    /// per sample and step.
+    pub denoise: u64,
+    /// The convolutions whose input is a constant (F, G's first) and the
+    /// time MLP's first layer (its input the sinusoid): a training step
+    /// computes no data gradient for them.
+    pub no_data_grad: u64,
 }
 
 /// One decoder block: a residual block on [features, skip] (with attention
@@ -246,7 +260,8 @@ impl SegDiffNet {
             for _ in 0..cfg.num_res_blocks {
                 let mut b = pb.pp("enc");
                 let mut b = b.pp(encoder.len());
-                let res = ResBlock::new(&mut b.pp("res"), ch, mult * c, emb, groups, ss)?;
+                let res =
+                    ResBlock::new(&mut b.pp("res"), ch, mult * c, emb, groups, ss, cfg.dropout)?;
                 ch = mult * c;
                 let a = attn(&mut b, ch, ds)?;
                 encoder.push(Layer::Res(res, a));
@@ -269,9 +284,9 @@ impl SegDiffNet {
         let middle = {
             let mut m = pb.pp("middle");
             (
-                ResBlock::new(&mut m.pp("res1"), ch, ch, emb, groups, ss)?,
+                ResBlock::new(&mut m.pp("res1"), ch, ch, emb, groups, ss, cfg.dropout)?,
                 SelfAttention::new(&mut m.pp("attn"), ch, heads, groups)?,
-                ResBlock::new(&mut m.pp("res2"), ch, ch, emb, groups, ss)?,
+                ResBlock::new(&mut m.pp("res2"), ch, ch, emb, groups, ss, cfg.dropout)?,
             )
         };
         let mut decoder = Vec::new();
@@ -280,7 +295,15 @@ impl SegDiffNet {
                 let mut b = pb.pp("dec");
                 let mut b = b.pp(decoder.len());
                 let skip = skip_ch.pop().expect("one skip per decoder block");
-                let res = ResBlock::new(&mut b.pp("res"), ch + skip, mult * c, emb, groups, ss)?;
+                let res = ResBlock::new(
+                    &mut b.pp("res"),
+                    ch + skip,
+                    mult * c,
+                    emb,
+                    groups,
+                    ss,
+                    cfg.dropout,
+                )?;
                 ch = mult * c;
                 let a = attn(&mut b, ch, ds)?;
                 let up = if level > 0 && i == cfg.num_res_blocks {
@@ -317,6 +340,47 @@ impl SegDiffNet {
         })
     }
 
+    /// Multiply-adds of one sample's pass at `h`×`w`, counted from the
+    /// layers as built (convolutions, linear maps, attention's two batched
+    /// products); norms, activations and additions are not counted.
+    pub fn macs(&self, h: usize, w: usize) -> SegDiffMacs {
+        let c = self.cfg.channels;
+        let emb = self.cfg.emb_dim();
+        let full = [1, h, w];
+        let time1 = (c * emb) as u64;
+        let mut denoise = time1 + (emb * emb) as u64 + conv_macs(&self.input_conv, full);
+        let mut sp = full;
+        let mut skips = vec![sp];
+        for layer in &self.encoder {
+            let (m, out) = layer.macs(sp, emb);
+            denoise += m;
+            sp = out;
+            skips.push(sp);
+        }
+        let (r1, a, r2) = &self.middle;
+        denoise += r1.macs(sp, emb) + attention_macs(a, sp) + r2.macs(sp, emb);
+        for block in &self.decoder {
+            // The block runs at its skip's extents (the features cropped to them).
+            sp = skips.pop().expect("one skip per decoder block");
+            denoise += block.res.macs(sp, emb).0;
+            if let Some(up) = &block.up {
+                let (m, out) = up.macs(sp, emb);
+                denoise += m;
+                sp = out;
+            }
+        }
+        denoise += conv_macs(&self.out_conv, sp);
+        let (condition, first) = match &self.rrdb {
+            Some(r) => (r.macs(full), r.first_conv_macs(full)),
+            None => (0, 0),
+        };
+        SegDiffMacs {
+            condition,
+            denoise,
+            no_data_grad: time1 + conv_macs(&self.input_conv, full) + first,
+        }
+    }
+
     /// What the network keeps of the image `[N, 1, H, W, image_channels]`
     /// across denoising steps: G(I) for SegDiff, the image itself for
     /// concatenation. It depends on neither x_t nor t, so a sampler computes
@@ -335,7 +399,7 @@ impl SegDiffNet {
     }
 
     /// ε̂ `[N, 1, H, W, 1]` for x_t `[N, 1, H, W, 1]`, the image's
-    /// [`Self::condition`] and one time step per sample.
+    /// [`Self::condition`] and one time step per sample; no dropout.
     pub fn forward(
         &self,
         g: &mut Graph,
@@ -343,6 +407,20 @@ impl SegDiffNet {
         x_t: &Var,
         cond: &Var,
         t: &[f32],
+    ) -> Result<Var> {
+        self.forward_with(g, ps, x_t, cond, t, &mut DropKey::none())
+    }
+
+    /// [`Self::forward`] with the residual blocks' dropout masks drawn
+    /// from `drop` (training).
+    pub fn forward_with(
+        &self,
+        g: &mut Graph,
+        ps: &ParamStore,
+        x_t: &Var,
+        cond: &Var,
+        t: &[f32],
+        drop: &mut DropKey,
     ) -> Result<Var> {
         let s = x_t.shape();
         ensure!(
@@ -382,20 +460,20 @@ impl SegDiffNet {
         };
         let mut skips = vec![h.clone()];
         for layer in &self.encoder {
-            h = layer.forward(g, ps, &h, &emb_act)?;
+            h = layer.forward(g, ps, &h, &emb_act, drop)?;
             skips.push(h.clone());
         }
         let (r1, a, r2) = &self.middle;
-        h = r1.forward(g, ps, &h, &emb_act)?;
+        h = r1.forward(g, ps, &h, &emb_act, drop)?;
         h = a.forward(g, ps, &h)?;
-        h = r2.forward(g, ps, &h, &emb_act)?;
+        h = r2.forward(g, ps, &h, &emb_act, drop)?;
         for block in &self.decoder {
             let skip = skips.pop().expect("one skip per decoder block");
             let u = g.crop_to(&h, skip.shape().spatial())?;
             let cat = g.concat_c(&[&u, &skip])?;
-            h = block.res.forward(g, ps, &cat, &emb_act)?;
+            h = block.res.forward(g, ps, &cat, &emb_act, drop)?;
             if let Some(up) = &block.up {
-                h = up.forward(g, ps, &h, &emb_act)?;
+                h = up.forward(g, ps, &h, &emb_act, drop)?;
             }
         }
         let h = self.out_norm.forward(

@@ -90,6 +90,25 @@ pub struct RrdbNet {
 }
 
 impl RrdbNet {
+    /// Multiply-adds of one image's pass at extents `spatial` (every
+    /// convolution keeps them).
+    pub fn macs(&self, spatial: [usize; 3]) -> u64 {
+        let m = |c: &Conv| super::unet::conv_macs(c, spatial);
+        let dense: u64 = self
+            .trunk
+            .iter()
+            .flat_map(|r| r.blocks.iter())
+            .flat_map(|b| b.convs.iter())
+            .map(m)
+            .sum();
+        m(&self.conv_first) + dense + m(&self.trunk_conv) + m(&self.hr_conv) + m(&self.conv_last)
+    }
+
+    /// Multiply-adds of the first convolution (on the image) at `spatial`.
+    pub fn first_conv_macs(&self, spatial: [usize; 3]) -> u64 {
+        super::unet::conv_macs(&self.conv_first, spatial)
+    }
+
     pub fn new(
         pb: &mut ParamBuilder,
         in_c: usize,

@@ -2,6 +2,7 @@
 //! diffusion's `ResBlock`, `Downsample`, `Upsample`), 2D as depth-1 3D.
 
 use crate::autograd::{Graph, Var};
+use crate::nn::dropout::{dropout, layer_seed};
 use crate::nn::{Conv, Linear, Norm, NormEpilogue, ParamBuilder, ParamStore, SelfAttention};
 use crate::ops::{Act, Binary, ConvSpec};
 use anyhow::Result;
@@ -25,7 +26,8 @@ enum TimeIn {
 
 /// `skip(x) + conv2(drop(SiLU(GN2(conv1(SiLU(GN1(x))) ⊕ emb))))`, conv2
 /// zero-initialised; skip is the identity when the channels stay, else a
-/// 1×1 convolution.
+/// 1×1 convolution; `drop` drops with probability `dropout` when the pass
+/// has a dropout seed (training) and is the identity otherwise.
 pub struct ResBlock {
     norm1: Norm,
     conv1: Conv,
@@ -33,6 +35,37 @@ pub struct ResBlock {
     norm2: Norm,
     conv2: Conv,
     skip: Option<Conv>,
+    dropout: f32,
+}
+
+/// The dropout of one forward pass: none (inference), or the pass's seed and
+/// a counter that gives each residual block its own mask.
+pub struct DropKey {
+    seed: Option<u64>,
+    next_layer: u64,
+}
+
+impl DropKey {
+    /// No dropout (inference, or a network configured with dropout 0).
+    pub fn none() -> DropKey {
+        DropKey {
+            seed: None,
+            next_layer: 0,
+        }
+    }
+    /// Dropout masks drawn from `seed` (a training step's key).
+    pub fn train(seed: u64) -> DropKey {
+        DropKey {
+            seed: Some(seed),
+            next_layer: 0,
+        }
+    }
+    /// The next layer's mask seed, or None without dropout.
+    fn next(&mut self) -> Option<u64> {
+        let s = self.seed.map(|s| layer_seed(s, self.next_layer));
+        self.next_layer += 1;
+        s
+    }
 }
 
 impl ResBlock {
@@ -43,6 +76,7 @@ impl ResBlock {
         emb_dim: usize,
         groups: usize,
         scale_shift: bool,
+        dropout: f32,
     ) -> Result<ResBlock> {
         let k = ConvSpec::K133;
         let norm1 = Norm::group(&mut pb.pp("norm1"), cin, groups)?;
@@ -75,11 +109,33 @@ impl ResBlock {
             norm2,
             conv2,
             skip,
+            dropout,
         })
     }
 
+    /// Multiply-adds of one sample's pass at `spatial` with a time
+    /// embedding of `emb_dim`: the convolutions and the embedding's linear
+    /// map(s).
+    pub fn macs(&self, spatial: [usize; 3], emb_dim: usize) -> u64 {
+        let time = match &self.time {
+            TimeIn::Add(_) => emb_dim * self.conv1.cout,
+            TimeIn::ScaleShift { .. } => 2 * emb_dim * self.conv1.cout,
+        } as u64;
+        conv_macs(&self.conv1, spatial)
+            + time
+            + conv_macs(&self.conv2, spatial)
+            + self.skip.as_ref().map_or(0, |c| conv_macs(c, spatial))
+    }
+
     /// `emb_act` is SiLU(time embedding) `[N, emb_dim]`.
-    pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var, emb_act: &Var) -> Result<Var> {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        ps: &ParamStore,
+        x: &Var,
+        emb_act: &Var,
+        drop: &mut DropKey,
+    ) -> Result<Var> {
         let silu = NormEpilogue {
             act: Some(Act::Silu),
             ..Default::default()
@@ -115,7 +171,10 @@ impl ResBlock {
                 )?
             }
         };
-        // Dropout would go here; the configuration admits only 0 (see `SegDiffNetConfig`).
+        let h = match drop.next() {
+            Some(seed) if self.dropout > 0.0 => dropout(g, &h, self.dropout, seed)?,
+            _ => h,
+        };
         let h = self.conv2.forward(g, ps, &h)?;
         let skip = match &self.skip {
             Some(c) => c.forward(g, ps, x)?,
@@ -123,6 +182,23 @@ impl ResBlock {
         };
         g.add(&skip, &h)
     }
+}
+
+/// Multiply-adds of convolution `c` on one sample of extents `spatial`.
+pub fn conv_macs(c: &Conv, spatial: [usize; 3]) -> u64 {
+    c.spec.macs(
+        crate::tensor::Shape::ndhwc(1, spatial[0], spatial[1], spatial[2], c.cin),
+        c.cout,
+    )
+}
+
+/// Multiply-adds of self-attention over the T voxels of one sample of
+/// extents `spatial` with C channels: the qkv and output projections
+/// (3C² + C² per voxel) and, summed over the heads, the scores q kᵀ and
+/// the weighted values (T²·C each).
+pub fn attention_macs(a: &SelfAttention, spatial: [usize; 3]) -> u64 {
+    let t = (spatial[0] * spatial[1] * spatial[2]) as u64;
+    conv_macs(&a.qkv, spatial) + conv_macs(&a.proj, spatial) + 2 * t * t * a.proj.cout as u64
 }
 
 /// One entry of the encoder or decoder: a residual block (optionally with
@@ -135,10 +211,34 @@ pub enum Layer {
 }
 
 impl Layer {
-    pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var, emb_act: &Var) -> Result<Var> {
+    /// Multiply-adds of one sample's pass at input extents `spatial`, and
+    /// the output extents.
+    pub fn macs(&self, spatial: [usize; 3], emb_dim: usize) -> (u64, [usize; 3]) {
+        match self {
+            Layer::Res(block, attn) => (
+                block.macs(spatial, emb_dim)
+                    + attn.as_ref().map_or(0, |a| attention_macs(a, spatial)),
+                spatial,
+            ),
+            Layer::Down(conv) => (conv_macs(conv, spatial), DOWN.out_spatial(spatial)),
+            Layer::Up(conv) => {
+                let up = [spatial[0] * UP[0], spatial[1] * UP[1], spatial[2] * UP[2]];
+                (conv_macs(conv, up), up)
+            }
+        }
+    }
+
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        ps: &ParamStore,
+        x: &Var,
+        emb_act: &Var,
+        drop: &mut DropKey,
+    ) -> Result<Var> {
         match self {
             Layer::Res(block, attn) => {
-                let h = block.forward(g, ps, x, emb_act)?;
+                let h = block.forward(g, ps, x, emb_act, drop)?;
                 match attn {
                     Some(a) => a.forward(g, ps, &h),
                     None => Ok(h),
