@@ -81,7 +81,8 @@ struct BenchArgs {
     #[arg(long)]
     json: Option<std::path::PathBuf>,
     /// Time one ImgX-DiffSeg training step (forward, backward, AdamW) on a
-    /// patch of `--dims` instead of the op cases.
+    /// patch of `--dims` instead of the op cases; with `--suite pretrain`,
+    /// the pretraining step (with and without attention).
     #[arg(long)]
     step: bool,
     /// Classes of the training step (background included).
@@ -139,7 +140,9 @@ fn main() -> Result<()> {
             let b = voxdiff::backend::select(&a.device)?;
             let b = b.as_ref();
             let dims = [a.dims[0], a.dims[1], a.dims[2]];
-            let r = if a.step {
+            let r = if a.step && a.suite == "pretrain" {
+                voxdiff::pipeline::bench_pretrain::pretrain_step(b, dims, a.reps)?
+            } else if a.step {
                 vec![voxdiff::pipeline::bench::imgx_step(
                     b, dims, a.classes, a.reps,
                 )?]

@@ -335,3 +335,35 @@ fn forward_on_every_backend_matches_the_cpu() {
         }
     }
 }
+
+/// The convolutions' multiply-adds of one forward at the paper's patch
+/// (1×32×128×128, base 16, 6 scales, k = 1, position attention), counted by
+/// hand per level: voxels V_i = 32·128·128 / 8^i (level 5: 1×4×4 = 16, the
+/// extents 32, 128 halve exactly) and channels c_i = 16·2^i.
+#[test]
+fn conv_macs_match_a_hand_count_at_the_paper_patch() {
+    let b = cpu();
+    let (net, _) = build(&b, FpnConfig::pretrain(1), 0);
+    let v = [524_288u64, 65_536, 8_192, 1_024, 128, 16];
+    let c = [16u64, 32, 64, 128, 256, 512];
+    // First conv 3×3×3, 2 → 16.
+    let mut want = v[0] * 27 * 2 * 16;
+    for i in 0..5 {
+        let ck = c[i] / 8;
+        // Two stacks (left, right) of 2 ResBlocks × 2 convs 3×3×3 c → c, each
+        // followed by the attention's q, k (c → c/8) and v (c → c), 1×1×1.
+        want += 2 * (4 * 27 * c[i] * c[i] + 2 * c[i] * ck + c[i] * c[i]) * v[i];
+        // down (c → 2c) and up (2c → c) on level i + 1, skip (c → c) on level i.
+        want += 2 * (2 * c[i] * c[i]) * v[i + 1] + c[i] * c[i] * v[i];
+    }
+    // The bottom: 2 ResBlocks × 2 convs at 512 channels (channel attention has no conv).
+    want += 4 * 27 * 512 * 512 * v[5];
+    assert_eq!(net.conv_macs([32, 128, 128]), want);
+    assert_eq!(want, 58_116_276_224);
+    // Without attention only the projections go.
+    let (plain, _) = build(&b, FpnConfig::vox2vec(2), 0);
+    let proj: u64 = (0..5)
+        .map(|i| 2 * (2 * c[i] * (c[i] / 8) + c[i] * c[i]) * v[i])
+        .sum();
+    assert_eq!(plain.conv_macs([32, 128, 128]), want - proj);
+}

@@ -281,6 +281,41 @@ impl Fpn3d {
         })
     }
 
+    /// Multiply-adds of the convolutions of one forward on a `[1, spatial]`
+    /// input, layer by layer as [`Fpn3d::forward`] runs them: the first
+    /// conv, two 3×3×3 convs per ResBlock, the 1×1×1 down / up / skip convs
+    /// and the q, k, v projections (1×1×1) of position attention. Not
+    /// counted: norms, activations, the time MLP and its scale-shift layers,
+    /// and the attention's own products (see
+    /// [`crate::nn::linear_attention::Dims`]).
+    pub fn conv_macs(&self, spatial: [usize; 3]) -> u64 {
+        let cfg = &self.cfg;
+        let at = |sp: [usize; 3], c: usize| Shape::ndhwc(1, sp[0], sp[1], sp[2], c);
+        let k3 = |sp: [usize; 3], cin: usize, cout: usize| ConvSpec::K3.macs(at(sp, cin), cout);
+        let k1 = |sp: [usize; 3], cin: usize, cout: usize| ConvSpec::K1.macs(at(sp, cin), cout);
+        // A stack: `blocks` ResBlocks of two convs, then the attention's projections.
+        let stack = |sp: [usize; 3], c: usize, deepest: bool| {
+            let mut m = 2 * cfg.blocks as u64 * k3(sp, c, c);
+            if !deepest && cfg.position_attention.is_some() {
+                let ck = (c / 8).max(1);
+                m += 2 * k1(sp, c, ck) + k1(sp, c, c);
+            }
+            m
+        };
+        let shapes = cfg.pyramid_shapes(spatial);
+        let sp = |i: usize| [shapes[i][0], shapes[i][1], shapes[i][2]];
+        let last = cfg.num_scales - 1;
+        let mut macs = k3(spatial, cfg.in_channels, cfg.base_channels);
+        for i in 0..last {
+            let c = cfg.channels(i);
+            // left stack; down: pool, then 1×1×1 c → 2c on level i + 1;
+            // up: 1×1×1 2c → c on level i + 1; skip: 1×1×1 c → c; right stack.
+            macs += 2 * stack(sp(i), c, false) + k1(sp(i + 1), c, 2 * c);
+            macs += k1(sp(i + 1), 2 * c, c) + k1(sp(i), c, c);
+        }
+        macs + stack(sp(last), cfg.channels(last), true)
+    }
+
     /// The pyramid of `x` `[N, D, H, W, in_channels]` at time steps `t` (one
     /// per sample; required iff the config has time).
     pub fn forward(

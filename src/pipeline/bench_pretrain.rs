@@ -20,16 +20,36 @@
 //!
 //! Both directions run through a recording Graph with `L = Σ out ⊙ dy` (one
 //! multiply and one sum added to each variant alike).
+//!
+//! The pretraining step ([`pretrain_step`]): one optimiser step of
+//! `voxdiff train pretrain` (q_sample, FPN3d forward with the ε head, MSE,
+//! backward, AdamW) on one patch of the paper's size with the paper's
+//! backbone (base 16, 6 scales, batch norm, time, k = 1), timed with the
+//! attention blocks (position linear attention, fused, and
+//! ChannelLinearAttention) and without them; the difference is the share of
+//! the step the attention takes, in wall time and in the process's CPU
+//! time (the step's cost when other work shares the cores). FLOPs: the
+//! convolutions' ([`crate::model::fpn3d::Fpn3d::conv_macs`] + the head):
+//! 2 per multiply-add forward, twice that backward (data and weight gradients),
+//! less the first convolution's data gradient (the input needs none).
 
 use super::bench::{time_it, BenchResult};
+use super::pretrain_config::PretrainConfig;
+use super::pretrain_data::PatchBatch;
+use super::pretrain_train::PretrainModel;
+use super::train_loop::{StepKey, Trainable};
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
+use crate::model::fpn3d::FpnConfig;
 use crate::nn::attention::{linear_attention, AttentionImpl, LINEAR_ATTENTION_EPS};
 use crate::nn::batch_norm::{batch_norm_eval, batch_norm_train, batch_norm_train_fused};
 use crate::nn::linear_attention::Dims;
+use crate::ops::ConvSpec;
 use crate::ops::{Bcast, Binary};
 use crate::tensor::{DType, Shape, Tensor};
+use crate::train::Optimizer;
 use anyhow::{bail, Context, Result};
+use std::time::Instant;
 
 /// The paper's sizes: channels and (D, H, W) at level 0 and level 4 of
 /// FPN3d on a 128×128×32 patch.
@@ -169,6 +189,105 @@ pub fn run(
             flops: 4.0 * n,
             bytes: 2.0 * n * e as f64,
         });
+    }
+    Ok(out)
+}
+
+/// The counted FLOPs of one training step of `model` on a `[1, dhw]` patch
+/// (see the module doc).
+pub fn step_flops(model: &PretrainModel, dhw: [usize; 3]) -> f64 {
+    let cfg = &model.cfg.model;
+    let at = |c: usize| Shape::ndhwc(1, dhw[0], dhw[1], dhw[2], c);
+    let fwd = model.net.backbone.conv_macs(dhw) + ConvSpec::K1.macs(at(cfg.base_channels), 1);
+    let first = ConvSpec::K3.macs(at(cfg.in_channels), cfg.base_channels);
+    2.0 * (3 * fwd - first) as f64
+}
+
+/// CPU time this process has used so far (every thread), seconds.
+fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// The median and the least of `ms`.
+fn median_min(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    (ms[ms.len() / 2], ms[0])
+}
+
+/// One training step (forward, backward, AdamW) of the paper's backbone
+/// with k = 1 on a `[1, dhw]` patch, with the attention blocks and without:
+/// per variant a row of wall time and a row of the process's CPU time (all
+/// threads) per step. On a machine other work shares, the CPU time of a
+/// one-thread run (`voxdiff --threads 1`) is the step's cost; the wall time
+/// is what the run waited.
+pub fn pretrain_step(b: &dyn Backend, dhw: [usize; 3], reps: usize) -> Result<Vec<BenchResult>> {
+    let mut out = Vec::new();
+    for attention in [true, false] {
+        let mut model_cfg = FpnConfig::pretrain(1);
+        if !attention {
+            model_cfg.position_attention = None;
+            model_cfg.channel_attention = None;
+        }
+        let cfg = PretrainConfig {
+            model: model_cfg,
+            ..PretrainConfig::default()
+        };
+        let model = PretrainModel::new(b, &cfg)?;
+        let vox = dhw.iter().product::<usize>();
+        // A smooth image and a coordinate ramp along z, as real patches are.
+        let x0: Vec<f32> = (0..vox).map(|i| (i % 97) as f32 / 97.0).collect();
+        let coords: Vec<f32> = (0..vox)
+            .map(|i| (i / (dhw[1] * dhw[2])) as f32 / dhw[0] as f32)
+            .collect();
+        let batch = PatchBatch {
+            x0,
+            coords,
+            n: 1,
+            dhw,
+            k: 1,
+        };
+        let mut opt = Optimizer::new(b, model.params(), cfg.train.adamw)?;
+        let mut step = |i: u64| -> Result<()> {
+            let mut g = Graph::train(b);
+            let l = model.loss(&mut g, &batch, StepKey { seed: 0, step: i })?;
+            let grads = g.backward(&l.loss, model.params().len())?;
+            opt.update(b, model.params(), &grads, 1e-4)?;
+            b.synchronize()
+        };
+        // One warm-up step, then the timed ones.
+        step(0)?;
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+        for i in 1..=reps.max(1) as u64 {
+            let (t, c) = (Instant::now(), process_cpu_seconds());
+            step(i)?;
+            wall.push(t.elapsed().as_secs_f64() * 1e3);
+            cpu.push((process_cpu_seconds() - c) * 1e3);
+        }
+        let name = format!(
+            "pretraining step, FPN3d 16×6, k 1, {} attention, {}",
+            if attention { "with" } else { "without" },
+            Shape::ndhwc(1, dhw[0], dhw[1], dhw[2], 2)
+        );
+        for (clock, ms) in [("wall", wall), ("CPU time", cpu)] {
+            let (median_ms, min_ms) = median_min(ms);
+            out.push(BenchResult {
+                name: format!("{name}, {clock}"),
+                median_ms,
+                min_ms,
+                flops: step_flops(&model, dhw),
+                // Parameters, their gradients and two moments, read and written.
+                bytes: (model.params().count() * 4 * 6) as f64,
+            });
+        }
     }
     Ok(out)
 }
