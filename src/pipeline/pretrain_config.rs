@@ -314,7 +314,7 @@ impl RunConfig for PretrainConfig {
         );
         if m.norm == crate::model::fpn3d_block::NormKind::Group {
             c.require(
-                m.groups >= 1 && m.base_channels % m.groups.max(1) == 0,
+                m.groups >= 1 && m.base_channels.is_multiple_of(m.groups.max(1)),
                 || {
                     format!(
                         "model.groups must divide model.base_channels ({}), got {}",

@@ -146,6 +146,8 @@ pub enum Coords<'a> {
 }
 
 /// The coordinate provider of a configuration (loads the BPR run, if any).
+/// One exists per command, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum CoordProvider {
     None,
     Files,
