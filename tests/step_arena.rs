@@ -198,3 +198,48 @@ fn a_departure_inside_a_step_is_an_error_and_the_next_step_plans_again() {
     use StepMode::*;
     assert_eq!(modes, [Recorded, Arena, Replayed, Recorded, Arena]);
 }
+
+/// A run that validates every other step: the validation pass, between
+/// steps, goes past the arena to the device, so no step departs from its
+/// plan and none is planned again.
+#[test]
+fn validation_between_steps_leaves_the_plan_alone() {
+    use voxdiff::pipeline::seg_config::SegConfig;
+    use voxdiff::pipeline::seg_train::train_run;
+    let run = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("arena_validation");
+    let _ = std::fs::remove_dir_all(&run);
+    let cfg = SegConfig::load(
+        None,
+        &[
+            "data.source=\"phantom\"".into(),
+            "data.phantom_cases=1".into(),
+            "data.validation_phantom_cases=1".into(),
+            "data.phantom.dims=[8,12,12]".into(),
+            "data.phantom.spacing=[24.0,24.0,24.0]".into(),
+            "model.channels=[4,8]".into(),
+            "train.steps=6".into(),
+            "train.log_every=1".into(),
+            "train.checkpoint_every=6".into(),
+            "train.validate_every=2".into(),
+        ],
+    )
+    .unwrap();
+    let arena = Arc::new(StepArena::new(Arc::new(Emu::new())));
+    let b = GpuBackend::with_act_dtype(arena.clone(), DType::F32);
+    train_run(&b, &cfg, &run, false, false).unwrap();
+    let log = voxdiff::train::RunLog::read(&run.join("log.jsonl")).unwrap();
+    let validated: Vec<u64> = log
+        .iter()
+        .filter(|r| r.get("validation").is_some())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(validated, vec![2, 4, 6]);
+    arena.begin_step().unwrap(); // closes nothing: validation closed step 6
+    use StepMode::*;
+    let modes: Vec<StepMode> = arena.history().iter().map(|s| s.mode).collect();
+    assert_eq!(modes.len(), 6, "{modes:?}");
+    assert_eq!(modes[0], Recorded, "{modes:?}");
+    assert!(modes[1..].iter().all(|m| *m != Recorded), "{modes:?}");
+    assert!(arena.notices().is_empty(), "{:?}", arena.notices());
+    let _ = std::fs::remove_dir_all(&run);
+}

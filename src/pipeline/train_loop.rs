@@ -197,6 +197,9 @@ pub fn train<M: Trainable>(
     // Wall time spent validating, logged so the time per step leaves it out.
     let mut validating = 0.0f64;
     let validate = |step: u64, validating: &mut f64, log: &mut RunLog| -> Result<()> {
+        // Validation is no part of a training step: the step arena of a GPU
+        // device passes it through rather than checking it against the plan.
+        crate::backend::gpu::end_step(dev)?;
         let tv = Instant::now();
         let scores = model.validate(dev)?;
         *validating += tv.elapsed().as_secs_f64();

@@ -379,6 +379,12 @@ pub trait Device: Send + Sync {
     fn begin_step(&self) -> Result<()> {
         Ok(())
     }
+    /// The step that began has ended early: what follows until the next
+    /// [`Device::begin_step`] (a validation pass, say) is not part of any
+    /// step, so the step arena passes it to the device as it comes.
+    fn end_step(&self) -> Result<()> {
+        Ok(())
+    }
     /// Runs operations `range` of a captured step list
     /// ([`super::launch_list::LaunchList`]; its staging bytes are on the
     /// device). By default one after the other, as they were issued.

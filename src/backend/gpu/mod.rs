@@ -65,6 +65,16 @@ pub fn begin_step(b: &dyn crate::backend::Backend) -> Result<()> {
     }
 }
 
+/// End the training step that began on `b` (see [`Device::end_step`]); a
+/// no-op on other backends. The training loop calls it before a validation
+/// pass, which belongs to no step.
+pub fn end_step(b: &dyn crate::backend::Backend) -> Result<()> {
+    match b.as_any().downcast_ref::<GpuBackend>() {
+        Some(g) => g.end_step(),
+        None => Ok(()),
+    }
+}
+
 /// The gpu backend over one device.
 pub struct GpuBackend {
     device: Arc<dyn Device>,
@@ -110,6 +120,11 @@ impl GpuBackend {
         self.settle_label_checks()?;
         self.forget_packed_weights();
         self.device.begin_step()
+    }
+
+    pub fn end_step(&self) -> Result<()> {
+        self.settle_label_checks()?;
+        self.device.end_step()
     }
 
     fn memory_kind(&self) -> MemoryKind {

@@ -28,6 +28,11 @@
 //!    buffer inside its use interval. Scalar arguments (seeds, time steps)
 //!    may differ from step to step.
 //!
+//! Work between steps that is no part of one — the training loop's
+//! validation pass — follows [`Device::end_step`], which closes the step
+//! early: until the next `begin_step` every operation passes through to the
+//! inner device, unchecked and unrecorded.
+//!
 //! Fallbacks, each stated once on stderr:
 //! - the step's first allocation differs from the plan (size or count: the
 //!   shapes changed): the step is recorded anew and planned again;
@@ -349,6 +354,54 @@ pub struct StepArena {
 }
 
 impl StepArena {
+    /// Close the step that ran, if one did: its statistics join the
+    /// history, a recorded step becomes the plan, a complete captured step
+    /// its replayed list; the phase is idle after (a pass-through).
+    fn close_step(&self, st: &mut State) -> Result<()> {
+        if matches!(st.phase, Phase::Idle) {
+            return Ok(());
+        }
+        let done = st.stats;
+        st.history.push(done);
+        let phase = std::mem::replace(&mut st.phase, Phase::Idle);
+        match phase {
+            Phase::Recording(rec) => {
+                drop(st.plan.take());
+                // The block is allocated between steps: no step counts it.
+                let planned = self.make_plan(rec)?;
+                st.plan = Some(planned);
+            }
+            Phase::Serving(Serving {
+                capture: Some(mut list),
+                ..
+            }) if !st.broken => {
+                let planned = st.plan.as_ref().map_or(0, |p| p.ops.len());
+                if list.ops.len() == planned {
+                    // A complete step: its list is replayed from now on.
+                    list.staging = Some(
+                        self.inner
+                            .alloc(list.staging_host.len().max(ALLOC_ALIGN))
+                            .context("allocating the launch list's staging buffer")?,
+                    );
+                    if let Some(p) = &mut st.plan {
+                        p.list = Some(list);
+                    }
+                } else {
+                    let n = list.ops.len();
+                    Self::notice(
+                        st,
+                        format!(
+                            "the step served from the arena made {n} launches and copies where its \
+                             plan has {planned}: the next step is captured again instead of replayed"
+                        ),
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     pub fn new(inner: Arc<dyn Device>) -> StepArena {
         StepArena {
             inner,
@@ -658,50 +711,17 @@ impl Device for StepArena {
         self.inner.kind()
     }
 
+    fn end_step(&self) -> Result<()> {
+        self.flush()?;
+        let mut st = lock(&self.shared);
+        self.close_step(&mut st)
+    }
+
     fn begin_step(&self) -> Result<()> {
         self.flush()?;
         let mut st = lock(&self.shared);
-        // Close the step that ran.
-        if !matches!(st.phase, Phase::Idle) {
-            let done = st.stats;
-            st.history.push(done);
-        }
-        let phase = std::mem::replace(&mut st.phase, Phase::Idle);
-        match phase {
-            Phase::Recording(rec) => {
-                drop(st.plan.take());
-                // The block is allocated between steps: no step counts it.
-                let planned = self.make_plan(rec)?;
-                st.plan = Some(planned);
-            }
-            Phase::Serving(Serving {
-                capture: Some(mut list),
-                ..
-            }) if !st.broken => {
-                let planned = st.plan.as_ref().map_or(0, |p| p.ops.len());
-                if list.ops.len() == planned {
-                    // A complete step: its list is replayed from now on.
-                    list.staging = Some(
-                        self.inner
-                            .alloc(list.staging_host.len().max(ALLOC_ALIGN))
-                            .context("allocating the launch list's staging buffer")?,
-                    );
-                    if let Some(p) = &mut st.plan {
-                        p.list = Some(list);
-                    }
-                } else {
-                    let n = list.ops.len();
-                    Self::notice(
-                        &mut st,
-                        format!(
-                            "the step served from the arena made {n} launches and copies where its \
-                             plan has {planned}: the next step is captured again instead of replayed"
-                        ),
-                    );
-                }
-            }
-            _ => {}
-        }
+        // Close the step that ran (nothing when `end_step` closed it).
+        self.close_step(&mut st)?;
         if st.broken {
             st.broken = false;
             st.plan = None;
