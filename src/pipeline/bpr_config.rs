@@ -63,6 +63,27 @@ pub struct HeldOut {
     pub slices: [usize; 2],
 }
 
+impl HeldOut {
+    /// Check `held` (`data.held_out`) against `images` training images: each
+    /// names an image that exists and a non-empty `[start, end)` range.
+    pub fn check_all(c: &mut Checks, held: &[HeldOut], images: usize) {
+        for (i, h) in held.iter().enumerate() {
+            c.require(h.image < images, || {
+                format!(
+                    "data.held_out[{i}].image must be an index into data.images (0..{images}), got {}",
+                    h.image
+                )
+            });
+            c.require(h.slices[0] < h.slices[1], || {
+                format!(
+                    "data.held_out[{i}].slices must be [start, end) with start < end, got {:?}",
+                    h.slices
+                )
+            });
+        }
+    }
+}
+
 /// Settings of `voxdiff bpr`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -144,21 +165,7 @@ impl RunConfig for BprConfig {
         c.require(!d.images.is_empty(), || {
             "data.images: no CT volumes given".into()
         });
-        for (i, h) in d.held_out.iter().enumerate() {
-            c.require(h.image < d.images.len(), || {
-                format!(
-                    "data.held_out[{i}].image must be an index into data.images (0..{}), got {}",
-                    d.images.len(),
-                    h.image
-                )
-            });
-            c.require(h.slices[0] < h.slices[1], || {
-                format!(
-                    "data.held_out[{i}].slices must be [start, end) with start < end, got {:?}",
-                    h.slices
-                )
-            });
-        }
+        HeldOut::check_all(&mut c, &d.held_out, d.images.len());
         c.require(
             d.regions.is_empty() || d.regions.len() == d.images.len(),
             || {

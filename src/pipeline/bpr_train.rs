@@ -12,7 +12,7 @@ use super::config::{RunArgs, RunConfig};
 use super::run as run_dir;
 use super::train_loop::{self, StepKey, StepLoss, TrainSummary, Trainable};
 use crate::autograd::Graph;
-use crate::backend::{self, Backend};
+use crate::backend::Backend;
 use crate::model::bpr::{bpr_loss, BprLossConfig, BprNet};
 use crate::nn::{ParamBuilder, ParamStore};
 use crate::tensor::Shape;
@@ -108,15 +108,5 @@ pub fn train_run(
 }
 
 pub fn run(args: &TrainBprArgs) -> Result<()> {
-    let cfg: BprConfig = args.run.config(&[])?;
-    let dev = backend::select(&args.run.device)?;
-    let s = train_run(
-        dev.as_ref(),
-        &cfg,
-        &args.run.run,
-        args.run.resume,
-        !args.run.quiet,
-    )?;
-    args.run.print_summary(&s);
-    Ok(())
+    args.run.train(train_run)
 }

@@ -8,6 +8,7 @@
 
 use super::run::{self as run_dir, absolute};
 use super::train_loop::TrainSummary;
+use crate::backend::Backend;
 use anyhow::{bail, ensure, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -223,6 +224,19 @@ impl RunArgs {
             eprintln!("{note}");
         }
         Ok(cfg)
+    }
+
+    /// The whole of a `train` command: load its configuration, train it with
+    /// `train_run` on the selected device, print the summary.
+    pub fn train<C: RunConfig>(
+        &self,
+        train_run: impl FnOnce(&dyn Backend, &C, &Path, bool, bool) -> Result<TrainSummary>,
+    ) -> Result<()> {
+        let cfg: C = self.config(&[])?;
+        let dev = crate::backend::select(&self.device)?;
+        let s = train_run(dev.as_ref(), &cfg, &self.run, self.resume, !self.quiet)?;
+        self.print_summary(&s);
+        Ok(())
     }
 
     /// The line a finished `train` command prints.

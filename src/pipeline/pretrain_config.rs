@@ -282,21 +282,7 @@ impl RunConfig for PretrainConfig {
             });
         }
         c.at_least("data.patches_per_step", d.patches_per_step as u64, 1);
-        for (i, h) in d.held_out.iter().enumerate() {
-            c.require(h.image < d.images.len(), || {
-                format!(
-                    "data.held_out[{i}].image must be an index into data.images (0..{}), got {}",
-                    d.images.len(),
-                    h.image
-                )
-            });
-            c.require(h.slices[0] < h.slices[1], || {
-                format!(
-                    "data.held_out[{i}].slices must be [start, end) with start < end, got {:?}",
-                    h.slices
-                )
-            });
-        }
+        HeldOut::check_all(&mut c, &d.held_out, d.images.len());
 
         let m = &self.model;
         c.at_least("model.in_channels", m.in_channels as u64, 1);

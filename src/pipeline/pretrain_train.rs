@@ -22,7 +22,7 @@ use super::pretrain_run::PretrainNet;
 use super::run as run_dir;
 use super::train_loop::{self, StepKey, StepLoss, TrainSummary, Trainable};
 use crate::autograd::Graph;
-use crate::backend::{self, Backend};
+use crate::backend::Backend;
 use crate::data::rng::Rng;
 use crate::diffusion::gaussian::{stream_seed, Stream};
 use crate::diffusion::schedule::{BetaSchedule, Schedule};
@@ -188,15 +188,5 @@ pub fn train_run(
 }
 
 pub fn run(args: &TrainPretrainArgs) -> Result<()> {
-    let cfg: PretrainConfig = args.run.config(&[])?;
-    let dev = backend::select(&args.run.device)?;
-    let s = train_run(
-        dev.as_ref(),
-        &cfg,
-        &args.run.run,
-        args.run.resume,
-        !args.run.quiet,
-    )?;
-    args.run.print_summary(&s);
-    Ok(())
+    args.run.train(train_run)
 }

@@ -15,7 +15,7 @@ use super::run as run_dir;
 use super::seg_data::class_names;
 use super::train_loop::{self, StepKey, StepLoss, TrainSummary, Trainable};
 use crate::autograd::Graph;
-use crate::backend::{self, Backend};
+use crate::backend::Backend;
 use crate::nn::ParamStore;
 use crate::train::checkpoint;
 use anyhow::{bail, Context, Result};
@@ -152,15 +152,5 @@ pub fn train_run(
 }
 
 pub fn run(args: &TrainProbeArgs) -> Result<()> {
-    let cfg: ProbeConfig = args.run.config(&[])?;
-    let dev = backend::select(&args.run.device)?;
-    let s = train_run(
-        dev.as_ref(),
-        &cfg,
-        &args.run.run,
-        args.run.resume,
-        !args.run.quiet,
-    )?;
-    args.run.print_summary(&s);
-    Ok(())
+    args.run.train(train_run)
 }

@@ -17,7 +17,7 @@ use super::run as run_dir;
 use super::segdiff_config::SegDiffConfig;
 use super::segdiff_model::{SegDiffModel, Source2d};
 use super::train_loop::{self, TrainSummary};
-use crate::backend::{self, Backend};
+use crate::backend::Backend;
 use crate::data::image2d::Dataset2d;
 use anyhow::Result;
 use std::path::Path;
@@ -84,15 +84,5 @@ pub fn train_run(
 }
 
 pub fn run(args: &TrainSegDiffArgs) -> Result<()> {
-    let cfg: SegDiffConfig = args.run.config(&[])?;
-    let b = backend::select(&args.run.device)?;
-    let s = train_run(
-        b.as_ref(),
-        &cfg,
-        &args.run.run,
-        args.run.resume,
-        !args.run.quiet,
-    )?;
-    args.run.print_summary(&s);
-    Ok(())
+    args.run.train(train_run)
 }
