@@ -230,6 +230,15 @@ fn the_configuration_refuses_unknown_keys_and_dropout_of_1() {
     SegDiffConfig::load(None, &["model.dropout=0.1".to_string()]).unwrap();
     let e = SegDiffConfig::load(None, &["system=\"seg\"".to_string()]).unwrap_err();
     assert!(format!("{e:#}").contains("system"), "{e:#}");
+    // The training settings are range checked as for every system.
+    for (set, key) in [
+        ("train.lr.peak=-0.001", "train.lr.peak"),
+        ("train.adamw.beta1=3", "train.adamw.beta1"),
+        ("train.ema=1.0", "train.ema"),
+    ] {
+        let e = SegDiffConfig::load(None, &[set.to_string()]).unwrap_err();
+        assert!(format!("{e:#}").contains(key), "{set}: {e:#}");
+    }
     // The shipped configurations parse.
     for f in ["segdiff_skin.toml", "segdiff_polyp.toml"] {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))

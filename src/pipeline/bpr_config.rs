@@ -234,18 +234,7 @@ impl RunConfig for BprConfig {
         c.positive("loss.heuristic_alpha", l.heuristic_alpha as f64);
         c.positive("loss.heuristic_beta", l.heuristic_beta as f64);
 
-        let t = &self.train;
-        c.at_least("train.steps", t.steps, 1);
-        c.non_negative("train.max_minutes", t.max_minutes);
-        c.positive("train.lr.peak", t.lr.peak as f64);
-        c.non_negative("train.lr.init", t.lr.init as f64);
-        c.non_negative("train.lr.end", t.lr.end as f64);
-        c.fraction("train.adamw.beta1", t.adamw.beta1 as f64, false);
-        c.fraction("train.adamw.beta2", t.adamw.beta2 as f64, false);
-        c.positive("train.adamw.eps", t.adamw.eps as f64);
-        c.non_negative("train.adamw.weight_decay", t.adamw.weight_decay as f64);
-        c.at_least("train.log_every", t.log_every, 1);
-        c.at_least("train.checkpoint_every", t.checkpoint_every, 1);
+        self.train.check(&mut c);
 
         c.non_negative("infer.smoothing_mm", self.infer.smoothing_mm);
         c.at_least("infer.batch", self.infer.batch as u64, 1);

@@ -328,18 +328,7 @@ impl RunConfig for PretrainConfig {
             )
         });
 
-        let t = &self.train;
-        c.at_least("train.steps", t.steps, 1);
-        c.non_negative("train.max_minutes", t.max_minutes);
-        c.positive("train.lr.peak", t.lr.peak as f64);
-        c.non_negative("train.lr.init", t.lr.init as f64);
-        c.non_negative("train.lr.end", t.lr.end as f64);
-        c.fraction("train.adamw.beta1", t.adamw.beta1 as f64, false);
-        c.fraction("train.adamw.beta2", t.adamw.beta2 as f64, false);
-        c.positive("train.adamw.eps", t.adamw.eps as f64);
-        c.non_negative("train.adamw.weight_decay", t.adamw.weight_decay as f64);
-        c.at_least("train.log_every", t.log_every, 1);
-        c.at_least("train.checkpoint_every", t.checkpoint_every, 1);
+        self.train.check(&mut c);
         c.finish()
     }
 }

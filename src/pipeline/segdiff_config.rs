@@ -15,7 +15,7 @@
 //! given with `--set` against the working directory; both are stored
 //! absolute in the run's `config.toml` (see `super::run`).
 
-use super::config::{self, RunConfig};
+use super::config::{self, Checks, RunConfig};
 use super::segdiff_fusion::Fusion;
 use super::train_loop::TrainConfig;
 use crate::data::image2d::Data2dConfig;
@@ -161,6 +161,9 @@ impl RunConfig for SegDiffConfig {
             self.system
         );
         ensure!(self.batch >= 1, "batch must be ≥ 1");
+        let mut c = Checks::default();
+        self.train.check(&mut c);
+        c.finish()?;
         ensure!(self.data.size >= 1, "data.size must be ≥ 1");
         self.model.validate()?;
         self.diffusion.schedule()?;

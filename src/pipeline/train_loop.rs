@@ -8,6 +8,7 @@
 //! position, so a killed run continues where
 //! its last checkpoint left it.
 
+use super::config::Checks;
 use super::run::{CHECKPOINT, LOG};
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
@@ -108,6 +109,28 @@ impl Default for TrainConfig {
             checkpoint_every: 100,
             validate_every: 0,
         }
+    }
+}
+
+impl TrainConfig {
+    /// Range checks of every training setting, each naming its `train.` key.
+    pub fn check(&self, c: &mut Checks) {
+        c.at_least("train.steps", self.steps, 1);
+        c.non_negative("train.max_minutes", self.max_minutes);
+        c.non_negative("train.lr.init", self.lr.init as f64);
+        c.positive("train.lr.peak", self.lr.peak as f64);
+        c.non_negative("train.lr.end", self.lr.end as f64);
+        let a = &self.adamw;
+        c.fraction("train.adamw.beta1", a.beta1 as f64, false);
+        c.fraction("train.adamw.beta2", a.beta2 as f64, false);
+        c.positive("train.adamw.eps", a.eps as f64);
+        c.non_negative("train.adamw.weight_decay", a.weight_decay as f64);
+        if let Some(g) = a.max_grad_norm {
+            c.positive("train.adamw.max_grad_norm", g as f64);
+        }
+        c.fraction("train.ema", self.ema as f64, false);
+        c.at_least("train.log_every", self.log_every, 1);
+        c.at_least("train.checkpoint_every", self.checkpoint_every, 1);
     }
 }
 
