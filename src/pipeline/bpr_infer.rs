@@ -230,6 +230,23 @@ impl CtScores {
     }
 }
 
+/// Score every slice of `original` (the scan as read from `path`) with the
+/// run's network: the prepared slices and their raw and smoothed scores
+/// (Gaussian σ = `smoothing_mm`).
+pub fn score_ct(
+    dev: &dyn Backend,
+    cfg: &BprConfig,
+    model: &BprModel,
+    original: &Volume,
+    path: &Path,
+    smoothing_mm: f64,
+) -> Result<(PreparedCt, CtScores)> {
+    let ct = prepare_volume(&cfg.data, original, path)?;
+    let raw = score_slices(dev, model, &ct.stack, cfg.infer.batch)?;
+    let scores = CtScores::new(&raw, &ct, smoothing_mm);
+    Ok((ct, scores))
+}
+
 /// The coordinate volume: each slice's smoothed score over the whole slice,
 /// on the grid of `original` (the scan as read).
 pub fn coordinate_volume(scores: &CtScores, ct: &PreparedCt, original: &Volume) -> Result<Volume> {
@@ -264,20 +281,18 @@ pub fn run(args: &BprArgs) -> Result<()> {
     let dev = dev.as_ref();
     let (cfg, model) = load_run(dev, &args.run)?;
     let original = read_ct(&args.input)?;
-    let ct = prepare_volume(&cfg.data, &original, &args.input)?;
-    let raw = score_slices(dev, &model, &ct.stack, cfg.infer.batch)?;
     let smoothing = args.smoothing_mm.unwrap_or(cfg.infer.smoothing_mm);
     if !(smoothing.is_finite() && smoothing >= 0.0) {
         bail!("--smoothing-mm must be a finite number ≥ 0, got {smoothing}");
     }
-    let scores = CtScores::new(&raw, &ct, smoothing);
+    let (ct, scores) = score_ct(dev, &cfg, &model, &original, &args.input, smoothing)?;
     let range = match args.range.as_deref() {
         Some(&[a, b]) => {
-            if !(a + 1 < b && b <= raw.len()) {
+            if !(a + 1 < b && b <= scores.raw.len()) {
                 bail!(
                     "--range {a} {b}: must be [START, END) with at least 2 slices within the {} \
                      slices of {}",
-                    raw.len(),
+                    scores.raw.len(),
                     args.input.display()
                 );
             }

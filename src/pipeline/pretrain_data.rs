@@ -19,8 +19,8 @@
 //! (seed, p) alone, so a resumed run repeats an uninterrupted one.
 
 use super::bpr_config::BprConfig;
-use super::bpr_data::{prepare_volume, read_ct};
-use super::bpr_infer::{coordinate_volume, load_run, score_slices, CtScores};
+use super::bpr_data::read_ct;
+use super::bpr_infer::{coordinate_volume, load_run, score_ct};
 use super::bpr_train::BprModel;
 use super::pretrain_config::{CoordSource, PretrainData};
 use super::train_loop::BatchSource;
@@ -128,9 +128,8 @@ impl BprCoords {
 
     /// The coordinate volume of `ct` (the scan as read from `path`), on its grid.
     pub fn coordinates(&self, dev: &dyn Backend, ct: &Volume, path: &Path) -> Result<Volume> {
-        let prepared = prepare_volume(&self.cfg.data, ct, path)?;
-        let raw = score_slices(dev, &self.model, &prepared.stack, self.cfg.infer.batch)?;
-        let scores = CtScores::new(&raw, &prepared, self.cfg.infer.smoothing_mm);
+        let smoothing = self.cfg.infer.smoothing_mm;
+        let (prepared, scores) = score_ct(dev, &self.cfg, &self.model, ct, path, smoothing)?;
         coordinate_volume(&scores, &prepared, ct)
     }
 }

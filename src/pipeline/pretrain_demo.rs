@@ -97,9 +97,8 @@ fn score_range(b: &dyn Backend, run: &Path, cts: &[PathBuf]) -> Result<(f32, f32
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for path in cts {
         let original = bpr_data::read_ct(path)?;
-        let ct = bpr_data::prepare_volume(&cfg.data, &original, path)?;
-        let raw = bpr_infer::score_slices(b, &model, &ct.stack, cfg.infer.batch)?;
-        let scores = bpr_infer::CtScores::new(&raw, &ct, cfg.infer.smoothing_mm);
+        let smoothing = cfg.infer.smoothing_mm;
+        let (_, scores) = bpr_infer::score_ct(b, &cfg, &model, &original, path, smoothing)?;
         for &v in &scores.smoothed {
             lo = lo.min(v);
             hi = hi.max(v);
