@@ -28,6 +28,8 @@ use super::train_loop::{self, StepKey, StepLoss, TrainSummary, Trainable};
 use crate::autograd::Graph;
 use crate::backend::{self, Backend};
 use crate::data::loader::PreparedCase;
+use crate::data::sliding::argmax_channels;
+use crate::metrics::{label_metrics, MetricOptions};
 use crate::nn::ParamStore;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -127,7 +129,8 @@ impl Trainable for Validated<'_> {
     }
     fn validate(&self, dev: &dyn Backend) -> Result<Vec<(String, f64)>> {
         let k = self.classes.len();
-        let mut sums = vec![(0.0f64, 0usize); k];
+        // Per foreground class: the sum of Dice over the cases that score it, and their count.
+        let mut sums = vec![(0.0f64, 0usize); k - 1];
         for case in &self.cases {
             let truth = case
                 .label
@@ -135,33 +138,24 @@ impl Trainable for Validated<'_> {
                 .with_context(|| format!("validation case {}: no label map", case.id))?;
             let (scores, _) = predict_scores(dev, self.model, self.infer, &case.image, false)
                 .with_context(|| format!("validating on {}", case.id))?;
-            let pred = scores.chunks(k).map(|s| {
-                // Argmax over classes, the first on ties (as segment's).
-                (0..k).fold(0, |best, c| if s[c] > s[best] { c } else { best })
-            });
-            // Per class: |truth ∩ pred|, |truth|, |pred|.
-            let mut counts = vec![[0u64; 3]; k];
-            for (t, p) in truth.data.iter().zip(pred) {
-                let t = *t as usize;
-                if t == p {
-                    counts[p][0] += 1;
-                }
-                counts[t.min(k - 1)][1] += 1;
-                counts[p][2] += 1;
-            }
-            for (c, [both, t, p]) in counts.into_iter().enumerate().skip(1) {
-                if t + p > 0 {
-                    sums[c].0 += 2.0 * both as f64 / (t + p) as f64;
+            let pred = argmax_channels(&scores, k);
+            let ids: Vec<u32> = (1..k as u32).collect();
+            let im = &case.image;
+            let opt = MetricOptions::default();
+            let scored = label_metrics(&truth.data, &pred, im.dims, im.spacing, &ids, &opt);
+            for (c, m) in scored.iter().enumerate() {
+                // NaN: the class is in neither the truth nor the prediction.
+                if m.dice.is_finite() {
+                    sums[c].0 += m.dice;
                     sums[c].1 += 1;
                 }
             }
         }
         Ok(sums
             .iter()
-            .enumerate()
-            .skip(1)
-            .filter(|(_, (_, n))| *n > 0)
-            .map(|(c, (sum, n))| (format!("Dice {}", self.classes[c]), sum / *n as f64))
+            .zip(&self.classes[1..])
+            .filter(|((_, n), _)| *n > 0)
+            .map(|((sum, n), name)| (format!("Dice {name}"), sum / *n as f64))
             .collect())
     }
 }
