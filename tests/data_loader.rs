@@ -226,55 +226,60 @@ fn intensity_augmentation_is_seeded() {
 }
 
 #[test]
-fn simulated_field_of_view_borders_blank_one_side_of_the_patch() {
+fn simulated_field_of_view_is_a_box_of_the_patch_padded_at_its_end_as_inference_pads() {
     let size = [8, 10, 12];
     let n: usize = size.iter().product();
+    let [_, h, w] = size;
+    let at = |i: usize| [i / (h * w), (i / w) % h, i % w];
+    let index = |p: [usize; 3]| (p[0] * h + p[1]) * w + p[2];
     let aug = Augment {
         fov_prob: 1.0,
         fov_keep: 0.5,
         ..Augment::none()
     };
-    let mut cut_low = [false; 3];
-    let mut cut_high = [false; 3];
-    for seed in 0..40 {
+    let (mut moved, mut whole_axis, mut all_cut) = ([false; 3], [false; 3], false);
+    for seed in 0..60 {
+        // Voxel values are their own index + 1, so each kept value says
+        // where in the patch it came from.
         let mut img: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
-        let mut lab = vec![3.0f32; n];
+        let mut lab: Vec<f32> = (0..n).map(|i| (i % 5) as f32 + 1.0).collect();
         aug.fov_cut(&mut img, Some(&mut lab), size, -7.0, &mut Rng::new(seed));
-        // The kept part is one box; outside it, fill and background.
+        // The kept part is one box at the low corner; after it, fill and
+        // background, as the sliding window pads a short scan at its end.
         let kept: Vec<usize> = (0..n).filter(|&i| img[i] != -7.0).collect();
-        let [_, h, w] = size;
-        let at = |i: usize| [i / (h * w), (i / w) % h, i % w];
-        let (mut lo, mut hi) = ([usize::MAX; 3], [0; 3]);
+        assert!(!kept.is_empty(), "seed {seed}: nothing kept");
+        let mut hi = [0; 3];
         for &i in &kept {
             for a in 0..3 {
-                lo[a] = lo[a].min(at(i)[a]);
                 hi[a] = hi[a].max(at(i)[a] + 1);
             }
         }
+        // The box's source: where its first voxel came from.
+        let src0 = at(img[0] as usize - 1);
         for i in 0..n {
-            let inside = (0..3).all(|a| at(i)[a] >= lo[a] && at(i)[a] < hi[a]);
-            assert_eq!(inside, img[i] != -7.0, "seed {seed}: not one box");
-            assert_eq!(lab[i], if inside { 3.0 } else { 0.0 });
+            let p = at(i);
+            let inside = (0..3).all(|a| p[a] < hi[a]);
+            assert_eq!(inside, img[i] != -7.0, "seed {seed}: not one box at the low corner");
             if inside {
-                assert_eq!(img[i], 1.0 + i as f32, "kept voxels are untouched");
+                // A rigid shift of the patch's own voxels, the label with the image.
+                let src = index([p[0] + src0[0], p[1] + src0[1], p[2] + src0[2]]);
+                assert_eq!(img[i], 1.0 + src as f32, "seed {seed}: voxel {p:?}");
+                assert_eq!(lab[i], (src % 5) as f32 + 1.0, "seed {seed}: label {p:?}");
+            } else {
+                assert_eq!(lab[i], 0.0, "seed {seed}: outside is background");
             }
         }
         for a in 0..3 {
-            assert!(
-                hi[a] - lo[a] >= size[a] / 2,
-                "seed {seed}: kept less than half"
-            );
-            // Each axis is cut on one side only.
-            assert!(lo[a] == 0 || hi[a] == size[a]);
-            cut_low[a] |= lo[a] > 0;
-            cut_high[a] |= hi[a] < size[a];
+            assert!(hi[a] >= size[a] / 2, "seed {seed}: kept less than half");
+            assert!(src0[a] + hi[a] <= size[a], "seed {seed}: box leaves the patch");
+            moved[a] |= src0[a] > 0;
+            whole_axis[a] |= hi[a] == size[a];
         }
+        all_cut |= (0..3).all(|a| hi[a] < size[a] && src0[a] > 0);
     }
-    assert_eq!(
-        (cut_low, cut_high),
-        ([true; 3], [true; 3]),
-        "both sides, every axis"
-    );
+    assert_eq!(moved, [true; 3], "the box starts anywhere, on every axis");
+    assert_eq!(whole_axis, [true; 3], "an axis may be left whole");
+    assert!(all_cut, "boxes cut inside the patch on all three axes, as a crop around an organ");
     // Off: nothing is drawn, nothing changes.
     let mut r = Rng::new(1);
     let mut img = vec![1.0f32; n];

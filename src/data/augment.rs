@@ -199,14 +199,18 @@ impl Augment {
         }
     }
 
-    /// Simulate a scan with a smaller field of view: with probability
-    /// `fov_prob` the patch keeps only a box of it — along each axis a random
-    /// extent of at least `fov_keep` of the patch, flush with the low or the
-    /// high side (even odds) — and everything outside the box becomes
-    /// "outside the scan": image `fill`, label 0 (background). This is what a
-    /// crop of a scan looks like once padded to the patch, so a network
-    /// trained with it neither takes padding for anatomy nor expects organs
-    /// where the scan has ended. Draws nothing when `fov_prob` is 0.
+    /// Simulate a scan with a smaller field of view, as the sliding window
+    /// sees it at inference: with probability `fov_prob` the patch keeps only
+    /// a box of itself, and the box is moved to the patch's low corner with
+    /// everything after it "outside the scan" (image `fill`, label 0) — the
+    /// way [`crate::data::sliding::SlidingWindow`] pads a scan shorter than
+    /// the patch at its end. Each axis is cut with probability
+    /// [`FOV_AXIS_CUT_PROB`]; a cut axis keeps a random extent of at least
+    /// `fov_keep` of the patch, from a random start, so an organ the patch
+    /// was centred on lands anywhere in the box — in its middle as in a crop
+    /// centred on that organ, at its edge, or outside it. A network trained
+    /// with it neither takes padding for anatomy nor expects organs where
+    /// the scan has ended. Draws nothing when `fov_prob` is 0.
     pub fn fov_cut(
         &self,
         image: &mut [f32],
@@ -218,39 +222,50 @@ impl Augment {
         if self.fov_prob <= 0.0 || !rng.bernoulli(self.fov_prob) {
             return;
         }
-        let (mut lo, mut hi) = ([0usize; 3], size);
+        let (mut start, mut keep) = ([0usize; 3], size);
         for a in 0..3 {
-            let n = size[a];
-            let keep = ((self.fov_keep * n as f64).ceil() as usize).clamp(1, n);
-            let cut = rng.below(n - keep + 1);
-            if rng.bernoulli(0.5) {
-                lo[a] = cut;
-            } else {
-                hi[a] = n - cut;
+            if !rng.bernoulli(FOV_AXIS_CUT_PROB) {
+                continue;
             }
+            let n = size[a];
+            let least = ((self.fov_keep * n as f64).ceil() as usize).clamp(1, n);
+            keep[a] = least + rng.below(n - least + 1);
+            start[a] = rng.below(n - keep[a] + 1);
         }
-        if lo == [0; 3] && hi == size {
+        if keep == size {
             return;
         }
         let [_, h, w] = size;
-        let outside = |i: usize| {
-            let p = [i / (h * w), (i / w) % h, i % w];
-            (0..3).any(|a| p[a] < lo[a] || p[a] >= hi[a])
-        };
-        for (i, v) in image.iter_mut().enumerate() {
-            if outside(i) {
-                *v = fill;
-            }
-        }
-        if let Some(l) = label {
-            for (i, v) in l.iter_mut().enumerate() {
-                if outside(i) {
-                    *v = 0.0;
+        let index = |p: [usize; 3]| (p[0] * h + p[1]) * w + p[2];
+        // In place, low to high: the source of each kept voxel lies at or
+        // after it, so no source is overwritten before it is read.
+        let shift = |v: &mut [f32], outside: f32| {
+            for d in 0..size[0] {
+                for y in 0..h {
+                    for x in 0..w {
+                        let p = [d, y, x];
+                        let kept = (0..3).all(|a| p[a] < keep[a]);
+                        v[index(p)] = if kept {
+                            v[index([p[0] + start[0], p[1] + start[1], p[2] + start[2]])]
+                        } else {
+                            outside
+                        };
+                    }
                 }
             }
+        };
+        shift(image, fill);
+        if let Some(l) = label {
+            shift(l, 0.0);
         }
     }
 }
+
+/// Probability that a simulated field of view ([`Augment::fov_cut`]) cuts a
+/// given axis: three in four, so most cuts shorten two or three axes, as a
+/// box cropped around an organ does, and some leave an axis whole, as a scan
+/// cut in one direction only does.
+pub const FOV_AXIS_CUT_PROB: f64 = 0.75;
 
 /// Cut (and spatially augment) one patch: the image with trilinear
 /// interpolation (outside reads `image_fill`), the label with nearest
