@@ -68,3 +68,27 @@ fn same(a: &toml::Value, b: &toml::Value, at: &str) {
         _ => assert_eq!(a, b, "docs/training.md {at}"),
     }
 }
+
+/// A section that gives some keys takes the others from the system's own
+/// defaults, not from the section type's: a SegDiff file that sets only the
+/// steps keeps SegDiff's learning-rate schedule and checkpoint interval.
+#[test]
+fn keys_a_section_leaves_out_take_the_systems_defaults() {
+    use voxdiff::pipeline::segdiff_config::SegDiffConfig;
+    use voxdiff::pipeline::train_loop::TrainConfig;
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("config_defaults");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("segdiff.toml");
+    std::fs::write(&path, "system = \"segdiff\"\n[train]\nsteps = 3\n").unwrap();
+    let cfg = SegDiffConfig::load(Some(&path), &[]).unwrap();
+    let system = SegDiffConfig::default().train;
+    // The premise: the system's defaults are not the generic ones.
+    assert_ne!(system.lr, TrainConfig::default().lr);
+    assert_ne!(system.checkpoint_every, TrainConfig::default().checkpoint_every);
+    assert_eq!(cfg.train.steps, 3);
+    assert_eq!(cfg.train.lr, system.lr);
+    assert_eq!(cfg.train.checkpoint_every, system.checkpoint_every);
+    // The same through --set on the defaults.
+    let cfg = SegDiffConfig::load(None, &["train.steps=3".to_string()]).unwrap();
+    assert_eq!((cfg.train.steps, cfg.train.lr), (3, system.lr));
+}

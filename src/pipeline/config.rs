@@ -14,8 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// A system's run configuration.
-pub trait RunConfig: Serialize + DeserializeOwned {
+/// A system's run configuration. Its `Default` is the system's own
+/// defaults, which fill whatever a file leaves out ([`load`]).
+pub trait RunConfig: Serialize + DeserializeOwned + Default {
     /// What its errors call it ("configuration", "BPR configuration").
     const KIND: &'static str;
     /// The keys of its `[data]` table that hold file or folder paths (a
@@ -34,7 +35,10 @@ pub trait RunConfig: Serialize + DeserializeOwned {
 /// Read `path` (if any), apply `overrides`, validate. Relative data paths in
 /// the file resolve against the file's folder, those given in `overrides`
 /// against the working directory; both are stored absolute (see
-/// [`super::run`]).
+/// [`super::run`]). A key a section leaves out takes the system's default
+/// (`C::default()`, [`fill_sections`]), not the section type's own: a
+/// SegDiff file with a `[train]` table of two keys keeps SegDiff's
+/// learning-rate schedule.
 pub fn load<C: RunConfig>(path: Option<&Path>, overrides: &[String]) -> Result<C> {
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let mut doc: toml::Table = match path {
@@ -54,6 +58,7 @@ pub fn load<C: RunConfig>(path: Option<&Path>, overrides: &[String]) -> Result<C
     }
     // What is still relative came from the command line.
     resolve_paths(&mut doc, C::PATH_KEYS, &cwd);
+    fill_sections(&mut doc, &C::default())?;
     let kind = C::KIND;
     let origin = || match (path, overrides.is_empty()) {
         (Some(p), true) => format!("{}: bad {kind}", p.display()),
@@ -71,6 +76,30 @@ pub fn load<C: RunConfig>(path: Option<&Path>, overrides: &[String]) -> Result<C
     let cfg: C = toml::Value::Table(doc).try_into().with_context(origin)?;
     cfg.validate().with_context(origin)?;
     Ok(cfg)
+}
+
+/// Fill the keys each section (top-level table) of `doc` leaves out with
+/// those of `defaults`. Sections `doc` does not have are left out: the
+/// deserialiser takes them whole from the same defaults. A value that is
+/// itself a table inside a section (`train.lr`, `train.adamw`) is one
+/// setting: given, it replaces the default whole, and its own missing keys
+/// take its type's defaults.
+pub fn fill_sections<C: Serialize>(doc: &mut toml::Table, defaults: &C) -> Result<()> {
+    let toml::Value::Table(defaults) =
+        toml::Value::try_from(defaults).context("cannot write the default configuration")?
+    else {
+        bail!("the default configuration is not a table");
+    };
+    for (name, default) in defaults {
+        if let (Some(toml::Value::Table(section)), toml::Value::Table(default)) =
+            (doc.get_mut(&name), default)
+        {
+            for (key, value) in default {
+                section.entry(key).or_insert(value);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Apply one `path.to.field=value` override to a TOML document.
