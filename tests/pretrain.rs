@@ -17,7 +17,7 @@ use voxdiff::data::{write_nifti, DataType, Volume, WriteOptions};
 use voxdiff::nn::ParamStore;
 use voxdiff::pipeline::config::RunConfig;
 use voxdiff::pipeline::pretrain_config::{ObjectiveKind, PretrainConfig};
-use voxdiff::pipeline::pretrain_data::{prepare_ct, Coords, PatchSource, AIR_HU};
+use voxdiff::pipeline::pretrain_data::{prepare_ct, Coords, PatchSource, PreparedVolumes, AIR_HU};
 use voxdiff::pipeline::pretrain_run::{load_backbone, load_pretrained};
 use voxdiff::pipeline::pretrain_train::{train_run, PretrainModel};
 use voxdiff::pipeline::train_loop::{BatchSource, StepKey, Trainable};
@@ -298,7 +298,8 @@ fn first_batch(
     dev: &CpuBackend,
     cfg: &PretrainConfig,
 ) -> voxdiff::pipeline::pretrain_data::PatchBatch {
-    let vols = voxdiff::pipeline::pretrain_data::training_volumes(dev, &cfg.data, 0).unwrap();
+    let dir = tmp(&format!("pretrain_prepared_{}", cfg.data.images.len()));
+    let vols = PreparedVolumes::prepare(dev, &cfg.data, 0, &dir, false).unwrap();
     PatchSource::new(vols, &cfg.data, 0)
         .unwrap()
         .next_batch()
@@ -530,4 +531,72 @@ fn the_shipped_configuration_is_valid() {
     assert_eq!(cfg.data.patch_dhw(), [32, 64, 64]);
     assert_eq!(cfg.data.images.len(), 2);
     assert!(cfg.data.bpr_run.as_ref().unwrap().ends_with("runs/bpr"));
+}
+
+/// A folder of CTs is one line of the configuration, and the prepared
+/// volumes live on disk, read a patch at a time: the patch read equals the
+/// one cut from the volume in memory, a second preparation on the same data
+/// reuses the files, and a changed CT is prepared again.
+#[test]
+fn a_folder_of_cts_is_prepared_once_onto_disk_and_read_a_patch_at_a_time() {
+    let dev = CpuBackend::new();
+    let dir = tmp("pretrain_folder");
+    let cts = dir.join("cts");
+    let _ = std::fs::remove_dir_all(&cts);
+    std::fs::create_dir_all(&cts).unwrap();
+    for (name, d) in [("b.nii.gz", 12), ("a.nii.gz", 14), ("c.nii", 16)] {
+        phantom_ct(&cts, name, [d, 16, 16], [6.0, 8.0, 8.0]);
+    }
+    std::fs::write(cts.join("notes.txt"), "not a scan").unwrap();
+    let cfg = load(&dir, &tiny_toml(&[&cts], &[], 0, ""), &[]).unwrap();
+    let names: Vec<String> = cfg
+        .data
+        .images
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["a.nii.gz", "b.nii.gz", "c.nii"], "the folder's scans, sorted");
+
+    let store = dir.join("prepared");
+    let _ = std::fs::remove_dir_all(&store);
+    let vols = PreparedVolumes::prepare(&dev, &cfg.data, 0, &store, false).unwrap();
+    assert_eq!(vols.volumes.len(), 3);
+    let patch = cfg.data.patch_dhw();
+    for (i, path) in cfg.data.images.iter().enumerate() {
+        let mem = prepare_ct(&dev, &cfg.data, path, Coords::None, 0).unwrap();
+        assert_eq!(vols.volumes[i].dims, mem.image.dims);
+        let origin = [mem.image.dims[0] - patch[0], 0, mem.image.dims[2] - patch[2]];
+        let (mut from_disk, mut coords) = (Vec::new(), Vec::new());
+        vols.read_patch(i, origin, patch, &mut from_disk, &mut coords)
+            .unwrap();
+        let mut in_memory = Vec::new();
+        voxdiff::pipeline::pretrain_data::copy_patch(
+            &mem.image.data,
+            mem.image.dims,
+            1,
+            origin,
+            patch,
+            &mut in_memory,
+        );
+        assert_eq!(from_disk, in_memory, "volume {i}");
+        assert!(coords.is_empty());
+    }
+
+    // The same data again: the files are reused, not written again.
+    let first = store.join("000001.f32");
+    let stamp = std::fs::metadata(&first).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    PreparedVolumes::prepare(&dev, &cfg.data, 0, &store, false).unwrap();
+    assert_eq!(std::fs::metadata(&first).unwrap().modified().unwrap(), stamp);
+
+    // A CT changes: everything is prepared from the data as it is now.
+    phantom_ct(&cts, "a.nii.gz", [20, 16, 16], [6.0, 8.0, 8.0]);
+    let again = PreparedVolumes::prepare(&dev, &cfg.data, 0, &store, false).unwrap();
+    assert_eq!(again.volumes[0].dims[0], 20);
+
+    // A truncated file is an error naming it, not a short patch.
+    std::fs::write(store.join("000002.f32"), [0u8; 8]).unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let e = format!("{:#}", again.read_patch(2, [0, 0, 0], patch, &mut a, &mut b).unwrap_err());
+    assert!(e.contains("000002.f32") && e.contains("truncated"), "{e}");
 }

@@ -157,6 +157,13 @@ impl RunConfig for BprConfig {
             .collect()
     }
 
+    /// A folder among `data.images` stands for the NIfTI files in it,
+    /// sorted by name (as in the pretraining configuration).
+    fn expand_folders(&mut self) -> Result<()> {
+        self.data.images = config::expand_nifti_folders("data.images", &self.data.images)?;
+        Ok(())
+    }
+
     /// Check every setting against its range; the error lists each one out
     /// of range with its key, the range and the value.
     fn validate(&self) -> Result<()> {

@@ -26,6 +26,12 @@ pub trait RunConfig: Serialize + DeserializeOwned + Default {
     fn validate(&self) -> Result<()>;
     /// Every data path with its key, for [`super::run::locate_data`].
     fn data_paths_mut(&mut self) -> Vec<(String, &mut PathBuf)>;
+    /// Replace each folder of scans among the data paths by the scans in it
+    /// ([`expand_nifti_folders`]), before [`RunConfig::validate`]; systems
+    /// whose data is a list of files only keep theirs as given.
+    fn expand_folders(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
@@ -58,7 +64,7 @@ pub fn load<C: RunConfig>(path: Option<&Path>, overrides: &[String]) -> Result<C
     }
     // What is still relative came from the command line.
     resolve_paths(&mut doc, C::PATH_KEYS, &cwd);
-    fill_sections(&mut doc, &C::default())?;
+    fill_sections::<C>(&mut doc)?;
     let kind = C::KIND;
     let origin = || match (path, overrides.is_empty()) {
         (Some(p), true) => format!("{}: bad {kind}", p.display()),
@@ -73,33 +79,90 @@ pub fn load<C: RunConfig>(path: Option<&Path>, overrides: &[String]) -> Result<C
         ),
         (None, true) => format!("bad default {kind}"),
     };
-    let cfg: C = toml::Value::Table(doc).try_into().with_context(origin)?;
+    let mut cfg: C = toml::Value::Table(doc).try_into().with_context(origin)?;
+    cfg.expand_folders().with_context(origin)?;
     cfg.validate().with_context(origin)?;
     Ok(cfg)
 }
 
 /// Fill the keys each section (top-level table) of `doc` leaves out with
-/// those of `defaults`. Sections `doc` does not have are left out: the
-/// deserialiser takes them whole from the same defaults. A value that is
-/// itself a table inside a section (`train.lr`, `train.adamw`) is one
-/// setting: given, it replaces the default whole, and its own missing keys
-/// take its type's defaults.
-pub fn fill_sections<C: Serialize>(doc: &mut toml::Table, defaults: &C) -> Result<()> {
-    let toml::Value::Table(defaults) =
-        toml::Value::try_from(defaults).context("cannot write the default configuration")?
-    else {
-        bail!("the default configuration is not a table");
+/// the system's defaults, `C::default()`. Sections `doc` does not have are
+/// left out: the deserialiser takes them whole from the same defaults. A
+/// key is filled only where the section's type has a default of its own
+/// (what the deserialiser would otherwise put there): an optional key the
+/// type leaves empty stays empty when left out — a run's saved
+/// `config.toml` writes an empty option by leaving it out — and a section
+/// whose type requires its keys still requires them. A value that is itself
+/// a table inside a section (`train.lr`, `train.adamw`) is one setting:
+/// given, it replaces the default whole.
+pub fn fill_sections<C: RunConfig>(doc: &mut toml::Table) -> Result<()> {
+    let system = match toml::Value::try_from(C::default())
+        .context("cannot write the default configuration")?
+    {
+        toml::Value::Table(t) => t,
+        _ => bail!("the default configuration is not a table"),
     };
-    for (name, default) in defaults {
-        if let (Some(toml::Value::Table(section)), toml::Value::Table(default)) =
-            (doc.get_mut(&name), default)
-        {
-            for (key, value) in default {
-                section.entry(key).or_insert(value);
+    for (name, default) in &system {
+        let (Some(toml::Value::Table(section)), toml::Value::Table(default)) =
+            (doc.get(name), default)
+        else {
+            continue;
+        };
+        if default.keys().all(|k| section.contains_key(k)) {
+            continue;
+        }
+        // The section as its type fills it when it is given empty.
+        let mut probe = system.clone();
+        probe.insert(name.clone(), toml::Value::Table(toml::Table::new()));
+        let Ok(typed) = toml::Value::Table(probe).try_into::<C>() else {
+            continue;
+        };
+        let Ok(toml::Value::Table(mut typed)) = toml::Value::try_from(typed) else {
+            continue;
+        };
+        let Some(toml::Value::Table(type_default)) = typed.remove(name) else {
+            continue;
+        };
+        let Some(toml::Value::Table(section)) = doc.get_mut(name) else {
+            continue;
+        };
+        for (key, value) in default {
+            if type_default.contains_key(key) && !section.contains_key(key) {
+                section.insert(key.clone(), value.clone());
             }
         }
     }
     Ok(())
+}
+
+/// `paths` with every folder that holds NIfTI files (`.nii`, `.nii.gz`)
+/// replaced by those files, sorted by name; files, and folders without NIfTI
+/// files (a DICOM series), stay as they are. `key` names the setting in
+/// errors.
+pub fn expand_nifti_folders(key: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        if !p.is_dir() {
+            out.push(p.clone());
+            continue;
+        }
+        let mut scans: Vec<PathBuf> = std::fs::read_dir(p)
+            .with_context(|| format!("{key}: {}: cannot list the folder", p.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| {
+                let name = f.file_name().map(|n| n.to_string_lossy().to_lowercase());
+                f.is_file()
+                    && name.is_some_and(|n| n.ends_with(".nii") || n.ends_with(".nii.gz"))
+            })
+            .collect();
+        if scans.is_empty() {
+            out.push(p.clone());
+        } else {
+            scans.sort();
+            out.extend(scans);
+        }
+    }
+    Ok(out)
 }
 
 /// Apply one `path.to.field=value` override to a TOML document.

@@ -24,14 +24,17 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PretrainData {
-    /// CT volumes (NIfTI files or DICOM series folders), in Hounsfield units.
+    /// CT volumes (NIfTI files or DICOM series folders), in Hounsfield
+    /// units; a folder of NIfTI files stands for all of them, sorted by name
+    /// (`data.held_out` counts in that expanded list).
     pub images: Vec<PathBuf>,
     /// Coordinates from a body-part-regression run (`voxdiff train bpr`):
     /// each CT's slice scores, smoothed, as one channel (k = 1). Exclusive
     /// with `coords`.
     pub bpr_run: Option<PathBuf>,
     /// One precomputed k-channel coordinate NIfTI per image, on its image's
-    /// exact grid (shape and affine). Exclusive with `bpr_run`. Neither
+    /// exact grid (shape and affine); a folder stands for its NIfTI files,
+    /// sorted by name, matched to the images in order. Exclusive with `bpr_run`. Neither
     /// given: no coordinates (k = 0, the unconditioned baseline).
     pub coords: Vec<PathBuf>,
     /// Optional linear map of the coordinate values, `[a, b]` → `[0, 1]`
@@ -215,6 +218,15 @@ impl RunConfig for PretrainConfig {
                 .map(|(i, p)| (format!("data.coords[{i}]"), p)),
         );
         out
+    }
+
+    /// A folder among `data.images` (or `data.coords`) stands for the NIfTI
+    /// files in it, sorted by name: a thousand CTs are one line. The run's
+    /// `config.toml` lists the files, so a resumed run reads the same ones.
+    fn expand_folders(&mut self) -> Result<()> {
+        self.data.images = config::expand_nifti_folders("data.images", &self.data.images)?;
+        self.data.coords = config::expand_nifti_folders("data.coords", &self.data.coords)?;
+        Ok(())
     }
 
     /// Check every setting against its range; the error lists each one out

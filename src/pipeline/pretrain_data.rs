@@ -16,7 +16,10 @@
 //! Sampling: every step draws `data.patches_per_step` patches, each from a
 //! uniformly drawn volume at a uniform origin among those whose slices
 //! avoid the volume's held-out slices. The draws of batch p derive from
-//! (seed, p) alone, so a resumed run repeats an uninterrupted one.
+//! (seed, p) alone, so a resumed run repeats an uninterrupted one. The
+//! prepared volumes live on disk in the run folder ([`PreparedVolumes`]) and
+//! each patch is read from there, so the number of CTs is bounded by the
+//! disk, not by memory.
 
 use super::bpr_config::BprConfig;
 use super::bpr_data::read_ct;
@@ -32,7 +35,8 @@ use crate::data::resample::{resample_to_grid, resample_to_spacing, Interp, Outsi
 use crate::data::rng::Rng;
 use crate::data::{Affine, Volume};
 use anyhow::{bail, ensure, Context, Result};
-use std::path::Path;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// HU of air, the value padding stands for.
 pub const AIR_HU: f32 = -1000.0;
@@ -325,22 +329,202 @@ fn pad_high(
     out
 }
 
-/// Prepare every training image of `data` with its held-out slices marked.
-pub fn training_volumes(
-    dev: &dyn Backend,
-    data: &PretrainData,
-    k: usize,
-) -> Result<Vec<PretrainVolume>> {
-    let provider = CoordProvider::new(dev, data)?;
-    let mut out = Vec::with_capacity(data.images.len());
-    for (i, path) in data.images.iter().enumerate() {
-        let mut v = prepare_ct(dev, data, path, provider.for_image(data, i), k)?;
-        for h in data.held_out.iter().filter(|h| h.image == i) {
-            v.mark_held_out(h.slices[0], h.slices[1])?;
-        }
-        out.push(v);
+/// The prepared training volumes, kept on disk and read a patch at a time:
+/// in memory only each volume's name, extents and held-out slices, so a run
+/// over a thousand CTs holds one volume at a time, never all of them.
+///
+/// `<dir>/NNNNNN.f32` holds volume N's windowed image `[D, H, W]` and then
+/// its coordinates `[D, H, W, k]`, little-endian f32; `<dir>/index.json`
+/// lists the volumes with the fingerprint of what they were prepared from
+/// (the data settings, k, and the size and modification time of every CT,
+/// coordinate file and BPR checkpoint), so a resumed run, or a new one on
+/// the same data, reuses them and anything else prepares them again.
+pub struct PreparedVolumes {
+    dir: PathBuf,
+    pub volumes: Vec<PreparedEntry>,
+}
+
+/// One prepared volume (see [`PreparedVolumes`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PreparedEntry {
+    /// The CT file, for messages.
+    pub name: String,
+    /// Extents `[D, H, W]` of the prepared grid (padded to one patch).
+    pub dims: [usize; 3],
+    pub k: usize,
+    /// Per slice: true when it reads a held-out slice of the CT.
+    pub held: Vec<bool>,
+    /// Its file in the folder.
+    file: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PreparedIndex {
+    fingerprint: serde_json::Value,
+    volumes: Vec<PreparedEntry>,
+}
+
+/// The folder of a run that holds its prepared training volumes.
+pub const PREPARED_DIR: &str = "prepared";
+
+/// Size and modification time of a file, or of a folder's entries (a DICOM
+/// series), for the fingerprint of [`PreparedVolumes`].
+fn file_stamp(path: &Path) -> serde_json::Value {
+    let stamp = |p: &Path| -> Option<(u64, u128)> {
+        let m = std::fs::metadata(p).ok()?;
+        let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some((m.len(), t.as_nanos()))
+    };
+    if path.is_dir() {
+        let mut entries: Vec<(String, Option<(u64, u128)>)> = std::fs::read_dir(path)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), stamp(&e.path())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        entries.sort();
+        serde_json::json!([path, entries])
+    } else {
+        serde_json::json!([path, stamp(path)])
     }
-    Ok(out)
+}
+
+impl PreparedVolumes {
+    /// Prepare every training image of `data` ([`prepare_ct`]) with its
+    /// held-out slices marked, into `dir` — or reuse what `dir` already holds
+    /// when it was prepared from the same data and settings. `progress`
+    /// shows a bar on stderr.
+    pub fn prepare(
+        dev: &dyn Backend,
+        data: &PretrainData,
+        k: usize,
+        dir: &Path,
+        progress: bool,
+    ) -> Result<PreparedVolumes> {
+        let mut inputs: Vec<serde_json::Value> =
+            data.images.iter().chain(&data.coords).map(|p| file_stamp(p)).collect();
+        if let Some(run) = &data.bpr_run {
+            inputs.push(file_stamp(&run.join(super::run::CHECKPOINT)));
+        }
+        let fingerprint = serde_json::json!({
+            "data": toml::Value::try_from(data).context("cannot write the data settings")?,
+            "k": k,
+            "inputs": inputs,
+        });
+        let index_path = dir.join("index.json");
+        if let Some(index) = std::fs::read(&index_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<PreparedIndex>(&b).ok())
+        {
+            let sizes_fit = index.volumes.iter().all(|v| {
+                let bytes = (v.dims.iter().product::<usize>() * (1 + v.k) * 4) as u64;
+                std::fs::metadata(dir.join(&v.file)).is_ok_and(|m| m.len() == bytes)
+            });
+            if index.fingerprint == fingerprint && sizes_fit {
+                return Ok(PreparedVolumes {
+                    dir: dir.to_path_buf(),
+                    volumes: index.volumes,
+                });
+            }
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+        crate::fsutil::remove_stale_temps(dir)?;
+        let provider = CoordProvider::new(dev, data)?;
+        let bar = progress.then(|| {
+            let pb = indicatif::ProgressBar::new(data.images.len() as u64);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "preparing volumes {elapsed_precise} [{bar:30}] {pos}/{len}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            pb
+        });
+        let mut volumes = Vec::with_capacity(data.images.len());
+        for (i, path) in data.images.iter().enumerate() {
+            let mut v = prepare_ct(dev, data, path, provider.for_image(data, i), k)?;
+            for h in data.held_out.iter().filter(|h| h.image == i) {
+                v.mark_held_out(h.slices[0], h.slices[1])?;
+            }
+            let file = format!("{i:06}.f32");
+            let mut bytes = Vec::with_capacity((v.image.data.len() + v.coords.len()) * 4);
+            bytes.extend_from_slice(bytemuck::cast_slice(&v.image.data));
+            bytes.extend_from_slice(bytemuck::cast_slice(&v.coords));
+            crate::fsutil::write_atomic(&dir.join(&file), &bytes)?;
+            volumes.push(PreparedEntry {
+                name: v.name.clone(),
+                dims: v.image.dims,
+                k: v.k,
+                held: v.held.clone(),
+                file,
+            });
+            if let Some(pb) = &bar {
+                pb.inc(1);
+            }
+        }
+        if let Some(pb) = bar {
+            pb.finish_and_clear();
+        }
+        let index = PreparedIndex {
+            fingerprint,
+            volumes,
+        };
+        crate::fsutil::write_atomic(&index_path, &serde_json::to_vec_pretty(&index)?)?;
+        Ok(PreparedVolumes {
+            dir: dir.to_path_buf(),
+            volumes: index.volumes,
+        })
+    }
+
+    /// Append the patch of volume `i` at `origin` (`[D, H, W]`, extents
+    /// `patch`) to `image` and its coordinates to `coords`, read from disk.
+    pub fn read_patch(
+        &self,
+        i: usize,
+        origin: [usize; 3],
+        patch: [usize; 3],
+        image: &mut Vec<f32>,
+        coords: &mut Vec<f32>,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let v = &self.volumes[i];
+        ensure!(
+            (0..3).all(|a| origin[a] + patch[a] <= v.dims[a]),
+            "{}: a patch of {patch:?} at {origin:?} leaves its prepared grid {:?}",
+            v.name,
+            v.dims
+        );
+        let path = self.dir.join(&v.file);
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("{}: cannot open the prepared volume of {}", path.display(), v.name))?;
+        let [_, h, w] = v.dims;
+        let image_len = v.dims.iter().product::<usize>();
+        let read_rows = |base: usize, c: usize, out: &mut Vec<f32>| -> Result<()> {
+            let mut row = vec![0f32; patch[2] * c];
+            for d in 0..patch[0] {
+                for y in 0..patch[1] {
+                    let first = ((origin[0] + d) * h + origin[1] + y) * w + origin[2];
+                    file.read_exact_at(
+                        bytemuck::cast_slice_mut(&mut row),
+                        ((base + first * c) * 4) as u64,
+                    )
+                    .with_context(|| {
+                        format!("{}: the prepared volume of {} is truncated", path.display(), v.name)
+                    })?;
+                    out.extend_from_slice(&row);
+                }
+            }
+            Ok(())
+        };
+        read_rows(0, 1, image)?;
+        if v.k > 0 {
+            read_rows(image_len, v.k, coords)?;
+        }
+        Ok(())
+    }
 }
 
 /// One step's patches.
@@ -357,7 +541,7 @@ pub struct PatchBatch {
 
 /// The endless, seeded stream of patches (see the module doc).
 pub struct PatchSource {
-    volumes: Vec<PretrainVolume>,
+    volumes: PreparedVolumes,
     /// Per volume: the first slices of patches that avoid held-out slices.
     starts: Vec<Vec<usize>>,
     patch: [usize; 3],
@@ -369,15 +553,15 @@ pub struct PatchSource {
 impl PatchSource {
     /// Refuses a volume whose training slices cannot hold one patch.
     pub fn new(
-        volumes: Vec<PretrainVolume>,
+        volumes: PreparedVolumes,
         data: &PretrainData,
         seed: u64,
     ) -> Result<PatchSource> {
-        ensure!(!volumes.is_empty(), "no training volumes");
+        ensure!(!volumes.volumes.is_empty(), "no training volumes");
         let patch = data.patch_dhw();
         let mut starts = Vec::new();
-        for v in &volumes {
-            let d = v.image.dims[0];
+        for v in &volumes.volumes {
+            let d = v.dims[0];
             let s: Vec<usize> = (0..=d - patch[0])
                 .filter(|&z| !v.held[z..z + patch[0]].iter().any(|&h| h))
                 .collect();
@@ -401,8 +585,8 @@ impl PatchSource {
         })
     }
 
-    pub fn volumes(&self) -> &[PretrainVolume] {
-        &self.volumes
+    pub fn volumes(&self) -> &[PreparedEntry] {
+        &self.volumes.volumes
     }
 }
 
@@ -430,21 +614,18 @@ impl BatchSource for PatchSource {
         let mut rng = Rng::derive(self.seed, &[0x9E, self.position]);
         self.position += 1;
         let p = self.patch;
-        let k = self.volumes[0].k;
+        let k = self.volumes.volumes[0].k;
         let vox = p.iter().product::<usize>();
         let mut x0 = Vec::with_capacity(self.per_step * vox);
         let mut coords = Vec::with_capacity(self.per_step * vox * k);
         for _ in 0..self.per_step {
-            let i = rng.below(self.volumes.len());
-            let v = &self.volumes[i];
-            let dims = v.image.dims;
+            let i = rng.below(self.volumes.volumes.len());
+            let dims = self.volumes.volumes[i].dims;
             let z = self.starts[i][rng.below(self.starts[i].len())];
             let y = rng.below(dims[1] - p[1] + 1);
             let x = rng.below(dims[2] - p[2] + 1);
-            copy_patch(&v.image.data, dims, 1, [z, y, x], p, &mut x0);
-            if k > 0 {
-                copy_patch(&v.coords, dims, k, [z, y, x], p, &mut coords);
-            }
+            self.volumes
+                .read_patch(i, [z, y, x], p, &mut x0, &mut coords)?;
         }
         Ok(PatchBatch {
             x0,

@@ -17,7 +17,7 @@
 
 use super::config::{RunArgs, RunConfig};
 use super::pretrain_config::{ObjectiveKind, PretrainConfig};
-use super::pretrain_data::{training_volumes, PatchBatch, PatchSource};
+use super::pretrain_data::{PatchBatch, PatchSource, PreparedVolumes, PREPARED_DIR};
 use super::pretrain_run::PretrainNet;
 use super::run as run_dir;
 use super::train_loop::{self, StepKey, StepLoss, TrainSummary, Trainable};
@@ -158,27 +158,41 @@ pub fn train_run(
     resume: bool,
     progress: bool,
 ) -> Result<TrainSummary> {
-    let volumes = training_volumes(dev, &cfg.data, cfg.coord_channels())?;
     run_dir::prepare(run, &cfg.to_toml()?, resume, progress)?;
+    let volumes = PreparedVolumes::prepare(
+        dev,
+        &cfg.data,
+        cfg.coord_channels(),
+        &run.join(PREPARED_DIR),
+        progress,
+    )?;
     let model = PretrainModel::new(dev, cfg)?;
     if progress {
-        let names: Vec<String> = volumes
+        let n = volumes.volumes.len();
+        let shown: Vec<String> = volumes
+            .volumes
             .iter()
+            .take(4)
             .map(|v| {
-                let [d, h, w] = v.valid;
+                let [d, h, w] = v.dims;
                 format!("{} ({w}×{h}×{d})", v.name)
             })
             .collect();
+        let more = if n > shown.len() {
+            format!(", … ({n} volumes)")
+        } else {
+            String::new()
+        };
         let [px, py, pz] = cfg.data.patch;
         eprintln!(
             "pretraining FPN3d ({:.3} M parameters, k = {}, {:?} objective) on {} with \
-             {} patch(es) of {px}×{py}×{pz} per step from {}",
+             {} patch(es) of {px}×{py}×{pz} per step from {}{more}",
             model.ps.count() as f64 / 1e6,
             cfg.coord_channels(),
             cfg.objective.kind,
             dev.name(),
             cfg.data.patches_per_step,
-            names.join(", ")
+            shown.join(", ")
         );
     }
     let mut source = PatchSource::new(volumes, &cfg.data, cfg.train.seed)?;
