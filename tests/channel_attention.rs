@@ -123,8 +123,8 @@ fn both_channel_attentions_match_their_formulas_on_every_backend() {
 fn gamma_zero_makes_each_channel_block_the_identity_on_every_backend() {
     for s in subjects() {
         for kind in [ChannelKind::Linear, ChannelKind::Cam] {
-            let mut ps = ParamStore::new(5);
             for how in [AttentionImpl::Fused, AttentionImpl::Composed] {
+                let mut ps = ParamStore::new(5);
                 let block =
                     ChannelAttention::new(&mut ParamBuilder::new(&mut ps, s.dev()), kind, how)
                         .unwrap();
