@@ -1,8 +1,10 @@
-//! The channel attentions of nn::attention, composed from primitives:
-//! ChannelLinearAttention and DANet's CAM against their formulas written out
-//! in f64 (CAM with the literal `max − E` before the softmax) on every
-//! backend; γ = 0 makes each block the identity; gradients against finite
-//! differences.
+//! The channel attentions of nn::attention: ChannelLinearAttention and
+//! DANet's CAM, composed from primitives and as the fused custom ops of
+//! nn::channel_attention, against their formulas written out in f64 (CAM
+//! with the literal `max − E` before the softmax) on every backend; the fused
+//! backwards against the composition's autograd gradients on every backend;
+//! γ = 0 makes each block (composed or fused) the identity; gradients of
+//! both against finite differences.
 
 mod common;
 mod every_backend;
@@ -11,13 +13,24 @@ mod gpu_vs_cpu;
 
 use common::Rng;
 use every_backend::{grad_check, subjects};
-use voxdiff::autograd::Graph;
+use voxdiff::autograd::{Graph, Var};
+use voxdiff::backend::cpu::CpuBackend;
+use voxdiff::backend::prelude::*;
 use voxdiff::nn::attention::{
-    channel_attention_cam, channel_linear_attention, gated_residual, ChannelAttention, ChannelKind,
-    LINEAR_ATTENTION_EPS,
+    channel_attention, channel_attention_cam, channel_linear_attention, gated_residual,
+    AttentionImpl, ChannelAttention, ChannelKind, LINEAR_ATTENTION_EPS,
 };
+use voxdiff::nn::channel_attention::{Cam, CamGrad, ChannelLinear, ChannelLinearGrad};
 use voxdiff::nn::{ParamBuilder, ParamStore};
-use voxdiff::tensor::Shape;
+use voxdiff::ops::custom::{self, CustomOp};
+use voxdiff::ops::{Bcast, Binary};
+use voxdiff::tensor::{DType, Shape, Tensor};
+
+/// (B, spatial, C): small, odd N and C; more channels than a warp (two
+/// rounds of lanes) and odd N; an N over several parts of the GPU sums with
+/// C² + C entries over several groups.
+const CASES: [(usize, [usize; 3], usize); 3] =
+    [(2, [1, 3, 5], 7), (1, [3, 3, 5], 37), (2, [3, 5, 9], 20)];
 
 /// `x[s, n, c]` of an `[B, N, C]` row-major buffer, as f64.
 fn at(x: &[f32], n: usize, c: usize) -> impl Fn(usize, usize, usize) -> f64 + '_ {
@@ -110,20 +123,23 @@ fn both_channel_attentions_match_their_formulas_on_every_backend() {
 fn gamma_zero_makes_each_channel_block_the_identity_on_every_backend() {
     for s in subjects() {
         for kind in [ChannelKind::Linear, ChannelKind::Cam] {
-            let mut ps = ParamStore::new(5);
-            let block =
-                ChannelAttention::new(&mut ParamBuilder::new(&mut ps, s.dev()), kind).unwrap();
-            let mut rng = Rng::new(72);
-            let (x, xd) = s.rand_act(&mut rng, Shape::ndhwc(1, 2, 2, 3, 8), -1.0, 1.0);
-            let mut g = Graph::inference(s.dev());
-            let xv = g.constant(x);
-            let y = block.forward(&mut g, &ps, &xv).unwrap();
-            assert_eq!(
-                s.dev().download(&y.t).unwrap(),
-                xd,
-                "{kind:?} on {}",
-                s.label
-            );
+            for how in [AttentionImpl::Fused, AttentionImpl::Composed] {
+                let mut ps = ParamStore::new(5);
+                let block =
+                    ChannelAttention::new(&mut ParamBuilder::new(&mut ps, s.dev()), kind, how)
+                        .unwrap();
+                let mut rng = Rng::new(72);
+                let (x, xd) = s.rand_act(&mut rng, Shape::ndhwc(1, 2, 2, 3, 8), -1.0, 1.0);
+                let mut g = Graph::inference(s.dev());
+                let xv = g.constant(x);
+                let y = block.forward(&mut g, &ps, &xv).unwrap();
+                assert_eq!(
+                    s.dev().download(&y.t).unwrap(),
+                    xd,
+                    "{kind:?} {how:?} on {}",
+                    s.label
+                );
+            }
         }
     }
 }
@@ -160,4 +176,156 @@ fn the_channel_attention_gradients_match_finite_differences() {
         5e-3,
         2e-4,
     );
+}
+
+#[test]
+fn the_fused_ops_match_the_formulas_on_every_backend() {
+    let eps = LINEAR_ATTENTION_EPS;
+    for s in subjects() {
+        let mut rng = Rng::new(74);
+        for (b, sp, c) in CASES {
+            let shape = Shape::ndhwc(b, sp[0], sp[1], sp[2], c);
+            let n = shape.voxels();
+            let (x, xd) = s.rand_act(&mut rng, shape, -0.4, 0.4);
+            let what = format!("B {b} N {n} C {c}");
+
+            let outs = custom::run(s.dev(), &ChannelLinear { eps }, &[&x]).unwrap();
+            assert_eq!((outs[0].shape(), outs[0].dtype()), (shape, x.dtype()));
+            assert_eq!(outs[1].shape(), Shape::new(&[b, c * c + c]));
+            let want = channel_linear_ref(&xd, b, n, c, eps as f64);
+            s.check(
+                &format!("fused channel linear {what}"),
+                &outs[0],
+                &want,
+                2.0,
+            );
+
+            let outs = custom::run(s.dev(), &Cam, &[&x]).unwrap();
+            assert_eq!((outs[0].shape(), outs[0].dtype()), (shape, x.dtype()));
+            assert_eq!(outs[1].shape(), Shape::new(&[b, c * c]));
+            let want = cam_ref(&xd, b, n, c);
+            s.check(&format!("fused CAM {what}"), &outs[0], &want, 2.0);
+            // A is a row-stochastic matrix per sample.
+            let a = s.dev().download(&outs[1]).unwrap();
+            for (i, row) in a.chunks(c).enumerate() {
+                let sum: f32 = row.iter().sum();
+                assert!((sum - 1.0).abs() < 1e-4, "{what} row {i} sums to {sum}");
+            }
+        }
+    }
+}
+
+/// The gradient w.r.t. x of `L = Σ out ⊙ dy` through `kind` by `how` on
+/// `dev`.
+fn grads(
+    dev: &dyn Backend,
+    x: &Tensor,
+    dy: &Tensor,
+    kind: ChannelKind,
+    how: AttentionImpl,
+) -> Vec<f32> {
+    let mut g = Graph::train(dev);
+    let xv = g.param(0, x);
+    let y = channel_attention(&mut g, &xv, kind, LINEAR_ATTENTION_EPS, how).unwrap();
+    let dy = g.constant(dy.clone());
+    let l = g.binary(Binary::Mul, &y, &dy).unwrap();
+    let l = g.reduce_sum(&l, Bcast::Scalar).unwrap();
+    let grads = g.backward(&l, 1).unwrap();
+    dev.download(grads.by_param[0].as_ref().unwrap()).unwrap()
+}
+
+#[test]
+fn the_fused_backwards_match_the_composition_on_every_backend() {
+    let cpu = CpuBackend::new();
+    for s in subjects() {
+        let mut rng = Rng::new(75);
+        for (b, sp, c) in CASES {
+            let shape = Shape::ndhwc(b, sp[0], sp[1], sp[2], c);
+            let (x, xd) = s.rand_act(&mut rng, shape, -0.4, 0.4);
+            let (dy, dyd) = s.rand_act(&mut rng, shape, -1.0, 1.0);
+            let (cx, cdy) = (
+                cpu.upload(&xd, shape, DType::F32).unwrap(),
+                cpu.upload(&dyd, shape, DType::F32).unwrap(),
+            );
+            for kind in [ChannelKind::Linear, ChannelKind::Cam] {
+                // The reference: the composition's gradient on the CPU from
+                // the values this backend stores.
+                let want: Vec<f64> = grads(&cpu, &cx, &cdy, kind, AttentionImpl::Composed)
+                    .into_iter()
+                    .map(|v| v as f64)
+                    .collect();
+                let what = format!("{kind:?} backward B {b} C {c}");
+                // The custom ops directly, then through the graph.
+                let (fwd, bwd): (&dyn CustomOp, &dyn CustomOp) = match kind {
+                    ChannelKind::Linear => (
+                        &ChannelLinear {
+                            eps: LINEAR_ATTENTION_EPS,
+                        },
+                        &ChannelLinearGrad {
+                            eps: LINEAR_ATTENTION_EPS,
+                        },
+                    ),
+                    ChannelKind::Cam => (&Cam, &CamGrad),
+                };
+                let outs = custom::run(s.dev(), fwd, &[&x]).unwrap();
+                let dx = custom::run(s.dev(), bwd, &[&dy, &x, &outs[1]]).unwrap();
+                assert_eq!((dx[0].shape(), dx[0].dtype()), (shape, x.dtype()));
+                s.check(&format!("fused {what}"), &dx[0], &want, 4.0);
+                let got = grads(s.dev(), &x, &dy, kind, AttentionImpl::Fused);
+                let t = s.dev().upload(&got, shape, DType::F32).unwrap();
+                s.check(&format!("fused (graph) {what}"), &t, &want, 4.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_mismatched_input_is_refused() {
+    for s in subjects() {
+        let (x, _) = s.act(&[0.5; 30], Shape::ndhwc(1, 1, 2, 3, 5));
+        let (y, _) = s.act(&[0.5; 24], Shape::ndhwc(1, 1, 2, 3, 4));
+        let (flat, _) = s.act(&[0.5; 30], Shape::new(&[6, 5]));
+        let e = custom::run(s.dev(), &Cam, &[&flat]).unwrap_err();
+        assert!(e.to_string().contains("must be NDHWC"), "{}: {e}", s.label);
+        let e = custom::run(s.dev(), &ChannelLinear { eps: f32::NAN }, &[&x]).unwrap_err();
+        assert!(
+            e.to_string().contains("eps must be finite"),
+            "{}: {e}",
+            s.label
+        );
+        let a = s.f32(&[0.0; 25], Shape::new(&[1, 25]));
+        let e = custom::run(s.dev(), &CamGrad, &[&y, &x, &a]).unwrap_err();
+        assert!(e.to_string().contains("dy ("), "{}: {e}", s.label);
+        let e = custom::run(s.dev(), &ChannelLinearGrad { eps: 1e-6 }, &[&x, &x, &a]).unwrap_err();
+        assert!(
+            e.to_string().contains("must be f32 [1, 30]"),
+            "{}: {e}",
+            s.label
+        );
+    }
+}
+
+#[test]
+fn the_fused_block_gradients_match_finite_differences() {
+    let mut rng = Rng::new(76);
+    let shape = Shape::ndhwc(2, 1, 3, 3, 7);
+    let inputs = [
+        (shape, rng.vec(shape.numel(), -0.8, 0.8)),
+        (Shape::scalar(), vec![0.6]),
+    ];
+    for kind in [ChannelKind::Linear, ChannelKind::Cam] {
+        grad_check(
+            &format!("fused {kind:?} block"),
+            &inputs,
+            |g, v: &[Var]| {
+                let out =
+                    channel_attention(g, &v[0], kind, LINEAR_ATTENTION_EPS, AttentionImpl::Fused)?;
+                gated_residual(g, &v[0], &v[1], &out)
+            },
+            30,
+            2e-3,
+            5e-3,
+            2e-4,
+        );
+    }
 }

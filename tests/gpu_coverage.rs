@@ -15,6 +15,7 @@ use voxdiff::backend::gpu::registry::{Family, Kernel};
 use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
 use voxdiff::diffusion::logits::{ScaledToLogits, ScaledToLogitsGrad};
+use voxdiff::nn::channel_attention::{Cam, CamGrad, ChannelLinear, ChannelLinearGrad};
 use voxdiff::nn::linear_attention::{LinearAttention, LinearAttentionGrad};
 use voxdiff::ops::custom;
 use voxdiff::ops::{Act, AdamW, Bcast, Binary, ConvSpec, NormArgs, ParamSlot, Unary};
@@ -844,6 +845,84 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
             let ins = [&la[0], &qa, &qa, &va, &la[1]];
             custom::run(b, &LinearAttentionGrad { eps: 1e-6 }, &ins).unwrap()
         },
+    );
+    // The fused channel attentions (custom ops), C = 5: C² + C = 30 linear
+    // stats and C² = 25 Gram entries per sample.
+    let xa = rand(b, sh(5), act, 52);
+    let cl = d.expect(
+        "channel_linear_attention (custom op)",
+        &[
+            "vd_channelattn_linear_stats_f32",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_channelattn_linear_out_f32",
+        ],
+        &[
+            "vd_channelattn_linear_stats_bf16",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_channelattn_linear_out_bf16",
+        ],
+        || custom::run(b, &ChannelLinear { eps: 1e-6 }, &[&xa]).unwrap(),
+    );
+    d.expect(
+        "channel_linear_attention_bwd (custom op)",
+        &[
+            "vd_channelattn_linear_stats_bwd_f32",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_channelattn_linear_dstats",
+            "vd_channelattn_linear_bwd_f32",
+        ],
+        &[
+            "vd_channelattn_linear_stats_bwd_bf16",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_channelattn_linear_dstats",
+            "vd_channelattn_linear_bwd_bf16",
+        ],
+        || {
+            let ins = [&cl[0], &xa, &cl[1]];
+            custom::run(b, &ChannelLinearGrad { eps: 1e-6 }, &ins).unwrap()
+        },
+    );
+    let cam = d.expect(
+        "channel_attention_cam (custom op)",
+        &[
+            "vd_channelattn_gram_f32",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_channelattn_cam_softmax",
+            "vd_channelattn_cam_out_f32",
+        ],
+        &[
+            "vd_channelattn_gram_bf16",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_channelattn_cam_softmax",
+            "vd_channelattn_cam_out_bf16",
+        ],
+        || custom::run(b, &Cam, &[&xa]).unwrap(),
+    );
+    d.expect(
+        "channel_attention_cam_bwd (custom op)",
+        &[
+            "vd_channelattn_gram_f32",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_channelattn_cam_rowdot",
+            "vd_channelattn_cam_dgram",
+            "vd_channelattn_cam_bwd_f32",
+        ],
+        &[
+            "vd_channelattn_gram_bf16",
+            "vd_reduce_sum_partial_f32x1",
+            "vd_reduce_sum_merge",
+            "vd_channelattn_cam_rowdot",
+            "vd_channelattn_cam_dgram",
+            "vd_channelattn_cam_bwd_bf16",
+        ],
+        || custom::run(b, &CamGrad, &[&cam[0], &xa, &cam[1]]).unwrap(),
     );
     d.expect(
         "lincomb of [1] losses",

@@ -64,7 +64,8 @@ pub struct FpnConfig {
     /// Position linear attention on levels 0..L−1, and how it is computed.
     #[serde(default)]
     pub position_attention: Option<AttentionImpl>,
-    /// Channel attention at the deepest level.
+    /// Channel attention at the deepest level, computed fused when the
+    /// position attention is (else composed).
     #[serde(default)]
     pub channel_attention: Option<ChannelKind>,
 }
@@ -161,7 +162,9 @@ impl Stack {
         let (mut position, mut channel) = (None, None);
         if deepest {
             if let Some(kind) = cfg.channel_attention {
-                channel = Some(ChannelAttention::new(&mut pb.pp("attn"), kind)?);
+                // Fused wherever the position attention is fused.
+                let how = cfg.position_attention.unwrap_or(AttentionImpl::Composed);
+                channel = Some(ChannelAttention::new(&mut pb.pp("attn"), kind, how)?);
             }
         } else if let Some(how) = cfg.position_attention {
             position = Some(PositionLinearAttention::new(&mut pb.pp("attn"), c, how)?);

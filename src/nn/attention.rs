@@ -39,7 +39,15 @@
 //!   `A = softmax_rows(max_row(E) − E)`, `out = X Aᵀ`. The row max is a
 //!   per-row constant, which the softmax cancels: `A = softmax_rows(−E)`,
 //!   and the softmax subtracts its own row max for range.
+//!
+//! [`channel_linear_attention`] and [`channel_attention_cam`] compose them
+//! from primitives; the fused custom ops of [`super::channel_attention`]
+//! compute each in two passes over the tokens (per-sample C × C sums, then
+//! the output) and the backward in two more; [`channel_attention`] chooses
+//! by [`AttentionImpl`] (tests/channel_attention.rs checks one against the
+//! other on every backend).
 
+use super::channel_attention::{Cam, ChannelLinear};
 use super::linear_attention::LinearAttention;
 use super::params::{Init, ParamBuilder, ParamId, ParamStore};
 use super::Conv;
@@ -52,13 +60,15 @@ use std::sync::Arc;
 /// ε of the denominators (the reference's default).
 pub const LINEAR_ATTENTION_EPS: f32 = 1e-6;
 
-/// Which implementation computes the position linear attention.
+/// Which implementation computes an attention (position or channel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttentionImpl {
-    /// The custom op ([`LinearAttention`]): two passes forward, three back.
+    /// The custom ops ([`LinearAttention`], [`ChannelLinear`], [`Cam`]):
+    /// two passes forward, three back.
     Fused,
-    /// The composition of primitives ([`linear_attention_composed`]).
+    /// The composition of primitives ([`linear_attention_composed`],
+    /// [`channel_linear_attention`], [`channel_attention_cam`]).
     Composed,
 }
 
@@ -189,6 +199,25 @@ pub fn channel_attention_cam(g: &mut Graph, x: &Var) -> Result<Var> {
     g.reshape(&out, x.shape())
 }
 
+/// The channel attention `out` of `kind` (module docs) of x `[B, D, H, W,
+/// C]` by `how`.
+pub fn channel_attention(
+    g: &mut Graph,
+    x: &Var,
+    kind: ChannelKind,
+    eps: f32,
+    how: AttentionImpl,
+) -> Result<Var> {
+    match (kind, how) {
+        (ChannelKind::Linear, AttentionImpl::Composed) => channel_linear_attention(g, x, eps),
+        (ChannelKind::Cam, AttentionImpl::Composed) => channel_attention_cam(g, x),
+        (ChannelKind::Linear, AttentionImpl::Fused) => {
+            g.custom(Arc::new(ChannelLinear { eps }), &[x])
+        }
+        (ChannelKind::Cam, AttentionImpl::Fused) => g.custom(Arc::new(Cam), &[x]),
+    }
+}
+
 /// The position linear attention block: q, k, v projections (1×1×1
 /// convolutions with bias, C/8 channels for q and k, at least 1), the
 /// attention, and the gate `y = x + γ·out`, γ starting at 0. Parameters:
@@ -230,27 +259,30 @@ impl PositionLinearAttention {
 }
 
 /// The channel attention block `y = x + γ·out` of [`ChannelKind`], γ
-/// starting at 0. Parameter: `gamma`.
+/// starting at 0, computed by `how`. Parameter: `gamma`.
 pub struct ChannelAttention {
     pub kind: ChannelKind,
     pub gamma: ParamId,
     pub eps: f32,
+    pub how: AttentionImpl,
 }
 
 impl ChannelAttention {
-    pub fn new(pb: &mut ParamBuilder, kind: ChannelKind) -> Result<ChannelAttention> {
+    pub fn new(
+        pb: &mut ParamBuilder,
+        kind: ChannelKind,
+        how: AttentionImpl,
+    ) -> Result<ChannelAttention> {
         Ok(ChannelAttention {
             kind,
             gamma: pb.add("gamma", Shape::scalar(), Init::Zeros)?,
             eps: LINEAR_ATTENTION_EPS,
+            how,
         })
     }
 
     pub fn forward(&self, g: &mut Graph, ps: &ParamStore, x: &Var) -> Result<Var> {
-        let out = match self.kind {
-            ChannelKind::Linear => channel_linear_attention(g, x, self.eps)?,
-            ChannelKind::Cam => channel_attention_cam(g, x)?,
-        };
+        let out = channel_attention(g, x, self.kind, self.eps, self.how)?;
         let gamma = ps.var(g, self.gamma);
         gated_residual(g, x, &gamma, &out)
     }

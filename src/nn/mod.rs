@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod batch_norm;
+pub mod channel_attention;
 pub mod dropout;
 pub mod layers;
 pub mod linear_attention;
