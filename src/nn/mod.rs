@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod batch_norm;
 pub mod dropout;
+pub mod flash_attention;
 pub mod layers;
 pub mod linear_attention;
 pub mod params;
