@@ -347,7 +347,7 @@ mod cpu {
             .for_each(|(job, (o, lse))| {
                 // Rows are global (a block may span two matrices).
                 let row0 = job * BLOCK;
-                let mut s = vec![0f32; BLOCK];
+                let mut s = [0f32; BLOCK];
                 for (r, (orow, l_out)) in o.chunks_mut(w).zip(lse.iter_mut()).enumerate() {
                     let row = row0 + r;
                     let mat = row / t;
