@@ -23,6 +23,12 @@
 //! keys per query tile). Every sum has one owner and a fixed order — no
 //! atomics, the same bits every run.
 //!
+//! # CPU
+//! The same sums in blocks of 64 query rows (64 key rows for dK, dV), each
+//! block's products by the `gemm` crate: a block writes its 64 × T scores,
+//! never the T × T matrix, and normalises them in place (forward) or
+//! recomputes them from lse (backward), one rayon job per block.
+//!
 //! # GPU (`kernels/attention.cu`)
 //! - `flash_fwd_mma_d{32,64,128}_bf16`: bf16 with d ∈ {32, 64, 128}: tensor
 //!   cores (mma.sync m16n8k16) for Q Kᵀ and P V, 4 warps × 16 query rows per
@@ -321,14 +327,55 @@ impl CustomOp for FlashAttentionGrad {
 /// The CPU passes (module docs), f32, rayon over (matrix, row block), each
 /// row's sums in key (or query) order.
 mod cpu {
+    //! The CPU path: the same sums in blocks of query (or key) rows, each
+    //! block's products by the `gemm` crate — a block's R × T scores are
+    //! written (R = [`BLOCK`] rows, a few hundred kB), never the T × T
+    //! matrix. One block per rayon job, one owner per output row, so the
+    //! results are the same bits every run.
     use super::Dims;
+    use crate::backend::cpu::matmul::{matmul, strides};
+    use gemm::Parallelism::None as Serial;
     use rayon::prelude::*;
 
-    /// Rows per job and keys per tile of the online softmax.
-    pub const BLOCK: usize = 32;
+    /// Rows per job.
+    pub const BLOCK: usize = 64;
 
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// Rows `[r0, r0 + n)` of matrix `mat` of a `[BH, T, d]` tensor.
+    fn rows(x: &[f32], d: Dims, mat: usize, r0: usize, n: usize) -> &[f32] {
+        &x[(mat * d.t + r0) * d.d..][..n * d.d]
+    }
+
+    /// The jobs: (matrix, first row, rows) over every matrix.
+    fn jobs(d: Dims) -> Vec<(usize, usize, usize)> {
+        (0..d.bh)
+            .flat_map(|mat| (0..d.t).step_by(BLOCK).map(move |r0| (mat, r0, BLOCK.min(d.t - r0))))
+            .collect()
+    }
+
+    /// `out[n × cols] = a[n × d] · b[cols × d]ᵀ`.
+    fn times_t(out: &mut [f32], a: &[f32], b: &[f32], n: usize, cols: usize, w: usize) {
+        matmul(out, (n, cols, w), a, strides(w, false), b, strides(w, true), Serial);
+    }
+
+    /// `out[n × w] = a[n × cols] · b[cols × w]`.
+    fn times(out: &mut [f32], a: &[f32], b: &[f32], n: usize, cols: usize, w: usize) {
+        matmul(out, (n, w, cols), a, strides(cols, false), b, strides(w, false), Serial);
+    }
+
+    /// Each job's rows of an `[BH, T, width]` output, in job order.
+    fn split_rows<'a>(x: &'a mut [f32], d: Dims, width: usize) -> Vec<&'a mut [f32]> {
+        let mut out = Vec::new();
+        let mut rest = x;
+        for (_, _, n) in jobs(d) {
+            let (head, tail) = rest.split_at_mut(n * width);
+            out.push(head);
+            rest = tail;
+        }
+        out
     }
 
     pub fn forward(
@@ -341,44 +388,26 @@ mod cpu {
         scale: f32,
     ) {
         let (t, w) = (d.t, d.d);
-        o.par_chunks_mut(BLOCK * w)
-            .zip(lse.par_chunks_mut(BLOCK))
-            .enumerate()
-            .for_each(|(job, (o, lse))| {
-                // Rows are global (a block may span two matrices).
-                let row0 = job * BLOCK;
-                let mut s = [0f32; BLOCK];
-                for (r, (orow, l_out)) in o.chunks_mut(w).zip(lse.iter_mut()).enumerate() {
-                    let row = row0 + r;
-                    let mat = row / t;
-                    let qr = &q[row * w..][..w];
-                    let (kb, vb) = (&k[mat * t * w..][..t * w], &v[mat * t * w..][..t * w]);
-                    let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-                    orow.fill(0.0);
-                    for j0 in (0..t).step_by(BLOCK) {
-                        let n = BLOCK.min(t - j0);
-                        let mut mx = f32::NEG_INFINITY;
-                        for (jj, sj) in s[..n].iter_mut().enumerate() {
-                            *sj = dot(qr, &kb[(j0 + jj) * w..][..w]) * scale;
-                            mx = mx.max(*sj);
-                        }
-                        let mn = m.max(mx);
-                        let alpha = (m - mn).exp();
-                        l *= alpha;
-                        orow.iter_mut().for_each(|x| *x *= alpha);
-                        for (jj, &sj) in s[..n].iter().enumerate() {
-                            let p = (sj - mn).exp();
-                            l += p;
-                            for (x, &vv) in orow.iter_mut().zip(&vb[(j0 + jj) * w..][..w]) {
-                                *x += p * vv;
-                            }
-                        }
-                        m = mn;
+        let jobs = jobs(d);
+        split_rows(o, d, w)
+            .into_par_iter()
+            .zip(split_rows(lse, d, 1))
+            .zip(jobs)
+            .for_each(|((o, lse), (mat, r0, n))| {
+                let mut s = vec![0f32; n * t];
+                times_t(&mut s, rows(q, d, mat, r0, n), rows(k, d, mat, 0, t), n, t, w);
+                for (row, l_out) in s.chunks_mut(t).zip(lse.iter_mut()) {
+                    let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+                    let mut l = 0f32;
+                    for x in row.iter_mut() {
+                        *x = (*x * scale - m).exp();
+                        l += *x;
                     }
                     let inv = 1.0 / l;
-                    orow.iter_mut().for_each(|x| *x *= inv);
+                    row.iter_mut().for_each(|x| *x *= inv);
                     *l_out = m + l.ln();
                 }
+                times(o, &s, rows(v, d, mat, 0, t), n, t, w);
             });
     }
 
@@ -399,55 +428,56 @@ mod cpu {
         pub dots: &'a [f32],
     }
 
-    impl BwdInputs<'_> {
-        /// `(p_ij, ds_ij)` of query row i and key row j (global row indices
-        /// of one matrix).
-        fn p_ds(&self, i: usize, j: usize, w: usize, scale: f32) -> (f32, f32) {
-            let (qi, di) = (&self.q[i * w..][..w], &self.dy[i * w..][..w]);
-            let (kj, vj) = (&self.k[j * w..][..w], &self.v[j * w..][..w]);
-            let p = (dot(qi, kj) * scale - self.lse[i]).exp();
-            (p, p * (dot(di, vj) - self.dots[i]))
-        }
-    }
-
-    /// dK, dV: per key row, the queries of its matrix in order.
+    /// dK, dV: per block of key rows j, over all the queries i of its matrix:
+    /// `pᵀ_ji = exp(scale k_j·q_i − lse_i)`, `dsᵀ_ji = pᵀ_ji (v_j·dO_i − D_i)`,
+    /// `dV = Pᵀ dO`, `dK = scale dSᵀ Q`.
     pub fn backward_kv(x: &BwdInputs, dk: &mut [f32], dv: &mut [f32], d: Dims, scale: f32) {
         let (t, w) = (d.t, d.d);
-        dk.par_chunks_mut(w)
-            .zip(dv.par_chunks_mut(w))
-            .enumerate()
-            .for_each(|(j, (dk, dv))| {
-                let mat = j / t;
-                dk.fill(0.0);
-                dv.fill(0.0);
-                for i in mat * t..(mat + 1) * t {
-                    let (p, ds) = x.p_ds(i, j, w, scale);
-                    let (qi, di) = (&x.q[i * w..][..w], &x.dy[i * w..][..w]);
-                    for ((gk, gv), (&qc, &dc)) in
-                        dk.iter_mut().zip(dv.iter_mut()).zip(qi.iter().zip(di))
-                    {
-                        *gv += p * dc;
-                        *gk += ds * qc;
+        split_rows(dk, d, w)
+            .into_par_iter()
+            .zip(split_rows(dv, d, w))
+            .zip(jobs(d))
+            .for_each(|((dk, dv), (mat, j0, n))| {
+                let (qm, dym) = (rows(x.q, d, mat, 0, t), rows(x.dy, d, mat, 0, t));
+                let (lse, dots) = (&x.lse[mat * t..][..t], &x.dots[mat * t..][..t]);
+                let mut p = vec![0f32; n * t];
+                let mut ds = vec![0f32; n * t];
+                times_t(&mut p, rows(x.k, d, mat, j0, n), qm, n, t, w);
+                times_t(&mut ds, rows(x.v, d, mat, j0, n), dym, n, t, w);
+                for (prow, dsrow) in p.chunks_mut(t).zip(ds.chunks_mut(t)) {
+                    for i in 0..t {
+                        prow[i] = (prow[i] * scale - lse[i]).exp();
+                        dsrow[i] = prow[i] * (dsrow[i] - dots[i]) * scale;
                     }
                 }
-                dk.iter_mut().for_each(|g| *g *= scale);
+                times(dv, &p, dym, n, t, w);
+                times(dk, &ds, qm, n, t, w);
             });
     }
 
-    /// dQ: per query row, the keys of its matrix in order.
+    /// dQ: per block of query rows i, over all the keys j of its matrix:
+    /// `p_ij = exp(scale q_i·k_j − lse_i)`, `ds_ij = p_ij (dO_i·v_j − D_i)`,
+    /// `dQ = scale dS K`.
     pub fn backward_q(x: &BwdInputs, dq: &mut [f32], d: Dims, scale: f32) {
         let (t, w) = (d.t, d.d);
-        dq.par_chunks_mut(w).enumerate().for_each(|(i, dq)| {
-            let mat = i / t;
-            dq.fill(0.0);
-            for j in mat * t..(mat + 1) * t {
-                let (_, ds) = x.p_ds(i, j, w, scale);
-                for (g, &kv) in dq.iter_mut().zip(&x.k[j * w..][..w]) {
-                    *g += ds * kv;
+        split_rows(dq, d, w)
+            .into_par_iter()
+            .zip(jobs(d))
+            .for_each(|(dq, (mat, i0, n))| {
+                let km = rows(x.k, d, mat, 0, t);
+                let mut p = vec![0f32; n * t];
+                let mut ds = vec![0f32; n * t];
+                times_t(&mut p, rows(x.q, d, mat, i0, n), km, n, t, w);
+                times_t(&mut ds, rows(x.dy, d, mat, i0, n), rows(x.v, d, mat, 0, t), n, t, w);
+                let (lse, dots) = (&x.lse[mat * t + i0..][..n], &x.dots[mat * t + i0..][..n]);
+                for (r, (prow, dsrow)) in p.chunks(t).zip(ds.chunks_mut(t)).enumerate() {
+                    for (s, &pv) in dsrow.iter_mut().zip(prow) {
+                        let pij = (pv * scale - lse[r]).exp();
+                        *s = pij * (*s - dots[r]) * scale;
+                    }
                 }
-            }
-            dq.iter_mut().for_each(|g| *g *= scale);
-        });
+                times(dq, &ds, km, n, t, w);
+            });
     }
 }
 
