@@ -1,5 +1,6 @@
 //! Multi-head self-attention over the voxels of an NDHWC tensor
-//! (`voxdiff::nn::self_attention::attend`), built only from the generic
+//! (`voxdiff::nn::self_attention::attend_composed`, the reference of the
+//! fused `attend` — tests/attention_fused.rs), built only from the generic
 //! primitives: the q, k, v projections as one 1×1×1 convolution sliced along
 //! channels, reshape and permute into heads, the
 //! scores as a bmm with b transposed, the 1/√d scaling as a lincomb, the row
@@ -17,7 +18,7 @@ mod gpu_vs_cpu;
 use common::Rng;
 use every_backend::{grad_check, subjects};
 use voxdiff::autograd::{Graph, Var};
-use voxdiff::nn::self_attention::attend;
+use voxdiff::nn::self_attention::attend_composed;
 use voxdiff::ops::ConvSpec;
 use voxdiff::tensor::Shape;
 
@@ -44,9 +45,9 @@ fn shapes() -> [Shape; 5] {
 }
 
 /// y = proj_o(concat_h softmax(q_h k_hᵀ / √d) v_h), [q, k, v] = proj_qkv(x):
-/// the library's composition, `nn::self_attention::attend`.
+/// the library's composition, `nn::self_attention::attend_composed`.
 fn attention(g: &mut Graph, v: &[Var]) -> anyhow::Result<Var> {
-    attend(g, &v[0], &v[1], Some(&v[2]), &v[3], Some(&v[4]), HEADS)
+    attend_composed(g, &v[0], &v[1], Some(&v[2]), &v[3], Some(&v[4]), HEADS)
 }
 
 /// The same attention in f64, written out: x `[N, T, C]`, weights `[in, out]`.

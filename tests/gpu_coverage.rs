@@ -16,6 +16,7 @@ use voxdiff::backend::gpu::GpuBackend;
 use voxdiff::backend::prelude::*;
 use voxdiff::diffusion::logits::{ScaledToLogits, ScaledToLogitsGrad};
 use voxdiff::nn::channel_attention::{Cam, CamGrad, ChannelLinear, ChannelLinearGrad};
+use voxdiff::nn::flash_attention::{FlashAttention, FlashAttentionGrad};
 use voxdiff::nn::linear_attention::{LinearAttention, LinearAttentionGrad};
 use voxdiff::ops::custom;
 use voxdiff::ops::{Act, AdamW, Bcast, Binary, ConvSpec, NormArgs, ParamSlot, Unary};
@@ -924,6 +925,71 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
         ],
         || custom::run(b, &CamGrad, &[&cam[0], &xa, &cam[1]]).unwrap(),
     );
+    // The fused softmax attention (custom op) at each head width's kernel:
+    // (d, forward with f32 / bf16 activations); the backward takes the wide
+    // tile above d = 64.
+    for (w, fwd_f32, fwd_bf16) in [
+        (
+            16,
+            "vd_attention_flash_fwd_f32",
+            "vd_attention_flash_fwd_bf16",
+        ),
+        (
+            32,
+            "vd_attention_flash_fwd_f32",
+            "vd_attention_flash_fwd_mma_d32_bf16",
+        ),
+        (
+            64,
+            "vd_attention_flash_fwd_f32",
+            "vd_attention_flash_fwd_mma_d64_bf16",
+        ),
+        (
+            96,
+            "vd_attention_flash_fwd_wide_f32",
+            "vd_attention_flash_fwd_wide_bf16",
+        ),
+        (
+            128,
+            "vd_attention_flash_fwd_wide_f32",
+            "vd_attention_flash_fwd_mma_d128_bf16",
+        ),
+    ] {
+        let fsh = Shape::new(&[2, 9, w]);
+        let (fq, fk, fv) = (
+            rand(b, fsh, act, 52),
+            rand(b, fsh, act, 53),
+            rand(b, fsh, act, 54),
+        );
+        let scale = 1.0 / (w as f32).sqrt();
+        let fo = d.expect(
+            &format!("flash_attention d {w} (custom op)"),
+            &[fwd_f32],
+            &[fwd_bf16],
+            || custom::run(b, &FlashAttention { scale }, &[&fq, &fk, &fv]).unwrap(),
+        );
+        if w != 16 && w != 96 {
+            continue;
+        }
+        let wide = if w > 64 { "wide_" } else { "" };
+        let names = |t: &str| {
+            [
+                format!("vd_attention_flash_bwd_dot_{t}"),
+                format!("vd_attention_flash_bwd_kv_{wide}{t}"),
+                format!("vd_attention_flash_bwd_q_{wide}{t}"),
+            ]
+        };
+        let (n32, n16) = (names("f32"), names("bf16"));
+        d.expect(
+            &format!("flash_attention_bwd d {w} (custom op)"),
+            &n32.each_ref().map(|n| n.as_str()),
+            &n16.each_ref().map(|n| n.as_str()),
+            || {
+                let ins = [&fo[0], &fq, &fk, &fv, &fo[0], &fo[1]];
+                custom::run(b, &FlashAttentionGrad { scale }, &ins).unwrap()
+            },
+        );
+    }
     d.expect(
         "lincomb of [1] losses",
         &["vd_elementwise_lincomb_f32"],

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod batch_norm;
 pub mod channel_attention;
 pub mod dropout;
+pub mod flash_attention;
 pub mod layers;
 pub mod linear_attention;
 pub mod params;

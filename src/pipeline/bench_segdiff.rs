@@ -17,15 +17,22 @@
 //! Bytes: the parameters, their gradients and the two moments read and
 //! written for the step (as `bench --step`); the weights read once per
 //! denoiser pass for sampling — floors, not estimates of the traffic.
+//!
+//! Then the attention core `softmax(q kᵀ/√d) v` alone at each attention
+//! level of the network at `size`² (batch 1, its heads and head width):
+//! the fused op ([`crate::nn::flash_attention`]) and the composition it
+//! replaces, forward and forward + backward, both charged the composition's
+//! products — 4·T²·d per head forward, 8·T²·d more backward.
 
 use super::bench::{time_it, BenchResult};
 use super::segdiff_config::{SegDiffConfig, SegDiffInfer};
 use super::segdiff_model::{Batch2d, SegDiffModel};
 use super::train_loop::{StepKey, Trainable};
-use crate::autograd::Graph;
+use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
 use crate::model::SegDiffNetConfig;
-use crate::ops::AdamW;
+use crate::nn::self_attention::{softmax_attention, Core};
+use crate::ops::{AdamW, Bcast};
 use crate::tensor::Shape;
 use crate::train::Optimizer;
 use anyhow::{bail, Result};
@@ -132,6 +139,71 @@ pub fn run(
             flops: 2.0 * n as f64 * (g_macs + steps * d_macs),
             bytes: params * 4.0 * steps,
         });
+    }
+    out.extend(attention_cases(dev, &cfg.model, size, reps, &label)?);
+    Ok(out)
+}
+
+/// The attention levels of `net` at `size`²: (tokens T, heads, head width d).
+pub fn attention_levels(net: &SegDiffNetConfig, size: usize) -> Vec<(usize, usize, usize)> {
+    net.attention_ds
+        .iter()
+        .filter(|ds| {
+            ds.is_power_of_two() && (ds.trailing_zeros() as usize) < net.channel_mult.len()
+        })
+        .map(|&ds| {
+            let side = size.div_ceil(ds);
+            let ch = net.channels * net.channel_mult[ds.trailing_zeros() as usize];
+            (side * side, net.heads, ch / net.heads)
+        })
+        .collect()
+}
+
+/// The attention core at each level (module docs): fused and composed,
+/// forward and forward + backward.
+fn attention_cases(
+    dev: &dyn Backend,
+    net: &SegDiffNetConfig,
+    size: usize,
+    reps: usize,
+    label: &dyn Fn(&str) -> String,
+) -> Result<Vec<BenchResult>> {
+    let mut out = Vec::new();
+    for (t, heads, d) in attention_levels(net, size) {
+        let shape = Shape::new(&[heads, t, d]);
+        let qkv: Vec<_> = (0..3)
+            .map(|i| dev.randn(shape, dev.act_dtype(), 10 + i, 0))
+            .collect::<Result<_>>()?;
+        let fwd = (4 * heads * t * t * d) as f64;
+        let bytes = (4 * heads * t * d * dev.act_dtype().size()) as f64;
+        for (core, name) in [(Core::Fused, "fused"), (Core::Composed, "composed")] {
+            let (median_ms, min_ms) = time_it(dev, 1, reps, || {
+                let mut g = Graph::inference(dev);
+                let v: Vec<Var> = qkv.iter().map(|x| g.constant(x.clone())).collect();
+                softmax_attention(&mut g, &v[0], &v[1], &v[2], core).map(drop)
+            })?;
+            out.push(BenchResult {
+                name: label(&format!("attention core {name} fwd, {heads}×{t}×{d}")),
+                median_ms,
+                min_ms,
+                flops: fwd,
+                bytes,
+            });
+            let (median_ms, min_ms) = time_it(dev, 1, reps, || {
+                let mut g = Graph::train(dev);
+                let v: Vec<Var> = qkv.iter().enumerate().map(|(i, x)| g.param(i, x)).collect();
+                let o = softmax_attention(&mut g, &v[0], &v[1], &v[2], core)?;
+                let l = g.reduce_sum(&o, Bcast::Scalar)?;
+                g.backward(&l, 3).map(drop)
+            })?;
+            out.push(BenchResult {
+                name: label(&format!("attention core {name} fwd + bwd, {heads}×{t}×{d}")),
+                median_ms,
+                min_ms,
+                flops: 3.0 * fwd,
+                bytes: 2.0 * bytes,
+            });
+        }
     }
     Ok(out)
 }

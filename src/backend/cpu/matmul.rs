@@ -17,8 +17,8 @@ use rayon::prelude::*;
 
 /// `dst[m×n] (row-major) = lhs·rhs`, with `lhs` element (i, p) at
 /// `lhs[i·lhs_rs + p·lhs_cs]` and `rhs` element (p, j) at `rhs[p·rhs_rs + j·rhs_cs]`;
-/// m, n, k ≥ 1.
-fn matmul(
+/// m, n, k ≥ 1. `dst` is overwritten.
+pub(crate) fn matmul(
     dst: &mut [f32],
     (m, n, k): (usize, usize, usize),
     lhs: &[f32],
@@ -60,7 +60,7 @@ fn matmul(
 
 /// Row and column strides of a row-major matrix with `cols` columns, read
 /// as itself `(cols, 1)` or transposed `(1, cols)`.
-fn strides(cols: usize, transposed: bool) -> (usize, usize) {
+pub(crate) fn strides(cols: usize, transposed: bool) -> (usize, usize) {
     if transposed {
         (1, cols)
     } else {

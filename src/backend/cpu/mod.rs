@@ -8,7 +8,7 @@
 mod conv;
 mod layout;
 mod loss;
-mod matmul;
+pub(crate) mod matmul;
 mod norm;
 mod optim;
 mod pointwise;
