@@ -292,20 +292,42 @@ extern "C" __global__ void vd_conv3d_scatter_async_bf16(VdConvArgs a, const bf16
     vd_conv_implicit_gemm_async<true>(a, bt);
 }
 
+// One packing of vd_conv3d_pack_weights. Mirrored by `PackDesc` in
+// src/backend/gpu/conv/operands.rs (56 bytes).
+struct VdPackDesc {
+    const float* w;  // f32 weight
+    bf16* bt;        // its packing: taps · n_out · n_in_pad elements
+    i64 start;       // the packing's first element in the launch's numbering
+    int taps, n_out, n_in, n_in_pad;
+    int w_tap, w_ci, w_co, pad_;
+};
+
+// For each packing d of the table:
 // bt[(t · n_out + n) · n_in_pad + c] = bf16(w[t · w_tap + c · w_ci + n · w_co])
 // for c < n_in, 0 for n_in ≤ c < n_in_pad (t < taps, n < n_out: the GEMM's N):
 // the B operand of the cp.async kernels, its input channels zero-padded like
-// the activation's. One element per thread, grid-stride.
-extern "C" __global__ void vd_conv3d_pack_weights(const float* __restrict__ w, bf16* __restrict__ bt, int taps,
-                                                  int n_out, int n_in, int n_in_pad, int w_tap, int w_ci,
-                                                  int w_co) {
-    const i64 total = (i64)taps * n_out * n_in_pad;
+// the activation's. The packings' elements are numbered consecutively (packing
+// d owns [start_d, start_d + taps_d · n_out_d · n_in_pad_d), ascending, none
+// empty, `total` in all); one element per thread, grid-stride, the packing
+// found by binary search over start. So one launch packs one layout of every
+// weight a step trains.
+extern "C" __global__ void vd_conv3d_pack_weights(const VdPackDesc* __restrict__ table, int count, i64 total) {
     const i64 stride = (i64)gridDim.x * blockDim.x;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        const int c = (int)(i % n_in_pad);
-        const int n = (int)((i / n_in_pad) % n_out);
-        const int t = (int)(i / ((i64)n_in_pad * n_out));
-        bt[i] = f32_to_bf16(c < n_in ? w[(i64)t * w_tap + (i64)c * w_ci + (i64)n * w_co] : 0.0f);
+    for (i64 g = (i64)blockIdx.x * blockDim.x + threadIdx.x; g < total; g += stride) {
+        int lo = 0, hi = count - 1;
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) >> 1;
+            if (table[mid].start <= g)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        const VdPackDesc d = table[lo];
+        const i64 i = g - d.start;
+        const int c = (int)(i % d.n_in_pad);
+        const int n = (int)((i / d.n_in_pad) % d.n_out);
+        const int t = (int)(i / ((i64)d.n_in_pad * d.n_out));
+        d.bt[i] = f32_to_bf16(c < d.n_in ? d.w[(i64)t * d.w_tap + (i64)c * d.w_ci + (i64)n * d.w_co] : 0.0f);
     }
 }
 

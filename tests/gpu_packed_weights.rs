@@ -113,3 +113,75 @@ fn a_weight_is_packed_once_per_layout_until_it_changes() {
     b.conv3d(&x, &w, None, ConvSpec::K3).unwrap();
     assert_eq!(pack_launches(&dev), 3, "the weight changed");
 }
+
+const W2: [usize; 5] = [3, 3, 3, 16, 12];
+
+/// y = conv(x, w), y2 = conv(y, w2), then the data gradients through w2 and
+/// w, on `b`; every result's bits.
+fn two_layers(b: &GpuBackend, x: &Tensor, w: &Tensor, w2: &Tensor) -> Vec<Vec<u32>> {
+    let y = b.conv3d(x, w, None, ConvSpec::K3).unwrap();
+    let y2 = b.conv3d(&y, w2, None, ConvSpec::K3).unwrap();
+    let dy = b.conv3d_dgrad(&y2, w2, y.shape(), ConvSpec::K3).unwrap();
+    let dx = b.conv3d_dgrad(&dy, w, x.shape(), ConvSpec::K3).unwrap();
+    [y, y2, dy, dx].iter().map(|t| bits(b, t)).collect()
+}
+
+#[test]
+fn one_launch_packs_a_layout_of_every_trained_weight() {
+    let dev = Arc::new(PlanDevice::new());
+    let b = GpuBackend::with_act_dtype(dev.clone(), DType::BF16);
+    let x = b.zeros(Shape::new(&X), DType::BF16).unwrap();
+    let w = b.zeros(Shape::new(&W), DType::F32).unwrap();
+    let w2 = b.zeros(Shape::new(&W2), DType::F32).unwrap();
+    let bias = b.zeros(Shape::new(&[16]), DType::F32).unwrap();
+    let other = b.zeros(Shape::new(&W), DType::F32).unwrap();
+    // A bias is no conv weight: passed over.
+    b.train_weights(&[&w, &bias, &w2]);
+    let y = b.conv3d(&x, &w, None, ConvSpec::K3).unwrap();
+    assert_eq!(pack_launches(&dev), 1);
+    let y2 = b.conv3d(&y, &w2, None, ConvSpec::K3).unwrap();
+    assert_eq!(pack_launches(&dev), 1, "w2's forward layout came with w's");
+    let dy = b.conv3d_dgrad(&y2, &w2, y.shape(), ConvSpec::K3).unwrap();
+    assert_eq!(pack_launches(&dev), 2, "the transposed layouts: one launch");
+    b.conv3d_dgrad(&dy, &w, x.shape(), ConvSpec::K3).unwrap();
+    assert_eq!(pack_launches(&dev), 2, "w's transposed layout came with w2's");
+    // A weight nobody trains is packed on its own, once.
+    b.conv3d(&x, &other, None, ConvSpec::K3).unwrap();
+    b.conv3d(&x, &other, None, ConvSpec::K3).unwrap();
+    assert_eq!(pack_launches(&dev), 3);
+    // A new step (the weights may have changed): each layout again, one launch each.
+    b.begin_step().unwrap();
+    b.conv3d_dgrad(&y2, &w2, y.shape(), ConvSpec::K3).unwrap();
+    b.conv3d(&x, &w, None, ConvSpec::K3).unwrap();
+    b.conv3d_dgrad(&dy, &w, x.shape(), ConvSpec::K3).unwrap();
+    b.conv3d(&y, &w2, None, ConvSpec::K3).unwrap();
+    assert_eq!(pack_launches(&dev), 5);
+    // The backend does not keep a trained weight alive.
+    let gone = Arc::downgrade(w2.buffer());
+    drop((w2, y2));
+    b.begin_step().unwrap();
+    b.conv3d(&x, &w, None, ConvSpec::K3).unwrap();
+    assert!(gone.upgrade().is_none());
+    assert_eq!(pack_launches(&dev), 6);
+}
+
+#[test]
+fn packing_together_gives_the_bits_of_packing_alone() {
+    let mut rng = Rng::new(9);
+    let x = rng.vec(X.iter().product(), -1.0, 1.0);
+    let w = rng.vec(W.iter().product(), -0.2, 0.2);
+    let w2 = rng.vec(W2.iter().product(), -0.2, 0.2);
+    let run = |together: bool| {
+        let b = GpuBackend::with_act_dtype(Arc::new(Emu::new()), DType::BF16);
+        let xt = b.upload(&x, Shape::new(&X), DType::BF16).unwrap();
+        let wt = b.upload(&w, Shape::new(&W), DType::F32).unwrap();
+        let w2t = b.upload(&w2, Shape::new(&W2), DType::F32).unwrap();
+        if together {
+            b.train_weights(&[&w2t, &wt]);
+        }
+        two_layers(&b, &xt, &wt, &w2t)
+    };
+    let alone = run(false);
+    assert!(alone.iter().flatten().all(|&v| !f32::from_bits(v).is_nan()));
+    assert_eq!(run(true), alone);
+}

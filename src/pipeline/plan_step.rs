@@ -23,7 +23,7 @@ use crate::backend::gpu::GpuBackend;
 use crate::backend::Backend;
 use crate::diffusion::seg::DiffusionConfig;
 use crate::ops::AdamW;
-use crate::plan::cost::{copy_cost, launch_cost, Gpu};
+use crate::plan::cost::{copy_cost, launch_cost_in, Gpu};
 use crate::plan::{fmt_bytes, StepPlan};
 use crate::tensor::DType;
 use crate::train::Optimizer;
@@ -238,7 +238,6 @@ pub fn check_fits(
 /// Prints a step's plan with a modelled time per kernel and per step on `gpu`.
 pub fn print_plan(title: &str, plan: &StepPlan, gpu: &Gpu) {
     let s = plan.summary();
-    let bufs = &plan.rec.buffers;
     println!("{title}");
     println!("  launches per step:        {}", s.launches);
     println!(
@@ -279,7 +278,7 @@ pub fn print_plan(title: &str, plan: &StepPlan, gpu: &Gpu) {
     let (mut total, mut roof_total, mut flops) = (0.0, 0.0, 0.0);
     for e in plan.step_events() {
         let (name, c) = match e {
-            PlanEvent::Launch(l) => (l.kernel.name().to_string(), launch_cost(gpu, l, bufs)),
+            PlanEvent::Launch(l) => (l.kernel.name().to_string(), launch_cost_in(gpu, l, &plan.rec)),
             PlanEvent::Copy { kind, bytes, .. } => {
                 let name = match kind {
                     CopyKind::HostToDevice => "(copy host→device)",

@@ -24,7 +24,7 @@
 
 use crate::backend::gpu::conv::{launch_gemm, LaunchGemm};
 use crate::backend::gpu::norm;
-use crate::backend::gpu::plan::{BufferLife, CopyKind, LaunchRecord};
+use crate::backend::gpu::plan::{BufferLife, CopyKind, LaunchRecord, Recording};
 use crate::backend::gpu::registry::{ptxas_info, Kernel};
 
 /// The figures a model needs of one GPU; every one is an input to check.
@@ -165,7 +165,26 @@ pub fn launch_bytes(l: &LaunchRecord, buffers: &[BufferLife]) -> u64 {
 
 /// Modelled cost of one launch.
 pub fn launch_cost(gpu: &Gpu, l: &LaunchRecord, buffers: &[BufferLife]) -> Cost {
-    let bytes = launch_bytes(l, buffers);
+    launch_cost_of_bytes(gpu, l, launch_bytes(l, buffers))
+}
+
+/// Modelled cost of one launch of `rec`: as [`launch_cost`], and a launch
+/// that follows a table of addresses (the AdamW slots, the weight packings:
+/// [`Recording::links`]) also moves the buffers the table points into, each
+/// once and in full.
+pub fn launch_cost_in(gpu: &Gpu, l: &LaunchRecord, rec: &Recording) -> Cost {
+    let linked: std::collections::BTreeSet<usize> = rec
+        .links
+        .iter()
+        .filter(|(table, b)| l.buffers.contains(table) && !l.buffers.contains(b))
+        .map(|&(_, b)| b)
+        .collect();
+    let bytes = launch_bytes(l, &rec.buffers)
+        + linked.iter().map(|&b| rec.buffers[b].bytes).sum::<u64>();
+    launch_cost_of_bytes(gpu, l, bytes)
+}
+
+fn launch_cost_of_bytes(gpu: &Gpu, l: &LaunchRecord, bytes: u64) -> Cost {
     match launch_gemm(l.kernel, &l.cfg, &l.args) {
         Some(g) => gemm_cost(gpu, l, &g, bytes),
         None => {

@@ -75,6 +75,15 @@ pub fn end_step(b: &dyn crate::backend::Backend) -> Result<()> {
     }
 }
 
+/// Tells a gpu backend `b` which weights an optimiser trains, so their bf16
+/// packings for the conv kernels are made together, by one launch per change
+/// of the weights ([`GpuBackend::train_weights`]); nothing on other backends.
+pub fn train_weights(b: &dyn crate::backend::Backend, weights: &[&Tensor]) {
+    if let Some(g) = b.as_any().downcast_ref::<GpuBackend>() {
+        g.train_weights(weights);
+    }
+}
+
 /// The gpu backend over one device.
 pub struct GpuBackend {
     device: Arc<dyn Device>,
@@ -85,6 +94,8 @@ pub struct GpuBackend {
     /// Weights packed as bf16 for the conv kernels, until the next in-place
     /// write (see `conv::operands`).
     packed_weights: std::sync::Mutex<Vec<conv::PackedWeight>>,
+    /// Weights an optimiser trains, packed together (`conv::operands`).
+    trained_weights: std::sync::Mutex<Vec<conv::TrainedWeight>>,
 }
 
 impl GpuBackend {
@@ -98,6 +109,7 @@ impl GpuBackend {
             act_dtype,
             label_checks: Default::default(),
             packed_weights: Default::default(),
+            trained_weights: Default::default(),
         }
     }
     /// The emulated GPU (fiber order from `VOXDIFF_EMU_SHUFFLE`).

@@ -84,7 +84,7 @@ impl GpuBackend {
             return self.device().launch(kernel, cfg, &mut kargs);
         }
         let bt = self.pack_weights(plan, w, taps, ys.c(), cin, cin_pad)?;
-        let mut kargs = KernelArgs::new().pod(&args).tensor(&bt);
+        let mut kargs = KernelArgs::new().pod(&args).ptr(bt);
         self.device().launch(kernel, cfg, &mut kargs)
     }
 
@@ -132,7 +132,7 @@ impl GpuBackend {
         let dd = plan.map_b[0] * in_h * in_w * c;
         let args = ConvPipeArgs {
             x: x.addr(),
-            bt: bt.addr(),
+            bt,
             bias: bias.map_or(0, |b| b.addr()),
             y: y.addr(),
             ws: ws.as_ref().map_or(0, |t| t.addr()),

@@ -56,7 +56,12 @@
 //!   (zeros past Cin; one thread per element, the data gradient's transpose
 //!   included), once per value of the weight and layout: the packing is kept
 //!   until the weight is written in place or an AdamW step updates it
-//!   (`operands.rs`), so a step's second forward reuses the first's. Blocks of [`PIPE_THREADS`] = 128 threads (4 warps); the tile
+//!   (`operands.rs`), so a step's second forward reuses the first's. The
+//!   kernel runs over a table of packings: once an optimiser has named the
+//!   weights it trains (`GpuBackend::train_weights`), the first packing of a
+//!   layout after the weights change makes that layout of every trained
+//!   weight in the same launch, so a training step packs all its weights
+//!   with two launches (the forward layouts, then the transposed ones). Blocks of [`PIPE_THREADS`] = 128 threads (4 warps); the tile
 //!   per layer ([`fprop_tiling`]): 128 × 32 (warp tiles 32 × 32) when
 //!   Cout ≤ 32, else 128 × 64 (warp tiles 64 × 32) when that still gives a
 //!   block per SM ([`SMS`]), else 64 × 64 (warp tiles 32 × 32). Each thread
@@ -173,7 +178,7 @@ mod tiling;
 mod wgrad;
 
 pub use launch_gemm::{launch_gemm, LaunchGemm};
-pub(crate) use operands::PackedWeight;
+pub(crate) use operands::{PackedWeight, TrainedWeight};
 pub use tiling::{fprop_tiling, gemm_kernel, takes_pipeline, wgrad_splits, FpropTiling};
 
 use super::device::{KernelArgs, LaunchConfig};
@@ -181,7 +186,7 @@ use super::registry::Kernel;
 use super::GpuBackend;
 use crate::ops::ConvSpec;
 use crate::ops::{ConvOps, MemoryOps};
-use crate::tensor::{DType, Shape, Tensor};
+use crate::tensor::{Buffer, DType, Shape, Tensor};
 use anyhow::{ensure, Context, Result};
 
 /// Output voxels per block tile (GEMM M).
