@@ -507,14 +507,7 @@ mod cpu {
                 acc
             })
             .collect();
-        let mut out = vec![0f32; d.b * sz];
-        for (job, p) in parts.iter().enumerate() {
-            let sample = job / chunks;
-            for (o, &v) in out[sample * sz..][..sz].iter_mut().zip(p) {
-                *o += v;
-            }
-        }
-        out
+        crate::backend::cpu::sum_partials_in_order(&parts, chunks, d.b, sz)
     }
 
     /// `1 / ‖row‖` and `Σ row`.

@@ -168,6 +168,26 @@ fn f32_only(dtype: DType) -> Result<()> {
     Ok(())
 }
 
+/// Per-sample sums of per-chunk partials: `parts[job]` (each `size` long)
+/// belongs to sample `job / chunks`, and each sample's partials are added
+/// in job order — the fixed order that makes a chunked CPU reduction give
+/// the same bits every run.
+pub(crate) fn sum_partials_in_order(
+    parts: &[Vec<f32>],
+    chunks: usize,
+    samples: usize,
+    size: usize,
+) -> Vec<f32> {
+    let mut out = vec![0f32; samples * size];
+    for (job, p) in parts.iter().enumerate() {
+        let sample = job / chunks;
+        for (o, &v) in out[sample * size..][..size].iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
 /// The f32 host view of a tensor, after checking it belongs on this backend.
 pub(crate) fn view<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
     check(t, what)?;
