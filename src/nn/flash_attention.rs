@@ -324,8 +324,6 @@ impl CustomOp for FlashAttentionGrad {
     }
 }
 
-/// The CPU passes (module docs), f32, rayon over (matrix, row block), each
-/// row's sums in key (or query) order.
 mod cpu {
     //! The CPU path: the same sums in blocks of query (or key) rows, each
     //! block's products by the `gemm` crate — a block's R × T scores are
