@@ -84,7 +84,10 @@ fn keys_a_section_leaves_out_take_the_systems_defaults() {
     let system = SegDiffConfig::default().train;
     // The premise: the system's defaults are not the generic ones.
     assert_ne!(system.lr, TrainConfig::default().lr);
-    assert_ne!(system.checkpoint_every, TrainConfig::default().checkpoint_every);
+    assert_ne!(
+        system.checkpoint_every,
+        TrainConfig::default().checkpoint_every
+    );
     assert_eq!(cfg.train.steps, 3);
     assert_eq!(cfg.train.lr, system.lr);
     assert_eq!(cfg.train.checkpoint_every, system.checkpoint_every);

@@ -259,7 +259,11 @@ fn simulated_field_of_view_is_a_box_of_the_patch_padded_at_its_end_as_inference_
         for i in 0..n {
             let p = at(i);
             let inside = (0..3).all(|a| p[a] < hi[a]);
-            assert_eq!(inside, img[i] != -7.0, "seed {seed}: not one box at the low corner");
+            assert_eq!(
+                inside,
+                img[i] != -7.0,
+                "seed {seed}: not one box at the low corner"
+            );
             if inside {
                 // A rigid shift of the patch's own voxels, the label with the image.
                 let src = index([p[0] + src0[0], p[1] + src0[1], p[2] + src0[2]]);
@@ -271,7 +275,10 @@ fn simulated_field_of_view_is_a_box_of_the_patch_padded_at_its_end_as_inference_
         }
         for a in 0..3 {
             assert!(hi[a] >= size[a] / 2, "seed {seed}: kept less than half");
-            assert!(src0[a] + hi[a] <= size[a], "seed {seed}: box leaves the patch");
+            assert!(
+                src0[a] + hi[a] <= size[a],
+                "seed {seed}: box leaves the patch"
+            );
             moved[a] |= src0[a] > 0;
             whole_axis[a] |= hi[a] == size[a];
         }
@@ -279,7 +286,10 @@ fn simulated_field_of_view_is_a_box_of_the_patch_padded_at_its_end_as_inference_
     }
     assert_eq!(moved, [true; 3], "the box starts anywhere, on every axis");
     assert_eq!(whole_axis, [true; 3], "an axis may be left whole");
-    assert!(all_cut, "boxes cut inside the patch on all three axes, as a crop around an organ");
+    assert!(
+        all_cut,
+        "boxes cut inside the patch on all three axes, as a crop around an organ"
+    );
     // Off: nothing is drawn, nothing changes.
     let mut r = Rng::new(1);
     let mut img = vec![1.0f32; n];

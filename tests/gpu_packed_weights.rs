@@ -144,7 +144,11 @@ fn one_launch_packs_a_layout_of_every_trained_weight() {
     let dy = b.conv3d_dgrad(&y2, &w2, y.shape(), ConvSpec::K3).unwrap();
     assert_eq!(pack_launches(&dev), 2, "the transposed layouts: one launch");
     b.conv3d_dgrad(&dy, &w, x.shape(), ConvSpec::K3).unwrap();
-    assert_eq!(pack_launches(&dev), 2, "w's transposed layout came with w2's");
+    assert_eq!(
+        pack_launches(&dev),
+        2,
+        "w's transposed layout came with w2's"
+    );
     // A weight nobody trains is packed on its own, once.
     b.conv3d(&x, &other, None, ConvSpec::K3).unwrap();
     b.conv3d(&x, &other, None, ConvSpec::K3).unwrap();

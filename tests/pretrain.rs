@@ -555,7 +555,11 @@ fn a_folder_of_cts_is_prepared_once_onto_disk_and_read_a_patch_at_a_time() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["a.nii.gz", "b.nii.gz", "c.nii"], "the folder's scans, sorted");
+    assert_eq!(
+        names,
+        ["a.nii.gz", "b.nii.gz", "c.nii"],
+        "the folder's scans, sorted"
+    );
 
     let store = dir.join("prepared");
     let _ = std::fs::remove_dir_all(&store);
@@ -565,7 +569,11 @@ fn a_folder_of_cts_is_prepared_once_onto_disk_and_read_a_patch_at_a_time() {
     for (i, path) in cfg.data.images.iter().enumerate() {
         let mem = prepare_ct(&dev, &cfg.data, path, Coords::None, 0).unwrap();
         assert_eq!(vols.volumes[i].dims, mem.image.dims);
-        let origin = [mem.image.dims[0] - patch[0], 0, mem.image.dims[2] - patch[2]];
+        let origin = [
+            mem.image.dims[0] - patch[0],
+            0,
+            mem.image.dims[2] - patch[2],
+        ];
         let (mut from_disk, mut coords) = (Vec::new(), Vec::new());
         vols.read_patch(i, origin, patch, &mut from_disk, &mut coords)
             .unwrap();
@@ -587,7 +595,10 @@ fn a_folder_of_cts_is_prepared_once_onto_disk_and_read_a_patch_at_a_time() {
     let stamp = std::fs::metadata(&first).unwrap().modified().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     PreparedVolumes::prepare(&dev, &cfg.data, 0, &store, false).unwrap();
-    assert_eq!(std::fs::metadata(&first).unwrap().modified().unwrap(), stamp);
+    assert_eq!(
+        std::fs::metadata(&first).unwrap().modified().unwrap(),
+        stamp
+    );
 
     // A CT changes: everything is prepared from the data as it is now.
     phantom_ct(&cts, "a.nii.gz", [20, 16, 16], [6.0, 8.0, 8.0]);
@@ -597,6 +608,11 @@ fn a_folder_of_cts_is_prepared_once_onto_disk_and_read_a_patch_at_a_time() {
     // A truncated file is an error naming it, not a short patch.
     std::fs::write(store.join("000002.f32"), [0u8; 8]).unwrap();
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    let e = format!("{:#}", again.read_patch(2, [0, 0, 0], patch, &mut a, &mut b).unwrap_err());
+    let e = format!(
+        "{:#}",
+        again
+            .read_patch(2, [0, 0, 0], patch, &mut a, &mut b)
+            .unwrap_err()
+    );
     assert!(e.contains("000002.f32") && e.contains("truncated"), "{e}");
 }

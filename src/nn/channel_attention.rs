@@ -578,7 +578,11 @@ mod cpu {
             let (r, sum) = norm_sum(xr);
             let s = sum * r;
             let ds = dden.iter().zip(xr).map(|(a, b)| a * b).sum::<f32>() * r;
-            let dn: Vec<f32> = gr.iter().zip(t).map(|(g, tj)| g / (n as f32 + tj)).collect();
+            let dn: Vec<f32> = gr
+                .iter()
+                .zip(t)
+                .map(|(g, tj)| g / (n as f32 + tj))
+                .collect();
             // att = xᵀP, u = xᵀdP (without the 1/‖x‖).
             let (mut att, mut u) = (vec![0f32; c], vec![0f32; c]);
             for (m, &xm) in xr.iter().enumerate() {

@@ -350,18 +350,38 @@ mod cpu {
     /// The jobs: (matrix, first row, rows) over every matrix.
     fn jobs(d: Dims) -> Vec<(usize, usize, usize)> {
         (0..d.bh)
-            .flat_map(|mat| (0..d.t).step_by(BLOCK).map(move |r0| (mat, r0, BLOCK.min(d.t - r0))))
+            .flat_map(|mat| {
+                (0..d.t)
+                    .step_by(BLOCK)
+                    .map(move |r0| (mat, r0, BLOCK.min(d.t - r0)))
+            })
             .collect()
     }
 
     /// `out[n × cols] = a[n × d] · b[cols × d]ᵀ`.
     fn times_t(out: &mut [f32], a: &[f32], b: &[f32], n: usize, cols: usize, w: usize) {
-        matmul(out, (n, cols, w), a, strides(w, false), b, strides(w, true), Serial);
+        matmul(
+            out,
+            (n, cols, w),
+            a,
+            strides(w, false),
+            b,
+            strides(w, true),
+            Serial,
+        );
     }
 
     /// `out[n × w] = a[n × cols] · b[cols × w]`.
     fn times(out: &mut [f32], a: &[f32], b: &[f32], n: usize, cols: usize, w: usize) {
-        matmul(out, (n, w, cols), a, strides(cols, false), b, strides(w, false), Serial);
+        matmul(
+            out,
+            (n, w, cols),
+            a,
+            strides(cols, false),
+            b,
+            strides(w, false),
+            Serial,
+        );
     }
 
     /// Each job's rows of an `[BH, T, width]` output, in job order.
@@ -393,7 +413,14 @@ mod cpu {
             .zip(jobs)
             .for_each(|((o, lse), (mat, r0, n))| {
                 let mut s = vec![0f32; n * t];
-                times_t(&mut s, rows(q, d, mat, r0, n), rows(k, d, mat, 0, t), n, t, w);
+                times_t(
+                    &mut s,
+                    rows(q, d, mat, r0, n),
+                    rows(k, d, mat, 0, t),
+                    n,
+                    t,
+                    w,
+                );
                 for (row, l_out) in s.chunks_mut(t).zip(lse.iter_mut()) {
                     let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
                     let mut l = 0f32;
@@ -466,7 +493,14 @@ mod cpu {
                 let mut p = vec![0f32; n * t];
                 let mut ds = vec![0f32; n * t];
                 times_t(&mut p, rows(x.q, d, mat, i0, n), km, n, t, w);
-                times_t(&mut ds, rows(x.dy, d, mat, i0, n), rows(x.v, d, mat, 0, t), n, t, w);
+                times_t(
+                    &mut ds,
+                    rows(x.dy, d, mat, i0, n),
+                    rows(x.v, d, mat, 0, t),
+                    n,
+                    t,
+                    w,
+                );
                 let (lse, dots) = (&x.lse[mat * t + i0..][..n], &x.dots[mat * t + i0..][..n]);
                 for (r, (prow, dsrow)) in p.chunks(t).zip(ds.chunks_mut(t)).enumerate() {
                     for (s, &pv) in dsrow.iter_mut().zip(prow) {

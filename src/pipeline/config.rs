@@ -151,8 +151,7 @@ pub fn expand_nifti_folders(key: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|f| {
                 let name = f.file_name().map(|n| n.to_string_lossy().to_lowercase());
-                f.is_file()
-                    && name.is_some_and(|n| n.ends_with(".nii") || n.ends_with(".nii.gz"))
+                f.is_file() && name.is_some_and(|n| n.ends_with(".nii") || n.ends_with(".nii.gz"))
             })
             .collect();
         if scans.is_empty() {

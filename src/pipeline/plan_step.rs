@@ -278,7 +278,10 @@ pub fn print_plan(title: &str, plan: &StepPlan, gpu: &Gpu) {
     let (mut total, mut roof_total, mut flops) = (0.0, 0.0, 0.0);
     for e in plan.step_events() {
         let (name, c) = match e {
-            PlanEvent::Launch(l) => (l.kernel.name().to_string(), launch_cost_in(gpu, l, &plan.rec)),
+            PlanEvent::Launch(l) => (
+                l.kernel.name().to_string(),
+                launch_cost_in(gpu, l, &plan.rec),
+            ),
             PlanEvent::Copy { kind, bytes, .. } => {
                 let name = match kind {
                     CopyKind::HostToDevice => "(copy host→device)",

@@ -372,14 +372,23 @@ pub const PREPARED_DIR: &str = "prepared";
 fn file_stamp(path: &Path) -> serde_json::Value {
     let stamp = |p: &Path| -> Option<(u64, u128)> {
         let m = std::fs::metadata(p).ok()?;
-        let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        let t = m
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
         Some((m.len(), t.as_nanos()))
     };
     if path.is_dir() {
         let mut entries: Vec<(String, Option<(u64, u128)>)> = std::fs::read_dir(path)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
-                    .map(|e| (e.file_name().to_string_lossy().into_owned(), stamp(&e.path())))
+                    .map(|e| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            stamp(&e.path()),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -402,8 +411,12 @@ impl PreparedVolumes {
         dir: &Path,
         progress: bool,
     ) -> Result<PreparedVolumes> {
-        let mut inputs: Vec<serde_json::Value> =
-            data.images.iter().chain(&data.coords).map(|p| file_stamp(p)).collect();
+        let mut inputs: Vec<serde_json::Value> = data
+            .images
+            .iter()
+            .chain(&data.coords)
+            .map(|p| file_stamp(p))
+            .collect();
         if let Some(run) = &data.bpr_run {
             inputs.push(file_stamp(&run.join(super::run::CHECKPOINT)));
         }
@@ -498,8 +511,13 @@ impl PreparedVolumes {
             v.dims
         );
         let path = self.dir.join(&v.file);
-        let file = std::fs::File::open(&path)
-            .with_context(|| format!("{}: cannot open the prepared volume of {}", path.display(), v.name))?;
+        let file = std::fs::File::open(&path).with_context(|| {
+            format!(
+                "{}: cannot open the prepared volume of {}",
+                path.display(),
+                v.name
+            )
+        })?;
         let [_, h, w] = v.dims;
         let image_len = v.dims.iter().product::<usize>();
         let read_rows = |base: usize, c: usize, out: &mut Vec<f32>| -> Result<()> {
@@ -512,7 +530,11 @@ impl PreparedVolumes {
                         ((base + first * c) * 4) as u64,
                     )
                     .with_context(|| {
-                        format!("{}: the prepared volume of {} is truncated", path.display(), v.name)
+                        format!(
+                            "{}: the prepared volume of {} is truncated",
+                            path.display(),
+                            v.name
+                        )
                     })?;
                     out.extend_from_slice(&row);
                 }
@@ -552,11 +574,7 @@ pub struct PatchSource {
 
 impl PatchSource {
     /// Refuses a volume whose training slices cannot hold one patch.
-    pub fn new(
-        volumes: PreparedVolumes,
-        data: &PretrainData,
-        seed: u64,
-    ) -> Result<PatchSource> {
+    pub fn new(volumes: PreparedVolumes, data: &PretrainData, seed: u64) -> Result<PatchSource> {
         ensure!(!volumes.volumes.is_empty(), "no training volumes");
         let patch = data.patch_dhw();
         let mut starts = Vec::new();

@@ -179,8 +179,8 @@ pub fn launch_cost_in(gpu: &Gpu, l: &LaunchRecord, rec: &Recording) -> Cost {
         .filter(|(table, b)| l.buffers.contains(table) && !l.buffers.contains(b))
         .map(|&(_, b)| b)
         .collect();
-    let bytes = launch_bytes(l, &rec.buffers)
-        + linked.iter().map(|&b| rec.buffers[b].bytes).sum::<u64>();
+    let bytes =
+        launch_bytes(l, &rec.buffers) + linked.iter().map(|&b| rec.buffers[b].bytes).sum::<u64>();
     launch_cost_of_bytes(gpu, l, bytes)
 }
 

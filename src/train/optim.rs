@@ -29,7 +29,12 @@ impl Optimizer {
             m.push(b.zeros(e.t.shape(), DType::F32)?);
             v.push(b.zeros(e.t.shape(), DType::F32)?);
         }
-        let trained: Vec<&Tensor> = ps.entries.iter().filter(|e| !e.frozen).map(|e| &e.t).collect();
+        let trained: Vec<&Tensor> = ps
+            .entries
+            .iter()
+            .filter(|e| !e.frozen)
+            .map(|e| &e.t)
+            .collect();
         crate::backend::gpu::train_weights(b, &trained);
         Ok(Optimizer {
             hp,

@@ -38,8 +38,24 @@ fn conv_layouts(w: &Tensor) -> Option<[PackKey; 2]> {
         return None;
     }
     let (taps, cin, cout) = (d.dims()[..3].iter().product(), d.dims()[3], d.dims()[4]);
-    let fwd = [taps, cout, cin, cin.next_multiple_of(8), cin * cout, cout, 1];
-    let dgrad = [taps, cin, cout, cout.next_multiple_of(8), cin * cout, 1, cout];
+    let fwd = [
+        taps,
+        cout,
+        cin,
+        cin.next_multiple_of(8),
+        cin * cout,
+        cout,
+        1,
+    ];
+    let dgrad = [
+        taps,
+        cin,
+        cout,
+        cout.next_multiple_of(8),
+        cin * cout,
+        1,
+        cout,
+    ];
     Some([PackKey::new(w, fwd), PackKey::new(w, dgrad)])
 }
 
@@ -186,7 +202,9 @@ impl GpuBackend {
         let mut packed = Vec::with_capacity(want.len());
         let mut total = 0usize;
         for (t, k) in &want {
-            let d = k.dims.map(|v| i32_of(v as i64, "a packed weight's extent or stride"));
+            let d = k
+                .dims
+                .map(|v| i32_of(v as i64, "a packed weight's extent or stride"));
             let d = d.into_iter().collect::<Result<Vec<i32>>>()?;
             i32_of(k.elements() as i64, "packed weight elements")?;
             let bt = self.alloc(Shape::new(&[k.elements()]), DType::BF16)?;
