@@ -968,22 +968,38 @@ fn sweep(b: &GpuBackend) -> Vec<String> {
             &[fwd_bf16],
             || custom::run(b, &FlashAttention { scale }, &[&fq, &fk, &fv]).unwrap(),
         );
-        if w != 16 && w != 96 {
-            continue;
-        }
-        let wide = if w > 64 { "wide_" } else { "" };
-        let names = |t: &str| {
-            [
-                format!("vd_attention_flash_bwd_dot_{t}"),
-                format!("vd_attention_flash_bwd_kv_{wide}{t}"),
-                format!("vd_attention_flash_bwd_q_{wide}{t}"),
-            ]
+        // The backward at a narrow (d ≤ 64) and a wide head.
+        let (bwd_f32, bwd_bf16) = match w {
+            16 => (
+                [
+                    "vd_attention_flash_bwd_dot_f32",
+                    "vd_attention_flash_bwd_kv_f32",
+                    "vd_attention_flash_bwd_q_f32",
+                ],
+                [
+                    "vd_attention_flash_bwd_dot_bf16",
+                    "vd_attention_flash_bwd_kv_bf16",
+                    "vd_attention_flash_bwd_q_bf16",
+                ],
+            ),
+            96 => (
+                [
+                    "vd_attention_flash_bwd_dot_f32",
+                    "vd_attention_flash_bwd_kv_wide_f32",
+                    "vd_attention_flash_bwd_q_wide_f32",
+                ],
+                [
+                    "vd_attention_flash_bwd_dot_bf16",
+                    "vd_attention_flash_bwd_kv_wide_bf16",
+                    "vd_attention_flash_bwd_q_wide_bf16",
+                ],
+            ),
+            _ => continue,
         };
-        let (n32, n16) = (names("f32"), names("bf16"));
         d.expect(
             &format!("flash_attention_bwd d {w} (custom op)"),
-            &n32.each_ref().map(|n| n.as_str()),
-            &n16.each_ref().map(|n| n.as_str()),
+            &bwd_f32,
+            &bwd_bf16,
             || {
                 let ins = [&fo[0], &fq, &fk, &fv, &fo[0], &fo[1]];
                 custom::run(b, &FlashAttentionGrad { scale }, &ins).unwrap()
